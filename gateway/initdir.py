@@ -1,0 +1,287 @@
+"""`gateway init`: a data directory with CA, RA and TLS certificates, database and config file.
+
+Everything is prepared in memory and in a staging directory first; files are moved into place
+only after the database accepted the CA, so a failed init leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from gateway.config import CONFIG_FILE_NAME, SETTINGS, GatewayConfig, load_config, render_config
+from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
+from shared_ca.ca_material import CAMaterial, create_root_ca, material_from_pem, material_from_pkcs12, register_issuer
+from shared_ca.errors import Conflict, KeyMaterialError
+from shared_ca.keys import (
+    KeyType,
+    PrivateKey,
+    certificates_pem,
+    generate_private_key,
+    load_certificates,
+    load_private_key,
+    write_private_key,
+    write_public_file,
+    write_secret_file,
+)
+from shared_ca.policy import authorize_request
+from shared_ca.profiles import RA_PROFILE, TLS_SERVER_PROFILE
+from shared_ca.storage.db import create_store_engine, migrate_to_head
+from shared_ca.storage.repository import Store
+
+DEFAULTS = {s.key: s.default for s in SETTINGS}
+INIT_MARKERS = (CONFIG_FILE_NAME, "ca.pem", DEFAULTS["ca.key"], "gateway.db")
+
+
+class InitError(Exception):
+    """`gateway init` cannot go on; the message says why in one line."""
+
+
+@dataclass
+class InitOptions:
+    data_dir: Path
+    ca_key_type: KeyType = KeyType.RSA3072
+    ca_subject: x509.Name | None = None
+    ca_days: int = 3650
+    import_ca_cert: Path | None = None
+    import_ca_key: Path | None = None
+    import_pkcs12: Path | None = None
+    import_passphrase: bytes | None = None
+    hostnames: list[str] = field(default_factory=list)
+    passphrase: bytes | None = None
+    passphrase_file: Path | None = None
+    scep_challenge: str | None = None
+    database_url: str | None = None
+    public_base_url: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class InitResult:
+    data_dir: Path
+    config_file: Path
+    ca_pem: Path
+    ca_subject: str
+    ca_fingerprint: str
+    ca_not_after: dt.datetime
+    replaced: Path | None
+
+
+def _check_directory(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except PermissionError:
+        raise InitError(f"cannot create data directory {data_dir}: permission denied") from None
+    except OSError as exc:
+        raise InitError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+    if not data_dir.is_dir():
+        raise InitError(f"{data_dir} exists and is not a directory")
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise InitError(f"data directory {data_dir} is not writable (permission denied)")
+
+
+def _existing(data_dir: Path) -> list[str]:
+    return [m for m in INIT_MARKERS if (data_dir / m).exists()]
+
+
+def _move_aside(data_dir: Path, names: list[str], now: dt.datetime) -> Path:
+    backup = data_dir / f"replaced-{now:%Y%m%dT%H%M%SZ}"
+    backup.mkdir(mode=0o700)
+    for name in [*names, "ca", "ra", "tls", "gateway.db-wal", "gateway.db-shm"]:
+        source = data_dir / name
+        if source.exists():
+            target = backup / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+    return backup
+
+
+def _restore(data_dir: Path, backup: Path) -> None:
+    """Undo _move_aside after a failed --force init: the old directory comes back as it was."""
+    for entry in backup.iterdir():
+        shutil.move(str(entry), str(data_dir / entry.name))
+    backup.rmdir()
+
+
+def _ca_material(options: InitOptions, now: dt.datetime) -> CAMaterial:
+    if options.import_pkcs12 is not None:
+        try:
+            data = options.import_pkcs12.read_bytes()
+        except OSError as exc:
+            raise InitError(f"cannot read {options.import_pkcs12}: {exc.strerror}") from None
+        return material_from_pkcs12(data, options.import_passphrase, now)
+    if options.import_ca_cert is not None or options.import_ca_key is not None:
+        if options.import_ca_cert is None or options.import_ca_key is None:
+            raise InitError("--import-ca-cert and --import-ca-key go together")
+        certs = load_certificates(options.import_ca_cert)
+        key = load_private_key(options.import_ca_key, options.import_passphrase)
+        return material_from_pem(certs, key, now)
+    subject = options.ca_subject or x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "SCEP-EST Gateway CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SCEP-EST Gateway"),
+        ]
+    )
+    return create_root_ca(generate_private_key(options.ca_key_type), subject, options.ca_days, now)
+
+
+def _tls_names(hostnames: list[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    for host in hostnames:
+        entry: x509.GeneralName
+        try:
+            entry = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            entry = x509.DNSName(host)
+        if entry not in names:
+            names.append(entry)
+    return names
+
+
+@dataclass(frozen=True)
+class _GatewayCertificates:
+    ra_key: PrivateKey
+    ra: x509.Certificate
+    tls_key: PrivateKey
+    tls: x509.Certificate
+
+
+def _file_values(options: InitOptions) -> dict[str, Any]:
+    values: dict[str, Any] = {"ca.name": DEFAULTS["ca.name"]}
+    if options.database_url:
+        values["database_url"] = options.database_url
+    if options.public_base_url:
+        values["public_base_url"] = options.public_base_url
+    if options.passphrase_file is not None:
+        values["keys.passphrase_file"] = str(options.passphrase_file.resolve())
+    return values
+
+
+def _record_ca(
+    config: GatewayConfig, material: CAMaterial, hostnames: list[str], now: dt.datetime
+) -> _GatewayCertificates:
+    """Migrate the database, register the CA and issue the RA and TLS certificates (all recorded)."""
+    engine = create_store_engine(config.database_url)
+    try:
+        migrate_to_head(engine)
+        if engine.dialect.name == "sqlite" and engine.url.database:
+            Path(engine.url.database).chmod(0o600)
+        store = Store(engine)
+        if store.issuer_by_name(config["ca.name"]) is not None:
+            raise InitError(f"the database already holds issuer {config['ca.name']!r}: use a new, empty database")
+        issuer = register_issuer(store, config["ca.name"], material.certificate, kind="ca", actor="init", now=now)
+        authority = CertificateAuthority(
+            store, issuer, material.certificate, material.chain, material.key, PublicUrls(config.public_base_url)
+        )
+        ra_key = generate_private_key(KeyType.RSA2048)
+        ra_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _ra_common_name(material))])
+        ra = authority.issue(
+            authorize_request(RA_PROFILE, ra_subject, [], ra_key.public_key(), now), protocol="system", actor="init"
+        )
+        tls_key = generate_private_key(KeyType.P256)
+        tls_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost")])
+        tls = authority.issue(
+            authorize_request(TLS_SERVER_PROFILE, tls_subject, _tls_names(hostnames), tls_key.public_key(), now),
+            protocol="system",
+            actor="init",
+        )
+    finally:
+        engine.dispose()
+    return _GatewayCertificates(ra_key, ra.certificate, tls_key, tls.certificate)
+
+
+def _stage_files(
+    staging: Path,
+    config: GatewayConfig,
+    material: CAMaterial,
+    certs: _GatewayCertificates,
+    options: InitOptions,
+    file_values: dict[str, Any],
+) -> None:
+    passphrase = options.passphrase
+    chain_pem = certificates_pem(list(material.chain))
+    write_private_key(staging / config["ca.key"], material.key, passphrase)
+    write_public_file(staging / config["ca.cert"], chain_pem)
+    write_private_key(staging / config["ra.key"], certs.ra_key, passphrase)
+    write_public_file(staging / config["ra.cert"], certs.ra.public_bytes(Encoding.PEM))
+    write_private_key(staging / config["tls.key"], certs.tls_key, passphrase)
+    write_public_file(staging / config["tls.cert"], certs.tls.public_bytes(Encoding.PEM) + chain_pem)
+    write_public_file(staging / "ca.pem", chain_pem)
+    profiles: dict[str, dict[str, Any]] = {}
+    if options.scep_challenge:
+        profiles["default"] = {"scep_challenge": options.scep_challenge}
+    write_secret_file(staging / CONFIG_FILE_NAME, render_config(file_values, profiles, commented=False).encode())
+
+
+def _install(staging: Path, data_dir: Path) -> None:
+    for entry in sorted(staging.rglob("*"), key=lambda p: len(p.parts)):
+        if entry.is_file():
+            target = data_dir / entry.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(entry, target)
+
+
+def initialise(options: InitOptions) -> InitResult:
+    """Create (or, with force, replace) a gateway data directory."""
+    now = utcnow()
+    data_dir = options.data_dir.resolve()
+    _check_directory(data_dir)
+    existing = _existing(data_dir)
+    if existing and not options.force:
+        raise InitError(
+            f"{data_dir} is already initialised ({', '.join(existing)}); "
+            "re-run with --force to replace its CA (the old files are moved aside, never deleted)"
+        )
+    material = _ca_material(options, now)
+    hostnames = [h for h in options.hostnames if h]
+
+    staging = data_dir / ".init-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    replaced = _move_aside(data_dir, existing, now) if existing else None
+    try:
+        file_values = _file_values(options)
+        overrides = {k: v for k, v in file_values.items() if k != "keys.passphrase_file"}
+        config = load_config(data_dir, None, environ={}, overrides=overrides)
+        certs = _record_ca(config, material, hostnames, now)
+        _stage_files(staging, config, material, certs, options, file_values)
+        _install(staging, data_dir)
+    except BaseException as exc:
+        if not options.database_url:
+            for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm"):
+                (data_dir / name).unlink(missing_ok=True)
+        if replaced is not None:
+            _restore(data_dir, replaced)
+        if isinstance(exc, Conflict | KeyMaterialError):
+            raise InitError(str(exc)) from exc
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return InitResult(
+        data_dir=data_dir,
+        config_file=data_dir / CONFIG_FILE_NAME,
+        ca_pem=data_dir / "ca.pem",
+        ca_subject=material.certificate.subject.rfc4514_string(),
+        ca_fingerprint=fingerprint(material.certificate),
+        ca_not_after=material.certificate.not_valid_after_utc,
+        replaced=replaced,
+    )
+
+
+def _ra_common_name(material: CAMaterial) -> str:
+    cn = material.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    base = str(cn[0].value) if cn else "Gateway"
+    return f"{base} SCEP RA"[:64]

@@ -1,0 +1,122 @@
+"""Opening a configured gateway: store, CA key material, CRL publisher and OCSP responder.
+
+Built once per process (per gunicorn worker) and immutable afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import Engine
+
+from gateway.config import GatewayConfig
+from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
+from shared_ca.crl import CrlPublisher
+from shared_ca.errors import KeyMaterialError, Unavailable
+from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
+from shared_ca.ocsp import OcspResponder
+from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.repository import IssuerRecord, Store
+
+PASSPHRASE_ENV = "GATEWAY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+
+def read_passphrase_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyMaterialError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    passphrase = data.rstrip(b"\r\n")
+    if not passphrase:
+        raise KeyMaterialError(f"passphrase file {path} is empty")
+    return passphrase
+
+
+def key_passphrase(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The key passphrase from GATEWAY_KEY_PASSPHRASE or keys.passphrase_file, if any."""
+    env = os.environ if environ is None else environ
+    if env.get(PASSPHRASE_ENV):
+        return env[PASSPHRASE_ENV].encode("utf-8")
+    if config["keys.passphrase_file"]:
+        return read_passphrase_file(config.path("keys.passphrase_file"))
+    return None
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Everything a request needs, loaded once per process."""
+
+    config: GatewayConfig
+    store: Store
+    authority: CertificateAuthority
+    crl: CrlPublisher
+    ocsp: OcspResponder
+    ra_certificate: x509.Certificate
+    ra_key: PrivateKey
+
+    def trusted_client_issuers(self, now: dt.datetime) -> list[x509.Certificate]:
+        """CA certificates whose client certificates the TLS listener accepts: ours and legacy in window."""
+        certs = [self.authority.certificate]
+        for issuer in self.store.list_issuers():
+            if issuer.id == self.authority.issuer.id:
+                continue
+            if issuer.kind == "legacy" and (issuer.trust_until is None or issuer.trust_until < now):
+                continue
+            certs.append(x509.load_der_x509_certificate(issuer.cert_der))
+        return certs
+
+
+def open_store(config: GatewayConfig) -> tuple[Engine, Store]:
+    engine = create_store_engine(config.database_url)
+    return engine, Store(engine)
+
+
+def _load_pair(
+    config: GatewayConfig, cert_key: str, key_key: str, passphrase: bytes | None
+) -> tuple[list[x509.Certificate], PrivateKey]:
+    certs = load_certificates(config.path(cert_key))
+    key = load_private_key(config.path(key_key), passphrase)
+    if not key_matches_certificate(key, certs[0]):
+        raise KeyMaterialError(f"{config.path(key_key)} does not match the certificate in {config.path(cert_key)}")
+    return certs, key
+
+
+def open_gateway(config: GatewayConfig) -> Gateway:
+    """Load key material and connect the store; every failure is one clear CAError."""
+    passphrase = key_passphrase(config)
+    engine, store = open_store(config)
+    try:
+        require_schema_at_head(engine)
+    except Unavailable:
+        raise
+    except Exception as exc:
+        raise Unavailable("the database is unavailable", detail=f"{config.database_url}: {exc}") from exc
+    ca_chain, ca_key = _load_pair(config, "ca.cert", "ca.key", passphrase)
+    ra_certs, ra_key = _load_pair(config, "ra.cert", "ra.key", passphrase)
+    issuer = _issuer_for(store, config["ca.name"], ca_chain[0])
+    urls = PublicUrls(config.public_base_url)
+    authority = CertificateAuthority(store, issuer, ca_chain[0], tuple(ca_chain), ca_key, urls, utcnow)
+    crl = CrlPublisher(
+        authority,
+        validity=dt.timedelta(hours=config["crl.validity_hours"]),
+        refresh=dt.timedelta(minutes=config["crl.refresh_minutes"]),
+    )
+    ocsp = OcspResponder([authority], dt.timedelta(minutes=config["ocsp.validity_minutes"]))
+    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key)
+
+
+def _issuer_for(store: Store, name: str, cert: x509.Certificate) -> IssuerRecord:
+    issuer = store.issuer_by_name(name)
+    if issuer is None:
+        raise KeyMaterialError(f"the database has no issuer {name!r}: was `gateway init` run on this database?")
+    if issuer.fingerprint_sha256 != fingerprint(cert):
+        raise KeyMaterialError(
+            f"the CA certificate file does not match issuer {name!r} in the database "
+            f"(database {issuer.fingerprint_sha256[:16]}…, file {fingerprint(cert)[:16]}…)"
+        )
+    return issuer

@@ -1,0 +1,119 @@
+"""Endpoints of the CA itself on both listeners: health, CRLs, OCSP, CA certificates."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.ocsp import OCSPResponseStatus
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from gateway.middleware import LISTENER
+from gateway.runtime import Gateway
+from shared_ca.errors import NotFound, Unavailable
+from shared_ca.keys import certificates_pem
+from shared_ca.ocsp import unsuccessful
+
+log = logging.getLogger("gateway.ca")
+bp = Blueprint("ca", __name__)
+OCSP_MAX_REQUEST = 16 * 1024
+
+
+def gateway() -> Gateway:
+    found: Gateway = current_app.extensions["gateway"]
+    return found
+
+
+def _plain(status: int, text: str) -> Response:
+    return Response(text + "\n", status=status, mimetype="text/plain")
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    gw = gateway()
+    body = {"status": "ok", "database": "ok", "ca": gw.authority.name, "listener": request.environ.get(LISTENER)}
+    try:
+        gw.store.ping()
+    except Unavailable as exc:
+        log.error("health check: %s", exc.detail)
+        body.update(status="unavailable", database="unreachable")
+        response = jsonify(body)
+        response.status_code = 503
+        return response
+    return jsonify(body)
+
+
+def _crl_der(name: str) -> bytes:
+    gw = gateway()
+    if name != gw.authority.name:
+        raise NotFound(f"no CRL for issuer {name!r}")
+    return gw.crl.current(actor="crl-endpoint").der
+
+
+@bp.get("/crl/<name>.crl")
+def crl_der(name: str) -> Response:
+    response = Response(_crl_der(name), mimetype="application/pkix-crl")
+    response.headers["Cache-Control"] = "max-age=300"
+    return response
+
+
+@bp.get("/crl/<name>.pem")
+def crl_pem(name: str) -> Response:
+    der = _crl_der(name)
+    pem = x509.load_der_x509_crl(der).public_bytes(Encoding.PEM)
+    return Response(pem, mimetype="application/x-pem-file")
+
+
+@bp.get("/ca.pem")
+def ca_pem() -> Response:
+    """The CA chain clients are told to trust."""
+    return Response(certificates_pem(list(gateway().authority.chain)), mimetype="application/x-pem-file")
+
+
+@bp.get("/ca/<name>.crt")
+def ca_der(name: str) -> Response:
+    """The issuer certificate named in authorityInfoAccess caIssuers (DER, RFC 5280 §4.2.2.1)."""
+    authority = gateway().authority
+    if name != authority.name:
+        raise NotFound(f"no issuer named {name!r}")
+    return Response(authority.certificate.public_bytes(Encoding.DER), mimetype="application/pkix-cert")
+
+
+def _ocsp_reply(request_der: bytes) -> Response:
+    answer = gateway().ocsp.respond(request_der)
+    log.info("ocsp %s", answer.log)
+    return Response(answer.der, status=answer.http_status, mimetype="application/ocsp-response")
+
+
+def _malformed(reason: str) -> Response:
+    log.info("ocsp refused: %s", reason)
+    return Response(
+        unsuccessful(OCSPResponseStatus.MALFORMED_REQUEST), status=400, mimetype="application/ocsp-response"
+    )
+
+
+@bp.post("/ocsp")
+def ocsp_post() -> Response:
+    if request.content_length is not None and request.content_length > OCSP_MAX_REQUEST:
+        return _malformed(f"request of {request.content_length} bytes is too large")
+    body = request.get_data(cache=False)
+    if len(body) > OCSP_MAX_REQUEST or not body:
+        return _malformed("empty or oversized request body")
+    return _ocsp_reply(body)
+
+
+@bp.get("/ocsp/<path:encoded>")
+def ocsp_get(encoded: str) -> Response:
+    """RFC 6960 Appendix A.1: GET {url}/{url-encoding of base64 encoding of the DER request}."""
+    text = unquote(encoded).replace(" ", "+")
+    if len(text) > OCSP_MAX_REQUEST:
+        return _malformed("request URL too long")
+    try:
+        der = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return _malformed("the URL does not carry base64")
+    return _ocsp_reply(der)

@@ -1,0 +1,73 @@
+"""One error vocabulary for the CA; each protocol maps an ErrorKind to its own wire reply once.
+
+`public_message` is safe to show a client; `detail` is for the log only.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong, in protocol-neutral terms (see the error table in DESIGN.md)."""
+
+    BAD_INPUT = "bad_input"  # undecodable request
+    BAD_SIGNATURE = "bad_signature"  # readable, but a signature does not verify
+    BAD_ALGORITHM = "bad_algorithm"  # algorithm or key type not allowed
+    UNAUTHORIZED = "unauthorized"  # missing or wrong credentials
+    POLICY = "policy"  # refused by the issuance policy
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"  # our own fault: database down, key unavailable
+
+
+class CAError(Exception):
+    """Base of every refusal the CA raises."""
+
+    kind: ErrorKind = ErrorKind.BAD_INPUT
+
+    def __init__(self, public_message: str, *, detail: str | None = None) -> None:
+        super().__init__(public_message)
+        self.public_message = public_message
+        self.detail = detail or public_message
+
+    def __str__(self) -> str:
+        return self.public_message
+
+
+class InvalidRequest(CAError):
+    kind = ErrorKind.BAD_INPUT
+
+
+class BadSignature(CAError):
+    kind = ErrorKind.BAD_SIGNATURE
+
+
+class AlgorithmNotAllowed(CAError):
+    kind = ErrorKind.BAD_ALGORITHM
+
+
+class Unauthorized(CAError):
+    kind = ErrorKind.UNAUTHORIZED
+
+
+class PolicyDenied(CAError):
+    kind = ErrorKind.POLICY
+
+
+class NotFound(CAError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class Conflict(CAError):
+    kind = ErrorKind.CONFLICT
+
+
+class Unavailable(CAError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class KeyMaterialError(CAError):
+    """A key or certificate file cannot be read, decrypted, or does not fit its partner."""
+
+    kind = ErrorKind.UNAVAILABLE

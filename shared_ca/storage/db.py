@@ -1,0 +1,123 @@
+"""Engine set-up for SQLite (embedded default) and PostgreSQL, and migrations to head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from shared_ca.errors import Unavailable
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+WRITE = {"gateway_write": True}
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_PG_MIGRATION_LOCK = 0x5CE9E57  # advisory lock key: one node migrates at a time
+
+
+def sqlite_url(path: Path) -> str:
+    """The database URL of a SQLite file."""
+    return f"sqlite:///{path}"
+
+
+def validate_database_url(url: str) -> str | None:
+    """None when `url` names a supported backend, else what is wrong with it."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"{url!r} is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        return f"unsupported database driver {parsed.drivername!r}: use sqlite or postgresql+psycopg"
+    return None
+
+
+def create_store_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
+    """An Engine configured for concurrent use by several threads and processes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **(connect_args or {})})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size * 2,
+        pool_pre_ping=True,
+        connect_args=connect_args or {},
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # Take BEGIN into our own hands (see _on_begin); pysqlite's implicit BEGIN is DEFERRED.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A write transaction takes the write lock up front: a DEFERRED one that upgrades later can
+        # fail with SQLITE_BUSY without waiting, which would lose an enrollment under concurrency.
+        if conn.get_execution_options().get("gateway_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this code."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None when it was never migrated)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate_to_head(engine: Engine) -> None:
+    """Bring the schema to the newest revision; safe to run from several nodes at once."""
+    cfg = _alembic_config()
+    with engine.connect().execution_options(**WRITE) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+        finally:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                conn.commit()
+
+
+def require_schema_at_head(engine: Engine) -> None:
+    """Refuse to serve from a database that `gateway init` (or an upgrade) has not migrated."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current != head:
+        raise Unavailable(
+            "database schema is not current",
+            detail=f"database is at revision {current or 'none'}, code expects {head}: run `gateway db upgrade`",
+        )

@@ -1,0 +1,550 @@
+"""The CA's repository: every read and write of issuers, certificates, audit events and CRLs.
+
+Each public write is one database transaction. Callers never see SQL or SQLAlchemy rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+
+from shared_ca.errors import Conflict, Unavailable
+from shared_ca.storage.db import WRITE
+from shared_ca.storage.schema import audit_events, certificates, crl_publications, issuers
+
+
+class SerialCollision(Exception):
+    """The (issuer, serial) pair is taken: the caller draws a new serial and signs again."""
+
+
+@dataclass(frozen=True)
+class IssuerRecord:
+    id: int
+    name: str
+    kind: str
+    subject: str
+    ski_hex: str
+    fingerprint_sha256: str
+    cert_der: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+    trust_until: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class NewIssuer:
+    name: str
+    kind: str
+    subject: str
+    ski_hex: str
+    fingerprint_sha256: str
+    cert_der: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+    trust_until: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    issuer_id: int
+    serial_hex: str
+    fingerprint_sha256: str
+    subject: str
+    common_name: str | None
+    sans: tuple[str, ...]
+    key_type: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    profile: str
+    protocol: str
+    requester: str | None
+    der: bytes
+    renewed_from_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    id: int
+    issuer_id: int
+    serial_hex: str
+    fingerprint_sha256: str
+    subject: str
+    common_name: str | None
+    sans: tuple[str, ...]
+    key_type: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    profile: str
+    protocol: str
+    requester: str | None
+    status: str
+    revoked_at: dt.datetime | None
+    revocation_reason: str | None
+    supersede_at: dt.datetime | None
+    renewed_from_id: int | None
+    der: bytes
+    created_at: dt.datetime
+
+    def effective_status(self, now: dt.datetime) -> str:
+        """'revoked', 'expired' or 'valid' at `now` (a superseded certificate counts as revoked)."""
+        if self.status == "revoked" or (self.supersede_at is not None and self.supersede_at <= now):
+            return "revoked"
+        if self.not_after < now:
+            return "expired"
+        return "valid"
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    serial_hex: str
+    revoked_at: dt.datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class CrlRecord:
+    issuer_id: int
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    actor: str
+    action: str
+    issuer_id: int | None = None
+    serial_hex: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    occurred_at: dt.datetime
+    actor: str
+    action: str
+    issuer_id: int | None
+    serial_hex: str | None
+    detail: dict[str, Any]
+
+
+def _is_serial_violation(exc: IntegrityError) -> bool:
+    message = str(exc.orig).lower()
+    return "uq_certificates_issuer_serial" in message or "certificates.issuer_id, certificates.serial_hex" in message
+
+
+class Store:
+    """Repository over one Engine. Thread-safe; holds no state but the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, SAInterfaceError) as exc:
+            raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                yield conn
+        except (OperationalError, SAInterfaceError) as exc:
+            raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+
+    def ping(self) -> None:
+        """Raise Unavailable unless the database answers."""
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    @staticmethod
+    def _audit(conn: Connection, event: AuditEvent, now: dt.datetime) -> None:
+        conn.execute(
+            insert(audit_events).values(
+                occurred_at=now,
+                actor=event.actor,
+                action=event.action,
+                issuer_id=event.issuer_id,
+                serial_hex=event.serial_hex,
+                detail=json.dumps(event.detail or {}, sort_keys=True),
+            )
+        )
+
+    def record_audit(self, event: AuditEvent, now: dt.datetime) -> None:
+        """Write one audit event on its own."""
+        with self._write() as conn:
+            self._audit(conn, event, now)
+
+    def audit_events(self, *, action: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        """The newest audit events, newest first."""
+        query = select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
+        if action:
+            query = query.where(audit_events.c.action == action)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            AuditRecord(
+                id=r["id"],
+                occurred_at=r["occurred_at"],
+                actor=r["actor"],
+                action=r["action"],
+                issuer_id=r["issuer_id"],
+                serial_hex=r["serial_hex"],
+                detail=json.loads(r["detail"]),
+            )
+            for r in rows
+        ]
+
+    # -- issuers ----------------------------------------------------------------------------------
+
+    def add_issuer(self, issuer: NewIssuer, event: AuditEvent, now: dt.datetime) -> IssuerRecord:
+        """Register a CA certificate (ours or an imported legacy one) with its CRL counter."""
+        with self._write() as conn:
+            try:
+                issuer_id = conn.execute(
+                    insert(issuers)
+                    .values(
+                        name=issuer.name,
+                        kind=issuer.kind,
+                        subject=issuer.subject,
+                        ski_hex=issuer.ski_hex,
+                        fingerprint_sha256=issuer.fingerprint_sha256,
+                        cert_der=issuer.cert_der,
+                        not_before=issuer.not_before,
+                        not_after=issuer.not_after,
+                        trust_until=issuer.trust_until,
+                        created_at=now,
+                    )
+                    .returning(issuers.c.id)
+                ).scalar_one()
+            except IntegrityError as exc:
+                raise Conflict(f"issuer {issuer.name!r} or its certificate is already registered") from exc
+            conn.execute(insert(crl_publications).values(issuer_id=issuer_id, last_number=0, published_number=0))
+            self._audit(conn, AuditEvent(event.actor, event.action, issuer_id, None, event.detail), now)
+        found = self.issuer_by_id(issuer_id)
+        assert found is not None
+        return found
+
+    @staticmethod
+    def _issuer(row: RowMapping) -> IssuerRecord:
+        return IssuerRecord(
+            id=row["id"],
+            name=row["name"],
+            kind=row["kind"],
+            subject=row["subject"],
+            ski_hex=row["ski_hex"],
+            fingerprint_sha256=row["fingerprint_sha256"],
+            cert_der=row["cert_der"],
+            not_before=row["not_before"],
+            not_after=row["not_after"],
+            trust_until=row["trust_until"],
+        )
+
+    def issuer_by_name(self, name: str) -> IssuerRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(issuers).where(issuers.c.name == name)).mappings().first()
+        return self._issuer(row) if row else None
+
+    def issuer_by_id(self, issuer_id: int) -> IssuerRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(issuers).where(issuers.c.id == issuer_id)).mappings().first()
+        return self._issuer(row) if row else None
+
+    def list_issuers(self) -> list[IssuerRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(issuers).order_by(issuers.c.id)).mappings().all()
+        return [self._issuer(r) for r in rows]
+
+    # -- certificates -----------------------------------------------------------------------------
+
+    def record_issued(
+        self,
+        cert: NewCertificate,
+        event: AuditEvent,
+        now: dt.datetime,
+        *,
+        supersede: tuple[int, dt.datetime] | None = None,
+    ) -> CertificateRecord:
+        """Insert the certificate and its audit event in one transaction.
+
+        With `supersede=(old_id, at)` the old certificate is marked to count as revoked
+        (reason superseded) from `at` on, in the same transaction. Raises SerialCollision when the
+        serial is taken for this issuer.
+        """
+        try:
+            with self._write() as conn:
+                cert_id = conn.execute(
+                    insert(certificates)
+                    .values(
+                        issuer_id=cert.issuer_id,
+                        serial_hex=cert.serial_hex,
+                        fingerprint_sha256=cert.fingerprint_sha256,
+                        subject=cert.subject,
+                        common_name=cert.common_name,
+                        sans=json.dumps(list(cert.sans)),
+                        key_type=cert.key_type,
+                        not_before=cert.not_before,
+                        not_after=cert.not_after,
+                        profile=cert.profile,
+                        protocol=cert.protocol,
+                        requester=cert.requester,
+                        status="valid",
+                        renewed_from_id=cert.renewed_from_id,
+                        der=cert.der,
+                        created_at=now,
+                    )
+                    .returning(certificates.c.id)
+                ).scalar_one()
+                if supersede is not None:
+                    old_id, at = supersede
+                    conn.execute(
+                        update(certificates)
+                        .where(and_(certificates.c.id == old_id, certificates.c.status == "valid"))
+                        .values(supersede_at=at)
+                    )
+                self._audit(conn, event, now)
+        except IntegrityError as exc:
+            if _is_serial_violation(exc):
+                raise SerialCollision(cert.serial_hex) from exc
+            raise Conflict("this certificate is already recorded", detail=str(exc.orig)) from exc
+        record = self.certificate_by_id(cert_id)
+        assert record is not None
+        return record
+
+    @staticmethod
+    def _certificate(row: RowMapping) -> CertificateRecord:
+        return CertificateRecord(
+            id=row["id"],
+            issuer_id=row["issuer_id"],
+            serial_hex=row["serial_hex"],
+            fingerprint_sha256=row["fingerprint_sha256"],
+            subject=row["subject"],
+            common_name=row["common_name"],
+            sans=tuple(json.loads(row["sans"])),
+            key_type=row["key_type"],
+            not_before=row["not_before"],
+            not_after=row["not_after"],
+            profile=row["profile"],
+            protocol=row["protocol"],
+            requester=row["requester"],
+            status=row["status"],
+            revoked_at=row["revoked_at"],
+            revocation_reason=row["revocation_reason"],
+            supersede_at=row["supersede_at"],
+            renewed_from_id=row["renewed_from_id"],
+            der=row["der"],
+            created_at=row["created_at"],
+        )
+
+    def certificate_by_id(self, cert_id: int) -> CertificateRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(certificates).where(certificates.c.id == cert_id)).mappings().first()
+        return self._certificate(row) if row else None
+
+    def certificate(self, issuer_id: int, serial_hex: str) -> CertificateRecord | None:
+        """The certificate `serial_hex` of one issuer."""
+        with self._read() as conn:
+            row = (
+                conn.execute(
+                    select(certificates).where(
+                        and_(certificates.c.issuer_id == issuer_id, certificates.c.serial_hex == serial_hex)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return self._certificate(row) if row else None
+
+    def certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+        """Every certificate with this serial, across issuers."""
+        with self._read() as conn:
+            rows = conn.execute(select(certificates).where(certificates.c.serial_hex == serial_hex)).mappings().all()
+        return [self._certificate(r) for r in rows]
+
+    def certificate_by_fingerprint(self, fingerprint_sha256: str) -> CertificateRecord | None:
+        with self._read() as conn:
+            row = (
+                conn.execute(select(certificates).where(certificates.c.fingerprint_sha256 == fingerprint_sha256))
+                .mappings()
+                .first()
+            )
+        return self._certificate(row) if row else None
+
+    def list_certificates(
+        self,
+        *,
+        now: dt.datetime,
+        status: str | None = None,
+        issuer_id: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[CertificateRecord]:
+        """Certificates, oldest first, filtered by effective status ('valid', 'revoked', 'expired')."""
+        c = certificates.c
+        query = select(certificates).order_by(c.id)
+        revoked = or_(c.status == "revoked", and_(c.supersede_at.is_not(None), c.supersede_at <= now))
+        if status == "revoked":
+            query = query.where(revoked)
+        elif status == "expired":
+            query = query.where(and_(~revoked, c.not_after < now))
+        elif status == "valid":
+            query = query.where(and_(~revoked, c.not_after >= now))
+        elif status is not None:
+            raise ValueError(f"unknown status {status!r}")
+        if issuer_id is not None:
+            query = query.where(c.issuer_id == issuer_id)
+        if limit is not None:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [self._certificate(r) for r in rows]
+
+    def count_certificates(self, issuer_id: int | None = None) -> int:
+        query = select(func.count()).select_from(certificates)
+        if issuer_id is not None:
+            query = query.where(certificates.c.issuer_id == issuer_id)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def revoke(
+        self, cert_id: int, reason: str, revoked_at: dt.datetime, event: AuditEvent, now: dt.datetime
+    ) -> CertificateRecord:
+        """Mark a valid certificate revoked, with its audit event, in one transaction."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(certificates)
+                .where(and_(certificates.c.id == cert_id, certificates.c.status == "valid"))
+                .values(status="revoked", revoked_at=revoked_at, revocation_reason=reason)
+            ).rowcount
+            if changed != 1:
+                raise Conflict("the certificate is already revoked")
+            self._audit(conn, event, now)
+        record = self.certificate_by_id(cert_id)
+        assert record is not None
+        return record
+
+    def apply_due_supersessions(self, now: dt.datetime, actor: str) -> int:
+        """Turn every certificate whose renewal grace period ended into a revoked one (superseded)."""
+        c = certificates.c
+        with self._write() as conn:
+            due = conn.execute(
+                select(c.id, c.issuer_id, c.serial_hex, c.supersede_at).where(
+                    and_(c.status == "valid", c.supersede_at.is_not(None), c.supersede_at <= now)
+                )
+            ).all()
+            for cert_id, issuer_id, serial, at in due:
+                conn.execute(
+                    update(certificates)
+                    .where(and_(c.id == cert_id, c.status == "valid"))
+                    .values(status="revoked", revoked_at=at, revocation_reason="superseded")
+                )
+                self._audit(
+                    conn,
+                    AuditEvent(actor, "certificate.revoked", issuer_id, serial, {"reason": "superseded"}),
+                    now,
+                )
+        return len(due)
+
+    def revoked_entries(self, issuer_id: int, now: dt.datetime) -> list[RevokedEntry]:
+        """What a CRL of this issuer lists at `now`: revoked (or superseded) and not yet expired."""
+        c = certificates.c
+        query = (
+            select(c.serial_hex, c.status, c.revoked_at, c.revocation_reason, c.supersede_at)
+            .where(
+                and_(
+                    c.issuer_id == issuer_id,
+                    c.not_after >= now,
+                    or_(c.status == "revoked", and_(c.supersede_at.is_not(None), c.supersede_at <= now)),
+                )
+            )
+            .order_by(c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        entries = []
+        for serial, status, revoked_at, reason, supersede_at in rows:
+            if status == "revoked":
+                entries.append(RevokedEntry(serial, revoked_at, reason or "unspecified"))
+            else:
+                entries.append(RevokedEntry(serial, supersede_at, "superseded"))
+        return entries
+
+    # -- CRLs -------------------------------------------------------------------------------------
+
+    def allocate_crl_number(self, issuer_id: int) -> int:
+        """The next CRL number of an issuer; unique across every node (one atomic UPDATE)."""
+        with self._write() as conn:
+            number = conn.execute(
+                update(crl_publications)
+                .where(crl_publications.c.issuer_id == issuer_id)
+                .values(last_number=crl_publications.c.last_number + 1)
+                .returning(crl_publications.c.last_number)
+            ).scalar_one_or_none()
+        if number is None:
+            raise Unavailable("no CRL counter for this issuer", detail=f"issuer id {issuer_id} has no CRL row")
+        return int(number)
+
+    def save_crl(self, crl: CrlRecord, event: AuditEvent, now: dt.datetime) -> bool:
+        """Store a signed CRL unless a newer one is already stored; True when it was stored."""
+        p = crl_publications.c
+        with self._write() as conn:
+            changed = conn.execute(
+                update(crl_publications)
+                .where(and_(p.issuer_id == crl.issuer_id, p.published_number < crl.number))
+                .values(
+                    published_number=crl.number,
+                    this_update=crl.this_update,
+                    next_update=crl.next_update,
+                    der=crl.der,
+                )
+            ).rowcount
+            if changed:
+                self._audit(conn, event, now)
+        return bool(changed)
+
+    def latest_crl(self, issuer_id: int) -> CrlRecord | None:
+        p = crl_publications.c
+        with self._read() as conn:
+            row = conn.execute(select(crl_publications).where(p.issuer_id == issuer_id)).mappings().first()
+        if row is None or row["der"] is None:
+            return None
+        return CrlRecord(
+            issuer_id=row["issuer_id"],
+            number=int(row["published_number"]),
+            this_update=row["this_update"],
+            next_update=row["next_update"],
+            der=row["der"],
+        )
+
+    def latest_change(self, issuer_id: int, now: dt.datetime) -> dt.datetime | None:
+        """When a certificate of this issuer last became revoked (superseded ones included) by `now`."""
+        c = certificates.c
+        with self._read() as conn:
+            revoked = conn.execute(
+                select(func.max(c.revoked_at)).where(and_(c.issuer_id == issuer_id, c.status == "revoked"))
+            ).scalar_one_or_none()
+            superseded = conn.execute(
+                select(func.max(c.supersede_at)).where(
+                    and_(c.issuer_id == issuer_id, c.status == "valid", c.supersede_at <= now)
+                )
+            ).scalar_one_or_none()
+        values: Sequence[dt.datetime] = [v for v in (revoked, superseded) if v is not None]
+        return max(values) if values else None

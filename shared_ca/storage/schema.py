@@ -1,0 +1,113 @@
+"""Table definitions used by the repository (SQLAlchemy Core). Migrations create them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+# BIGINT keys on PostgreSQL, INTEGER (rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores naive UTC, returns aware UTC, on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+issuers = Table(
+    "issuers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("ski_hex", String(128), nullable=False),
+    Column("fingerprint_sha256", String(64), nullable=False, unique=True),
+    Column("cert_der", LargeBinary, nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("trust_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("issuer_id", Id, ForeignKey("issuers.id"), nullable=False),
+    Column("serial_hex", String(40), nullable=False),
+    Column("fingerprint_sha256", String(64), nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("common_name", String(255), nullable=True, index=True),
+    Column("sans", Text, nullable=False),
+    Column("key_type", String(32), nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False, index=True),
+    Column("profile", String(64), nullable=False),
+    Column("protocol", String(16), nullable=False),
+    Column("requester", Text, nullable=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("revocation_reason", String(32), nullable=True),
+    Column("supersede_at", UTCDateTime, nullable=True),
+    Column("renewed_from_id", Id, ForeignKey("certificates.id"), nullable=True),
+    Column("der", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("issuer_id", "serial_hex", name="uq_certificates_issuer_serial"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("occurred_at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("issuer_id", Id, ForeignKey("issuers.id"), nullable=True),
+    Column("serial_hex", String(40), nullable=True),
+    Column("detail", Text, nullable=False),
+)
+
+crl_publications = Table(
+    "crl_publications",
+    metadata,
+    Column("issuer_id", Id, ForeignKey("issuers.id"), primary_key=True, autoincrement=False),
+    Column("last_number", BigInteger, nullable=False),
+    Column("published_number", BigInteger, nullable=False),
+    Column("this_update", UTCDateTime, nullable=True),
+    Column("next_update", UTCDateTime, nullable=True),
+    Column("der", LargeBinary, nullable=True),
+)

@@ -1,0 +1,91 @@
+"""Helpers shared by the tests: keys, CSRs, a settable clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from shared_ca.keys import PrivateKey
+
+
+class SettableClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: dt.datetime | None = None) -> None:
+        self.now = now or dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+_RSA_CACHE: dict[int, rsa.RSAPrivateKey] = {}
+
+
+def rsa_key(bits: int = 2048, *, fresh: bool = False) -> rsa.RSAPrivateKey:
+    """An RSA key; cached per size unless `fresh` (RSA generation is slow)."""
+    if fresh or bits not in _RSA_CACHE:
+        key = rsa.generate_private_key(65537, bits)
+        if fresh:
+            return key
+        _RSA_CACHE[bits] = key
+    return _RSA_CACHE[bits]
+
+
+def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve or ec.SECP256R1())
+
+
+def ed_key() -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def subject(cn: str | None = "device1", **extra: str) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn is not None else []
+    oids = {
+        "O": NameOID.ORGANIZATION_NAME,
+        "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+        "C": NameOID.COUNTRY_NAME,
+        "title": NameOID.TITLE,
+        "pseudonym": NameOID.PSEUDONYM,
+    }
+    attrs += [x509.NameAttribute(oids[k], v) for k, v in extra.items()]
+    return x509.Name(attrs)
+
+
+def make_csr(
+    key: PrivateKey | None = None,
+    name: x509.Name | None = None,
+    *,
+    dns: list[str] | None = None,
+    ips: list[str] | None = None,
+    emails: list[str] | None = None,
+    uris: list[str] | None = None,
+) -> x509.CertificateSigningRequest:
+    """A signed CSR; SANs in an extensionRequest when given."""
+    key = key or ec_key()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(name if name is not None else subject())
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns or []]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips or []]
+    sans += [x509.RFC822Name(e) for e in emails or []]
+    sans += [x509.UniformResourceIdentifier(u) for u in uris or []]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algorithm)
+
+
+def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(Encoding.PEM)
+
+
+def csr_der(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(Encoding.DER)
