@@ -64,7 +64,11 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        return Response(f"{exc.name}\n", status=status, mimetype="text/plain")
+        response = Response(f"{exc.name}\n", status=status, mimetype="text/plain")
+        for name, value in exc.get_headers(request.environ):
+            if name.lower() != "content-type":  # keep e.g. Allow on 405 (RFC 9110 §15.5.6: MUST)
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.config import ConfigError, GatewayConfig, load_config, render_config, sample_config
-from gateway.initdir import InitError, InitOptions, initialise
+from gateway.initdir import DEFAULT_CA_SUBJECT, InitError, InitOptions, initialise
 from gateway.output import FORMATS, render, render_mapping
 from gateway.runtime import PASSPHRASE_ENV, Gateway, open_gateway, read_passphrase_file
 from shared_ca.authority import fingerprint, parse_reason, utcnow
@@ -25,7 +25,7 @@ from shared_ca.errors import CAError, NotFound
 from shared_ca.keys import KeyType, describe_public_key
 from shared_ca.policy import authorize_csr
 from shared_ca.serials import parse_serial, serial_hex
-from shared_ca.storage.db import create_store_engine, current_revision, head_revision, migrate_to_head
+from shared_ca.storage.db import create_store_engine, current_revision, head_revision, migrate_to_head, redact_url
 from shared_ca.storage.repository import CertificateRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,11 +38,19 @@ class GatewayGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CAError as exc:
-            raise click.ClickException(exc.detail) from None
+            raise click.ClickException(_one_line(exc)) from None
         except (ConfigError, InitError) as exc:
             raise click.ClickException(str(exc)) from None
         except PermissionError as exc:
             raise click.ClickException(f"permission denied: {exc.filename}") from None
+
+
+def _one_line(exc: CAError) -> str:
+    """The public message with the operator-only detail after it, folded onto one line."""
+    text = exc.public_message
+    if exc.detail and exc.detail != exc.public_message:
+        text = f"{text}: {exc.detail}"
+    return " ".join(text.split())
 
 
 def _actor() -> str:
@@ -76,7 +84,10 @@ def _config(data_dir: Path, config_file: Path | None, overrides: dict[str, Any] 
 
 
 def _gateway(data_dir: Path, config_file: Path | None) -> Gateway:
-    return open_gateway(_config(data_dir, config_file))
+    gateway = open_gateway(_config(data_dir, config_file))
+    # Close the pooled database connections when the command ends, successful or not.
+    click.get_current_context().call_on_close(gateway.store.engine.dispose)
+    return gateway
 
 
 def _echo(text: str, out: Path | None = None) -> None:
@@ -113,7 +124,7 @@ def cli() -> None:
 )
 @click.option(
     "--ca-subject",
-    default="CN=SCEP-EST Gateway CA,O=SCEP-EST Gateway",
+    default=DEFAULT_CA_SUBJECT,
     show_default=True,
     help="Subject of a new CA (RFC 4514).",
 )
@@ -254,7 +265,10 @@ def config_show(data_dir: Path, config_file: Path | None) -> None:
         if values.get("scep_challenge"):
             values["scep_challenge"] = "********"
         profiles[name] = values
-    click.echo(render_config(dict(cfg.values), profiles, commented=False), nl=False)
+    settings = dict(cfg.values)
+    if settings["database_url"]:
+        settings["database_url"] = redact_url(str(settings["database_url"]))
+    click.echo(render_config(settings, profiles, commented=False), nl=False)
 
 
 @config.command("check")
@@ -348,8 +362,15 @@ def cert_issue(
     csr = load_csr(data)
     policy = authorize_csr(profile, csr, utcnow())
     issued = gw.authority.issue(policy, protocol="cli", actor=_actor(), requester=str(csr_file))
-    _echo(issued.certificate.public_bytes(Encoding.PEM).decode("ascii"), out)
-    click.echo(f"issued serial {issued.record.serial_hex} ({issued.record.subject}, profile {profile.name})", err=True)
+    serial = issued.record.serial_hex
+    try:
+        _echo(issued.certificate.public_bytes(Encoding.PEM).decode("ascii"), out)
+    except OSError as exc:  # the certificate is issued and recorded: say how to get it back
+        raise click.ClickException(
+            f"issued serial {serial}, but cannot write {out}: {exc.strerror}; "
+            f"`gateway cert show {serial} --pem` prints it"
+        ) from None
+    click.echo(f"issued serial {serial} ({issued.record.subject}, profile {profile.name})", err=True)
 
 
 @cert.command("list")

@@ -210,7 +210,12 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
 
 def _coerce_profile_env(value: str, default: Any) -> Any:
     if isinstance(default, bool):
-        return value.strip().lower() in ("1", "true", "yes", "on")
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return value  # not silently false: profile_from_mapping names the key and the bad value
     if isinstance(default, int):
         try:
             return int(value)
@@ -317,14 +322,17 @@ def _load_profiles(file_profiles: Mapping[str, Any], env: Mapping[str, str], ori
         base = DEFAULT_PROFILES.get(name)
         template = base or Profile(name=name)
         env_name = f"{ENV_PREFIX}PROFILES_{name.upper().replace('-', '_')}_"
+        from_env: dict[str, str] = {}
         for field_name in (f.name for f in fields(Profile) if f.name != "name"):
             variable = env_name + field_name.upper()
             if variable in env:
                 data[field_name] = _coerce_profile_env(env[variable], getattr(template, field_name))
+                from_env[field_name] = variable
         try:
             profiles[name] = profile_from_mapping(name, data, base)
         except ProfileError as exc:
-            raise ConfigError(f"profiles.{name}.{exc.key} ({origin}): {exc.message}") from None
+            where = f"environment {from_env[exc.key]}" if exc.key in from_env else origin
+            raise ConfigError(f"profiles.{name}.{exc.key} ({where}): {exc.message}") from None
     return profiles
 
 

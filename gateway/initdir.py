@@ -20,7 +20,14 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import CONFIG_FILE_NAME, SETTINGS, GatewayConfig, load_config, render_config
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
-from shared_ca.ca_material import CAMaterial, create_root_ca, material_from_pem, material_from_pkcs12, register_issuer
+from shared_ca.ca_material import (
+    CAMaterial,
+    create_root_ca,
+    material_from_pem,
+    material_from_pkcs12,
+    parse_subject,
+    register_issuer,
+)
 from shared_ca.errors import Conflict, KeyMaterialError
 from shared_ca.keys import (
     KeyType,
@@ -39,6 +46,7 @@ from shared_ca.storage.db import create_store_engine, migrate_to_head
 from shared_ca.storage.repository import Store
 
 DEFAULTS = {s.key: s.default for s in SETTINGS}
+DEFAULT_CA_SUBJECT = "CN=SCEP-EST Gateway CA,O=SCEP-EST Gateway"
 INIT_MARKERS = (CONFIG_FILE_NAME, "ca.pem", DEFAULTS["ca.key"], "gateway.db")
 
 
@@ -94,14 +102,23 @@ def _existing(data_dir: Path) -> list[str]:
 
 
 def _move_aside(data_dir: Path, names: list[str], now: dt.datetime) -> Path:
-    backup = data_dir / f"replaced-{now:%Y%m%dT%H%M%SZ}"
-    backup.mkdir(mode=0o700)
-    for name in [*names, "ca", "ra", "tls", "gateway.db-wal", "gateway.db-shm"]:
+    stamp = f"replaced-{now:%Y%m%dT%H%M%SZ}"
+    backup = data_dir / stamp
+    attempt = 1
+    while True:  # a second --force within the same second must not collide with the first backup
+        try:
+            backup.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            attempt += 1
+            backup = data_dir / f"{stamp}-{attempt}"
+    # Whole top-level entries only: moving ca/ca.key first and then the ca directory would nest it
+    # (backup/ca/ca/ca.crt) and a failed init would restore a directory without its CA certificate.
+    entries = [Path(name).parts[0] for name in [*names, "ca", "ra", "tls", "gateway.db-wal", "gateway.db-shm"]]
+    for name in dict.fromkeys(entries):
         source = data_dir / name
         if source.exists():
-            target = backup / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(source), str(target))
+            shutil.move(str(source), str(backup / name))
     return backup
 
 
@@ -125,12 +142,7 @@ def _ca_material(options: InitOptions, now: dt.datetime) -> CAMaterial:
         certs = load_certificates(options.import_ca_cert)
         key = load_private_key(options.import_ca_key, options.import_passphrase)
         return material_from_pem(certs, key, now)
-    subject = options.ca_subject or x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "SCEP-EST Gateway CA"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SCEP-EST Gateway"),
-        ]
-    )
+    subject = options.ca_subject or parse_subject(DEFAULT_CA_SUBJECT)
     return create_root_ca(generate_private_key(options.ca_key_type), subject, options.ca_days, now)
 
 

@@ -88,7 +88,7 @@ class GatewayMiddleware:
 
         def _finish(sent: int) -> None:
             access_log.info(
-                '%s %s %s %s %d %.1fms "%s"',
+                '%s %s %s %s %d %.1fms "%s" rid=%s',
                 environ.get("REMOTE_ADDR", "-"),
                 environ.get("REQUEST_METHOD", "-"),
                 environ.get("PATH_INFO", "-"),
@@ -96,6 +96,7 @@ class GatewayMiddleware:
                 sent,
                 (time.perf_counter() - started) * 1000,
                 environ.get("HTTP_USER_AGENT", "-"),
+                request_id,
                 extra={
                     "request_id": request_id,
                     "client": environ.get("REMOTE_ADDR"),

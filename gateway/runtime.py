@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from sqlalchemy import Engine
 
 from gateway.config import GatewayConfig
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.crl import CrlPublisher
-from shared_ca.errors import KeyMaterialError, Unavailable
+from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
@@ -71,9 +70,8 @@ class Gateway:
         return certs
 
 
-def open_store(config: GatewayConfig) -> tuple[Engine, Store]:
-    engine = create_store_engine(config.database_url)
-    return engine, Store(engine)
+def open_store(config: GatewayConfig) -> Store:
+    return Store(create_store_engine(config.database_url))
 
 
 def _load_pair(
@@ -89,13 +87,16 @@ def _load_pair(
 def open_gateway(config: GatewayConfig) -> Gateway:
     """Load key material and connect the store; every failure is one clear CAError."""
     passphrase = key_passphrase(config)
-    engine, store = open_store(config)
+    store = open_store(config)
     try:
-        require_schema_at_head(engine)
-    except Unavailable:
+        return _assemble(config, store, passphrase)
+    except BaseException:
+        store.engine.dispose()  # a failed start leaves no pooled database connection behind
         raise
-    except Exception as exc:
-        raise Unavailable("the database is unavailable", detail=f"{config.database_url}: {exc}") from exc
+
+
+def _assemble(config: GatewayConfig, store: Store, passphrase: bytes | None) -> Gateway:
+    require_schema_at_head(store.engine)
     ca_chain, ca_key = _load_pair(config, "ca.cert", "ca.key", passphrase)
     ra_certs, ra_key = _load_pair(config, "ra.cert", "ra.key", passphrase)
     issuer = _issuer_for(store, config["ca.name"], ca_chain[0])

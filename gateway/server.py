@@ -127,24 +127,25 @@ def run_listener(listener: str) -> None:
 
 def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[str], None]) -> int:
     """Start both arbiters, print where they listen, and supervise them until a signal or a death."""
-    open_gateway(config)  # fail here, in one line, rather than in every worker
+    open_gateway(config).store.engine.dispose()  # fail here, in one line, rather than in every worker
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for listener in LISTENERS:
-        children[listener] = subprocess.Popen([sys.executable, "-m", "gateway.server", listener], env=environ)
     stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
         stopping.set()
 
+    # Handlers before the first child: a SIGTERM during start-up must stop the arbiters already started.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     base_http = f"http://{config['listen.http']}"
     base_https = f"https://{config['listen.https']}"
-    announce(f"SCEP   {base_http}/scep  and  {base_https}/scep")
-    announce(f"EST    {base_https}/.well-known/est/")
-    announce(f"health {base_http}/healthz  and  {base_https}/healthz")
-    announce(f"CA certificate (trust this): {config.data_dir / 'ca.pem'}  (also {base_http}/ca.pem)")
     exit_code = 0
     try:
+        for listener in LISTENERS:
+            children[listener] = subprocess.Popen([sys.executable, "-m", "gateway.server", listener], env=environ)
+        announce(f"SCEP   {base_http}/scep  and  {base_https}/scep")
+        announce(f"EST    {base_https}/.well-known/est/")
+        announce(f"health {base_http}/healthz  and  {base_https}/healthz")
+        announce(f"CA certificate (trust this): {config.data_dir / 'ca.pem'}  (also {base_http}/ca.pem)")
         while not stopping.is_set():
             for listener, child in children.items():
                 code = child.poll()

@@ -84,7 +84,12 @@ def ca_der(name: str) -> Response:
 
 
 def _ocsp_reply(request_der: bytes) -> Response:
-    answer = gateway().ocsp.respond(request_der)
+    try:
+        answer = gateway().ocsp.respond(request_der)
+    except Unavailable as exc:
+        # RFC 6960 §2.3: tryLater, in the protocol's own form, while the store cannot answer.
+        log.error("ocsp unavailable: %s", exc.detail)
+        return Response(unsuccessful(OCSPResponseStatus.TRY_LATER), status=503, mimetype="application/ocsp-response")
     log.info("ocsp %s", answer.log)
     return Response(answer.der, status=answer.http_status, mimetype="application/ocsp-response")
 

@@ -33,7 +33,8 @@ def parse_subject(text: str) -> x509.Name:
     try:
         name = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise ValueError(f"{text!r} is not an RFC 4514 name such as 'CN=Gateway CA,O=Example': {exc}") from None
+        reason = f": {exc}" if str(exc) else ""  # cryptography often gives no text
+        raise ValueError(f"{text!r} is not an RFC 4514 name such as 'CN=Gateway CA,O=Example'{reason}") from None
     if not name.rdns:
         raise ValueError("the subject is empty")
     return name

@@ -56,10 +56,11 @@ class CrlPublisher:
         issuer_id = self.authority.issuer.id
         now = self.authority.clock()
         store.apply_due_supersessions(now, actor)
+        revision = store.crl_revision(issuer_id)  # before the entries: see Store.crl_revision
         number = store.allocate_crl_number(issuer_id)
         entries = store.revoked_entries(issuer_id, now)
         der = build_crl(self.authority, number, entries, now, now + self.validity)
-        record = CrlRecord(issuer_id, number, now, now + self.validity, der)
+        record = CrlRecord(issuer_id, number, now, now + self.validity, der, revision)
         event = AuditEvent(actor, "crl.published", issuer_id, None, {"number": number, "entries": len(entries)})
         if store.save_crl(record, event, now):
             return record
@@ -71,8 +72,11 @@ class CrlPublisher:
         """True when there is no CRL, it is older than the refresh interval, or revocations came since."""
         if crl is None or now >= crl.this_update + self.refresh or now >= crl.next_update:
             return True
-        changed = self.authority.store.latest_change(self.authority.issuer.id, now)
-        return changed is not None and changed >= crl.this_update
+        store = self.authority.store
+        issuer_id = self.authority.issuer.id
+        # A revocation since this CRL was signed, or a renewal grace period that ended (publish()
+        # turns those into revocations first).
+        return store.crl_revision(issuer_id) > crl.revision or store.due_supersessions(issuer_id, now) > 0
 
     def current(self, actor: str) -> CrlRecord:
         """The CRL to serve: the stored one, or a freshly published one when it is due."""

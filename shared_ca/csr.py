@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
 from shared_ca.errors import AlgorithmNotAllowed, BadSignature, InvalidRequest
 
@@ -27,13 +28,47 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise InvalidRequest("the request is not a PKCS#10 certificate request", detail=str(exc)) from exc
     except UnsupportedAlgorithm as exc:
         raise AlgorithmNotAllowed("the request uses an unsupported key algorithm", detail=str(exc)) from exc
+    verify_csr_signature(csr)
+    return csr
+
+
+# Digests a CSR self-signature may use. SHA-1 stays accepted: legacy SCEP clients sign with it, and
+# the signature only proves possession of the key. MD5 is refused (RFC 6151).
+CSR_SIGNATURE_HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512")
+
+
+def verify_csr_signature(csr: x509.CertificateSigningRequest) -> str:
+    """Check the self-signature and return its digest name ('ed25519' for Ed25519).
+
+    Verified with the low-level key API rather than `is_signature_valid`, which newer cryptography
+    releases answer False for SHA-1: a legacy client's valid request must not read as forged.
+    """
     try:
-        valid = csr.is_signature_valid
+        algorithm = csr.signature_hash_algorithm
+        key = csr.public_key()
     except UnsupportedAlgorithm as exc:
         raise AlgorithmNotAllowed("the request's signature algorithm is not supported", detail=str(exc)) from exc
-    if not valid:
-        raise BadSignature("the certificate request's signature does not verify")
-    return csr
+    name = algorithm.name if algorithm is not None else "ed25519"
+    if algorithm is not None and name not in CSR_SIGNATURE_HASHES:
+        raise AlgorithmNotAllowed(f"the request is signed with {name.upper()}, which is not accepted")
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
+            params = csr.signature_algorithm_parameters
+            pad = params if isinstance(params, padding.PSS) else padding.PKCS1v15()
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, pad, algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(algorithm))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) and algorithm is None:
+            key.verify(csr.signature, csr.tbs_certrequest_bytes)
+        elif csr.is_signature_valid:  # any other pairing cryptography itself knows
+            return name
+        else:
+            raise InvalidSignature
+    except InvalidSignature:
+        raise BadSignature("the certificate request's signature does not verify") from None
+    except (UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        raise AlgorithmNotAllowed("the request's signature algorithm is not supported", detail=str(exc)) from exc
+    return name
 
 
 def requested_sans(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:

@@ -68,8 +68,14 @@ class OcspResponder:
             nonce_ext = request.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
         except x509.ExtensionNotFound:
             nonce_ext = None
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        # NotImplementedError: cryptography reads exactly one CertID (none or several are refused);
+        # DuplicateExtension: a request extension given twice.
+        except (ValueError, UnsupportedAlgorithm, NotImplementedError, x509.DuplicateExtension) as exc:
             return OcspAnswer(400, unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST), f"malformed: {exc}")
+        if serial < 0:  # RFC 5280 §4.1.2.2: serials are positive; a reply cannot even name this one
+            return OcspAnswer(
+                400, unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST), f"malformed: negative serial {serial}"
+            )
         authority = self._authority_for(request)
         if authority is None:
             return OcspAnswer(

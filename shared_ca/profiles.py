@@ -169,7 +169,15 @@ def _string_list(key: str, value: Any, allowed: tuple[str, ...] | None = None) -
 
 def _validate_eku(key: str, names: tuple[str, ...]) -> None:
     for name in names:
-        if name not in EXTENDED_KEY_USAGES and not re.fullmatch(r"[0-2](\.\d+)+", name):
+        if name in EXTENDED_KEY_USAGES:
+            continue
+        valid = re.fullmatch(r"[0-2](\.\d+)+", name) is not None
+        if valid:
+            try:
+                ObjectIdentifier(name)  # X.660: arc 2 below 0.x and 1.x must be < 40
+            except ValueError:
+                valid = False
+        if not valid:
             raise ProfileError(
                 key, f"unknown extended key usage {name!r} (a name: {', '.join(EXTENDED_KEY_USAGES)}, or an OID)"
             )

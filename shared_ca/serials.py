@@ -25,14 +25,15 @@ def serial_hex(serial: int) -> str:
 
 def parse_serial(text: str) -> int:
     """Parse a serial given as hex (optionally 0x-prefixed, colons allowed) or as `dec:NNN`."""
-    cleaned = text.strip().lower().replace(":", "")
+    cleaned = text.strip().lower()
     try:
+        # Look for "dec:" before dropping colons, or "dec:10" would be read as the hex 0xdec10.
         if cleaned.startswith("dec:"):
             value = int(cleaned[4:], 10)
         else:
-            value = int(cleaned.removeprefix("0x"), 16)
+            value = int(cleaned.replace(":", "").removeprefix("0x"), 16)
     except ValueError:
-        raise ValueError(f"serial {text!r} is not a hexadecimal number") from None
+        raise ValueError(f"serial {text!r} is not a hexadecimal number (or dec:NNN)") from None
     if value <= 0:
         raise ValueError(f"serial {text!r} must be positive")
     return value

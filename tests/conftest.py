@@ -27,7 +27,10 @@ from shared_ca.storage.repository import Store
 from tests.support import SettableClock
 
 PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "")
-BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    *([pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)] if PG_URL else []),
+]
 BASE_URL = "http://127.0.0.1:8080"
 
 

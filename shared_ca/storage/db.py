@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from shared_ca.errors import Unavailable
@@ -38,6 +40,14 @@ def validate_database_url(url: str) -> str | None:
     return None
 
 
+def redact_url(url: str) -> str:
+    """The database URL with its password masked, for display."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def create_store_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
     """An Engine configured for concurrent use by several threads and processes."""
     parsed = make_url(url)
@@ -54,13 +64,31 @@ def create_store_engine(url: str, *, pool_size: int = 5, connect_args: dict[str,
     )
 
 
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the database to WAL (persistent; a no-op once done).
+
+    Switching a new database needs an exclusive lock, and SQLite answers "database is locked" at
+    once instead of applying the busy timeout, so two processes opening a new file together would
+    fail: retry until the busy timeout is spent.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
         # Take BEGIN into our own hands (see _on_begin); pysqlite's implicit BEGIN is DEFERRED.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -90,13 +118,23 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at (None when it was never migrated)."""
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    """The revision the database is at (None when it was never migrated); Unavailable when unreachable."""
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise Unavailable("the database is unavailable", detail=f"cannot reach the database: {exc}") from exc
 
 
 def migrate_to_head(engine: Engine) -> None:
     """Bring the schema to the newest revision; safe to run from several nodes at once."""
+    try:
+        _migrate_to_head(engine)
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable("the database is unavailable", detail=f"cannot migrate the database: {exc}") from exc
+
+
+def _migrate_to_head(engine: Engine) -> None:
     cfg = _alembic_config()
     with engine.connect().execution_options(**WRITE) as conn:
         if conn.dialect.name == "postgresql":

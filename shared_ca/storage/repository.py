@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +117,7 @@ class CrlRecord:
     this_update: dt.datetime
     next_update: dt.datetime
     der: bytes
+    revision: int = 0  # the issuer's revocation revision this CRL includes
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,11 @@ class Store:
                 ).scalar_one()
             except IntegrityError as exc:
                 raise Conflict(f"issuer {issuer.name!r} or its certificate is already registered") from exc
-            conn.execute(insert(crl_publications).values(issuer_id=issuer_id, last_number=0, published_number=0))
+            conn.execute(
+                insert(crl_publications).values(
+                    issuer_id=issuer_id, last_number=0, published_number=0, revision=0, published_revision=0
+                )
+            )
             self._audit(conn, AuditEvent(event.actor, event.action, issuer_id, None, event.detail), now)
         found = self.issuer_by_id(issuer_id)
         assert found is not None
@@ -323,9 +328,15 @@ class Store:
             if _is_serial_violation(exc):
                 raise SerialCollision(cert.serial_hex) from exc
             raise Conflict("this certificate is already recorded", detail=str(exc.orig)) from exc
-        record = self.certificate_by_id(cert_id)
-        assert record is not None
-        return record
+        return CertificateRecord(
+            **vars(cert),
+            id=cert_id,
+            status="valid",
+            revoked_at=None,
+            revocation_reason=None,
+            supersede_at=None,
+            created_at=now,
+        )
 
     @staticmethod
     def _certificate(row: RowMapping) -> CertificateRecord:
@@ -436,6 +447,8 @@ class Store:
             ).rowcount
             if changed != 1:
                 raise Conflict("the certificate is already revoked")
+            issuer_id = conn.execute(select(certificates.c.issuer_id).where(certificates.c.id == cert_id)).scalar_one()
+            self._bump_revision(conn, issuer_id)
             self._audit(conn, event, now)
         record = self.certificate_by_id(cert_id)
         assert record is not None
@@ -456,12 +469,34 @@ class Store:
                     .where(and_(c.id == cert_id, c.status == "valid"))
                     .values(status="revoked", revoked_at=at, revocation_reason="superseded")
                 )
+                self._bump_revision(conn, issuer_id)
                 self._audit(
                     conn,
                     AuditEvent(actor, "certificate.revoked", issuer_id, serial, {"reason": "superseded"}),
                     now,
                 )
         return len(due)
+
+    @staticmethod
+    def _bump_revision(conn: Connection, issuer_id: int) -> None:
+        """Count a change of the issuer's revocation list, in the transaction that makes it."""
+        conn.execute(
+            update(crl_publications)
+            .where(crl_publications.c.issuer_id == issuer_id)
+            .values(revision=crl_publications.c.revision + 1)
+        )
+
+    def crl_revision(self, issuer_id: int) -> int:
+        """How many revocation changes the issuer has had; a CRL that includes fewer is out of date.
+
+        Read it before reading the revoked entries: whatever committed before the read is then in
+        the entries, and whatever commits after it raises the revision above the CRL's.
+        """
+        with self._read() as conn:
+            value = conn.execute(
+                select(crl_publications.c.revision).where(crl_publications.c.issuer_id == issuer_id)
+            ).scalar_one_or_none()
+        return int(value or 0)
 
     def revoked_entries(self, issuer_id: int, now: dt.datetime) -> list[RevokedEntry]:
         """What a CRL of this issuer lists at `now`: revoked (or superseded) and not yet expired."""
@@ -514,6 +549,7 @@ class Store:
                     this_update=crl.this_update,
                     next_update=crl.next_update,
                     der=crl.der,
+                    published_revision=crl.revision,
                 )
             ).rowcount
             if changed:
@@ -532,19 +568,22 @@ class Store:
             this_update=row["this_update"],
             next_update=row["next_update"],
             der=row["der"],
+            revision=int(row["published_revision"]),
         )
 
-    def latest_change(self, issuer_id: int, now: dt.datetime) -> dt.datetime | None:
-        """When a certificate of this issuer last became revoked (superseded ones included) by `now`."""
+    def due_supersessions(self, issuer_id: int, now: dt.datetime) -> int:
+        """How many of the issuer's certificates count as superseded by `now` but are not revoked yet."""
         c = certificates.c
         with self._read() as conn:
-            revoked = conn.execute(
-                select(func.max(c.revoked_at)).where(and_(c.issuer_id == issuer_id, c.status == "revoked"))
-            ).scalar_one_or_none()
-            superseded = conn.execute(
-                select(func.max(c.supersede_at)).where(
-                    and_(c.issuer_id == issuer_id, c.status == "valid", c.supersede_at <= now)
-                )
-            ).scalar_one_or_none()
-        values: Sequence[dt.datetime] = [v for v in (revoked, superseded) if v is not None]
-        return max(values) if values else None
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        and_(
+                            c.issuer_id == issuer_id,
+                            c.status == "valid",
+                            c.supersede_at.is_not(None),
+                            c.supersede_at <= now,
+                        )
+                    )
+                ).scalar_one()
+            )

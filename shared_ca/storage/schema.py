@@ -107,6 +107,8 @@ crl_publications = Table(
     Column("issuer_id", Id, ForeignKey("issuers.id"), primary_key=True, autoincrement=False),
     Column("last_number", BigInteger, nullable=False),
     Column("published_number", BigInteger, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("published_revision", BigInteger, nullable=False),
     Column("this_update", UTCDateTime, nullable=True),
     Column("next_update", UTCDateTime, nullable=True),
     Column("der", LargeBinary, nullable=True),

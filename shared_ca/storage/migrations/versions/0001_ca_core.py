@@ -76,6 +76,8 @@ def upgrade() -> None:
         sa.Column("issuer_id", Id, sa.ForeignKey("issuers.id"), primary_key=True, autoincrement=False),
         sa.Column("last_number", sa.BigInteger, nullable=False),
         sa.Column("published_number", sa.BigInteger, nullable=False),
+        sa.Column("revision", sa.BigInteger, nullable=False),
+        sa.Column("published_revision", sa.BigInteger, nullable=False),
         sa.Column("this_update", UTCDateTime, nullable=True),
         sa.Column("next_update", UTCDateTime, nullable=True),
         sa.Column("der", sa.LargeBinary, nullable=True),
