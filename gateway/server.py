@@ -142,9 +142,8 @@ def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[st
     try:
         for listener in LISTENERS:
             children[listener] = subprocess.Popen([sys.executable, "-m", "gateway.server", listener], env=environ)
-        announce(f"SCEP   {base_http}/scep  and  {base_https}/scep")
-        announce(f"EST    {base_https}/.well-known/est/")
         announce(f"health {base_http}/healthz  and  {base_https}/healthz")
+        announce(f"CRL    {base_http}/crl/{config['ca.name']}.crl   OCSP {base_http}/ocsp")
         announce(f"CA certificate (trust this): {config.data_dir / 'ca.pem'}  (also {base_http}/ca.pem)")
         while not stopping.is_set():
             for listener, child in children.items():
