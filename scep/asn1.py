@@ -1,0 +1,333 @@
+"""SCEP's ASN.1 vocabulary (RFC 8894 §3.2.1 and §3.3), declared once.
+
+The SCEP signed attributes are declared by subclassing asn1crypto's CMS attribute classes, never by
+patching the library's global tables: other code in the process sees asn1crypto unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+from typing import Any, TypeVar
+
+from asn1crypto import cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography.hazmat.primitives import hashes
+
+# RFC 8894 §3.2.1.1-§3.2.1.6: the Verisign arc the SCEP drafts used, kept by the RFC.
+MESSAGE_TYPE_OID = "2.16.840.1.113733.1.9.2"
+PKI_STATUS_OID = "2.16.840.1.113733.1.9.3"
+FAIL_INFO_OID = "2.16.840.1.113733.1.9.4"
+SENDER_NONCE_OID = "2.16.840.1.113733.1.9.5"
+RECIPIENT_NONCE_OID = "2.16.840.1.113733.1.9.6"
+TRANSACTION_ID_OID = "2.16.840.1.113733.1.9.7"
+# RFC 8894 §3.2.1.4 (id-scep-failInfoText, from the PKIX arc).
+FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
+
+
+class MessageType(enum.StrEnum):
+    """RFC 8894 §3.2.1.2: "The messageType attribute specifies the type of operation performed by the
+    transaction." Carried as a PrintableString of the decimal number."""
+
+    CertRep = "3"
+    """Response to certificate or CRL request."""
+    RenewalReq = "17"
+    """PKCS #10 certificate request authenticated with an existing certificate."""
+    UpdateReq = "18"
+    """PKCS #10 certificate request for a CA key update (RFC 8894 keeps it for old clients)."""
+    PKCSReq = "19"
+    """PKCS #10 certificate request authenticated with a shared secret."""
+    CertPoll = "20"
+    """Certificate polling in manual enrolment (called GetCertInitial by the drafts)."""
+    GetCertInitial = "20"
+    GetCert = "21"
+    """Retrieve a certificate."""
+    GetCRL = "22"
+    """Retrieve a CRL."""
+
+    @property
+    def is_enrolment(self) -> bool:
+        """True for the types whose content is a PKCS#10 request."""
+        return self in (MessageType.PKCSReq, MessageType.RenewalReq, MessageType.UpdateReq)
+
+
+class PkiStatus(enum.StrEnum):
+    """RFC 8894 §3.2.1.3: "The pkiStatus attribute contains information about the status of the
+    request." A PrintableString of the decimal number."""
+
+    SUCCESS = "0"
+    """Request granted."""
+    FAILURE = "2"
+    """Request rejected (failInfo says why)."""
+    PENDING = "3"
+    """Request pending for manual approval."""
+
+
+class FailInfo(enum.StrEnum):
+    """RFC 8894 §3.2.1.4: "The failInfo attribute MUST contain one of the following failure reasons"."""
+
+    BAD_ALG = "0"
+    """badAlg: Unrecognized or unsupported algorithm."""
+    BAD_MESSAGE_CHECK = "1"
+    """badMessageCheck: Integrity check (meaning signature verification of the CMS message) failed."""
+    BAD_REQUEST = "2"
+    """badRequest: Transaction not permitted or supported."""
+    BAD_TIME = "3"
+    """badTime: The signingTime attribute from the CMS authenticatedAttributes was not sufficiently
+    close to the system time."""
+    BAD_CERT_ID = "4"
+    """badCertID: No certificate could be identified matching the provided criteria."""
+
+    @property
+    def rfc_name(self) -> str:
+        """The name RFC 8894 gives the value, for logs."""
+        return _FAIL_INFO_NAMES[self]
+
+
+_FAIL_INFO_NAMES = {
+    FailInfo.BAD_ALG: "badAlg",
+    FailInfo.BAD_MESSAGE_CHECK: "badMessageCheck",
+    FailInfo.BAD_REQUEST: "badRequest",
+    FailInfo.BAD_TIME: "badTime",
+    FailInfo.BAD_CERT_ID: "badCertID",
+}
+
+
+class Digest(enum.StrEnum):
+    """Message digests SCEP messages are signed with; values are cryptography's hash names.
+
+    MD5 is decoded and reported so the service can refuse it by policy (RFC 8894 §3.5.2 says
+    "MD5 SHOULD NOT be used"); it is never chosen by us.
+    """
+
+    MD5 = "md5"
+    SHA1 = "sha1"
+    SHA224 = "sha224"
+    SHA256 = "sha256"
+    SHA384 = "sha384"
+    SHA512 = "sha512"
+
+    def hash_algorithm(self) -> hashes.HashAlgorithm:
+        """A fresh cryptography hash object for this digest."""
+        return _HASHES[self]()
+
+    def compute(self, data: bytes) -> bytes:
+        """The digest of `data`."""
+        return hashlib.new(self.value, data).digest()
+
+    @classmethod
+    def from_asn1_name(cls, name: str) -> Digest | None:
+        """Map asn1crypto's DigestAlgorithm name ('sha256') to a Digest, None when unsupported."""
+        try:
+            return cls(name)
+        except ValueError:
+            return None
+
+
+_HASHES: dict[Digest, type[hashes.HashAlgorithm]] = {
+    Digest.MD5: hashes.MD5,
+    Digest.SHA1: hashes.SHA1,
+    Digest.SHA224: hashes.SHA224,
+    Digest.SHA256: hashes.SHA256,
+    Digest.SHA384: hashes.SHA384,
+    Digest.SHA512: hashes.SHA512,
+}
+
+
+class SetOfString(core.SetOf):  # type: ignore[misc]
+    """Values RFC 8894 declares PrintableString (UTF8String for failInfoText); any directory string
+    type is read, since a lenient server outlives a strict one."""
+
+    _child_spec = asn1_x509.DirectoryString
+
+
+def printable_string(value: str) -> Any:
+    """A SCEP string value as we send it: PrintableString (RFC 8894 §3.2.1)."""
+    return asn1_x509.DirectoryString(name="printable_string", value=value)
+
+
+def utf8_string(value: str) -> Any:
+    """A failInfoText value: UTF8String (RFC 8894 §3.2.1.4)."""
+    return asn1_x509.DirectoryString(name="utf8_string", value=value)
+
+
+class ScepAttributeType(cms.CMSAttributeType):  # type: ignore[misc]
+    """CMS attribute types, with SCEP's added (RFC 8894 §3.2.1)."""
+
+    _map = {
+        **cms.CMSAttributeType._map,
+        MESSAGE_TYPE_OID: "message_type",
+        PKI_STATUS_OID: "pki_status",
+        FAIL_INFO_OID: "fail_info",
+        SENDER_NONCE_OID: "sender_nonce",
+        RECIPIENT_NONCE_OID: "recipient_nonce",
+        TRANSACTION_ID_OID: "transaction_id",
+        FAIL_INFO_TEXT_OID: "fail_info_text",
+    }
+    # asn1crypto builds the name → OID map once per class, but skips a class that inherited one.
+    _reverse_map = None
+
+
+class ScepAttribute(cms.CMSAttribute):  # type: ignore[misc]
+    """A signed attribute whose SCEP values decode to their declared types."""
+
+    _fields = [("type", ScepAttributeType), ("values", None)]
+    _oid_specs = {
+        **cms.CMSAttribute._oid_specs,
+        "message_type": SetOfString,
+        "pki_status": SetOfString,
+        "fail_info": SetOfString,
+        "sender_nonce": cms.SetOfOctetString,
+        "recipient_nonce": cms.SetOfOctetString,
+        "transaction_id": SetOfString,
+        "fail_info_text": SetOfString,
+    }
+
+
+class ScepAttributes(cms.CMSAttributes):  # type: ignore[misc]
+    """SignedAttributes (RFC 5652 §5.3) as a SCEP message carries them."""
+
+    _child_spec = ScepAttribute
+
+
+class IssuerAndSubject(core.Sequence):  # type: ignore[misc]
+    """RFC 8894 §3.3.3: the CertPoll content, identifying the pending request."""
+
+    _fields = [("issuer", asn1_x509.Name), ("subject", asn1_x509.Name)]
+
+
+class GcmParameters(core.Sequence):  # type: ignore[misc]
+    """RFC 5084 §3.2 GCMParameters: aes-nonce and aes-ICVlen (DEFAULT 12)."""
+
+    _fields = [("nonce", core.OctetString), ("icv_len", core.Integer, {"default": 12})]
+
+
+def der_header(tag_byte: int, length: int) -> bytes:
+    """A DER tag-and-length header for a value of `length` octets."""
+    if length < 0x80:
+        return bytes((tag_byte, length))
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((tag_byte, 0x80 | len(size))) + size
+
+
+def as_set_of(implicit_attrs: Any) -> bytes:
+    """The DER a signature covers: the [0] IMPLICIT signed attributes re-tagged as SET OF (RFC 5652 §5.4).
+
+    The contents octets are taken as received, so the bytes signed are the bytes sent.
+    """
+    contents: bytes = implicit_attrs.contents
+    return der_header(0x31, len(contents)) + contents
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedAttributes:
+    """The signed attributes of a SCEP message (RFC 8894 §3.2.1), decoded; None where absent.
+
+    String values are kept as sent (`message_type` "19", not MessageType) so the caller decides what
+    an unknown value means.
+    """
+
+    der: bytes  # the SET OF the signature covers
+    content_type: str | None = None  # dotted OID
+    message_digest: bytes | None = None
+    signing_time: dt.datetime | None = None
+    message_type: str | None = None
+    transaction_id: str | None = None
+    sender_nonce: bytes | None = None
+    recipient_nonce: bytes | None = None
+    pki_status: str | None = None
+    fail_info: str | None = None
+    fail_info_text: str | None = None
+
+
+_T = TypeVar("_T")
+
+_SINGLE_VALUED = {
+    "content_type",
+    "message_digest",
+    "signing_time",
+    "message_type",
+    "transaction_id",
+    "sender_nonce",
+    "recipient_nonce",
+    "pki_status",
+    "fail_info",
+    "fail_info_text",
+}
+
+
+def decode_signed_attributes(set_der: bytes) -> SignedAttributes:
+    """Decode a DER SET OF Attribute; ValueError when malformed or when a SCEP or CMS attribute
+    is repeated or has other than one value (RFC 5652 §5.3, §11)."""
+    try:
+        attributes = ScepAttributes.load(set_der, strict=True)
+        values: dict[str, Any] = {}
+        for attribute in attributes:
+            name = attribute["type"].native
+            if name not in _SINGLE_VALUED:
+                continue
+            if name in values or len(attribute["values"]) != 1:
+                raise ValueError(f"attribute {name} must appear once with one value")
+            values[name] = attribute["values"][0]
+        return SignedAttributes(
+            der=set_der,
+            content_type=values["content_type"].dotted if "content_type" in values else None,
+            message_digest=_native(values, "message_digest", bytes),
+            signing_time=_native(values, "signing_time", dt.datetime),
+            message_type=_native(values, "message_type", str),
+            transaction_id=_native(values, "transaction_id", str),
+            sender_nonce=_native(values, "sender_nonce", bytes),
+            recipient_nonce=_native(values, "recipient_nonce", bytes),
+            pki_status=_native(values, "pki_status", str),
+            fail_info=_native(values, "fail_info", str),
+            fail_info_text=_native(values, "fail_info_text", str),
+        )
+    except (TypeError, KeyError, OverflowError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _native(values: dict[str, Any], name: str, kind: type[_T]) -> _T | None:
+    if name not in values:
+        return None
+    value = values[name].native
+    if not isinstance(value, kind):
+        raise ValueError(f"attribute {name} has the wrong type")
+    return value
+
+
+def encode_signed_attributes(
+    *,
+    content_digest: bytes,
+    message_type: MessageType,
+    transaction_id: str,
+    sender_nonce: bytes,
+    recipient_nonce: bytes | None = None,
+    pki_status: PkiStatus | None = None,
+    fail_info: FailInfo | None = None,
+    fail_info_text: str | None = None,
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    """The DER SET OF signed attributes of a SCEP message (content type data)."""
+    entries: list[dict[str, Any]] = [
+        {"type": "content_type", "values": ["data"]},
+        {"type": "message_digest", "values": [content_digest]},
+        {"type": "message_type", "values": [printable_string(message_type.value)]},
+        {"type": "transaction_id", "values": [printable_string(transaction_id)]},
+        {"type": "sender_nonce", "values": [sender_nonce]},
+    ]
+    if signing_time is not None:
+        # RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
+        choice = "utc_time" if 1950 <= signing_time.year < 2050 else "generalized_time"
+        entries.append({"type": "signing_time", "values": [cms.Time({choice: signing_time})]})
+    if recipient_nonce is not None:
+        entries.append({"type": "recipient_nonce", "values": [recipient_nonce]})
+    if pki_status is not None:
+        entries.append({"type": "pki_status", "values": [printable_string(pki_status.value)]})
+    if fail_info is not None:
+        entries.append({"type": "fail_info", "values": [printable_string(fail_info.value)]})
+    if fail_info_text is not None:
+        entries.append({"type": "fail_info_text", "values": [utf8_string(fail_info_text)]})
+    der: bytes = ScepAttributes(entries).dump()
+    return der

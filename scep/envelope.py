@@ -1,0 +1,387 @@
+"""CMS EnvelopedData (RFC 5652 §6) as SCEP uses it: one KeyTransRecipientInfo, RSA key transport.
+
+Every way decryption can fail (RSA unwrap, key length, CBC padding, GCM tag) raises one
+`EnvelopeDecryptionError` with one message, and a failed RSA unwrap continues with a random key
+(RFC 3218 §2.3.2), so neither the reply nor its timing tells a padding oracle anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Callable
+from typing import Any
+
+from asn1crypto import algos, cms, core, parser
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+
+from scep.asn1 import GcmParameters
+
+try:  # cryptography ≥ 43 keeps 3DES among the "decrepit" ciphers
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+except ImportError:  # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
+
+Rng = Callable[[int], bytes]
+
+
+class EnvelopeError(Exception):
+    """Base of the envelope errors; the message is safe to show a peer."""
+
+
+class MalformedEnvelope(EnvelopeError):
+    """Not an EnvelopedData we can read (structure, parameters, recipient kinds)."""
+
+
+class NotForRecipient(EnvelopeError):
+    """No KeyTransRecipientInfo names the recipient certificate we were given."""
+
+
+class UnsupportedEnvelopeAlgorithm(EnvelopeError):
+    """A content cipher or key transport we do not implement."""
+
+
+DECRYPTION_FAILED = "the envelope could not be decrypted"
+
+
+class EnvelopeDecryptionError(EnvelopeError):
+    """Any unwrap, length, padding or tag failure; always the same message (no oracle)."""
+
+    def __init__(self) -> None:
+        super().__init__(DECRYPTION_FAILED)
+
+
+class ContentCipher(enum.StrEnum):
+    """Content-encryption algorithms (RFC 8894 §3.5.2: DES, 3DES, AES), by their short names."""
+
+    DES = "des"
+    TRIPLE_DES = "3des"
+    AES128 = "aes128"
+    AES192 = "aes192"
+    AES256 = "aes256"
+    AES128_GCM = "aes128-gcm"
+    AES256_GCM = "aes256-gcm"
+
+    @property
+    def oid(self) -> str:
+        """The content-encryption algorithm OID on the wire."""
+        return _CIPHERS[self].oid
+
+    @property
+    def key_size(self) -> int:
+        """Content-encryption key length in octets."""
+        return _CIPHERS[self].key_size
+
+    @property
+    def is_aead(self) -> bool:
+        """True for AES-GCM (RFC 5084)."""
+        return _CIPHERS[self].block_bits == 0
+
+    @classmethod
+    def from_oid(cls, oid: str) -> ContentCipher:
+        """The cipher for a wire OID; UnsupportedEnvelopeAlgorithm when we have none."""
+        for cipher, spec in _CIPHERS.items():
+            if spec.oid == oid:
+                return cipher
+        raise UnsupportedEnvelopeAlgorithm("the envelope's content cipher is not supported")
+
+
+@dataclasses.dataclass(frozen=True)
+class _CipherSpec:
+    oid: str
+    key_size: int
+    iv_size: int
+    block_bits: int  # 0 for GCM
+
+
+_CIPHERS = {
+    ContentCipher.DES: _CipherSpec("1.3.14.3.2.7", 8, 8, 64),
+    ContentCipher.TRIPLE_DES: _CipherSpec("1.2.840.113549.3.7", 24, 8, 64),
+    ContentCipher.AES128: _CipherSpec("2.16.840.1.101.3.4.1.2", 16, 16, 128),
+    ContentCipher.AES192: _CipherSpec("2.16.840.1.101.3.4.1.22", 24, 16, 128),
+    ContentCipher.AES256: _CipherSpec("2.16.840.1.101.3.4.1.42", 32, 16, 128),
+    ContentCipher.AES128_GCM: _CipherSpec("2.16.840.1.101.3.4.1.6", 16, 12, 0),
+    ContentCipher.AES256_GCM: _CipherSpec("2.16.840.1.101.3.4.1.46", 32, 12, 0),
+}
+
+
+class KeyTransport(enum.StrEnum):
+    """How the content-encryption key is wrapped for the recipient (RFC 3370 §4.2, RFC 3560)."""
+
+    RSA_PKCS1V15 = "rsa"
+    RSA_OAEP = "rsa-oaep"
+    """RSAES-OAEP with the default parameters: SHA-1 and MGF1-SHA-1 (RFC 4055 §4.1)."""
+    RSA_OAEP_SHA256 = "rsa-oaep-sha256"
+    """RSAES-OAEP with explicit SHA-256 and MGF1-SHA-256 parameters."""
+
+    def padding(self, label: bytes | None = None) -> padding.AsymmetricPadding:
+        """The cryptography padding object for this key transport."""
+        if self is KeyTransport.RSA_PKCS1V15:
+            return padding.PKCS1v15()
+        digest: hashes.HashAlgorithm = hashes.SHA1() if self is KeyTransport.RSA_OAEP else hashes.SHA256()  # noqa: S303 - RFC 4055 default
+        return padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=label or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedEnvelope:
+    """What an opened envelope held, and how it was protected."""
+
+    plaintext: bytes
+    cipher: ContentCipher
+    key_transport: KeyTransport
+
+
+def open_envelope(der: bytes, recipient_key: rsa.RSAPrivateKey, recipient_cert: x509.Certificate) -> OpenedEnvelope:
+    """Decrypt a ContentInfo(EnvelopedData) addressed to `recipient_cert`."""
+    enveloped = _load_enveloped_data(der)
+    try:
+        ktri = _our_recipient_info(enveloped["recipient_infos"], recipient_cert)
+        key_transport, label = _key_transport(ktri["key_encryption_algorithm"])
+        algorithm, ciphertext = _encrypted_content_info(enveloped["encrypted_content_info"].dump())
+        cipher = ContentCipher.from_oid(algorithm["algorithm"].dotted)
+        parameters = _cipher_parameters(cipher, algorithm["parameters"])
+        encrypted_key: bytes = ktri["encrypted_key"].native
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise MalformedEnvelope("the envelope is malformed") from exc
+    if ciphertext is None:
+        raise MalformedEnvelope("the envelope has no encrypted content")
+    key = _unwrap_key(recipient_key, encrypted_key, key_transport.padding(label), cipher.key_size)
+    return OpenedEnvelope(_decrypt(cipher, key, parameters, ciphertext), cipher, key_transport)
+
+
+def seal_envelope(
+    plaintext: bytes,
+    recipient_cert: x509.Certificate,
+    cipher: ContentCipher,
+    key_transport: KeyTransport = KeyTransport.RSA_PKCS1V15,
+    *,
+    rng: Rng = os.urandom,
+) -> bytes:
+    """Encrypt `plaintext` for `recipient_cert` as DER ContentInfo(EnvelopedData).
+
+    The encryptedContent is a primitive [0] IMPLICIT OCTET STRING: some SCEP clients cannot read the
+    constructed (BER) form.
+    """
+    public_key = recipient_cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise UnsupportedEnvelopeAlgorithm("the recipient certificate has no RSA key for key transport")
+    spec = _CIPHERS[cipher]
+    key = rng(spec.key_size)
+    if spec.block_bits == 64:
+        key = _des_parity(key)
+    iv = rng(spec.iv_size)
+    if spec.block_bits:
+        padder = sym_padding.PKCS7(spec.block_bits).padder()
+        padded = padder.update(plaintext) + padder.finalize()
+        encryptor = Cipher(_algorithm(cipher, key), modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(padded) + encryptor.finalize()
+        parameters: Any = iv
+    else:  # AES-GCM as Go's pkcs7 (micromdm, step-ca) sends it: tag appended to the ciphertext
+        gcm = Cipher(AES(key), modes.GCM(iv)).encryptor()
+        ciphertext = gcm.update(plaintext) + gcm.finalize() + gcm.tag
+        parameters = GcmParameters({"nonce": iv, "icv_len": 16})
+    recipient_info = cms.KeyTransRecipientInfo(
+        {
+            "version": "v0",
+            "rid": cms.RecipientIdentifier({"issuer_and_serial_number": _issuer_and_serial(recipient_cert)}),
+            "key_encryption_algorithm": _key_encryption_algorithm(key_transport),
+            "encrypted_key": public_key.encrypt(key, key_transport.padding()),
+        }
+    )
+    enveloped = cms.EnvelopedData(
+        {
+            "version": "v0",
+            "recipient_infos": [cms.RecipientInfo({"ktri": recipient_info})],
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": {"algorithm": spec.oid, "parameters": parameters},
+                "encrypted_content": ciphertext,
+            },
+        }
+    )
+    der: bytes = cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    return der
+
+
+def _tlvs(contents: bytes) -> list[bytes]:
+    """Split concatenated BER values."""
+    values = []
+    while contents:
+        size = parser.peek(contents)
+        values.append(contents[:size])
+        contents = contents[size:]
+    return values
+
+
+def _encrypted_content_info(eci_der: bytes) -> tuple[Any, bytes | None]:
+    """(contentEncryptionAlgorithm, encryptedContent octets) of an EncryptedContentInfo (RFC 5652 §6.1).
+
+    Read by hand: micromdm's scepclient sends encryptedContent as a constructed definite-length [0]
+    (BER allows it), which asn1crypto refuses.
+    """
+    _class, _method, _tag, _header, contents, _trailer = parser.parse(eci_der, strict=True)
+    fields = _tlvs(contents)
+    if len(fields) not in (2, 3):
+        raise ValueError("EncryptedContentInfo has the wrong number of fields")
+    algorithm = algos.EncryptionAlgorithm.load(fields[1], strict=True)
+    return algorithm, _octet_string_value(fields[2], context_tag=True) if len(fields) == 3 else None
+
+
+def _octet_string_value(tlv: bytes, *, context_tag: bool = False) -> bytes:
+    """The octets of a [0] IMPLICIT OCTET STRING, primitive or constructed from chunks (X.690 §8.7.3)."""
+    class_, method, tag, _header, contents, _trailer = parser.parse(tlv, strict=True)
+    if context_tag and (class_, tag) != (2, 0):
+        raise ValueError("encryptedContent is not [0]")
+    if method == 0:
+        return bytes(contents)
+    chunks = _tlvs(contents)
+    if any(chunk[0] & 0xDF != 0x04 for chunk in chunks):  # universal OCTET STRING, either method
+        raise ValueError("a constructed OCTET STRING holds something else")
+    return b"".join(_octet_string_value(chunk) for chunk in chunks)
+
+
+def _load_enveloped_data(der: bytes) -> Any:
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].native != "enveloped_data":
+            raise MalformedEnvelope("the envelope is not an EnvelopedData")
+        enveloped = info["content"]
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise MalformedEnvelope("the envelope is malformed") from exc
+    return enveloped
+
+
+def _issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:
+    issuer = asn1_x509.Name.load(cert.issuer.public_bytes())
+    return cms.IssuerAndSerialNumber({"issuer": issuer, "serial_number": cert.serial_number})
+
+
+def _our_recipient_info(recipient_infos: Any, cert: x509.Certificate) -> Any:
+    """The KeyTransRecipientInfo whose rid names `cert` (RFC 5652 §6.2.1)."""
+    issuer_der = cert.issuer.public_bytes()
+    issuer = asn1_x509.Name.load(issuer_der)
+    try:
+        ski: bytes | None = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        ski = None
+    kinds: set[str] = set()
+    for recipient in recipient_infos:
+        kinds.add(recipient.name)
+        if recipient.name != "ktri":
+            continue
+        rid = recipient.chosen["rid"]
+        if rid.name == "subject_key_identifier":
+            if ski is not None and rid.chosen.native == ski:
+                return recipient.chosen
+            continue
+        ias = rid.chosen
+        # Compare the encoding first; fall back to RFC 5280 §7.1 name matching for re-encoded issuers.
+        same_issuer = ias["issuer"].dump() == issuer_der or ias["issuer"] == issuer
+        if ias["serial_number"].native == cert.serial_number and same_issuer:
+            return recipient.chosen
+    if kinds and "ktri" not in kinds:
+        raise UnsupportedEnvelopeAlgorithm("the envelope uses no key transport recipient")
+    raise NotForRecipient("the envelope is not addressed to this recipient")
+
+
+def _key_transport(algorithm: Any) -> tuple[KeyTransport, bytes]:
+    name = algorithm["algorithm"].native
+    if name == "rsaes_pkcs1v15":
+        return KeyTransport.RSA_PKCS1V15, b""
+    if name == "rsaes_oaep":
+        params = algorithm["parameters"]
+        digest = params["hash_algorithm"]["algorithm"].native
+        mgf = params["mask_gen_algorithm"]
+        mgf_digest = mgf["parameters"]["algorithm"].native if mgf["algorithm"].native == "mgf1" else None
+        label: bytes = params["p_source_algorithm"]["parameters"].native or b""
+        if digest == mgf_digest == "sha1":
+            return KeyTransport.RSA_OAEP, label
+        if digest == mgf_digest == "sha256":
+            return KeyTransport.RSA_OAEP_SHA256, label
+    raise UnsupportedEnvelopeAlgorithm("the envelope's key transport is not supported")
+
+
+def _key_encryption_algorithm(key_transport: KeyTransport) -> cms.KeyEncryptionAlgorithm:
+    if key_transport is KeyTransport.RSA_PKCS1V15:
+        return cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
+    if key_transport is KeyTransport.RSA_OAEP:
+        params = algos.RSAESOAEPParams({"hash_algorithm": {"algorithm": "sha1"}})  # all defaults: empty SEQUENCE
+    else:
+        params = algos.RSAESOAEPParams(
+            {
+                "hash_algorithm": {"algorithm": "sha256"},
+                "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
+            }
+        )
+    return cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": params})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parameters:
+    iv: bytes
+    icv_len: int = 0
+
+
+def _cipher_parameters(cipher: ContentCipher, parameters: Any) -> _Parameters:
+    spec = _CIPHERS[cipher]
+    if spec.block_bits:
+        iv = parameters.native if isinstance(parameters, core.OctetString) else None
+        if not isinstance(iv, bytes) or len(iv) != spec.iv_size:
+            raise MalformedEnvelope("the envelope's IV has the wrong length")
+        return _Parameters(iv)
+    gcm = GcmParameters.load(parameters.dump())
+    nonce, icv_len = gcm["nonce"].native, gcm["icv_len"].native
+    if not 8 <= len(nonce) <= 128 or not 12 <= icv_len <= 16:  # RFC 5084 §3.2
+        raise MalformedEnvelope("the envelope's GCM parameters are invalid")
+    return _Parameters(nonce, icv_len)
+
+
+def _unwrap_key(key: rsa.RSAPrivateKey, encrypted_key: bytes, pad: padding.AsymmetricPadding, size: int) -> bytes:
+    """RSA-decrypt the content key; on any failure continue with a random key (RFC 3218 §2.3.2)."""
+    substitute = os.urandom(size)
+    try:
+        content_key = key.decrypt(encrypted_key, pad)
+    except ValueError:
+        return substitute
+    return content_key if len(content_key) == size else substitute
+
+
+def _algorithm(cipher: ContentCipher, key: bytes) -> CipherAlgorithm:
+    if cipher is ContentCipher.DES:
+        return TripleDES(key * 3)  # single DES is EDE with K1 = K2 = K3
+    if cipher is ContentCipher.TRIPLE_DES:
+        return TripleDES(key)
+    return AES(key)
+
+
+def _decrypt(cipher: ContentCipher, key: bytes, parameters: _Parameters, ciphertext: bytes) -> bytes:
+    spec = _CIPHERS[cipher]
+    try:
+        if spec.block_bits:
+            if not ciphertext or len(ciphertext) * 8 % spec.block_bits:
+                raise ValueError("ciphertext is not whole blocks")
+            decryptor = Cipher(_algorithm(cipher, key), modes.CBC(parameters.iv)).decryptor()
+            padded = decryptor.update(ciphertext) + decryptor.finalize()
+            unpadder = sym_padding.PKCS7(spec.block_bits).unpadder()
+            return unpadder.update(padded) + unpadder.finalize()
+        if len(ciphertext) < parameters.icv_len:
+            raise ValueError("ciphertext shorter than its tag")
+        body, tag = ciphertext[: -parameters.icv_len], ciphertext[-parameters.icv_len :]
+        mode = modes.GCM(parameters.iv, tag, min_tag_length=parameters.icv_len)
+        decryptor = Cipher(AES(key), mode).decryptor()
+        return decryptor.update(body) + decryptor.finalize()
+    except (ValueError, InvalidTag):
+        raise EnvelopeDecryptionError from None
+
+
+def _des_parity(key: bytes) -> bytes:
+    """Set odd parity on each DES key octet (FIPS 46-3 §3), as strict peers check it."""
+    return bytes(b & 0xFE | (bin(b & 0xFE).count("1") + 1) % 2 for b in key)
