@@ -262,8 +262,9 @@ def config_show(data_dir: Path, config_file: Path | None) -> None:
     profiles = {}
     for name, profile in cfg.profiles.items():
         values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(profile).items() if k != "name"}
-        if values.get("scep_challenge"):
-            values["scep_challenge"] = "********"
+        for secret in ("scep_challenge", "scep_webhook_secret"):
+            if values.get(secret):
+                values[secret] = "********"
         profiles[name] = values
     settings = dict(cfg.values)
     if settings["database_url"]:

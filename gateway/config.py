@@ -401,6 +401,16 @@ def sample_config() -> str:
         "renewal_grace_hours": "Hours the renewed certificate stays valid after its successor is issued",
         "allow_key_reuse": "Allow renewal with the same key",
         "scep_challenge": "Static SCEP challenge password of this profile (empty: none)",
+        "approval": "auto: issue at once; manual: SCEP answers PENDING until `gateway requests approve`",
+        "scep_ciphers": "SCEP envelope ciphers accepted (replies use the requester's): des, 3des, aes128, "
+        "aes192, aes256, aes128-gcm, aes256-gcm",
+        "scep_digests": "SCEP digests accepted: sha1, sha224, sha256, sha384, sha512; md5 only for a legacy fleet",
+        "scep_renewal": "A request signed by a valid certificate of this CA renews without a challenge",
+        "scep_webhook_url": "Ask this URL (HMAC-SHA256-signed JSON) whether to accept a SCEP request (empty: off)",
+        "scep_webhook_secret": "HMAC key for the webhook's X-Gateway-Signature header",
+        "scep_webhook_timeout_seconds": "Webhook timeout; no answer in time means refuse",
+        "scep_lockout_threshold": "Wrong challenges per challenge or client address before a lockout",
+        "scep_lockout_minutes": "Length of a lockout, and the window the wrong attempts are counted in",
     }
     for key, help_text in helps.items():
         value = getattr(default, key)

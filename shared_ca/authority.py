@@ -21,6 +21,7 @@ from shared_ca.keys import PrivateKey, PublicKey, key_matches_certificate
 from shared_ca.policy import IssuancePolicy, authorize_renewal, common_name, san_text
 from shared_ca.profiles import Profile
 from shared_ca.serials import new_serial, serial_hex
+from shared_ca.storage.enrollment_records import CompletePending, EnrollmentEvent, NewScepTransaction
 from shared_ca.storage.repository import (
     AuditEvent,
     CertificateRecord,
@@ -200,8 +201,14 @@ class CertificateAuthority:
         actor: str,
         requester: str | None = None,
         renewal_of: CertificateRecord | None = None,
+        enrollment: EnrollmentEvent | None = None,
+        scep_transaction: NewScepTransaction | CompletePending | None = None,
     ) -> Issued:
-        """Sign the certificate `policy` describes and record it with its audit event, atomically."""
+        """Sign the certificate `policy` describes and record it with its audit event, atomically.
+
+        `enrollment` and `scep_transaction` are recorded in the same database transaction (see
+        Store.record_issued); TransactionExists means a concurrent request won and nothing was kept.
+        """
         now = self.clock()
         if self.certificate.not_valid_after_utc <= now:
             raise KeyMaterialError(f"CA certificate {self.name!r} has expired")
@@ -238,7 +245,12 @@ class CertificateAuthority:
             action = "certificate.renewed" if renewal_of else "certificate.issued"
             try:
                 record = self.store.record_issued(
-                    row, AuditEvent(actor, action, self.issuer.id, row.serial_hex, detail), now, supersede=supersede
+                    row,
+                    AuditEvent(actor, action, self.issuer.id, row.serial_hex, detail),
+                    now,
+                    supersede=supersede,
+                    enrollment=enrollment,
+                    scep_transaction=scep_transaction,
                 )
             except SerialCollision:
                 continue
@@ -246,7 +258,15 @@ class CertificateAuthority:
         raise Conflict("could not allocate a unique serial number", detail="serial collisions exhausted retries")
 
     def renew(
-        self, current: CertificateRecord, public_key: PublicKey, profile: Profile, *, protocol: str, actor: str
+        self,
+        current: CertificateRecord,
+        public_key: PublicKey,
+        profile: Profile,
+        *,
+        protocol: str,
+        actor: str,
+        enrollment: EnrollmentEvent | None = None,
+        scep_transaction: NewScepTransaction | CompletePending | None = None,
     ) -> Issued:
         """Issue the successor of `current` (same subject and SANs) for `public_key`."""
         now = self.clock()
@@ -257,7 +277,14 @@ class CertificateAuthority:
             raise PolicyDenied(f"the certificate to renew is {status}")
         old = x509.load_der_x509_certificate(current.der)
         policy = authorize_renewal(profile, old, public_key, now)
-        return self.issue(policy, protocol=protocol, actor=actor, renewal_of=current)
+        return self.issue(
+            policy,
+            protocol=protocol,
+            actor=actor,
+            renewal_of=current,
+            enrollment=enrollment,
+            scep_transaction=scep_transaction,
+        )
 
     # -- revocation -------------------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ SUBJECT_ATTRIBUTES: dict[str, ObjectIdentifier] = {
 ATTRIBUTE_NAMES = {oid: name for name, oid in SUBJECT_ATTRIBUTES.items()}
 
 SAN_TYPES = ("dns", "ip", "email", "uri", "upn", "other", "dirname")
+SCEP_CIPHERS = ("des", "3des", "aes128", "aes192", "aes256", "aes128-gcm", "aes256-gcm")
+SCEP_DIGESTS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 KEY_TYPES = ("rsa", "ec", "ed25519")
 CURVES = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
 _CURVE_BY_NAME = {name: label for label, name in CURVES.items()}
@@ -100,6 +102,15 @@ class Profile:
     renewal_grace_hours: int = 24
     allow_key_reuse: bool = True
     scep_challenge: str = field(default="", repr=False)
+    approval: str = "auto"
+    scep_ciphers: tuple[str, ...] = ("des", "3des", "aes128", "aes192", "aes256", "aes128-gcm", "aes256-gcm")
+    scep_digests: tuple[str, ...] = ("sha1", "sha224", "sha256", "sha384", "sha512")
+    scep_renewal: bool = True
+    scep_webhook_url: str = ""
+    scep_webhook_secret: str = field(default="", repr=False)
+    scep_webhook_timeout_seconds: int = 5
+    scep_lockout_threshold: int = 10
+    scep_lockout_minutes: int = 15
 
     # -- key rules --------------------------------------------------------------------------------
 
@@ -208,6 +219,8 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], base: Profile | Non
                 "san_types": SAN_TYPES,
                 "subject_required": tuple(SUBJECT_ATTRIBUTES),
                 "subject_allowed": tuple(SUBJECT_ATTRIBUTES),
+                "scep_ciphers": SCEP_CIPHERS,
+                "scep_digests": SCEP_DIGESTS,
             }.get(key)
             changes[key] = _string_list(key, value, allowed)
     profile = replace(profile, **changes)
@@ -245,6 +258,24 @@ def _validate(p: Profile) -> None:
         except re.error as exc:
             raise ProfileError("cn_pattern", f"not a valid regular expression: {exc}") from exc
     _validate_eku("extended_key_usage", p.extended_key_usage)
+    if p.approval not in ("auto", "manual"):
+        raise ProfileError("approval", f"must be 'auto' or 'manual', got {p.approval!r}")
+    if not p.scep_ciphers:
+        raise ProfileError("scep_ciphers", "must allow at least one envelope cipher")
+    if not p.scep_digests:
+        raise ProfileError("scep_digests", "must allow at least one digest")
+    if p.scep_webhook_url and not re.fullmatch(r"https?://\S+", p.scep_webhook_url):
+        raise ProfileError("scep_webhook_url", f"expected an http:// or https:// URL, got {p.scep_webhook_url!r}")
+    if p.scep_webhook_url and not p.scep_webhook_secret:
+        raise ProfileError("scep_webhook_secret", "is required when scep_webhook_url is set")
+    if not 1 <= p.scep_webhook_timeout_seconds <= 60:
+        raise ProfileError(
+            "scep_webhook_timeout_seconds", f"must be between 1 and 60, got {p.scep_webhook_timeout_seconds}"
+        )
+    if not 1 <= p.scep_lockout_threshold <= 10000:
+        raise ProfileError("scep_lockout_threshold", f"must be between 1 and 10000, got {p.scep_lockout_threshold}")
+    if not 1 <= p.scep_lockout_minutes <= 100000:
+        raise ProfileError("scep_lockout_minutes", f"must be between 1 and 100000, got {p.scep_lockout_minutes}")
     if not p.key_usage:
         raise ProfileError("key_usage", "must list at least one key usage")
 

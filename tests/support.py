@@ -1,9 +1,11 @@
-"""Helpers shared by the tests: keys, CSRs, a settable clock."""
+"""Helpers shared by the tests: keys, CSRs, a settable clock, a thread race."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import threading
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -89,3 +91,29 @@ def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
 
 def csr_der(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(Encoding.DER)
+
+
+def run_together(count: int, attempt: Callable[[int], object]) -> tuple[list[object], list[BaseException]]:
+    """Run `attempt(i)` on `count` threads released at once; (results, exceptions)."""
+    start = threading.Barrier(count)
+    results: list[object] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        start.wait(30)
+        try:
+            outcome = attempt(i)
+        except BaseException as exc:  # collected for the assertions
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(outcome)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results, errors

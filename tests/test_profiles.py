@@ -50,6 +50,13 @@ from tests.support import ec_key, ed_key, rsa_key
         pytest.param("renewal_grace_hours", 0, 0, id="ok/renewal_grace_hours"),
         pytest.param("allow_key_reuse", False, False, id="ok/allow_key_reuse"),
         pytest.param("scep_challenge", "s3cret", "s3cret", id="ok/scep_challenge"),
+        pytest.param("approval", "manual", "manual", id="ok/approval"),
+        pytest.param("scep_ciphers", ["aes256"], ("aes256",), id="ok/scep_ciphers"),
+        pytest.param("scep_digests", ["md5", "sha1"], ("md5", "sha1"), id="ok/scep_digests-legacy-md5"),
+        pytest.param("scep_renewal", False, False, id="ok/scep_renewal"),
+        pytest.param("scep_webhook_timeout_seconds", 2, 2, id="ok/scep_webhook_timeout_seconds"),
+        pytest.param("scep_lockout_threshold", 3, 3, id="ok/scep_lockout_threshold"),
+        pytest.param("scep_lockout_minutes", 60, 60, id="ok/scep_lockout_minutes"),
     ],
 )
 def test_each_setting_is_applied(key: str, value: Any, expected: Any) -> None:
@@ -69,7 +76,9 @@ def test_every_setting_has_a_case_above() -> None:
         "description", "validity_days", "backdate_minutes", "key_usage", "extended_key_usage", "key_types",
         "rsa_min_bits", "rsa_max_bits", "ec_curves", "subject_required", "subject_allowed", "subject_unlisted",
         "cn_pattern", "san_types", "san_unlisted", "max_sans", "cn_as_dns_san", "revoke_on_renewal",
-        "renewal_grace_hours", "allow_key_reuse", "scep_challenge",
+        "renewal_grace_hours", "allow_key_reuse", "scep_challenge", "approval", "scep_ciphers", "scep_digests",
+        "scep_renewal", "scep_webhook_url", "scep_webhook_secret", "scep_webhook_timeout_seconds",
+        "scep_lockout_threshold", "scep_lockout_minutes",
     }  # fmt: skip
     assert set(Profile.__dataclass_fields__) - {"name"} == covered
 
@@ -170,6 +179,23 @@ def test_profiles_are_immutable() -> None:
         ),
         pytest.param({"san_unlisted": "allow"}, "san_unlisted", "'refuse' or 'drop'", id="fail/san-unlisted"),
         pytest.param({"cn_pattern": "dev-("}, "cn_pattern", "not a valid regular expression", id="fail/bad-regex"),
+        pytest.param({"approval": "later"}, "approval", "'auto' or 'manual'", id="fail/approval"),
+        pytest.param({"scep_ciphers": ["rc2"]}, "scep_ciphers", "unknown value 'rc2'", id="fail/scep-cipher"),
+        pytest.param({"scep_ciphers": []}, "scep_ciphers", "at least one", id="fail/scep-ciphers-empty"),
+        pytest.param({"scep_digests": ["sha3"]}, "scep_digests", "unknown value 'sha3'", id="fail/scep-digest"),
+        pytest.param({"scep_digests": []}, "scep_digests", "at least one", id="fail/scep-digests-empty"),
+        pytest.param({"scep_webhook_url": "ftp://x"}, "scep_webhook_url", "http://", id="fail/webhook-url"),
+        pytest.param(
+            {"scep_webhook_url": "https://mdm.example/check"}, "scep_webhook_secret", "required", id="fail/webhook-key"
+        ),
+        pytest.param(
+            {"scep_webhook_timeout_seconds": 0},
+            "scep_webhook_timeout_seconds",
+            "between 1 and 60",
+            id="fail/webhook-timeout",
+        ),
+        pytest.param({"scep_lockout_threshold": 0}, "scep_lockout_threshold", "between 1", id="fail/lockout-0"),
+        pytest.param({"scep_lockout_minutes": 0}, "scep_lockout_minutes", "between 1", id="fail/lockout-minutes-0"),
     ],
 )
 def test_profile_from_mapping_refuses(data: dict[str, Any], key: str, message: str) -> None:

@@ -19,6 +19,16 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
 from shared_ca.errors import Conflict, Unavailable
 from shared_ca.storage.db import WRITE
+from shared_ca.storage.enrollment_records import (
+    CompletePending,
+    EnrollmentEvent,
+    NewScepTransaction,
+    TransactionExists,
+    complete_pending,
+    is_transaction_violation,
+    write_enrollment_event,
+    write_scep_transaction,
+)
 from shared_ca.storage.schema import audit_events, certificates, crl_publications, issuers
 
 
@@ -285,13 +295,23 @@ class Store:
         now: dt.datetime,
         *,
         supersede: tuple[int, dt.datetime] | None = None,
+        enrollment: EnrollmentEvent | None = None,
+        scep_transaction: NewScepTransaction | CompletePending | None = None,
     ) -> CertificateRecord:
         """Insert the certificate and its audit event in one transaction.
 
         With `supersede=(old_id, at)` the old certificate is marked to count as revoked
         (reason superseded) from `at` on, in the same transaction. Raises SerialCollision when the
         serial is taken for this issuer.
+
+        `enrollment` and `scep_transaction` are written in the same transaction: no certificate
+        without its enrollment event and SCEP transaction. A NewScepTransaction (status 'issued')
+        whose (signer key, transactionID) pair exists rolls everything back and raises
+        TransactionExists; CompletePending turns a pending transaction 'issued', or rolls back with
+        Conflict when it is no longer pending.
         """
+        if isinstance(scep_transaction, NewScepTransaction) and scep_transaction.status != "issued":
+            raise ValueError("a SCEP transaction recorded with a certificate has status 'issued'")
         try:
             with self._write() as conn:
                 cert_id = conn.execute(
@@ -323,10 +343,18 @@ class Store:
                         .where(and_(certificates.c.id == old_id, certificates.c.status == "valid"))
                         .values(supersede_at=at)
                     )
+                if isinstance(scep_transaction, NewScepTransaction):
+                    write_scep_transaction(conn, scep_transaction, now, certificate_id=cert_id)
+                elif scep_transaction is not None:
+                    complete_pending(conn, scep_transaction, cert_id, now)
+                if enrollment is not None:
+                    write_enrollment_event(conn, enrollment, now, certificate_id=cert_id, serial_hex=cert.serial_hex)
                 self._audit(conn, event, now)
         except IntegrityError as exc:
             if _is_serial_violation(exc):
                 raise SerialCollision(cert.serial_hex) from exc
+            if isinstance(scep_transaction, NewScepTransaction) and is_transaction_violation(exc):
+                raise TransactionExists(scep_transaction.signer_key_sha256, scep_transaction.transaction_id) from exc
             raise Conflict("this certificate is already recorded", detail=str(exc.orig)) from exc
         return CertificateRecord(
             **vars(cert),

@@ -7,9 +7,11 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -112,4 +114,80 @@ crl_publications = Table(
     Column("this_update", UTCDateTime, nullable=True),
     Column("next_update", UTCDateTime, nullable=True),
     Column("der", LargeBinary, nullable=True),
+)
+
+# -- enrollment (revision 0002) -------------------------------------------------------------------
+
+enrollment_events = Table(
+    "enrollment_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("protocol", String(8), nullable=False),
+    Column("operation", String(32), nullable=False),
+    Column("profile", String(64), nullable=True),
+    Column("device_identity", String(255), nullable=True),
+    Column("client_address", String(64), nullable=True),
+    Column("user_agent", Text, nullable=True),
+    Column("cipher", String(32), nullable=True),
+    Column("digest", String(32), nullable=True),
+    Column("challenge_kind", String(16), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("transaction_id", String(255), nullable=True),
+    Column("serial_hex", String(40), nullable=True),
+    Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
+    Column("detail", Text, nullable=False),
+    CheckConstraint("protocol IN ('scep', 'est')", name="ck_enrollment_events_protocol"),
+    Index("ix_enrollment_events_device_identity", "device_identity"),
+    Index("ix_enrollment_events_occurred_at", "occurred_at"),
+)
+
+SCEP_TRANSACTION_STATUSES = ("pending", "issued", "failed", "rejected")
+
+scep_transactions = Table(
+    "scep_transactions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("signer_key_sha256", String(64), nullable=False),
+    Column("transaction_id", String(255), nullable=False),
+    Column("signer_cert_sha256", String(64), nullable=False),
+    Column("message_type", String(8), nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
+    Column("fail_info", String(32), nullable=True),
+    Column("fail_info_text", Text, nullable=True),
+    Column("request_der", LargeBinary, nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("client_address", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("signer_key_sha256", "transaction_id", name="uq_scep_transactions_signer_txn"),
+    CheckConstraint("status IN ('pending', 'issued', 'failed', 'rejected')", name="ck_scep_transactions_status"),
+    Index("ix_scep_transactions_status", "status"),
+    sqlite_autoincrement=True,  # a replaced transaction's id is never reused for another request
+)
+
+scep_challenges = Table(
+    "scep_challenges",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("device_id", String(255), nullable=True),
+    Column("profile", String(64), nullable=False),
+    Column("expected_subject", Text, nullable=True),
+    Column("uses_left", Integer, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    CheckConstraint("uses_left >= 0", name="ck_scep_challenges_uses_left"),
+)
+
+challenge_failures = Table(
+    "challenge_failures",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("first_failure_at", UTCDateTime, nullable=False),
+    Column("locked_until", UTCDateTime, nullable=True),
 )

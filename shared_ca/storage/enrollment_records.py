@@ -1,0 +1,282 @@
+"""What the enrollment tables hold, and the writes that join an issuance's database transaction.
+
+`Store.record_issued` (repository.py) and `EnrollmentStore` (enrollment.py) both use the writers
+here, so an enrollment event and a SCEP transaction are recorded in the same transaction as the
+certificate they describe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from shared_ca.errors import Conflict, InvalidRequest
+from shared_ca.storage.schema import SCEP_TRANSACTION_STATUSES, enrollment_events, scep_transactions
+
+PROTOCOLS = ("scep", "est")
+FINAL_STATUSES = ("issued", "failed", "rejected")
+MAX_TRANSACTION_ID = 255  # certmonger sends ~78 decimal digits (SHA-256 of the key), ~155 with SHA-512
+MAX_DEVICE_IDENTITY = 255
+
+
+def _check_client_values(transaction_id: str | None, device_identity: str | None = None) -> None:
+    """Values a client chooses must fit their columns on every backend (PostgreSQL enforces lengths)."""
+    if transaction_id is not None and len(transaction_id) > MAX_TRANSACTION_ID:
+        raise InvalidRequest(f"the transactionID is longer than {MAX_TRANSACTION_ID} characters")
+    if device_identity is not None and len(device_identity) > MAX_DEVICE_IDENTITY:
+        raise InvalidRequest(f"the device identity is longer than {MAX_DEVICE_IDENTITY} characters")
+
+
+class TransactionExists(Conflict):
+    """The (signer key, transactionID) pair is already recorded; nothing of this write was kept.
+
+    The caller reads the recorded transaction (`EnrollmentStore.scep_transaction`) and answers a
+    retransmission with its answer.
+    """
+
+    def __init__(self, signer_key_sha256: str, transaction_id: str) -> None:
+        super().__init__(
+            "this transaction is already recorded",
+            detail=f"SCEP transaction {transaction_id!r} of signer key {signer_key_sha256} exists",
+        )
+        self.signer_key_sha256 = signer_key_sha256
+        self.transaction_id = transaction_id
+
+
+@dataclass(frozen=True)
+class EnrollmentEvent:
+    """One request of either protocol, as the migration report counts it.
+
+    `outcome` is 'issued', 'pending', 'refused', 'failure:<failInfo>' and the like. Recorded with an
+    issuance, `serial_hex` and the certificate link are taken from the issued certificate.
+    """
+
+    protocol: str
+    operation: str
+    outcome: str
+    profile: str | None = None
+    device_identity: str | None = None
+    client_address: str | None = None
+    user_agent: str | None = None
+    cipher: str | None = None
+    digest: str | None = None
+    challenge_kind: str = "none"
+    transaction_id: str | None = None
+    serial_hex: str | None = None
+    detail: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}")
+        _check_client_values(self.transaction_id, self.device_identity)
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    id: int
+    occurred_at: dt.datetime
+    protocol: str
+    operation: str
+    outcome: str
+    profile: str | None
+    device_identity: str | None
+    client_address: str | None
+    user_agent: str | None
+    cipher: str | None
+    digest: str | None
+    challenge_kind: str
+    transaction_id: str | None
+    serial_hex: str | None
+    certificate_id: int | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewScepTransaction:
+    """A SCEP transaction to record: 'issued' with a certificate, or 'pending' | 'failed' | 'rejected'.
+
+    `replaces_id` names a finished transaction with the same (signer key, transactionID) that this
+    one takes the place of: certmonger (resubmit) and micromdm's scepclient (RenewalReq) derive the
+    transactionID from the public key, so a re-enrollment with the same key reuses the pair.
+    """
+
+    signer_key_sha256: str  # hex SHA-256 of the signer certificate's SubjectPublicKeyInfo
+    transaction_id: str
+    signer_cert_sha256: str  # hex SHA-256 of the signer certificate itself
+    message_type: str  # the wire value, e.g. "19" for PKCSReq
+    profile: str
+    request_der: bytes | None  # the PKCS#10 (kept for approval and to recognise retransmissions)
+    subject: str | None = None
+    client_address: str | None = None
+    status: str = "issued"
+    fail_info: str | None = None  # the failInfo name, e.g. 'badRequest'
+    fail_info_text: str | None = None
+    replaces_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in SCEP_TRANSACTION_STATUSES:
+            raise ValueError(f"unknown SCEP transaction status {self.status!r}")
+        _check_client_values(self.transaction_id)
+
+
+@dataclass(frozen=True)
+class CompletePending:
+    """Issue for a pending SCEP transaction: it turns 'issued' in the issuance's own transaction."""
+
+    scep_transaction_id: int  # the row id (ScepTransactionRecord.id), not the transactionID
+
+
+@dataclass(frozen=True)
+class ScepTransactionRecord:
+    id: int
+    signer_key_sha256: str
+    transaction_id: str
+    signer_cert_sha256: str
+    message_type: str
+    profile: str
+    status: str
+    certificate_id: int | None
+    certificate_der: bytes | None  # joined from certificates when issued
+    fail_info: str | None
+    fail_info_text: str | None
+    request_der: bytes | None
+    subject: str | None
+    client_address: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def is_retransmission(self, signer_cert_sha256: str, message_type: str, request_der: bytes | None) -> bool:
+        """True when a request is this transaction sent again (same signer certificate, type and CSR).
+
+        A request that shares only the (signer key, transactionID) pair is a new enrollment.
+        """
+        return (
+            self.signer_cert_sha256 == signer_cert_sha256
+            and self.message_type == message_type
+            and self.request_der == request_der
+        )
+
+
+def is_transaction_violation(exc: IntegrityError) -> bool:
+    message = str(exc.orig).lower()
+    return (
+        "uq_scep_transactions_signer_txn" in message
+        or "scep_transactions.signer_key_sha256, scep_transactions.transaction_id" in message
+    )
+
+
+def write_enrollment_event(
+    conn: Connection,
+    event: EnrollmentEvent,
+    now: dt.datetime,
+    *,
+    certificate_id: int | None = None,
+    serial_hex: str | None = None,
+) -> int:
+    """Insert one enrollment event inside the caller's transaction; its id."""
+    return int(
+        conn.execute(
+            insert(enrollment_events)
+            .values(
+                occurred_at=now,
+                protocol=event.protocol,
+                operation=event.operation,
+                profile=event.profile,
+                device_identity=event.device_identity,
+                client_address=event.client_address,
+                user_agent=event.user_agent,
+                cipher=event.cipher,
+                digest=event.digest,
+                challenge_kind=event.challenge_kind,
+                outcome=event.outcome,
+                transaction_id=event.transaction_id,
+                serial_hex=serial_hex or event.serial_hex,
+                certificate_id=certificate_id,
+                detail=json.dumps(event.detail or {}, sort_keys=True),
+            )
+            .returning(enrollment_events.c.id)
+        ).scalar_one()
+    )
+
+
+def write_scep_transaction(
+    conn: Connection, txn: NewScepTransaction, now: dt.datetime, *, certificate_id: int | None = None
+) -> int:
+    """Insert a SCEP transaction inside the caller's transaction; its row id.
+
+    Raises TransactionExists when `replaces_id` no longer names a finished transaction of the same
+    pair; a duplicate pair surfaces as IntegrityError for the caller to translate.
+    """
+    t = scep_transactions.c
+    if txn.replaces_id is not None:
+        removed = conn.execute(
+            delete(scep_transactions).where(
+                t.id == txn.replaces_id,
+                t.signer_key_sha256 == txn.signer_key_sha256,
+                t.transaction_id == txn.transaction_id,
+                t.status.in_(FINAL_STATUSES),
+            )
+        ).rowcount
+        if removed != 1:
+            raise TransactionExists(txn.signer_key_sha256, txn.transaction_id)
+    return int(
+        conn.execute(
+            insert(scep_transactions)
+            .values(
+                signer_key_sha256=txn.signer_key_sha256,
+                transaction_id=txn.transaction_id,
+                signer_cert_sha256=txn.signer_cert_sha256,
+                message_type=txn.message_type,
+                profile=txn.profile,
+                status=txn.status,
+                certificate_id=certificate_id,
+                fail_info=txn.fail_info,
+                fail_info_text=txn.fail_info_text,
+                request_der=txn.request_der,
+                subject=txn.subject,
+                client_address=txn.client_address,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(t.id)
+        ).scalar_one()
+    )
+
+
+def complete_pending(conn: Connection, pending: CompletePending, certificate_id: int, now: dt.datetime) -> None:
+    """Turn a pending transaction 'issued' inside the issuance's transaction; Conflict unless it is pending."""
+    t = scep_transactions.c
+    changed = conn.execute(
+        update(scep_transactions)
+        .where(t.id == pending.scep_transaction_id, t.status == "pending")
+        .values(status="issued", certificate_id=certificate_id, updated_at=now)
+    ).rowcount
+    if changed != 1:
+        raise Conflict(f"SCEP request {pending.scep_transaction_id} is not pending")
+
+
+def enrollment_record(row: RowMapping) -> EnrollmentRecord:
+    return EnrollmentRecord(
+        id=row["id"],
+        occurred_at=row["occurred_at"],
+        protocol=row["protocol"],
+        operation=row["operation"],
+        outcome=row["outcome"],
+        profile=row["profile"],
+        device_identity=row["device_identity"],
+        client_address=row["client_address"],
+        user_agent=row["user_agent"],
+        cipher=row["cipher"],
+        digest=row["digest"],
+        challenge_kind=row["challenge_kind"],
+        transaction_id=row["transaction_id"],
+        serial_hex=row["serial_hex"],
+        certificate_id=row["certificate_id"],
+        detail=json.loads(row["detail"]),
+    )

@@ -1,0 +1,236 @@
+"""One-time challenges and lockout counters in the store: atomic across threads and processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import threading
+import traceback
+from multiprocessing.queues import Queue as QueueType
+from multiprocessing.synchronize import Barrier as BarrierType
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared_ca.errors import Conflict
+from shared_ca.storage.db import create_store_engine
+from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore
+from shared_ca.storage.repository import Store
+from shared_ca.storage.schema import challenge_failures
+from tests.support import SettableClock, run_together
+
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def enrollments(store: Store) -> EnrollmentStore:
+    return EnrollmentStore(store.engine)
+
+
+def create(enrollments: EnrollmentStore, clock: SettableClock, secret_sha256: str = "1" * 64, **kw: Any) -> int:
+    fields: dict[str, Any] = {"device_id": "device1", "profile": "default", "expires_at": clock() + HOUR}
+    fields.update(kw)
+    return enrollments.create_challenge(secret_sha256, created_by="admin", now=clock(), **fields).id
+
+
+def consume(
+    enrollments: EnrollmentStore, now: dt.datetime, secret_sha256: str = "1" * 64, **kw: Any
+) -> ChallengeRecord | None:
+    fields: dict[str, Any] = {"profile": "default", "device_id": "device1", "subject": "CN=device1"}
+    fields.update(kw)
+    return enrollments.consume_challenge(secret_sha256, now, **fields)
+
+
+# -- one-time challenges -------------------------------------------------------------------------
+
+
+def test_a_single_use_challenge_is_spent_once(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    challenge_id = create(enrollments, clock)
+    spent = consume(enrollments, clock())
+    assert spent is not None
+    assert (spent.id, spent.uses_left, spent.device_id, spent.created_by) == (challenge_id, 0, "device1", "admin")
+    assert consume(enrollments, clock()) is None
+    assert enrollments.challenge("1" * 64) == spent
+    [audit] = enrollments.audit_events(action="scep.challenge.created")
+    assert audit.detail == {"challenge": challenge_id, "device": "device1", "profile": "default", "uses": 1}
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        pytest.param({"profile": "routers"}, id="fail/other-profile"),
+        pytest.param({"device_id": "device2"}, id="fail/other-device"),
+        pytest.param({"device_id": None}, id="fail/no-device"),
+        pytest.param({"subject": "CN=device1,O=Other"}, id="fail/other-subject"),
+        pytest.param({"secret_sha256": "2" * 64}, id="fail/unknown-secret"),
+    ],
+)
+def test_a_challenge_that_does_not_fit_is_not_spent(
+    enrollments: EnrollmentStore, clock: SettableClock, request_fields: dict[str, Any]
+) -> None:
+    create(enrollments, clock, expected_subject="CN=device1")
+    assert consume(enrollments, clock(), **request_fields) is None
+    spent = consume(enrollments, clock())
+    assert spent is not None and spent.uses_left == 0
+
+
+def test_an_unbound_challenge_serves_any_device_and_subject(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    create(enrollments, clock, device_id=None, uses=3)
+    firsts = [consume(enrollments, clock(), device_id=d, subject=f"CN={d}") for d in ("a", None, "c")]
+    assert [c.uses_left if c else None for c in firsts] == [2, 1, 0]
+    assert consume(enrollments, clock()) is None
+
+
+def test_a_challenge_expires(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    create(enrollments, clock, uses=2)
+    assert consume(enrollments, clock() + HOUR - dt.timedelta(seconds=1)) is not None
+    assert consume(enrollments, clock() + HOUR) is None  # expires_at itself is too late
+    clock.advance(hours=2)
+    assert enrollments.purge_challenges(clock()) == 1
+    assert enrollments.challenge("1" * 64) is None
+
+
+def test_challenge_creation_rules(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    create(enrollments, clock)
+    with pytest.raises(Conflict, match="already stored"):
+        create(enrollments, clock)
+    with pytest.raises(ValueError, match="at least one use"):
+        create(enrollments, clock, secret_sha256="3" * 64, uses=0)
+    create(enrollments, clock, secret_sha256="4" * 64)
+    assert consume(enrollments, clock()) is not None
+    assert enrollments.purge_challenges(clock()) == 1  # the spent one; the unused one stays
+    assert enrollments.challenge("4" * 64) is not None
+
+
+def test_64_threads_race_for_a_single_use_challenge(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    create(enrollments, clock)
+    results, errors = run_together(64, lambda i: consume(enrollments, clock()))
+    assert errors == []
+    assert len([r for r in results if r is not None]) == 1
+    assert len(results) == 64
+
+
+def consume_in_process(url: str, secrets: list[str], start: BarrierType, out: QueueType[list[str] | str]) -> None:
+    """Child process: 8 threads each try every challenge once; reports the secrets it won."""
+    engine = create_store_engine(url, pool_size=8)
+    try:
+        enrollments = EnrollmentStore(engine)
+        now = dt.datetime.now(dt.UTC)
+        won: list[str] = []
+        lock = threading.Lock()
+        ready = threading.Barrier(8)
+
+        def attempt() -> None:
+            ready.wait(60)
+            for secret in secrets:
+                if consume(enrollments, now, secret) is not None:
+                    with lock:
+                        won.append(secret)
+
+        threads = [threading.Thread(target=attempt) for _ in range(8)]
+        start.wait(120)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        out.put(won)
+    except BaseException:  # the parent asserts on the text
+        out.put(traceback.format_exc())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_two_processes_spend_each_use_exactly_once(
+    enrollments: EnrollmentStore, clock: SettableClock, database_url: str
+) -> None:
+    secrets = [f"{i:064x}" for i in range(20)]
+    for i, secret in enumerate(secrets):
+        create(enrollments, clock, secret, uses=3 if i == 0 else 1, expires_at=clock() + dt.timedelta(days=1))
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    out: QueueType[list[str] | str] = ctx.Queue()
+    children = [ctx.Process(target=consume_in_process, args=(database_url, secrets, start, out)) for _ in range(2)]
+    for child in children:
+        child.start()
+    try:
+        outcomes = [out.get(timeout=180) for _ in children]
+    finally:
+        for child in children:
+            child.join(60)
+        out.close()
+        out.join_thread()
+    assert all(isinstance(o, list) for o in outcomes), outcomes
+    won = [secret for outcome in outcomes for secret in outcome]
+    assert sorted(won) == sorted([secrets[0]] * 3 + secrets[1:])
+    assert [c.exitcode for c in children] == [0, 0]
+
+
+# -- lockout -------------------------------------------------------------------------------------
+
+WINDOW = dt.timedelta(minutes=15)
+LOCK = dt.timedelta(minutes=30)
+
+
+def fail(enrollments: EnrollmentStore, now: dt.datetime, *keys: str, threshold: int = 3) -> dt.datetime | None:
+    return enrollments.record_failure(keys, now, window=WINDOW, threshold=threshold, lock_for=LOCK)
+
+
+def failures(store: Store, key: str) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(select(challenge_failures.c.failures).where(challenge_failures.c.key == key)).scalar_one()
+        )
+
+
+def test_the_threshold_locks_for_lock_for(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    key = "address:192.0.2.7"
+    assert fail(enrollments, clock(), key) is None
+    clock.advance(minutes=1)
+    assert fail(enrollments, clock(), key) is None
+    assert enrollments.locked([key], clock()) is None
+    clock.advance(minutes=1)
+    assert fail(enrollments, clock(), key) == clock() + LOCK
+    assert enrollments.locked([key, "address:other"], clock()) == clock() + LOCK
+    assert enrollments.locked(["address:other"], clock()) is None
+    assert enrollments.locked([], clock()) is None
+    clock.advance(minutes=30)
+    assert enrollments.locked([key], clock()) is None  # the lock lifted exactly at locked_until
+
+
+def test_failures_lapse_after_the_window(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    key = "challenge:" + "9" * 64
+    fail(enrollments, clock(), key)
+    fail(enrollments, clock(), key)
+    clock.advance(minutes=15)  # the first failure is a window old: counting starts again
+    assert fail(enrollments, clock(), key) is None
+    assert failures(enrollments, key) == 1
+    assert fail(enrollments, clock(), key) is None
+    assert fail(enrollments, clock(), key) == clock() + LOCK
+
+
+def test_each_key_counts_and_locks_separately(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    address, first, second = "address:192.0.2.7", "challenge:" + "1" * 64, "challenge:" + "2" * 64
+    fail(enrollments, clock(), first, address)
+    fail(enrollments, clock(), second, address)
+    assert fail(enrollments, clock(), first, address) == clock() + LOCK  # the address reached 3
+    assert enrollments.locked([first], clock()) is None
+    assert enrollments.locked([second, "address:192.0.2.8"], clock()) is None
+    assert (failures(enrollments, first), failures(enrollments, second), failures(enrollments, address)) == (2, 1, 3)
+    assert enrollments.clear_failures([address, "address:none"]) == 1
+    assert enrollments.locked([address], clock()) is None
+    assert enrollments.clear_failures([]) == 0
+
+
+def test_a_threshold_of_one_locks_at_the_first_failure(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    assert fail(enrollments, clock(), "address:x", threshold=1) == clock() + LOCK
+    with pytest.raises(ValueError, match="at least 1"):
+        fail(enrollments, clock(), "address:x", threshold=0)
+
+
+def test_concurrent_failures_are_all_counted(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    key = "address:192.0.2.99"
+    results, errors = run_together(32, lambda i: fail(enrollments, clock(), key, "address:shared", threshold=100))
+    assert errors == [] and len(results) == 32
+    assert (failures(enrollments, key), failures(enrollments, "address:shared")) == (32, 32)
