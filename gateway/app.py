@@ -45,8 +45,12 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.extensions["gateway"] = gateway
 
     from gateway import views
+    from scep import views as scep_views
 
+    app.extensions["scep"] = gateway.scep
+    app.extensions["scep_default_profile"] = gateway.config["default_profile"]
     app.register_blueprint(views.bp)
+    app.register_blueprint(scep_views.bp)
 
     @app.errorhandler(CAError)
     def _ca_error(exc: CAError) -> Response:

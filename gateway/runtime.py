@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config import GatewayConfig
+from scep.service import ScepService
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.crl import CrlPublisher
 from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.repository import IssuerRecord, Store
 
 PASSPHRASE_ENV = "GATEWAY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
@@ -51,12 +54,13 @@ class Gateway:
     """Everything a request needs, loaded once per process."""
 
     config: GatewayConfig
-    store: Store
+    store: EnrollmentStore
     authority: CertificateAuthority
     crl: CrlPublisher
     ocsp: OcspResponder
     ra_certificate: x509.Certificate
-    ra_key: PrivateKey
+    ra_key: rsa.RSAPrivateKey
+    scep: ScepService
 
     def trusted_client_issuers(self, now: dt.datetime) -> list[x509.Certificate]:
         """CA certificates whose client certificates the TLS listener accepts: ours and legacy in window."""
@@ -70,8 +74,8 @@ class Gateway:
         return certs
 
 
-def open_store(config: GatewayConfig) -> Store:
-    return Store(create_store_engine(config.database_url))
+def open_store(config: GatewayConfig) -> EnrollmentStore:
+    return EnrollmentStore(create_store_engine(config.database_url))
 
 
 def _load_pair(
@@ -95,7 +99,7 @@ def open_gateway(config: GatewayConfig) -> Gateway:
         raise
 
 
-def _assemble(config: GatewayConfig, store: Store, passphrase: bytes | None) -> Gateway:
+def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes | None) -> Gateway:
     require_schema_at_head(store.engine)
     ca_chain, ca_key = _load_pair(config, "ca.cert", "ca.key", passphrase)
     ra_certs, ra_key = _load_pair(config, "ra.cert", "ra.key", passphrase)
@@ -108,7 +112,12 @@ def _assemble(config: GatewayConfig, store: Store, passphrase: bytes | None) -> 
         refresh=dt.timedelta(minutes=config["crl.refresh_minutes"]),
     )
     ocsp = OcspResponder([authority], dt.timedelta(minutes=config["ocsp.validity_minutes"]))
-    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key)
+    if not isinstance(ra_key, rsa.RSAPrivateKey):
+        raise KeyMaterialError(f"the SCEP RA key {config.path('ra.key')} must be RSA (SCEP envelopes use RSA)")
+    scep = ScepService(
+        authority=authority, store=store, crl=crl, ra_key=ra_key, ra_certificate=ra_certs[0], profiles=config.profiles
+    )
+    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, scep)
 
 
 def _issuer_for(store: Store, name: str, cert: x509.Certificate) -> IssuerRecord:

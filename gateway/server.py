@@ -31,6 +31,7 @@ from shared_ca.keys import certificates_pem
 log = logging.getLogger("gateway.server")
 LISTENERS = ("http", "https")
 CRL_CHECK_SECONDS = 60
+MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
 
 
 def build_ssl_context(gateway: Gateway) -> ssl.SSLContext:
@@ -102,6 +103,9 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         cfg.set("timeout", config["listen.timeout_seconds"])
         cfg.set("graceful_timeout", 10)
         cfg.set("keepalive", 15)
+        # SCEP PKIOperation by GET carries the whole pkiMessage in the query: certmonger's renewals
+        # signed by an issued certificate make request lines above gunicorn's default 4094 bytes.
+        cfg.set("limit_request_line", MAX_REQUEST_LINE)
         cfg.set("proc_name", f"gateway-{self.listener}")
         cfg.set("loglevel", config["log.level"])
         cfg.set("accesslog", None)
@@ -142,6 +146,7 @@ def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[st
     try:
         for listener in LISTENERS:
             children[listener] = subprocess.Popen([sys.executable, "-m", "gateway.server", listener], env=environ)
+        announce(f"SCEP   {base_http}/scep  and  {base_https}/scep")
         announce(f"health {base_http}/healthz  and  {base_https}/healthz")
         announce(f"CRL    {base_http}/crl/{config['ca.name']}.crl   OCSP {base_http}/ocsp")
         announce(f"CA certificate (trust this): {config.data_dir / 'ca.pem'}  (also {base_http}/ca.pem)")

@@ -36,6 +36,7 @@ from gateway.config import load_config
 from gateway.initdir import InitOptions, initialise
 from gateway.runtime import Gateway
 from gateway.views import OCSP_MAX_REQUEST
+from scep.service import ScepService
 from shared_ca.authority import CertificateAuthority, utcnow
 from shared_ca.ca_material import CAMaterial, create_root_ca
 from shared_ca.crl import CrlPublisher
@@ -43,7 +44,7 @@ from shared_ca.keys import KeyType, generate_private_key, load_certificates
 from shared_ca.ocsp import OcspResponder
 from shared_ca.policy import authorize_csr
 from shared_ca.storage.db import create_store_engine, sqlite_url
-from shared_ca.storage.repository import Store
+from shared_ca.storage.enrollment import EnrollmentStore
 from tests.support import make_csr, subject
 
 OCSP_TYPE = "application/ocsp-response"
@@ -197,7 +198,7 @@ def unreachable_app(app: Flask, database_url: str, tmp_path: Path) -> Iterator[F
     else:
         broken_url = url.set(host="127.0.0.1", port=closed_port()).render_as_string(hide_password=False)
     engine = create_store_engine(broken_url)
-    store = Store(engine)
+    store = EnrollmentStore(engine)
     gw = gateway_of(app)
     old = gw.authority
     authority = CertificateAuthority(store, old.issuer, old.certificate, old.chain, old.key, old.urls, old.clock)
@@ -207,6 +208,14 @@ def unreachable_app(app: Flask, database_url: str, tmp_path: Path) -> Iterator[F
         authority=authority,
         crl=CrlPublisher(authority, gw.crl.validity, gw.crl.refresh),
         ocsp=OcspResponder([authority], gw.ocsp.validity),
+        scep=ScepService(
+            authority=authority,
+            store=store,
+            crl=CrlPublisher(authority, gw.crl.validity, gw.crl.refresh),
+            ra_key=gw.ra_key,
+            ra_certificate=gw.ra_certificate,
+            profiles=gw.config.profiles,
+        ),
     )
     try:
         yield create_app(gateway=broken)

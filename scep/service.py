@@ -1,0 +1,573 @@
+"""SCEP operations (RFC 8894 §3.3, §4): from a verified request to a signed CertRep, through shared_ca.
+
+Once a pkiMessage has been read, every refusal is a signed FAILURE carrying failInfo and a
+client-safe failInfoText (DESIGN.md error table); the cause goes to the log and to the request's
+enrollment event. Only a database outage escapes as Unavailable (HTTP 503), because a signed
+FAILURE is final for a SCEP client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from asn1crypto import csr as asn1_csr
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from scep.asn1 import FailInfo, MessageType, PkiStatus
+from scep.builder import RaIdentity, build_cert_rep, build_failure, degenerate_certs_only
+from scep.challenges import (
+    AnyOf,
+    ChallengeNotVerifiable,
+    ChallengeRequest,
+    ChallengeValidator,
+    Lockout,
+    OneTimeChallenge,
+    StaticChallenge,
+    WebhookChallenge,
+)
+from scep.envelope import ContentCipher
+from scep.message import PkiRequest, ReplyContext, ScepDecodeError, ScepMessageError, parse_pki_message
+from shared_ca.authority import CertificateAuthority, fingerprint
+from shared_ca.crl import CrlPublisher
+from shared_ca.csr import load_csr
+from shared_ca.errors import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    CAError,
+    Conflict,
+    NotFound,
+    PolicyDenied,
+    Unauthorized,
+    Unavailable,
+)
+from shared_ca.policy import authorize_csr, common_name
+from shared_ca.profiles import Profile
+from shared_ca.serials import serial_hex
+from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment_records import (
+    CompletePending,
+    EnrollmentEvent,
+    NewScepTransaction,
+    ScepTransactionRecord,
+    TransactionExists,
+)
+from shared_ca.storage.repository import CertificateRecord
+
+log = logging.getLogger("scep.service")
+CHALLENGE_PASSWORD_OID = "1.2.840.113549.1.9.7"  # noqa: S105 - an OID, not a secret
+CA_RA_CERT_TYPE = "application/x-x509-ca-ra-cert"
+PKI_MESSAGE_TYPE = "application/x-pki-message"
+_FAIL_INFO_BY_NAME = {f.rfc_name: f for f in FailInfo}
+
+
+@dataclass(frozen=True)
+class ScepClient:
+    """Transport facts about the requester, for events, lockout and logs."""
+
+    address: str | None
+    user_agent: str | None
+
+
+class Refused(Exception):
+    """A refusal answered by a signed FAILURE: `text` goes to the client, `detail` to the log."""
+
+    def __init__(self, fail_info: FailInfo, text: str, detail: str | None = None) -> None:
+        super().__init__(text)
+        self.fail_info = fail_info
+        self.text = text
+        self.detail = detail or text
+        self.recorded = False  # its enrollment event is written already
+
+
+_CA_ERROR_FAIL_INFO = {AlgorithmNotAllowed: FailInfo.BAD_ALG, BadSignature: FailInfo.BAD_MESSAGE_CHECK}
+
+
+def refusal_from(exc: CAError) -> Refused:
+    """The FAILURE a CA refusal maps to (DESIGN.md error table)."""
+    fail_info = _CA_ERROR_FAIL_INFO.get(type(exc), FailInfo.BAD_REQUEST)
+    return Refused(fail_info, exc.public_message, exc.detail)
+
+
+def challenge_password(csr_der: bytes) -> str | None:
+    """The CSR's challengePassword, decoded by its own string type (Printable, UTF8, BMP, ...).
+
+    Attributes are read one at a time: certmonger sends a BMPString friendlyName that would make
+    decoding the whole request fail.
+    """
+    try:
+        info = asn1_csr.CertificationRequest.load(csr_der)["certification_request_info"]
+        for attribute in info["attributes"]:
+            if attribute["type"].dotted == CHALLENGE_PASSWORD_OID:
+                value = attribute["values"][0].native
+                return value if isinstance(value, str) else None
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    return None
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    """Hex SHA-256 of the certificate's SubjectPublicKeyInfo (what identifies the signer key)."""
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
+def capabilities(profile: Profile) -> list[str]:
+    """GetCACaps: exactly what this profile is served with (RFC 8894 §3.5.2)."""
+    caps = ["POSTPKIOperation"]
+    caps += [
+        name
+        for name, digest in (("SHA-1", "sha1"), ("SHA-256", "sha256"), ("SHA-512", "sha512"))
+        if digest in profile.scep_digests
+    ]
+    if any(c.startswith("aes") for c in profile.scep_ciphers):
+        caps.append("AES")
+    if "3des" in profile.scep_ciphers:
+        caps.append("DES3")
+    if profile.scep_renewal:
+        caps.append("Renewal")
+    caps.append("SCEPStandard")
+    return caps
+
+
+def _transaction(request: PkiRequest, profile: Profile, client: ScepClient, replaces: int | None) -> NewScepTransaction:
+    """The SCEP transaction row of an enrollment request (status 'issued' unless replaced)."""
+    return NewScepTransaction(
+        signer_key_sha256=spki_sha256(request.signer_certificate),
+        transaction_id=request.transaction_id,
+        signer_cert_sha256=fingerprint(request.signer_certificate),
+        message_type=request.message_type.value,
+        profile=profile.name,
+        request_der=request.csr_der,
+        client_address=client.address,
+        replaces_id=replaces,
+    )
+
+
+class ScepService:
+    """Runs each SCEP operation for one CA and its RA. Immutable; one per worker."""
+
+    def __init__(
+        self,
+        *,
+        authority: CertificateAuthority,
+        store: EnrollmentStore,
+        crl: CrlPublisher,
+        ra_key: rsa.RSAPrivateKey,
+        ra_certificate: x509.Certificate,
+        profiles: Mapping[str, Profile],
+        nonce: Callable[[], bytes] = lambda: os.urandom(16),
+    ) -> None:
+        self.authority = authority
+        self.store = store
+        self.crl = crl
+        self.ra_key = ra_key
+        self.ra_certificate = ra_certificate
+        self.ra = RaIdentity.create(ra_key, ra_certificate, authority.chain)
+        self.ca_ra_certs = degenerate_certs_only([ra_certificate, *authority.chain])
+        self.profiles = profiles
+        self.nonce = nonce
+        self.validators = {name: self._validator(profile) for name, profile in profiles.items()}
+
+    @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        return self.authority.clock
+
+    def _validator(self, profile: Profile) -> ChallengeValidator:
+        """The profile's challenge check: static, one-time and webhook, under a lockout."""
+        validators: list[ChallengeValidator] = []
+        if profile.scep_challenge:
+            validators.append(StaticChallenge(profile.scep_challenge))
+        validators.append(OneTimeChallenge(self.store, self.clock))
+        if profile.scep_webhook_url:
+            validators.append(
+                WebhookChallenge(
+                    profile.scep_webhook_url,
+                    profile.scep_webhook_secret.encode("utf-8"),
+                    float(profile.scep_webhook_timeout_seconds),
+                )
+            )
+        window = dt.timedelta(minutes=profile.scep_lockout_minutes)
+        return Lockout(
+            AnyOf(validators),
+            self.store,
+            threshold=profile.scep_lockout_threshold,
+            window=window,
+            lock_for=window,
+            clock=self.clock,
+        )
+
+    # -- the PKIOperation ---------------------------------------------------------------------------
+
+    def pki_operation(self, message: bytes, profile: Profile, client: ScepClient) -> bytes:
+        """Answer one pkiMessage with a CertRep; ScepDecodeError (HTTP 400) when it cannot be read."""
+        try:
+            request = parse_pki_message(message, ra_key=self.ra_key, ra_cert=self.ra_certificate)
+        except ScepDecodeError as exc:
+            self._event(profile, client, "PKIOperation", "undecodable", None, {"cause": exc.detail})
+            raise
+        except ScepMessageError as exc:
+            log.warning("SCEP %s refused (%s): %s", exc.reply.transaction_id, exc.fail_info.rfc_name, exc.detail)
+            self._event(
+                profile,
+                client,
+                "PKIOperation",
+                f"failure:{exc.fail_info.rfc_name}",
+                None,
+                {"cause": exc.detail},
+                reply=exc.reply,
+            )
+            return build_failure(
+                ra=self.ra, reply=exc.reply, fail_info=exc.fail_info, text=exc.text, sender_nonce=self.nonce()
+            )
+        try:
+            self._check_algorithms(request, profile)
+            if request.message_type.is_enrolment:
+                return self._enroll(request, profile, client)
+            if request.message_type is MessageType.CertPoll:
+                return self._poll(request, profile, client)
+            if request.message_type is MessageType.GetCert:
+                return self._get_cert(request, profile, client)
+            return self._get_crl(request, profile, client)
+        except Refused as refusal:
+            log.warning(
+                "SCEP %s %s refused (%s): %s",
+                request.message_type.name,
+                request.transaction_id,
+                refusal.fail_info.rfc_name,
+                refusal.detail,
+            )
+            if not refusal.recorded:
+                self._event(
+                    profile,
+                    client,
+                    request.message_type.name,
+                    f"failure:{refusal.fail_info.rfc_name}",
+                    request,
+                    {"cause": refusal.detail},
+                )
+            return self._failure(request, refusal.fail_info, refusal.text)
+
+    def _check_algorithms(self, request: PkiRequest, profile: Profile) -> None:
+        if request.digest.value not in profile.scep_digests:
+            raise Refused(FailInfo.BAD_ALG, f"digest {request.digest.value.upper()} is not allowed")
+        if request.content_cipher.value not in profile.scep_ciphers:
+            raise Refused(FailInfo.BAD_ALG, f"envelope cipher {request.content_cipher.value} is not allowed")
+        if not isinstance(request.signer_certificate.public_key(), rsa.RSAPublicKey):
+            # The reply is enveloped to the signer's key, and SCEP envelopes use RSA key transport.
+            raise Refused(FailInfo.BAD_ALG, "sign SCEP requests with an RSA key")
+
+    # -- enrollment ---------------------------------------------------------------------------------
+
+    def _enroll(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
+        signer = request.signer_certificate
+        key_sha, cert_sha = spki_sha256(signer), fingerprint(signer)
+        existing = self.store.scep_transaction(key_sha, request.transaction_id)
+        replaces: int | None = None
+        if existing is not None:
+            if existing.is_retransmission(cert_sha, request.message_type.value, request.csr_der):
+                log.info("SCEP %s: retransmission, answered as before", request.transaction_id)
+                self._event(profile, client, request.message_type.name, f"retransmission:{existing.status}", request)
+                return self._answer(request, existing)
+            if existing.status == "pending":
+                raise Refused(FailInfo.BAD_REQUEST, "a different request with this transactionID awaits approval")
+            replaces = existing.id
+        try:
+            return self._enroll_new(request, profile, client, replaces)
+        except Refused as refusal:
+            self._record_failed(request, profile, client, refusal, replaces)
+            raise
+
+    def _enroll_new(self, request: PkiRequest, profile: Profile, client: ScepClient, replaces: int | None) -> bytes:
+        assert request.csr_der is not None
+        try:
+            csr = load_csr(request.csr_der)
+        except CAError as exc:
+            raise refusal_from(exc) from exc
+        now = self.clock()
+        renewing = self._renewal_of(request, csr, profile, now)
+        challenge_kind = "renewal"
+        if renewing is None:
+            challenge_kind = self._check_challenge(request, csr, profile, client)
+        try:
+            policy = authorize_csr(profile, csr, now)
+        except (PolicyDenied, AlgorithmNotAllowed) as exc:
+            raise refusal_from(exc) from exc
+        event = self._enrollment_event(profile, client, request, "issued", challenge_kind, csr)
+        txn = replace(_transaction(request, profile, client, replaces), subject=csr.subject.rfc4514_string())
+        if profile.approval == "manual":
+            return self._hold(request, txn, event)
+        try:
+            issued = self.authority.issue(
+                policy,
+                protocol="scep",
+                actor=f"scep:{client.address or '-'}",
+                requester=client.address,
+                renewal_of=renewing,
+                enrollment=event,
+                scep_transaction=txn,
+            )
+        except TransactionExists:
+            return self._answer_winner(request)
+        log.info("SCEP %s: issued %s to %s", request.transaction_id, issued.record.serial_hex, issued.record.subject)
+        return self._success(request, [issued.certificate])
+
+    def _renewal_of(
+        self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, now: dt.datetime
+    ) -> CertificateRecord | None:
+        """The certificate of ours that signed the request, when this is a renewal (RFC 8894 §3.3.1.2)."""
+        record = self.store.certificate_by_fingerprint(fingerprint(request.signer_certificate))
+        ours = record is not None and record.issuer_id == self.authority.issuer.id
+        if request.message_type is not MessageType.PKCSReq and not ours:
+            raise Refused(FailInfo.BAD_REQUEST, "renewal must be signed by a certificate issued by this CA")
+        if not ours or record is None:
+            return None
+        if not profile.scep_renewal:
+            raise Refused(FailInfo.BAD_REQUEST, "this profile does not renew over SCEP")
+        status = record.effective_status(now)
+        if status != "valid":
+            raise Refused(FailInfo.BAD_REQUEST, f"the signing certificate is {status}")
+        if csr.subject != request.signer_certificate.subject:
+            raise Refused(FailInfo.BAD_REQUEST, "a renewal must keep the subject of the certificate it renews")
+        return record
+
+    def _check_challenge(
+        self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, client: ScepClient
+    ) -> str:
+        signer_key = request.signer_certificate.public_key()
+        if signer_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != csr.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        ):
+            # RFC 8894 §3.3.1: a new enrollment is signed with the key being certified.
+            raise Refused(FailInfo.BAD_MESSAGE_CHECK, "the request must be signed with the key it certifies")
+        assert request.csr_der is not None
+        challenge = ChallengeRequest(
+            profile=profile.name,
+            challenge_password=challenge_password(request.csr_der),
+            subject=csr.subject.rfc4514_string(),
+            device_id=common_name(csr.subject),
+            transaction_id=request.transaction_id,
+            client_address=client.address,
+            csr_der=request.csr_der,
+        )
+        try:
+            accepted = self.validators[profile.name].validate(challenge)
+        except ChallengeNotVerifiable as exc:
+            # Our fault (the webhook is down): HTTP 503 lets the device retry; a FAILURE would be final.
+            raise Unavailable("the enrollment check is unavailable", detail=exc.detail) from exc
+        except Unauthorized as exc:
+            raise Refused(FailInfo.BAD_REQUEST, exc.public_message, exc.detail) from exc
+        return accepted.kind.value
+
+    def _hold(self, request: PkiRequest, txn: NewScepTransaction, event: EnrollmentEvent) -> bytes:
+        try:
+            self.store.record_scep_outcome(
+                replace(txn, status="pending"), replace(event, outcome="pending"), self.clock()
+            )
+        except TransactionExists:
+            return self._answer_winner(request)
+        log.info("SCEP %s: awaiting approval", request.transaction_id)
+        return self._reply(request, PkiStatus.PENDING)
+
+    def _record_failed(
+        self, request: PkiRequest, profile: Profile, client: ScepClient, refusal: Refused, replaces: int | None
+    ) -> None:
+        """Keep the failure, so a retransmission gets the same answer (and the event is written once)."""
+        txn = replace(
+            _transaction(request, profile, client, replaces),
+            status="failed",
+            fail_info=refusal.fail_info.rfc_name,
+            fail_info_text=refusal.text,
+        )
+        event = self._enrollment_event(
+            profile,
+            client,
+            request,
+            f"failure:{refusal.fail_info.rfc_name}",
+            "none",
+            request.csr,
+            {"cause": refusal.detail},
+        )
+        try:
+            self.store.record_scep_outcome(txn, event, self.clock())
+        except TransactionExists:
+            self.store.record_event(event, self.clock())
+        refusal.recorded = True
+
+    def _answer_winner(self, request: PkiRequest) -> bytes:
+        """A concurrent request with the same transaction won: answer as it was answered."""
+        winner = self.store.scep_transaction(spki_sha256(request.signer_certificate), request.transaction_id)
+        if winner is None:
+            raise Unavailable("the SCEP transaction could not be recorded", detail="transaction vanished")
+        return self._answer(request, winner)
+
+    def _answer(self, request: PkiRequest, txn: ScepTransactionRecord) -> bytes:
+        if txn.status == "issued" and txn.certificate_der is not None:
+            return self._success(request, [x509.load_der_x509_certificate(txn.certificate_der)])
+        if txn.status == "pending":
+            return self._reply(request, PkiStatus.PENDING)
+        fail_info = _FAIL_INFO_BY_NAME.get(txn.fail_info or "", FailInfo.BAD_REQUEST)
+        return self._failure(request, fail_info, txn.fail_info_text or "the request was rejected")
+
+    # -- manual approval ----------------------------------------------------------------------------
+
+    def approve(self, scep_transaction_id: int, *, actor: str) -> CertificateRecord:
+        """Issue for a pending request; the client's next CertPoll gets the certificate."""
+        txn = self.store.scep_transaction_by_id(scep_transaction_id)
+        if txn is None:
+            raise NotFound(f"no SCEP request {scep_transaction_id}")
+        if txn.status != "pending" or txn.request_der is None:
+            raise Conflict(f"SCEP request {scep_transaction_id} is not pending (it is {txn.status})")
+        profile = self.profiles.get(txn.profile)
+        if profile is None:
+            raise PolicyDenied(f"profile {txn.profile!r} of SCEP request {scep_transaction_id} no longer exists")
+        csr = load_csr(txn.request_der)
+        policy = authorize_csr(profile, csr, self.clock())
+        event = EnrollmentEvent(
+            protocol="scep",
+            operation="approval",
+            outcome="issued",
+            profile=profile.name,
+            device_identity=common_name(csr.subject),
+            client_address=txn.client_address,
+            challenge_kind="manual",
+            transaction_id=txn.transaction_id,
+            detail={"approved_by": actor},
+        )
+        issued = self.authority.issue(
+            policy,
+            protocol="scep",
+            actor=actor,
+            requester=txn.client_address,
+            enrollment=event,
+            scep_transaction=CompletePending(scep_transaction_id),
+        )
+        return issued.record
+
+    def reject(self, scep_transaction_id: int, reason: str, *, actor: str) -> ScepTransactionRecord:
+        """Refuse a pending request; the client's next CertPoll gets FAILURE badRequest with `reason`."""
+        return self.store.reject_pending(scep_transaction_id, reason, actor=actor, now=self.clock())
+
+    # -- polling and retrieval ----------------------------------------------------------------------
+
+    def _poll(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
+        txn = self.store.scep_transaction(spki_sha256(request.signer_certificate), request.transaction_id)
+        if txn is None:
+            raise Refused(FailInfo.BAD_CERT_ID, "no request with this transactionID")
+        self._event(profile, client, "CertPoll", f"poll:{txn.status}", request)
+        return self._answer(request, txn)
+
+    def _get_cert(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
+        wanted = request.issuer_and_serial
+        assert wanted is not None
+        record = None
+        if wanted.issuer_der == self.authority.certificate.subject.public_bytes():
+            record = self.store.certificate(self.authority.issuer.id, serial_hex(wanted.serial_number))
+        if record is None:
+            raise Refused(FailInfo.BAD_CERT_ID, "no such certificate")
+        self._event(profile, client, "GetCert", "delivered", request)
+        return self._success(request, [x509.load_der_x509_certificate(record.der)])
+
+    def _get_crl(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
+        wanted = request.issuer_and_serial
+        assert wanted is not None
+        if wanted.issuer_der != self.authority.certificate.subject.public_bytes():
+            raise Refused(FailInfo.BAD_CERT_ID, "no CRL for this issuer")
+        crl = self.crl.current(actor="scep")
+        self._event(profile, client, "GetCRL", "delivered", request)
+        return self._success(request, [], crl_der=crl.der)
+
+    # -- replies and events -------------------------------------------------------------------------
+
+    def _success(self, request: PkiRequest, certs: list[x509.Certificate], crl_der: bytes | None = None) -> bytes:
+        return build_cert_rep(
+            ra=self.ra,
+            status=PkiStatus.SUCCESS,
+            transaction_id=request.transaction_id,
+            recipient_nonce=request.sender_nonce,
+            sender_nonce=self.nonce(),
+            digest=request.digest,
+            issued=certs,
+            recipient_cert=request.signer_certificate,
+            content_cipher=request.content_cipher,
+            key_transport=request.key_transport,
+            crl_der=crl_der,
+        )
+
+    def _reply(self, request: PkiRequest, status: PkiStatus) -> bytes:
+        return build_cert_rep(
+            ra=self.ra,
+            status=status,
+            transaction_id=request.transaction_id,
+            recipient_nonce=request.sender_nonce,
+            sender_nonce=self.nonce(),
+            digest=request.digest,
+        )
+
+    def _failure(self, request: PkiRequest, fail_info: FailInfo, text: str) -> bytes:
+        return build_failure(ra=self.ra, reply=request.reply, fail_info=fail_info, text=text, sender_nonce=self.nonce())
+
+    def _enrollment_event(
+        self,
+        profile: Profile,
+        client: ScepClient,
+        request: PkiRequest,
+        outcome: str,
+        challenge_kind: str,
+        csr: x509.CertificateSigningRequest | None,
+        detail: dict[str, str] | None = None,
+    ) -> EnrollmentEvent:
+        subject = csr.subject if csr is not None else request.signer_certificate.subject
+        return EnrollmentEvent(
+            protocol="scep",
+            operation=request.message_type.name,
+            outcome=outcome,
+            profile=profile.name,
+            device_identity=common_name(subject),
+            client_address=client.address,
+            user_agent=client.user_agent,
+            cipher=request.content_cipher.value,
+            digest=request.digest.value,
+            challenge_kind=challenge_kind,
+            transaction_id=request.transaction_id,
+            detail=detail,
+        )
+
+    def _event(
+        self,
+        profile: Profile,
+        client: ScepClient,
+        operation: str,
+        outcome: str,
+        request: PkiRequest | None,
+        detail: dict[str, str] | None = None,
+        *,
+        reply: ReplyContext | None = None,
+    ) -> None:
+        """Write the request's enrollment event on its own (refusals, polls, retrievals)."""
+        context = request.reply if request is not None else reply
+        cipher: ContentCipher | None = context.content_cipher if context is not None else None
+        signer = context.signer_certificate if context is not None else None
+        event = EnrollmentEvent(
+            protocol="scep",
+            operation=operation,
+            outcome=outcome,
+            profile=profile.name,
+            device_identity=common_name(signer.subject) if signer is not None else None,
+            client_address=client.address,
+            user_agent=client.user_agent,
+            cipher=cipher.value if cipher is not None else None,
+            digest=context.digest.value if context is not None else None,
+            transaction_id=context.transaction_id if context is not None else None,
+            detail=detail,
+        )
+        try:
+            self.store.record_event(event, self.clock())
+        except CAError as exc:  # an event must never turn an answer into an error
+            log.error("could not record the SCEP enrollment event: %s", exc.detail)
