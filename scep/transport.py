@@ -48,7 +48,9 @@ def decode_base64_message(text: str) -> bytes:
     '+' turned into ' ' by form decoding is put back; URL-safe '-' and '_' become '+' and '/';
     CR/LF and other whitespace inside the value are dropped; missing '=' padding is restored.
     """
-    cleaned = text.strip().replace(" ", "+").replace("-", "+").replace("_", "/")
+    # Spaces first: a value that starts or ends with '+' arrives with a space there, and stripping
+    # it as whitespace would lose a base64 digit.
+    cleaned = text.replace(" ", "+").replace("-", "+").replace("_", "/")
     cleaned = re.sub(r"[\r\n\t]", "", cleaned)
     if _NON_BASE64.search(cleaned):
         raise TransportError("message is not base64")

@@ -26,6 +26,16 @@ def test_the_sample_exercises_every_repair() -> None:
     assert "+" in STANDARD and "/" in STANDARD and STANDARD.endswith("=")
 
 
+# Standard base64 that starts and ends with '+', which form decoding turns into spaces.
+EDGES = bytes([0xFB, 0xEF, 0xBE, 0x01, 0x02, 0x03, 0xFB, 0xEF, 0xBE])
+EDGES_B64 = base64.b64encode(EDGES).decode()
+
+
+def test_a_plus_at_either_end_survives_form_decoding() -> None:
+    assert EDGES_B64.startswith("+") and EDGES_B64.endswith("+")
+    assert message_from_query(unquote_plus(EDGES_B64)) == EDGES
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -34,7 +44,7 @@ def test_the_sample_exercises_every_repair() -> None:
         pytest.param(base64.urlsafe_b64encode(MESSAGE).decode(), id="ok/url-safe"),
         pytest.param(STANDARD.rstrip("="), id="ok/no-padding"),
         pytest.param("\r\n".join(STANDARD[i : i + 8] for i in range(0, len(STANDARD), 8)), id="ok/crlf-folded"),
-        pytest.param(" " + STANDARD + "\n", id="ok/surrounding-whitespace"),
+        pytest.param("\n" + STANDARD + "\r\n", id="ok/surrounding-line-breaks"),
     ],
 )
 def test_query_message_repairs(value: str) -> None:
