@@ -44,13 +44,14 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["gateway"] = gateway
 
-    from gateway import views
+    from gateway import admin, views
     from scep import views as scep_views
 
     app.extensions["scep"] = gateway.scep
     app.extensions["scep_default_profile"] = gateway.config["default_profile"]
     app.register_blueprint(views.bp)
     app.register_blueprint(scep_views.bp)
+    app.register_blueprint(admin.bp)
 
     @app.errorhandler(CAError)
     def _ca_error(exc: CAError) -> Response:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,15 @@ from shared_ca.errors import CAError, NotFound
 from shared_ca.keys import KeyType, describe_public_key, load_certificates
 from shared_ca.policy import authorize_csr
 from shared_ca.serials import parse_serial, serial_hex
-from shared_ca.storage.db import create_store_engine, current_revision, head_revision, migrate_to_head, redact_url
+from shared_ca.storage.admin import AdminTokenStore, check_token_name
+from shared_ca.storage.db import (
+    create_store_engine,
+    current_revision,
+    head_revision,
+    migrate_to_head,
+    redact_url,
+    require_schema_at_head,
+)
 from shared_ca.storage.repository import CertificateRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -314,8 +323,57 @@ def ca_show(data_dir: Path, config_file: Path | None, fmt: str) -> None:
         "ra_subject": gw.ra_certificate.subject.rfc4514_string(),
         "ra_not_after": gw.ra_certificate.not_valid_after_utc.isoformat(),
         "trust_file": str(gw.config.data_dir / "ca.pem"),
+        **_next_ca_fields(gw),
     }
     click.echo(render_mapping(data, fmt), nl=False)
+
+
+def _next_ca_fields(gw: Gateway) -> dict[str, Any]:
+    """The next CA `gateway ca rollover` prepared (served by GetNextCACert, not yet issuing)."""
+    from gateway.rollover import next_ca_summary
+
+    return next_ca_summary(gw.store, gw.scep.next_ca_certs)
+
+
+@ca.command("rollover")
+@config_options
+@click.option(
+    "--ca-key-type",
+    type=click.Choice([k.value for k in KeyType]),
+    default=KeyType.RSA3072.value,
+    show_default=True,
+    help="Key type of the next CA.",
+)
+@click.option("--ca-subject", help="Subject of the next CA (RFC 4514) [default: the current CA's subject].")
+@click.option("--ca-days", type=click.IntRange(1, 36500), default=3650, show_default=True, help="Validity in days.")
+@click.option("--force", is_flag=True, help="Replace a next CA prepared before; its files are moved aside.")
+def ca_rollover(
+    data_dir: Path, config_file: Path | None, ca_key_type: str, ca_subject: str | None, ca_days: int, force: bool
+) -> None:
+    """Prepare the next CA and its SCEP RA, served to clients by GetNextCACert.
+
+    The next CA is only published: certificates are still issued by the current CA. Switching
+    issuance to the next CA (activation) is a separate step this command does not take.
+    """
+    from gateway.rollover import RolloverError, RolloverOptions, rollover
+
+    try:
+        subject = parse_subject(ca_subject) if ca_subject else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ca-subject") from None
+    options = RolloverOptions(KeyType(ca_key_type), subject, ca_days, force, _actor())
+    try:
+        result = rollover(_config(data_dir, config_file), options)
+    except RolloverError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.replaced is not None:
+        click.echo(f"replaced the previous next CA; its files are in {result.replaced}", err=True)
+    click.echo(f"next CA    {result.ca_subject} (issuer {result.issuer_name}, not active yet)")
+    click.echo(f"SHA-256    {result.ca_fingerprint}")
+    click.echo(f"expires    {result.ca_not_after:%Y-%m-%d}")
+    click.echo(f"next RA    {result.ra_subject}")
+    click.echo(f"files      {result.ca_cert}, {result.ra_cert}")
+    click.echo("restart `gateway serve` to offer it through GetNextCACert")
 
 
 @cli.group()
@@ -726,6 +784,73 @@ def scep_poll(
         digest=Digest(digest),
     )
     _scep_result(result, out)
+
+
+# -- admin tokens ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _admin_tokens(data_dir: Path, config_file: Path | None) -> Iterator[AdminTokenStore]:
+    """The admin-token store of the configured database (no key material needed)."""
+    engine = create_store_engine(_config(data_dir, config_file).database_url)
+    try:
+        require_schema_at_head(engine)
+        yield AdminTokenStore(engine)
+    finally:
+        engine.dispose()
+
+
+@cli.group("admin-token")
+def admin_token() -> None:
+    """Bearer tokens of the admin API (POST /admin/api/..., GET /certsrv/mscep_admin/)."""
+
+
+@admin_token.command("new")
+@config_options
+@click.argument("name")
+def admin_token_new(data_dir: Path, config_file: Path | None, name: str) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    try:
+        check_token_name(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    with _admin_tokens(data_dir, config_file) as store:
+        created = store.create_admin_token(name, created_by=_actor(), now=utcnow())
+    click.echo(created.token)
+    click.echo(f"admin token {name!r} created; it is shown only now", err=True)
+
+
+@admin_token.command("list")
+@config_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def admin_token_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
+    """List the tokens (never the tokens themselves), oldest first."""
+    with _admin_tokens(data_dir, config_file) as store:
+        records = store.list_admin_tokens()
+    rows = [
+        {
+            "name": r.name,
+            "status": "active" if r.active else "disabled",
+            "scopes": list(r.scopes),
+            "created_at": r.created_at.isoformat(timespec="seconds"),
+            "created_by": r.created_by,
+            "last_used_at": r.last_used_at.isoformat(timespec="seconds") if r.last_used_at else None,
+            "disabled_at": r.disabled_at.isoformat(timespec="seconds") if r.disabled_at else None,
+        }
+        for r in records
+    ]
+    click.echo(render(rows, ["name", "status", "scopes", "created_at", "last_used_at"], fmt), nl=False)
+
+
+@admin_token.command("disable")
+@config_options
+@click.argument("name")
+def admin_token_disable(data_dir: Path, config_file: Path | None, name: str) -> None:
+    """Disable a token for good (requests carrying it are refused from now on)."""
+    with _admin_tokens(data_dir, config_file) as store:
+        record = store.disable_admin_token(name, actor=_actor(), now=utcnow())
+    assert record.disabled_at is not None
+    click.echo(f"admin token {name!r} disabled at {record.disabled_at.isoformat(timespec='seconds')}")
 
 
 def main() -> None:

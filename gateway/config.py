@@ -79,6 +79,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ca.key", "path", "ca/ca.key", "CA private key (PEM)"),
     Setting("ra.cert", "path", "ra/ra.crt", "SCEP RA certificate (PEM)"),
     Setting("ra.key", "path", "ra/ra.key", "SCEP RA private key (PEM)"),
+    Setting("next_ca.cert", "path", "ca-next/ca.crt", "Next CA certificate (PEM), made by `gateway ca rollover`"),
+    Setting("next_ca.key", "path", "ca-next/ca.key", "Next CA private key (PEM)"),
+    Setting("next_ra.cert", "path", "ra-next/ra.crt", "SCEP RA certificate issued by the next CA (PEM)"),
+    Setting("next_ra.key", "path", "ra-next/ra.key", "Private key of the next SCEP RA (PEM)"),
     Setting(
         "crl.validity_hours",
         "int",

@@ -114,7 +114,10 @@ def _move_aside(data_dir: Path, names: list[str], now: dt.datetime) -> Path:
             backup = data_dir / f"{stamp}-{attempt}"
     # Whole top-level entries only: moving ca/ca.key first and then the ca directory would nest it
     # (backup/ca/ca/ca.crt) and a failed init would restore a directory without its CA certificate.
-    entries = [Path(name).parts[0] for name in [*names, "ca", "ra", "tls", "gateway.db-wal", "gateway.db-shm"]]
+    entries = [
+        Path(name).parts[0]
+        for name in [*names, "ca", "ra", "tls", "ca-next", "ra-next", "gateway.db-wal", "gateway.db-shm"]
+    ]
     for name in dict.fromkeys(entries):
         source = data_dir / name
         if source.exists():

@@ -70,6 +70,8 @@ class Gateway:
                 continue
             if issuer.kind == "legacy" and (issuer.trust_until is None or issuer.trust_until < now):
                 continue
+            if issuer.kind == "retired":  # a next CA replaced by `gateway ca rollover --force`
+                continue
             certs.append(x509.load_der_x509_certificate(issuer.cert_der))
         return certs
 
@@ -115,9 +117,32 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
     if not isinstance(ra_key, rsa.RSAPrivateKey):
         raise KeyMaterialError(f"the SCEP RA key {config.path('ra.key')} must be RSA (SCEP envelopes use RSA)")
     scep = ScepService(
-        authority=authority, store=store, crl=crl, ra_key=ra_key, ra_certificate=ra_certs[0], profiles=config.profiles
+        authority=authority,
+        store=store,
+        crl=crl,
+        ra_key=ra_key,
+        ra_certificate=ra_certs[0],
+        profiles=config.profiles,
+        next_ca_certs=_next_ca_certificates(config, store),
     )
     return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, scep)
+
+
+def _next_ca_certificates(config: GatewayConfig, store: Store) -> list[x509.Certificate]:
+    """The next RA and CA certificates `gateway ca rollover` wrote, for GetNextCACert; none before a
+    rollover. Their keys stay on disk unread until the next CA is activated."""
+    if not config["next_ca.cert"] or not config.path("next_ca.cert").is_file():
+        return []
+    next_ca = load_certificates(config.path("next_ca.cert"))[0]
+    if not any(i.kind == "next" and i.fingerprint_sha256 == fingerprint(next_ca) for i in store.list_issuers()):
+        raise KeyMaterialError(
+            f"the next CA certificate {config.path('next_ca.cert')} is not registered as the next CA in the "
+            "database: run `gateway ca rollover --force` again"
+        )
+    certs = [next_ca]
+    if config["next_ra.cert"] and config.path("next_ra.cert").is_file():
+        certs.insert(0, load_certificates(config.path("next_ra.cert"))[0])
+    return certs
 
 
 def _issuer_for(store: Store, name: str, cert: x509.Certificate) -> IssuerRecord:

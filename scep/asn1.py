@@ -331,3 +331,17 @@ def encode_signed_attributes(
         entries.append({"type": "fail_info_text", "values": [utf8_string(fail_info_text)]})
     der: bytes = ScepAttributes(entries).dump()
     return der
+
+
+def encode_content_attributes(*, content_digest: bytes, signing_time: dt.datetime | None = None) -> bytes:
+    """The DER SET OF signed attributes of a plain CMS SignedData over id-data (RFC 5652 §5.3): contentType and
+    messageDigest, and signingTime when given. The GetNextCACert reply carries no SCEP attributes."""
+    entries: list[dict[str, Any]] = [
+        {"type": "content_type", "values": ["data"]},
+        {"type": "message_digest", "values": [content_digest]},
+    ]
+    if signing_time is not None:
+        choice = "utc_time" if 1950 <= signing_time.year < 2050 else "generalized_time"
+        entries.append({"type": "signing_time", "values": [cms.Time({choice: signing_time})]})
+    der: bytes = ScepAttributes(entries).dump()
+    return der

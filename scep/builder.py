@@ -19,7 +19,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scep.asn1 import Digest, FailInfo, MessageType, PkiStatus, ScepAttributes, der_header, encode_signed_attributes
+from scep.asn1 import (
+    Digest,
+    FailInfo,
+    MessageType,
+    PkiStatus,
+    ScepAttributes,
+    der_header,
+    encode_content_attributes,
+    encode_signed_attributes,
+)
 from scep.envelope import ContentCipher, KeyTransport, Rng, seal_envelope
 from scep.message import ReplyContext, ScepMessageError
 
@@ -131,6 +140,21 @@ def degenerate_certs_only(certs: Sequence[x509.Certificate], crls: Sequence[byte
         signed_data["crls"] = [cms.RevocationInfoChoice({"crl": asn1_crl.CertificateList.load(d)}) for d in crls]
     der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData(signed_data)}).dump()
     return der
+
+
+def build_next_ca_reply(
+    ra: RaIdentity, certs: Sequence[x509.Certificate], *, signing_time: dt.datetime | None = None
+) -> bytes:
+    """The GetNextCACert reply (RFC 8894 §4.7.1): a SignedData signed by the current RA whose content
+    (eContentType id-data, as every SCEP SignedData) is a degenerate certs-only SignedData holding the
+    next CA and next RA certificates. SHA-256, contentType and messageDigest signed attributes; no
+    SCEP attributes, since this is no pkiMessage. Without `signing_time` the reply is deterministic
+    (RSA PKCS#1 v1.5), so a worker can build it once."""
+    if not certs:
+        raise ValueError("a GetNextCACert reply needs at least the next CA certificate")
+    content = degenerate_certs_only(certs)
+    attributes = encode_content_attributes(content_digest=Digest.SHA256.compute(content), signing_time=signing_time)
+    return sign_message(ra, digest=Digest.SHA256, signed_attributes_der=attributes, content=content)
 
 
 def _certificate_set(ders: Sequence[bytes]) -> cms.CertificateSet:

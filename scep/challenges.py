@@ -158,13 +158,15 @@ def new_one_time_challenge(
     *,
     created_by: str,
     now: dt.datetime,
+    secret: str | None = None,
 ) -> str:
     """Create a one-time challenge and return its secret; only the secret's hash is stored.
 
-    192 random bits as 48 hex digits: hex fits a PrintableString challengePassword, which the
-    '_' of URL-safe base64 does not, so strict clients can carry it.
+    192 random bits as 48 hex digits unless `secret` is given: hex fits a PrintableString
+    challengePassword, which the '_' of URL-safe base64 does not, so strict clients can carry it.
     """
-    secret = secrets.token_hex(24)
+    if secret is None:
+        secret = secrets.token_hex(24)
     store.create_challenge(
         challenge_sha256(secret),
         device_id=device_id,
@@ -176,6 +178,15 @@ def new_one_time_challenge(
         expected_subject=expected_subject,
     )
     return secret
+
+
+def ndes_style_secret() -> str:
+    """A challenge shaped like NDES's: 32 upper-case hex digits (128 random bits).
+
+    MDM connectors scrape the NDES page with patterns such as `<B> ([A-Z0-9]{16,32}) </B>`, so the
+    NDES-compatible page hands out this shape rather than the longer default.
+    """
+    return secrets.token_hex(16).upper()
 
 
 class _RefuseRedirect(urllib.request.HTTPRedirectHandler):

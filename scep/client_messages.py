@@ -196,3 +196,26 @@ def read_certs_only(der: bytes) -> tuple[list[x509.Certificate], list[bytes]]:
     except (ValueError, TypeError, KeyError, IndexError, x509.InvalidVersion) as exc:
         raise CertRepError(f"unreadable certs-only PKCS#7: {exc}") from exc
     return certs, crls
+
+
+ID_DATA = "1.2.840.113549.1.7.1"
+
+
+def parse_next_ca_reply(
+    data: bytes, *, ra_cert: x509.Certificate, max_bytes: int = MAX_MESSAGE_BYTES
+) -> list[x509.Certificate]:
+    """The next CA (and next RA) certificates of a GetNextCACert reply (RFC 8894 §4.7.1), after
+    checking that the current RA (`ra_cert`, from GetCACert) signed it; CertRepError otherwise."""
+    try:
+        message = decode_signed_message(data, max_bytes=max_bytes)
+        message.verify(ra_cert.public_key())
+    except (ScepDecodeError, SignatureCheckError) as exc:
+        raise CertRepError(f"unreadable GetNextCACert reply: {exc}") from exc
+    if message.content_type != ID_DATA:
+        raise CertRepError(f"GetNextCACert reply: eContentType {message.content_type} is not id-data")
+    if message.content is None:
+        raise CertRepError("GetNextCACert reply without content")
+    certificates, _ = read_certs_only(message.content)
+    if not certificates:
+        raise CertRepError("GetNextCACert reply holds no certificate")
+    return certificates

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from asn1crypto import csr as asn1_csr
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from scep.asn1 import FailInfo, MessageType, PkiStatus
-from scep.builder import RaIdentity, build_cert_rep, build_failure, degenerate_certs_only
+from scep.builder import RaIdentity, build_cert_rep, build_failure, build_next_ca_reply, degenerate_certs_only
 from scep.challenges import (
     AnyOf,
     ChallengeNotVerifiable,
@@ -59,10 +59,12 @@ from shared_ca.storage.enrollment_records import (
     TransactionExists,
 )
 from shared_ca.storage.repository import CertificateRecord
+from shared_ca.trust import recognise
 
 log = logging.getLogger("scep.service")
 CHALLENGE_PASSWORD_OID = "1.2.840.113549.1.9.7"  # noqa: S105 - an OID, not a secret
 CA_RA_CERT_TYPE = "application/x-x509-ca-ra-cert"
+NEXT_CA_CERT_TYPE = "application/x-x509-next-ca-cert"
 PKI_MESSAGE_TYPE = "application/x-pki-message"
 _FAIL_INFO_BY_NAME = {f.rfc_name: f for f in FailInfo}
 
@@ -118,9 +120,12 @@ def spki_sha256(cert: x509.Certificate) -> str:
     return hashlib.sha256(spki).hexdigest()
 
 
-def capabilities(profile: Profile) -> list[str]:
-    """GetCACaps: exactly what this profile is served with (RFC 8894 §3.5.2)."""
+def capabilities(profile: Profile, *, next_ca: bool = False) -> list[str]:
+    """GetCACaps: exactly what this profile is served with (RFC 8894 §3.5.2); GetNextCACert only
+    when a next CA is configured (`next_ca`)."""
     caps = ["POSTPKIOperation"]
+    if next_ca:
+        caps.append("GetNextCACert")
     caps += [
         name
         for name, digest in (("SHA-1", "sha1"), ("SHA-256", "sha256"), ("SHA-512", "sha512"))
@@ -163,6 +168,7 @@ class ScepService:
         ra_certificate: x509.Certificate,
         profiles: Mapping[str, Profile],
         nonce: Callable[[], bytes] = lambda: os.urandom(16),
+        next_ca_certs: Sequence[x509.Certificate] = (),
     ) -> None:
         self.authority = authority
         self.store = store
@@ -171,6 +177,9 @@ class ScepService:
         self.ra_certificate = ra_certificate
         self.ra = RaIdentity.create(ra_key, ra_certificate, authority.chain)
         self.ca_ra_certs = degenerate_certs_only([ra_certificate, *authority.chain])
+        # GetNextCACert (RFC 8894 §4.7): the next RA and CA certificates, signed once by the current RA.
+        self.next_ca_certs = tuple(next_ca_certs)
+        self.next_ca_reply = build_next_ca_reply(self.ra, self.next_ca_certs) if self.next_ca_certs else None
         self.profiles = profiles
         self.nonce = nonce
         self.validators = {name: self._validator(profile) for name, profile in profiles.items()}
@@ -321,21 +330,23 @@ class ScepService:
     def _renewal_of(
         self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, now: dt.datetime
     ) -> CertificateRecord | None:
-        """The certificate of ours that signed the request, when this is a renewal (RFC 8894 §3.3.1.2)."""
-        record = self.store.certificate_by_fingerprint(fingerprint(request.signer_certificate))
-        ours = record is not None and record.issuer_id == self.authority.issuer.id
-        if request.message_type is not MessageType.PKCSReq and not ours:
-            raise Refused(FailInfo.BAD_REQUEST, "renewal must be signed by a certificate issued by this CA")
-        if not ours or record is None:
+        """The certificate that signed the request, when this is a renewal (RFC 8894 §3.3.1.2): one we
+        issued, or one a legacy CA issued inside its migration window, valid now."""
+        try:
+            known = recognise(self.store, request.signer_certificate, now)
+        except PolicyDenied as exc:  # ours, but revoked, expired, or its legacy window has ended
+            raise Refused(
+                FailInfo.BAD_REQUEST, f"the signing certificate cannot renew: {exc.public_message}", exc.detail
+            ) from exc
+        if known is None:
+            if request.message_type is not MessageType.PKCSReq:
+                raise Refused(FailInfo.BAD_REQUEST, "renewal must be signed by a certificate issued by this CA")
             return None
         if not profile.scep_renewal:
             raise Refused(FailInfo.BAD_REQUEST, "this profile does not renew over SCEP")
-        status = record.effective_status(now)
-        if status != "valid":
-            raise Refused(FailInfo.BAD_REQUEST, f"the signing certificate is {status}")
         if csr.subject != request.signer_certificate.subject:
             raise Refused(FailInfo.BAD_REQUEST, "a renewal must keep the subject of the certificate it renews")
-        return record
+        return known.record
 
     def _check_challenge(
         self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, client: ScepClient

@@ -10,7 +10,14 @@ import logging
 
 from flask import Blueprint, Response, current_app, request
 
-from scep.service import CA_RA_CERT_TYPE, PKI_MESSAGE_TYPE, ScepClient, ScepService, capabilities
+from scep.service import (
+    CA_RA_CERT_TYPE,
+    NEXT_CA_CERT_TYPE,
+    PKI_MESSAGE_TYPE,
+    ScepClient,
+    ScepService,
+    capabilities,
+)
 from scep.transport import (
     Operation,
     TransportError,
@@ -46,11 +53,14 @@ def _handle(profile_name: str) -> Response:
     try:
         operation = parse_operation(request.args.get("operation"))
         if operation is Operation.GET_CA_CAPS:
-            return Response(capabilities_text(capabilities(profile)), mimetype="text/plain")
+            caps = capabilities(profile, next_ca=service.next_ca_reply is not None)
+            return Response(capabilities_text(caps), mimetype="text/plain")
         if operation is Operation.GET_CA_CERT:
             return Response(service.ca_ra_certs, mimetype=CA_RA_CERT_TYPE)
         if operation is Operation.GET_NEXT_CA_CERT:
-            return _plain(404, "no next CA certificate is configured")
+            if service.next_ca_reply is None:
+                return _plain(404, "no next CA certificate is configured")
+            return Response(service.next_ca_reply, mimetype=NEXT_CA_CERT_TYPE)
         if request.method == "POST":
             message = message_from_body(request.get_data(cache=False))
         else:

@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select
 
 from shared_ca.authority import CertificateAuthority, Issued
@@ -87,7 +88,7 @@ def counts(authority: CertificateAuthority, enrollments: EnrollmentStore) -> tup
 
 
 def test_migration_0002_creates_the_enrollment_tables_and_constraints(store: Store) -> None:
-    assert head_revision() == "0002_enrollment"
+    assert ScriptDirectory(str(MIGRATIONS_DIR)).get_revision("0002_enrollment") is not None
     inspector = inspect(store.engine)
     assert {"enrollment_events", "scep_transactions", "scep_challenges", "challenge_failures"} <= set(
         inspector.get_table_names()
@@ -109,7 +110,7 @@ def test_migration_0002_downgrades_and_upgrades_again(store: Store) -> None:
         conn.commit()
         assert "scep_transactions" not in inspect(conn).get_table_names()
     migrate_to_head(store.engine)
-    assert current_revision(store.engine) == "0002_enrollment"
+    assert current_revision(store.engine) == head_revision()
 
 
 def test_schema_module_matches_the_migrations(store: Store) -> None:

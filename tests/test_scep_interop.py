@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from cryptography.x509.oid import NameOID
@@ -526,3 +528,31 @@ def test_certmonger_rekey_gets_a_certificate_for_a_new_key(
     # Signed with the old certificate and key (the CSR carries the new key): a renewal as well.
     event = enrollment_event(gateway, after)
     assert (event.operation, event.challenge_kind, event.outcome) == ("PKCSReq", "renewal", "issued")
+
+
+def _raw_http(port: int, request: bytes) -> tuple[str, bytes]:
+    """Send `request` as it is and read the whole reply (HTTP/1.0: the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return head.decode("latin-1").split("\r\n", 1)[0], body
+
+
+def test_cisco_style_http10_without_host(gateway: Server) -> None:
+    """Cisco IOS speaks HTTP/1.0 with no Host header (INTEROP.md); both listeners' paths still answer."""
+    user_agent = b"User-Agent: Mozilla/4.0 (compatible; MSIE 5.0; Cisco PKI)\r\n\r\n"
+    status, body = _raw_http(
+        gateway.http_port,
+        b"GET /cgi-bin/pkiclient.exe?operation=GetCACaps&message=CAIdentifier HTTP/1.0\r\n" + user_agent,
+    )
+    assert status == "HTTP/1.0 200 OK"
+    assert b"POSTPKIOperation\n" in body
+    status, body = _raw_http(
+        gateway.http_port, b"GET /cgi-bin/pkiclient.exe?operation=GetCACert&message=0 HTTP/1.0\r\n" + user_agent
+    )
+    assert status == "HTTP/1.0 200 OK"
+    # RA first, then the CA: in the order certmonger and scepclient expect (not DER SET order).
+    assert len(cms.ContentInfo.load(body)["content"]["certificates"]) == 2

@@ -286,6 +286,18 @@ class Store:
             rows = conn.execute(select(issuers).order_by(issuers.c.id)).mappings().all()
         return [self._issuer(r) for r in rows]
 
+    def issuers_of_kind(self, kind: str) -> list[IssuerRecord]:
+        """Issuers of one kind ('ca', 'legacy', 'next' for a prepared rollover CA, 'retired'), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(issuers).where(issuers.c.kind == kind).order_by(issuers.c.id)).mappings().all()
+        return [self._issuer(r) for r in rows]
+
+    def set_issuer_kind(self, issuer_id: int, kind: str, event: AuditEvent, now: dt.datetime) -> None:
+        """Change an issuer's kind (e.g. retire a replaced next CA), with its audit event, atomically."""
+        with self._write() as conn:
+            conn.execute(update(issuers).where(issuers.c.id == issuer_id).values(kind=kind))
+            self._audit(conn, AuditEvent(event.actor, event.action, issuer_id, None, event.detail), now)
+
     # -- certificates -----------------------------------------------------------------------------
 
     def record_issued(

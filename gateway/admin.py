@@ -1,0 +1,277 @@
+"""The admin API, on the HTTPS listener only: one-time SCEP challenges for MDMs.
+
+- `POST /admin/api/scep/challenges` with `Authorization: Bearer <admin token>` and a JSON body
+  answers 201 with a new one-time challenge as JSON.
+- `GET /certsrv/mscep_admin/` with HTTP Basic (user = token name, password = token) answers the
+  page NDES answers, which MDM connectors scrape for "The enrollment challenge password is: <B> … </B>".
+
+On the plain-HTTP listener both paths are 404. Every refusal is logged with its cause; the client
+gets a short message and nothing of the cause.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import logging
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+
+from gateway.middleware import LISTENER, REQUEST_ID
+from gateway.runtime import Gateway
+from scep.challenges import ndes_style_secret, new_one_time_challenge
+from shared_ca.authority import utcnow
+from shared_ca.ca_material import parse_subject
+from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord, AdminTokenStore
+
+log = logging.getLogger("gateway.admin")
+bp = Blueprint("admin", __name__)
+
+ADMIN_PREFIXES = ("/admin/", "/certsrv/mscep_admin")
+BEARER_REALM = 'Bearer realm="gateway admin API"'
+BASIC_REALM = 'Basic realm="SCEP challenge"'
+MIN_TTL = 60
+MAX_TTL = 30 * 24 * 3600
+DEFAULT_TTL = 3600
+MAX_USES = 1000
+NDES_TTL_MINUTES = 60
+FIELDS = ("device_id", "profile", "ttl_seconds", "uses", "expected_subject")
+
+
+class _Refused(Exception):
+    """A refusal: `status` and `public` go to the client, `cause` to the log only."""
+
+    def __init__(self, status: int, public: str, cause: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(cause)
+        self.status = status
+        self.public = public
+        self.cause = cause
+        self.headers = headers or {}
+
+
+def _gateway() -> Gateway:
+    found: Gateway = current_app.extensions["gateway"]
+    return found
+
+
+def _tokens() -> AdminTokenStore:
+    return AdminTokenStore(_gateway().store.engine)  # holds nothing but the shared engine
+
+
+@bp.errorhandler(_Refused)
+def _refused(exc: _Refused) -> Response:
+    log.warning(
+        "%s %s refused (%d): %s",
+        request.method,
+        request.path,
+        exc.status,
+        exc.cause,
+        extra={"request_id": request.environ.get(REQUEST_ID), "client": request.remote_addr},
+    )
+    response = Response(exc.public + "\n", status=exc.status, mimetype="text/plain")
+    response.headers.update(exc.headers)
+    return response
+
+
+@bp.before_app_request
+def _https_only() -> None:
+    """The admin paths do not exist on the plain-HTTP listener (checked before routing answers 405)."""
+    if request.path.startswith(ADMIN_PREFIXES) and request.environ.get(LISTENER) != "https":
+        log.warning(
+            "%s %s refused (404): admin path requested on the %s listener",
+            request.method,
+            request.path,
+            request.environ.get(LISTENER),
+            extra={"request_id": request.environ.get(REQUEST_ID), "client": request.remote_addr},
+        )
+        abort(404)
+
+
+def _check_token(token: str, *, unauthorized: _Refused, expected_name: str | None = None) -> AdminTokenRecord:
+    store = _tokens()
+    record = store.authenticate_admin_token(token, utcnow())
+    if record is None:
+        known = store.admin_token_for_secret(token)
+        cause = f"admin token {known.name!r} is disabled" if known is not None else "unknown admin token"
+        raise _Refused(unauthorized.status, unauthorized.public, cause, unauthorized.headers)
+    if expected_name is not None and not hmac.compare_digest(record.name.encode(), expected_name.encode()):
+        cause = f"the token of {record.name!r} was presented with user name {expected_name!r}"
+        raise _Refused(unauthorized.status, unauthorized.public, cause, unauthorized.headers)
+    if ADMIN_SCOPE not in record.scopes:
+        raise _Refused(403, "forbidden", f"admin token {record.name!r} lacks the {ADMIN_SCOPE!r} scope")
+    return record
+
+
+def _bearer_token() -> AdminTokenRecord:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not header:
+        raise _Refused(401, "unauthorized", "no Authorization header", {"WWW-Authenticate": BEARER_REALM})
+    if scheme.lower() != "bearer" or not token:
+        cause = f"Authorization scheme {scheme[:20]!r} is not Bearer with a token"
+        raise _Refused(401, "unauthorized", cause, {"WWW-Authenticate": BEARER_REALM})
+    invalid = _Refused(401, "unauthorized", "", {"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'})
+    return _check_token(token, unauthorized=invalid)
+
+
+def _bad(field: str, message: str) -> _Refused:
+    text = f"{field}: {message}"
+    return _Refused(400, text, text)
+
+
+def _integer(body: dict[str, Any], field: str, default: int, low: int, high: int) -> int:
+    value = body.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(field, f"must be an integer from {low} to {high}")
+    if not low <= value <= high:
+        raise _bad(field, f"must be from {low} to {high}, not {value}")
+    return value
+
+
+def _optional_text(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise _bad(field, "must be a string")
+    return value
+
+
+def _profile_name(requested: str | None) -> str:
+    gw = _gateway()
+    name = requested if requested is not None else str(gw.config["default_profile"])
+    if name not in gw.config.profiles:
+        raise _Refused(404, f"no profile {name!r}", f"unknown profile {name!r}")
+    return name
+
+
+def _json_body() -> dict[str, Any]:
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Refused(400, "the body must be a JSON object", f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _Refused(400, "the body must be a JSON object", f"body is JSON {type(body).__name__}, not an object")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
+    return body
+
+
+@bp.post("/admin/api/scep/challenges")
+def create_challenge() -> Response:
+    """A new one-time SCEP challenge for an MDM, as JSON."""
+    token = _bearer_token()
+    body = _json_body()
+    device_id = body.get("device_id")
+    if not isinstance(device_id, str) or not device_id.strip():
+        raise _bad("device_id", "is required: the device identity (the CSR's CN) the challenge is for")
+    if len(device_id) > 255 or not device_id.isprintable():
+        raise _bad("device_id", "must be at most 255 printable characters")
+    profile = _optional_text(body, "profile")
+    ttl = _integer(body, "ttl_seconds", DEFAULT_TTL, MIN_TTL, MAX_TTL)
+    uses = _integer(body, "uses", 1, 1, MAX_USES)
+    expected = _optional_text(body, "expected_subject")
+    if expected is not None:
+        try:
+            expected = parse_subject(expected).rfc4514_string()  # the form the CSR subject is compared in
+        except ValueError as exc:
+            raise _bad("expected_subject", str(exc)) from None
+    profile_name = _profile_name(profile)
+    now = utcnow()
+    secret = new_one_time_challenge(
+        _gateway().store,
+        device_id,
+        profile_name,
+        dt.timedelta(seconds=ttl),
+        uses,
+        expected,
+        created_by=f"admin-token:{token.name}",
+        now=now,
+    )
+    log.info(
+        "admin token %r created a one-time challenge for device %r (profile %s, %d use(s), %d s)",
+        token.name,
+        device_id,
+        profile_name,
+        uses,
+        ttl,
+        extra={"request_id": request.environ.get(REQUEST_ID)},
+    )
+    expires = (now + dt.timedelta(seconds=ttl)).replace(microsecond=0)
+    response = jsonify(
+        challenge=secret,
+        device_id=device_id,
+        profile=profile_name,
+        expires_at=expires.isoformat().replace("+00:00", "Z"),
+        uses=uses,
+        expected_subject=expected,
+    )
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- NDES-compatible challenge page ---------------------------------------------------------------
+
+NDES_PAGE = """<HTML><Head><Meta HTTP-Equiv="Content-Type" Content="text/html; charset=UTF-16">\
+<Title>Network Device Enrollment Service</Title></Head><Body BgColor=#FFFFFF><Font ID=locPageFont Face="Arial">
+<Table Border=0 CellSpacing=0 CellPadding=4 Width=100% BgColor=#008080>
+<TR><TD><Font Color=#FFFFFF><Font Face="Arial" Size=-1><B>SCEP-to-EST gateway</B></Font></Font></TD></TR>
+</Table>
+<P ID=locPageTitle> <B> Network Device Enrollment Service</B>
+<P> Network Device Enrollment Service allows you to obtain certificates for routers or other network devices \
+using the Simple Certificate Enrollment Protocol (SCEP).
+<P> To complete certificate enrollment for your network device you will need the following information:
+<P> The thumbprint (hash value) for the CA certificate is: <B> {thumbprint} </B>
+<P> The enrollment challenge password is: <B> {challenge} </B>
+<P> This password can be used only once and will expire within {minutes} minutes.
+<P> Each enrollment requires a new challenge password. You can refresh this web page to obtain a new \
+challenge password.
+<P></Font></Body></Html>
+"""
+
+
+def _basic_token() -> AdminTokenRecord:
+    unauthorized = _Refused(401, "unauthorized", "", {"WWW-Authenticate": BASIC_REALM})
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        unauthorized.cause = "no HTTP Basic credentials"
+        raise unauthorized
+    if not auth.password:
+        unauthorized.cause = f"HTTP Basic credentials of {auth.username!r} without a password"
+        raise unauthorized
+    return _check_token(auth.password, unauthorized=unauthorized, expected_name=auth.username or "")
+
+
+@bp.get("/certsrv/mscep_admin/")
+@bp.get("/certsrv/mscep_admin")
+def ndes_admin() -> Response:
+    """NDES's mscep_admin page: a new one-time challenge (any device, 60 minutes, one use)."""
+    token = _basic_token()
+    profile_name = _profile_name(request.args.get("profile"))
+    gw = _gateway()
+    secret = new_one_time_challenge(
+        gw.store,
+        None,
+        profile_name,
+        dt.timedelta(minutes=NDES_TTL_MINUTES),
+        created_by=f"admin-token:{token.name}",
+        now=utcnow(),
+        secret=ndes_style_secret(),
+    )
+    log.info(
+        "admin token %r fetched an NDES challenge (profile %s)",
+        token.name,
+        profile_name,
+        extra={"request_id": request.environ.get(REQUEST_ID)},
+    )
+    thumbprint = gw.authority.certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - display only
+    page = NDES_PAGE.format(thumbprint=thumbprint, challenge=secret, minutes=NDES_TTL_MINUTES)
+    # NDES answers in UTF-16 (little-endian, with a byte-order mark); connectors decode it as such.
+    body = b"\xff\xfe" + page.replace("\n", "\r\n").encode("utf-16-le")
+    response = Response(body, status=200, content_type="text/html; charset=utf-16")
+    response.headers["Cache-Control"] = "no-store"
+    return response

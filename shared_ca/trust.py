@@ -1,0 +1,55 @@
+"""Whether a certificate a client presents is one we issued, or one a trusted legacy CA issued
+inside its migration window, and whether it is still valid.
+
+Both protocols ask this: SCEP for renewal without a challenge, EST for client-certificate
+authentication. A certificate is recognised by its exact DER (its SHA-256 fingerprint) among the
+certificates the store holds: ones this gateway issued and ones imported from a legacy CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from shared_ca.authority import fingerprint
+from shared_ca.errors import PolicyDenied
+from shared_ca.storage.repository import CertificateRecord, IssuerRecord, Store
+
+OWN_ISSUER_KINDS = ("ca",)
+
+
+@dataclass(frozen=True)
+class RecognisedCertificate:
+    """A presented certificate the store knows, valid now, from an issuer we trust now."""
+
+    record: CertificateRecord
+    issuer: IssuerRecord
+
+    @property
+    def legacy(self) -> bool:
+        return self.issuer.kind == "legacy"
+
+
+def recognise(store: Store, certificate: x509.Certificate, now: dt.datetime) -> RecognisedCertificate | None:
+    """None for a certificate we never issued nor imported; PolicyDenied when we know it but it may not
+    authenticate now (revoked, expired, or its legacy issuer's migration window has ended)."""
+    record = store.certificate_by_fingerprint(fingerprint(certificate))
+    if record is None:
+        return None
+    issuer = store.issuer_by_id(record.issuer_id)
+    if issuer is None:
+        return None
+    if issuer.kind == "legacy":
+        if issuer.trust_until is None or issuer.trust_until <= now:
+            raise PolicyDenied(
+                "the certificate's legacy issuer is no longer trusted",
+                detail=f"migration window of issuer {issuer.name!r} ended {issuer.trust_until}",
+            )
+    elif issuer.kind not in OWN_ISSUER_KINDS:
+        return None
+    status = record.effective_status(now)
+    if status != "valid":
+        raise PolicyDenied(f"the certificate is {status}")
+    return RecognisedCertificate(record, issuer)
