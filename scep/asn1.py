@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from asn1crypto import cms, core
@@ -212,6 +213,50 @@ def der_header(tag_byte: int, length: int) -> bytes:
     return bytes((tag_byte, 0x80 | len(size))) + size
 
 
+def der_tlv(tag_byte: int, contents: bytes) -> bytes:
+    """A DER value: `tag_byte`, the definite length of `contents`, `contents`."""
+    return der_header(tag_byte, len(contents)) + contents
+
+
+def der_sequence(*parts: bytes) -> bytes:
+    """A DER SEQUENCE of the pre-encoded `parts`, in order."""
+    return der_tlv(0x30, b"".join(parts))
+
+
+def der_set_of(parts: Sequence[bytes]) -> bytes:
+    """A DER SET OF the pre-encoded `parts`, sorted by their encodings (X.690 §11.6)."""
+    return der_tlv(0x31, b"".join(sorted(parts)))
+
+
+def der_integer(value: int) -> bytes:
+    """A DER INTEGER: minimal two's complement."""
+    size = ((value if value >= 0 else ~value).bit_length() + 8) // 8
+    return der_tlv(0x02, value.to_bytes(size, "big", signed=True))
+
+
+def der_octet_string(value: bytes) -> bytes:
+    """A DER OCTET STRING."""
+    return der_tlv(0x04, value)
+
+
+def der_oid(dotted: str) -> bytes:
+    """A DER OBJECT IDENTIFIER; meant for module constants, not per message."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    body = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | rest & 0x7F)
+            rest >>= 7
+        body.extend(reversed(chunk))
+    return der_tlv(0x06, bytes(body))
+
+
+DER_NULL = b"\x05\x00"
+DER_DATA_OID = der_oid("1.2.840.113549.1.7.1")  # id-data (RFC 5652 §4)
+
+
 def as_set_of(implicit_attrs: Any) -> bytes:
     """The DER a signature covers: the [0] IMPLICIT signed attributes re-tagged as SET OF (RFC 5652 §5.4).
 
@@ -297,6 +342,37 @@ def _native(values: dict[str, Any], name: str, kind: type[_T]) -> _T | None:
     return value
 
 
+# Attribute types as DER OIDs (RFC 5652 §11, RFC 8894 §3.2.1).
+_CONTENT_TYPE_DER = der_oid("1.2.840.113549.1.9.3")
+_MESSAGE_DIGEST_DER = der_oid("1.2.840.113549.1.9.4")
+_SIGNING_TIME_DER = der_oid("1.2.840.113549.1.9.5")
+_MESSAGE_TYPE_DER = der_oid(MESSAGE_TYPE_OID)
+_PKI_STATUS_DER = der_oid(PKI_STATUS_OID)
+_FAIL_INFO_DER = der_oid(FAIL_INFO_OID)
+_SENDER_NONCE_DER = der_oid(SENDER_NONCE_OID)
+_RECIPIENT_NONCE_DER = der_oid(RECIPIENT_NONCE_OID)
+_TRANSACTION_ID_DER = der_oid(TRANSACTION_ID_OID)
+_FAIL_INFO_TEXT_DER = der_oid(FAIL_INFO_TEXT_OID)
+_CONTENT_TYPE_DATA_ATTRIBUTE = der_sequence(_CONTENT_TYPE_DER, der_tlv(0x31, DER_DATA_OID))
+
+
+def _attribute(type_der: bytes, value_der: bytes) -> bytes:
+    """Attribute ::= SEQUENCE { attrType OID, attrValues SET OF } with one value (RFC 5652 §5.3)."""
+    return der_sequence(type_der, der_tlv(0x31, value_der))
+
+
+def _printable(value: str) -> bytes:
+    """A PrintableString, its characters encoded as asn1crypto does (Latin-1)."""
+    return der_tlv(0x13, value.encode("latin1"))
+
+
+def _signing_time(signing_time: dt.datetime) -> bytes:
+    """The signingTime attribute: UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5652 §11.3)."""
+    choice = "utc_time" if 1950 <= signing_time.year < 2050 else "generalized_time"
+    value: bytes = cms.Time({choice: signing_time}).dump()
+    return _attribute(_SIGNING_TIME_DER, value)
+
+
 def encode_signed_attributes(
     *,
     content_digest: bytes,
@@ -309,39 +385,31 @@ def encode_signed_attributes(
     fail_info_text: str | None = None,
     signing_time: dt.datetime | None = None,
 ) -> bytes:
-    """The DER SET OF signed attributes of a SCEP message (content type data)."""
-    entries: list[dict[str, Any]] = [
-        {"type": "content_type", "values": ["data"]},
-        {"type": "message_digest", "values": [content_digest]},
-        {"type": "message_type", "values": [printable_string(message_type.value)]},
-        {"type": "transaction_id", "values": [printable_string(transaction_id)]},
-        {"type": "sender_nonce", "values": [sender_nonce]},
+    """The DER SET OF signed attributes of a SCEP message (content type data), DER-sorted."""
+    entries = [
+        _CONTENT_TYPE_DATA_ATTRIBUTE,
+        _attribute(_MESSAGE_DIGEST_DER, der_octet_string(content_digest)),
+        _attribute(_MESSAGE_TYPE_DER, _printable(message_type.value)),
+        _attribute(_TRANSACTION_ID_DER, _printable(transaction_id)),
+        _attribute(_SENDER_NONCE_DER, der_octet_string(sender_nonce)),
     ]
     if signing_time is not None:
-        # RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
-        choice = "utc_time" if 1950 <= signing_time.year < 2050 else "generalized_time"
-        entries.append({"type": "signing_time", "values": [cms.Time({choice: signing_time})]})
+        entries.append(_signing_time(signing_time))
     if recipient_nonce is not None:
-        entries.append({"type": "recipient_nonce", "values": [recipient_nonce]})
+        entries.append(_attribute(_RECIPIENT_NONCE_DER, der_octet_string(recipient_nonce)))
     if pki_status is not None:
-        entries.append({"type": "pki_status", "values": [printable_string(pki_status.value)]})
+        entries.append(_attribute(_PKI_STATUS_DER, _printable(pki_status.value)))
     if fail_info is not None:
-        entries.append({"type": "fail_info", "values": [printable_string(fail_info.value)]})
+        entries.append(_attribute(_FAIL_INFO_DER, _printable(fail_info.value)))
     if fail_info_text is not None:
-        entries.append({"type": "fail_info_text", "values": [utf8_string(fail_info_text)]})
-    der: bytes = ScepAttributes(entries).dump()
-    return der
+        entries.append(_attribute(_FAIL_INFO_TEXT_DER, der_tlv(0x0C, fail_info_text.encode("utf-8"))))
+    return der_set_of(entries)
 
 
 def encode_content_attributes(*, content_digest: bytes, signing_time: dt.datetime | None = None) -> bytes:
     """The DER SET OF signed attributes of a plain CMS SignedData over id-data (RFC 5652 §5.3): contentType and
     messageDigest, and signingTime when given. The GetNextCACert reply carries no SCEP attributes."""
-    entries: list[dict[str, Any]] = [
-        {"type": "content_type", "values": ["data"]},
-        {"type": "message_digest", "values": [content_digest]},
-    ]
+    entries = [_CONTENT_TYPE_DATA_ATTRIBUTE, _attribute(_MESSAGE_DIGEST_DER, der_octet_string(content_digest))]
     if signing_time is not None:
-        choice = "utc_time" if 1950 <= signing_time.year < 2050 else "generalized_time"
-        entries.append({"type": "signing_time", "values": [cms.Time({choice: signing_time})]})
-    der: bytes = ScepAttributes(entries).dump()
-    return der
+        entries.append(_signing_time(signing_time))
+    return der_set_of(entries)

@@ -10,22 +10,25 @@ import dataclasses
 import datetime as dt
 import os
 from collections.abc import Sequence
-from typing import Any
 
-from asn1crypto import cms
-from asn1crypto import crl as asn1_crl
+from asn1crypto import cms, parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from scep.asn1 import (
+    DER_DATA_OID,
+    DER_NULL,
     Digest,
     FailInfo,
     MessageType,
     PkiStatus,
-    ScepAttributes,
-    der_header,
+    der_integer,
+    der_octet_string,
+    der_oid,
+    der_sequence,
+    der_tlv,
     encode_content_attributes,
     encode_signed_attributes,
 )
@@ -64,6 +67,56 @@ RaIdentity = SignerMaterial
 """The RA as a CertRep signer: its key, its certificate, then the CA chain (RFC 8894 §3.3.2)."""
 
 
+_DIGEST_OIDS = {
+    Digest.MD5: "1.2.840.113549.2.5",
+    Digest.SHA1: "1.3.14.3.2.26",
+    Digest.SHA224: "2.16.840.1.101.3.4.2.4",
+    Digest.SHA256: "2.16.840.1.101.3.4.2.1",
+    Digest.SHA384: "2.16.840.1.101.3.4.2.2",
+    Digest.SHA512: "2.16.840.1.101.3.4.2.3",
+}
+# DigestAlgorithmIdentifier: the SHA family with NULL parameters (RFC 5754 §2), MD5 with none.
+_DIGEST_ALGORITHM_DER = {
+    digest: der_sequence(der_oid(oid), *(() if digest is Digest.MD5 else (DER_NULL,)))
+    for digest, oid in _DIGEST_OIDS.items()
+}
+_ECDSA_ALGORITHM_DER = {
+    digest: der_sequence(der_oid(oid))
+    for digest, oid in {
+        Digest.SHA1: "1.2.840.10045.4.1",
+        Digest.SHA224: "1.2.840.10045.4.3.1",
+        Digest.SHA256: "1.2.840.10045.4.3.2",
+        Digest.SHA384: "1.2.840.10045.4.3.3",
+        Digest.SHA512: "1.2.840.10045.4.3.4",
+    }.items()
+}
+_RSA_ENCRYPTION_DER = der_sequence(der_oid("1.2.840.113549.1.1.1"), DER_NULL)
+_RSASSA_PSS_OID = der_oid("1.2.840.113549.1.1.10")
+_MGF1_OID = der_oid("1.2.840.113549.1.1.8")
+_SIGNED_DATA_OID = der_oid("1.2.840.113549.1.7.2")
+_VERSION_1 = der_integer(1)
+_EMPTY_SET = b"\x31\x00"
+_DATA_CONTENT_INFO = der_sequence(DER_DATA_OID)  # EncapsulatedContentInfo of type data, eContent absent
+
+
+def _pss_algorithm(digest: Digest, salt_length: int) -> bytes:
+    """RSASSA-PSS AlgorithmIdentifier (RFC 4055 §3.1): hash and MGF1 hash `digest`, omitted when the
+    SHA-1 default, as is a salt length of 20; the trailer field is always the default."""
+    fields = []
+    if digest is not Digest.SHA1:
+        digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
+        fields.append(der_tlv(0xA0, digest_algorithm))
+        fields.append(der_tlv(0xA1, der_sequence(_MGF1_OID, digest_algorithm)))
+    if salt_length != 20:
+        fields.append(der_tlv(0xA2, der_integer(salt_length)))
+    return der_sequence(_RSASSA_PSS_OID, der_sequence(*fields))
+
+
+def _signed_data_info(*fields: bytes) -> bytes:
+    """ContentInfo(SignedData) around the SignedData `fields` (RFC 5652 §3, §5.1)."""
+    return der_sequence(_SIGNED_DATA_OID, der_tlv(0xA0, der_sequence(_VERSION_1, *fields)))
+
+
 def sign_message(
     signer: SignerMaterial,
     *,
@@ -76,70 +129,57 @@ def sign_message(
 
     `content` becomes the eContent of type data; None leaves eContent absent (RFC 8894 §3.3.2:
     PENDING and FAILURE carry no content). RSA signs PKCS#1 v1.5 under rsaEncryption unless
-    `rsa_pss`; EC keys sign ECDSA.
+    `rsa_pss`; EC keys sign ECDSA. The signedAttrs are sent as the bytes signed, re-tagged [0].
     """
     hash_algorithm = digest.hash_algorithm()
     key = signer.key
-    signature_algorithm: dict[str, Any]
     if isinstance(key, rsa.RSAPrivateKey) and rsa_pss:
-        params = {
-            "hash_algorithm": {"algorithm": digest.value},
-            "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": digest.value}},
-            "salt_length": hash_algorithm.digest_size,
-        }
-        signature_algorithm = {"algorithm": "rsassa_pss", "parameters": params}
+        signature_algorithm = _pss_algorithm(digest, hash_algorithm.digest_size)
         pss = padding.PSS(padding.MGF1(hash_algorithm), hash_algorithm.digest_size)
         signature = key.sign(signed_attributes_der, pss, hash_algorithm)
     elif isinstance(key, rsa.RSAPrivateKey):
-        signature_algorithm = {"algorithm": "rsassa_pkcs1v15"}
+        signature_algorithm = _RSA_ENCRYPTION_DER
         signature = key.sign(signed_attributes_der, padding.PKCS1v15(), hash_algorithm)
     else:
-        signature_algorithm = {"algorithm": f"{digest.value}_ecdsa"}
+        if digest not in _ECDSA_ALGORITHM_DER:
+            raise ValueError(f"no ECDSA signature algorithm with {digest.value}")
+        signature_algorithm = _ECDSA_ALGORITHM_DER[digest]
         signature = key.sign(signed_attributes_der, ec.ECDSA(hash_algorithm))
-    signer_info = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                {"issuer_and_serial_number": cms.IssuerAndSerialNumber.load(signer.issuer_and_serial_der)}
-            ),
-            "digest_algorithm": {"algorithm": digest.value},
-            "signed_attrs": ScepAttributes.load(signed_attributes_der),
-            "signature_algorithm": signature_algorithm,
-            "signature": signature,
-        }
+    class_, method, tag, _header, attributes, _trailer = parser.parse(signed_attributes_der)
+    if (class_, method, tag) != (0, 1, 17):
+        raise ValueError("the signed attributes are not a SET OF")
+    digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
+    signer_info = der_sequence(
+        _VERSION_1,
+        signer.issuer_and_serial_der,
+        digest_algorithm,
+        der_tlv(0xA0, attributes),
+        signature_algorithm,
+        der_octet_string(signature),
     )
-    encap: dict[str, Any] = {"content_type": "data"}
-    if content is not None:
-        encap["content"] = content
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [{"algorithm": digest.value}],
-            "encap_content_info": encap,
-            "certificates": _certificate_set(signer.certificates_der),
-            "signer_infos": [signer_info],
-        }
+    if content is None:
+        encap = _DATA_CONTENT_INFO
+    else:
+        encap = der_sequence(DER_DATA_OID, der_tlv(0xA0, der_octet_string(content)))
+    return _signed_data_info(
+        der_tlv(0x31, digest_algorithm),
+        encap,
+        _certificate_set(signer.certificates_der),
+        der_tlv(0x31, signer_info),
     )
-    der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
-    return der
 
 
 def degenerate_certs_only(certs: Sequence[x509.Certificate], crls: Sequence[bytes] = ()) -> bytes:
     """A degenerate certs-only SignedData (RFC 8894 §3.4): certificates and CRLs (DER), no signers.
 
     This is the GetCACert reply (RA first, then the CA chain) and the inner content of a CertRep.
+    The CRLs are a DER SET OF, sorted.
     """
-    signed_data: dict[str, Any] = {
-        "version": "v1",
-        "digest_algorithms": [],
-        "encap_content_info": {"content_type": "data"},
-        "certificates": _certificate_set([c.public_bytes(Encoding.DER) for c in certs]),
-        "signer_infos": [],
-    }
+    fields = [_EMPTY_SET, _DATA_CONTENT_INFO, _certificate_set([c.public_bytes(Encoding.DER) for c in certs])]
     if crls:
-        signed_data["crls"] = [cms.RevocationInfoChoice({"crl": asn1_crl.CertificateList.load(d)}) for d in crls]
-    der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData(signed_data)}).dump()
-    return der
+        fields.append(der_tlv(0xA1, b"".join(sorted(_crl_der(d) for d in crls))))
+    fields.append(_EMPTY_SET)
+    return _signed_data_info(*fields)
 
 
 def build_next_ca_reply(
@@ -157,11 +197,18 @@ def build_next_ca_reply(
     return sign_message(ra, digest=Digest.SHA256, signed_attributes_der=attributes, content=content)
 
 
-def _certificate_set(ders: Sequence[bytes]) -> cms.CertificateSet:
-    """The certificates in the order given (RA first, then its chain), as micromdm and step-ca send
-    them, rather than DER-sorted: some clients take the first certificate for the RA."""
-    contents = b"".join(ders)
-    return cms.CertificateSet.load(der_header(0x31, len(contents)) + contents)
+def _certificate_set(ders: Sequence[bytes]) -> bytes:
+    """The [0] IMPLICIT certificates in the order given (RA first, then its chain), as micromdm and step-ca
+    send them, rather than DER-sorted: some clients take the first certificate for the RA."""
+    return der_tlv(0xA0, b"".join(ders))
+
+
+def _crl_der(der: bytes) -> bytes:
+    """The CertificateList at the start of `der`; ValueError when it is no SEQUENCE."""
+    class_, method, tag, header, contents, _trailer = parser.parse(der)
+    if (class_, method, tag) != (0, 1, 16):
+        raise ValueError("a CRL is not a SEQUENCE")
+    return bytes(header) + bytes(contents)
 
 
 def build_cert_rep(

@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
-from scep.asn1 import GcmParameters
+from scep.asn1 import (
+    DER_DATA_OID,
+    DER_NULL,
+    GcmParameters,
+    der_integer,
+    der_octet_string,
+    der_oid,
+    der_sequence,
+    der_tlv,
+)
 
 try:  # cryptography ≥ 43 keeps 3DES among the "decrepit" ciphers
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -130,6 +139,26 @@ class KeyTransport(enum.StrEnum):
         return padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=label or None)
 
 
+_VERSION_0 = der_integer(0)
+_ENVELOPED_DATA_OID = der_oid("1.2.840.113549.1.7.3")
+_ICV_LEN_16 = der_integer(16)
+_CIPHER_OID_DER = {cipher: der_oid(spec.oid) for cipher, spec in _CIPHERS.items()}
+_RSAES_OAEP_OID = der_oid("1.2.840.113549.1.1.7")
+_SHA256_ALGORITHM = der_sequence(der_oid("2.16.840.1.101.3.4.2.1"), DER_NULL)
+_KEY_ENCRYPTION_ALGORITHM_DER = {
+    KeyTransport.RSA_PKCS1V15: der_sequence(der_oid("1.2.840.113549.1.1.1"), DER_NULL),
+    # RSAES-OAEP-params (RFC 4055 §4.1): all defaults (SHA-1, MGF1-SHA-1, empty label) is an empty SEQUENCE.
+    KeyTransport.RSA_OAEP: der_sequence(_RSAES_OAEP_OID, der_sequence()),
+    KeyTransport.RSA_OAEP_SHA256: der_sequence(
+        _RSAES_OAEP_OID,
+        der_sequence(
+            der_tlv(0xA0, _SHA256_ALGORITHM),
+            der_tlv(0xA1, der_sequence(der_oid("1.2.840.113549.1.1.8"), _SHA256_ALGORITHM)),
+        ),
+    ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class OpenedEnvelope:
     """What an opened envelope held, and how it was protected."""
@@ -183,32 +212,24 @@ def seal_envelope(
         padded = padder.update(plaintext) + padder.finalize()
         encryptor = Cipher(_algorithm(cipher, key), modes.CBC(iv)).encryptor()
         ciphertext = encryptor.update(padded) + encryptor.finalize()
-        parameters: Any = iv
+        parameters = der_octet_string(iv)
     else:  # AES-GCM as Go's pkcs7 (micromdm, step-ca) sends it: tag appended to the ciphertext
         gcm = Cipher(AES(key), modes.GCM(iv)).encryptor()
         ciphertext = gcm.update(plaintext) + gcm.finalize() + gcm.tag
-        parameters = GcmParameters({"nonce": iv, "icv_len": 16})
-    recipient_info = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier({"issuer_and_serial_number": _issuer_and_serial(recipient_cert)}),
-            "key_encryption_algorithm": _key_encryption_algorithm(key_transport),
-            "encrypted_key": public_key.encrypt(key, key_transport.padding()),
-        }
+        parameters = der_sequence(der_octet_string(iv), _ICV_LEN_16)  # GCMParameters (RFC 5084 §3.2)
+    recipient_info = der_sequence(  # KeyTransRecipientInfo (RFC 5652 §6.2.1), rid issuerAndSerialNumber
+        _VERSION_0,
+        der_sequence(recipient_cert.issuer.public_bytes(), der_integer(recipient_cert.serial_number)),
+        _KEY_ENCRYPTION_ALGORITHM_DER[key_transport],
+        der_octet_string(public_key.encrypt(key, key_transport.padding())),
     )
-    enveloped = cms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": [cms.RecipientInfo({"ktri": recipient_info})],
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {"algorithm": spec.oid, "parameters": parameters},
-                "encrypted_content": ciphertext,
-            },
-        }
+    encrypted_content_info = der_sequence(
+        DER_DATA_OID,
+        der_sequence(_CIPHER_OID_DER[cipher], parameters),
+        der_tlv(0x80, ciphertext),  # [0] IMPLICIT OCTET STRING, primitive
     )
-    der: bytes = cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
-    return der
+    enveloped = der_sequence(_VERSION_0, der_tlv(0x31, recipient_info), encrypted_content_info)
+    return der_sequence(_ENVELOPED_DATA_OID, der_tlv(0xA0, enveloped))
 
 
 def _tlvs(contents: bytes) -> list[bytes]:
@@ -259,11 +280,6 @@ def _load_enveloped_data(der: bytes) -> Any:
     return enveloped
 
 
-def _issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:
-    issuer = asn1_x509.Name.load(cert.issuer.public_bytes())
-    return cms.IssuerAndSerialNumber({"issuer": issuer, "serial_number": cert.serial_number})
-
-
 def _our_recipient_info(recipient_infos: Any, cert: x509.Certificate) -> Any:
     """The KeyTransRecipientInfo whose rid names `cert` (RFC 5652 §6.2.1)."""
     issuer_der = cert.issuer.public_bytes()
@@ -307,21 +323,6 @@ def _key_transport(algorithm: Any) -> tuple[KeyTransport, bytes]:
         if digest == mgf_digest == "sha256":
             return KeyTransport.RSA_OAEP_SHA256, label
     raise UnsupportedEnvelopeAlgorithm("the envelope's key transport is not supported")
-
-
-def _key_encryption_algorithm(key_transport: KeyTransport) -> cms.KeyEncryptionAlgorithm:
-    if key_transport is KeyTransport.RSA_PKCS1V15:
-        return cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
-    if key_transport is KeyTransport.RSA_OAEP:
-        params = algos.RSAESOAEPParams({"hash_algorithm": {"algorithm": "sha1"}})  # all defaults: empty SEQUENCE
-    else:
-        params = algos.RSAESOAEPParams(
-            {
-                "hash_algorithm": {"algorithm": "sha256"},
-                "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
-            }
-        )
-    return cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": params})
 
 
 @dataclasses.dataclass(frozen=True)

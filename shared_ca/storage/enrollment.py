@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, case, delete, insert, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -69,6 +69,20 @@ def _transactions_query() -> Select[tuple[object, ...]]:
     )
 
 
+_TRANSACTION_BY_SIGNER = _transactions_query().where(
+    and_(
+        scep_transactions.c.signer_key_sha256 == bindparam("signer_key"),
+        scep_transactions.c.transaction_id == bindparam("transaction_id"),
+    )
+)
+_LOCKED = select(challenge_failures.c.locked_until).where(
+    and_(
+        challenge_failures.c.key.in_(bindparam("keys", expanding=True)),
+        challenge_failures.c.locked_until > bindparam("now"),
+    )
+)
+
+
 class EnrollmentStore(Store):
     """The CA's Store plus what both protocols record about enrollments."""
 
@@ -99,12 +113,14 @@ class EnrollmentStore(Store):
 
     def scep_transaction(self, signer_key_sha256: str, transaction_id: str) -> ScepTransactionRecord | None:
         """The transaction of this signer key and transactionID, with its certificate when issued."""
-        t = scep_transactions.c
-        query = _transactions_query().where(
-            and_(t.signer_key_sha256 == signer_key_sha256, t.transaction_id == transaction_id)
-        )
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
+            row = (
+                conn.execute(
+                    _TRANSACTION_BY_SIGNER, {"signer_key": signer_key_sha256, "transaction_id": transaction_id}
+                )
+                .mappings()
+                .first()
+            )
         return _scep_transaction(row) if row else None
 
     def scep_transaction_by_id(self, scep_transaction_id: int) -> ScepTransactionRecord | None:
@@ -306,12 +322,11 @@ class EnrollmentStore(Store):
 
     def locked(self, keys: Iterable[str], now: dt.datetime) -> dt.datetime | None:
         """When the longest lock on any of `keys` lifts, or None when none is locked at `now`."""
-        f = challenge_failures.c
         wanted = sorted(set(keys))
         if not wanted:
             return None
         with self._read() as conn:
-            until = conn.execute(select(f.locked_until).where(and_(f.key.in_(wanted), f.locked_until > now))).scalars()
+            until = conn.execute(_LOCKED, {"keys": wanted, "now": now}).scalars()
             return max(until, default=None)
 
     def clear_failures(self, keys: Iterable[str]) -> int:

@@ -163,6 +163,10 @@ class ScepTransactionRecord:
         )
 
 
+_INSERT_EVENT = insert(enrollment_events).returning(enrollment_events.c.id)
+_INSERT_SCEP_TRANSACTION = insert(scep_transactions).returning(scep_transactions.c.id)
+
+
 def is_transaction_violation(exc: IntegrityError) -> bool:
     message = str(exc.orig).lower()
     return (
@@ -182,25 +186,24 @@ def write_enrollment_event(
     """Insert one enrollment event inside the caller's transaction; its id."""
     return int(
         conn.execute(
-            insert(enrollment_events)
-            .values(
-                occurred_at=now,
-                protocol=event.protocol,
-                operation=event.operation,
-                profile=event.profile,
-                device_identity=event.device_identity,
-                client_address=event.client_address,
-                user_agent=event.user_agent,
-                cipher=event.cipher,
-                digest=event.digest,
-                challenge_kind=event.challenge_kind,
-                outcome=event.outcome,
-                transaction_id=event.transaction_id,
-                serial_hex=serial_hex or event.serial_hex,
-                certificate_id=certificate_id,
-                detail=json.dumps(event.detail or {}, sort_keys=True),
-            )
-            .returning(enrollment_events.c.id)
+            _INSERT_EVENT,
+            {
+                "occurred_at": now,
+                "protocol": event.protocol,
+                "operation": event.operation,
+                "profile": event.profile,
+                "device_identity": event.device_identity,
+                "client_address": event.client_address,
+                "user_agent": event.user_agent,
+                "cipher": event.cipher,
+                "digest": event.digest,
+                "challenge_kind": event.challenge_kind,
+                "outcome": event.outcome,
+                "transaction_id": event.transaction_id,
+                "serial_hex": serial_hex or event.serial_hex,
+                "certificate_id": certificate_id,
+                "detail": json.dumps(event.detail or {}, sort_keys=True),
+            },
         ).scalar_one()
     )
 
@@ -227,24 +230,23 @@ def write_scep_transaction(
             raise TransactionExists(txn.signer_key_sha256, txn.transaction_id)
     return int(
         conn.execute(
-            insert(scep_transactions)
-            .values(
-                signer_key_sha256=txn.signer_key_sha256,
-                transaction_id=txn.transaction_id,
-                signer_cert_sha256=txn.signer_cert_sha256,
-                message_type=txn.message_type,
-                profile=txn.profile,
-                status=txn.status,
-                certificate_id=certificate_id,
-                fail_info=txn.fail_info,
-                fail_info_text=txn.fail_info_text,
-                request_der=txn.request_der,
-                subject=txn.subject,
-                client_address=txn.client_address,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(t.id)
+            _INSERT_SCEP_TRANSACTION,
+            {
+                "signer_key_sha256": txn.signer_key_sha256,
+                "transaction_id": txn.transaction_id,
+                "signer_cert_sha256": txn.signer_cert_sha256,
+                "message_type": txn.message_type,
+                "profile": txn.profile,
+                "status": txn.status,
+                "certificate_id": certificate_id,
+                "fail_info": txn.fail_info,
+                "fail_info_text": txn.fail_info_text,
+                "request_der": txn.request_der,
+                "subject": txn.subject,
+                "client_address": txn.client_address,
+                "created_at": now,
+                "updated_at": now,
+            },
         ).scalar_one()
     )
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
@@ -30,6 +31,13 @@ from shared_ca.storage.enrollment_records import (
     write_scep_transaction,
 )
 from shared_ca.storage.schema import audit_events, certificates, crl_publications, issuers
+
+# Hot-path statements built once: SQLAlchemy then reuses their compiled form and cache key instead of
+# re-coercing a fresh construct on every call.
+_INSERT_CERTIFICATE = insert(certificates).returning(certificates.c.id)
+_INSERT_AUDIT = insert(audit_events)
+_ISSUER_BY_ID = select(issuers).where(issuers.c.id == bindparam("issuer_id"))
+_CERTIFICATE_BY_FINGERPRINT = select(certificates).where(certificates.c.fingerprint_sha256 == bindparam("fingerprint"))
 
 
 class SerialCollision(Exception):
@@ -160,6 +168,12 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # SQLite has one writer at a time, and a thread that finds the lock taken sleeps in SQLite's
+        # busy handler with growing back-off (1, 2, 5, 10 ... 100 ms): queue this process's writers
+        # on a lock instead, which hands over at once. Other processes still meet the busy handler.
+        self._sqlite_writer: AbstractContextManager[object] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -174,7 +188,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            with self._sqlite_writer, self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
                 yield conn
         except (OperationalError, SAInterfaceError) as exc:
             raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
@@ -187,14 +201,15 @@ class Store:
     @staticmethod
     def _audit(conn: Connection, event: AuditEvent, now: dt.datetime) -> None:
         conn.execute(
-            insert(audit_events).values(
-                occurred_at=now,
-                actor=event.actor,
-                action=event.action,
-                issuer_id=event.issuer_id,
-                serial_hex=event.serial_hex,
-                detail=json.dumps(event.detail or {}, sort_keys=True),
-            )
+            _INSERT_AUDIT,
+            {
+                "occurred_at": now,
+                "actor": event.actor,
+                "action": event.action,
+                "issuer_id": event.issuer_id,
+                "serial_hex": event.serial_hex,
+                "detail": json.dumps(event.detail or {}, sort_keys=True),
+            },
         )
 
     def record_audit(self, event: AuditEvent, now: dt.datetime) -> None:
@@ -278,7 +293,7 @@ class Store:
 
     def issuer_by_id(self, issuer_id: int) -> IssuerRecord | None:
         with self._read() as conn:
-            row = conn.execute(select(issuers).where(issuers.c.id == issuer_id)).mappings().first()
+            row = conn.execute(_ISSUER_BY_ID, {"issuer_id": issuer_id}).mappings().first()
         return self._issuer(row) if row else None
 
     def list_issuers(self) -> list[IssuerRecord]:
@@ -327,26 +342,25 @@ class Store:
         try:
             with self._write() as conn:
                 cert_id = conn.execute(
-                    insert(certificates)
-                    .values(
-                        issuer_id=cert.issuer_id,
-                        serial_hex=cert.serial_hex,
-                        fingerprint_sha256=cert.fingerprint_sha256,
-                        subject=cert.subject,
-                        common_name=cert.common_name,
-                        sans=json.dumps(list(cert.sans)),
-                        key_type=cert.key_type,
-                        not_before=cert.not_before,
-                        not_after=cert.not_after,
-                        profile=cert.profile,
-                        protocol=cert.protocol,
-                        requester=cert.requester,
-                        status="valid",
-                        renewed_from_id=cert.renewed_from_id,
-                        der=cert.der,
-                        created_at=now,
-                    )
-                    .returning(certificates.c.id)
+                    _INSERT_CERTIFICATE,
+                    {
+                        "issuer_id": cert.issuer_id,
+                        "serial_hex": cert.serial_hex,
+                        "fingerprint_sha256": cert.fingerprint_sha256,
+                        "subject": cert.subject,
+                        "common_name": cert.common_name,
+                        "sans": json.dumps(list(cert.sans)),
+                        "key_type": cert.key_type,
+                        "not_before": cert.not_before,
+                        "not_after": cert.not_after,
+                        "profile": cert.profile,
+                        "protocol": cert.protocol,
+                        "requester": cert.requester,
+                        "status": "valid",
+                        "renewed_from_id": cert.renewed_from_id,
+                        "der": cert.der,
+                        "created_at": now,
+                    },
                 ).scalar_one()
                 if supersede is not None:
                     old_id, at = supersede
@@ -430,11 +444,7 @@ class Store:
 
     def certificate_by_fingerprint(self, fingerprint_sha256: str) -> CertificateRecord | None:
         with self._read() as conn:
-            row = (
-                conn.execute(select(certificates).where(certificates.c.fingerprint_sha256 == fingerprint_sha256))
-                .mappings()
-                .first()
-            )
+            row = conn.execute(_CERTIFICATE_BY_FINGERPRINT, {"fingerprint": fingerprint_sha256}).mappings().first()
         return self._certificate(row) if row else None
 
     def list_certificates(
