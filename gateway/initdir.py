@@ -46,6 +46,8 @@ from shared_ca.storage.db import create_store_engine, migrate_to_head
 from shared_ca.storage.repository import Store
 
 DEFAULTS = {s.key: s.default for s in SETTINGS}
+# Files SQLite (and our writer gate) keep beside gateway.db.
+SQLITE_COMPANIONS = ("gateway.db-wal", "gateway.db-shm", "gateway.db-writers.lock")
 DEFAULT_CA_SUBJECT = "CN=SCEP-EST Gateway CA,O=SCEP-EST Gateway"
 INIT_MARKERS = (CONFIG_FILE_NAME, "ca.pem", DEFAULTS["ca.key"], "gateway.db")
 
@@ -114,10 +116,7 @@ def _move_aside(data_dir: Path, names: list[str], now: dt.datetime) -> Path:
             backup = data_dir / f"{stamp}-{attempt}"
     # Whole top-level entries only: moving ca/ca.key first and then the ca directory would nest it
     # (backup/ca/ca/ca.crt) and a failed init would restore a directory without its CA certificate.
-    entries = [
-        Path(name).parts[0]
-        for name in [*names, "ca", "ra", "tls", "ca-next", "ra-next", "gateway.db-wal", "gateway.db-shm"]
-    ]
+    entries = [Path(name).parts[0] for name in [*names, "ca", "ra", "tls", "ca-next", "ra-next", *SQLITE_COMPANIONS]]
     for name in dict.fromkeys(entries):
         source = data_dir / name
         if source.exists():
@@ -276,7 +275,7 @@ def initialise(options: InitOptions) -> InitResult:
         _install(staging, data_dir)
     except BaseException as exc:
         if not options.database_url:
-            for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm"):
+            for name in ("gateway.db", *SQLITE_COMPANIONS):
                 (data_dir / name).unlink(missing_ok=True)
         if replaced is not None:
             _restore(data_dir, replaced)

@@ -592,7 +592,15 @@ def test_rerun_refuses_and_changes_nothing(runner: CliRunner, tmp_path: Path) ->
     result = run_init(runner, data_dir, "--ca-subject", "CN=Other CA", key_type="p384")
     assert_clean_failure(result, "already initialised", "--force")
     assert snapshot(data_dir) == before
-    assert sorted(p.name for p in data_dir.iterdir()) == ["ca", "ca.pem", "config.toml", "gateway.db", "ra", "tls"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "ca",
+        "ca.pem",
+        "config.toml",
+        "gateway.db",
+        "gateway.db-writers.lock",
+        "ra",
+        "tls",
+    ]
 
 
 def test_force_moves_old_files_aside(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
 from shared_ca.errors import Conflict, Unavailable
-from shared_ca.storage.db import WRITE
+from shared_ca.storage.db import WRITE, writer_gate
 from shared_ca.storage.enrollment_records import (
     CompletePending,
     EnrollmentEvent,
@@ -168,12 +167,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # SQLite has one writer at a time, and a thread that finds the lock taken sleeps in SQLite's
-        # busy handler with growing back-off (1, 2, 5, 10 ... 100 ms): queue this process's writers
-        # on a lock instead, which hands over at once. Other processes still meet the busy handler.
-        self._sqlite_writer: AbstractContextManager[object] = (
-            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
-        )
+        self._writers = writer_gate(engine)  # SQLite: writers queue instead of polling (see SqliteWriterGate)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -188,7 +182,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         try:
-            with self._sqlite_writer, self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            with self._writers, self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
                 yield conn
         except (OperationalError, SAInterfaceError) as exc:
             raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
