@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import click
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.cli_support import F, actor, config_options, echo_to, open_cli_gateway
@@ -143,6 +144,13 @@ def scep_options(func: F) -> F:
     return func
 
 
+def _subject(text: str) -> x509.Name:
+    try:
+        return parse_subject(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--subject") from None
+
+
 def _scep_client(url: str, cacert: Path | None) -> scep_client.ScepHttpClient:
     return scep_client.ScepHttpClient(url, ssl_context=scep_client.tls_context(cacert))
 
@@ -190,10 +198,7 @@ def scep_enroll(
     out: Path | None,
 ) -> None:
     """Enroll (PKCSReq) for a new certificate."""
-    try:
-        name = parse_subject(subject)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--subject") from None
+    name = _subject(subject)
     client = _scep_client(url, cacert)
     key, _created = scep_client.load_or_create_rsa_key(key_file)
     result = scep_client.enroll(
@@ -246,10 +251,7 @@ def scep_poll(
     out: Path | None,
 ) -> None:
     """Ask for the outcome of a pending request (CertPoll)."""
-    try:
-        name = parse_subject(subject)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--subject") from None
+    name = _subject(subject)
     client = _scep_client(url, cacert)
     key = scep_client.load_rsa_key(key_file)
     result = scep_client.poll(
