@@ -33,6 +33,7 @@ from shared_ca.errors import CAError
 from shared_ca.keys import KeyType
 from shared_ca.storage.db import create_store_engine
 from shared_ca.storage.repository import Store
+from tests.test_cli import gw, ok
 
 NEXT_FILES = ("ca-next/ca.crt", "ca-next/ca.key", "ra-next/ra.crt", "ra-next/ra.key")
 
@@ -42,16 +43,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("GATEWAY_") and name != "GATEWAY_TEST_DATABASE_URL":
             monkeypatch.delenv(name)
-
-
-def gw(runner: CliRunner, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    return runner.invoke(cli, [*args, "--data-dir", str(data_dir)], env=env)
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    assert result.exception is None, repr(result.exception)
-    return result
 
 
 def roll(runner: CliRunner, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Result:
