@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -36,7 +35,7 @@ from scep.envelope import ContentCipher
 from scep.message import PkiRequest, ReplyContext, ScepDecodeError, ScepMessageError, parse_pki_message
 from shared_ca.authority import CertificateAuthority, fingerprint
 from shared_ca.crl import CrlPublisher
-from shared_ca.csr import load_csr
+from shared_ca.csr import challenge_password, load_csr
 from shared_ca.errors import (
     AlgorithmNotAllowed,
     BadSignature,
@@ -62,7 +61,6 @@ from shared_ca.storage.repository import CertificateRecord
 from shared_ca.trust import recognise
 
 log = logging.getLogger("scep.service")
-CHALLENGE_PASSWORD_OID = "1.2.840.113549.1.9.7"  # noqa: S105 - an OID, not a secret
 CA_RA_CERT_TYPE = "application/x-x509-ca-ra-cert"
 NEXT_CA_CERT_TYPE = "application/x-x509-next-ca-cert"
 PKI_MESSAGE_TYPE = "application/x-pki-message"
@@ -95,23 +93,6 @@ def refusal_from(exc: CAError) -> Refused:
     """The FAILURE a CA refusal maps to (DESIGN.md error table)."""
     fail_info = _CA_ERROR_FAIL_INFO.get(type(exc), FailInfo.BAD_REQUEST)
     return Refused(fail_info, exc.public_message, exc.detail)
-
-
-def challenge_password(csr_der: bytes) -> str | None:
-    """The CSR's challengePassword, decoded by its own string type (Printable, UTF8, BMP, ...).
-
-    Attributes are read one at a time: certmonger sends a BMPString friendlyName that would make
-    decoding the whole request fail.
-    """
-    try:
-        info = asn1_csr.CertificationRequest.load(csr_der)["certification_request_info"]
-        for attribute in info["attributes"]:
-            if attribute["type"].dotted == CHALLENGE_PASSWORD_OID:
-                value = attribute["values"][0].native
-                return value if isinstance(value, str) else None
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None
-    return None
 
 
 def spki_sha256(cert: x509.Certificate) -> str:

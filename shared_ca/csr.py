@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
 from shared_ca.errors import AlgorithmNotAllowed, BadSignature, InvalidRequest
 
+CHALLENGE_PASSWORD_OID = "1.2.840.113549.1.9.7"  # noqa: S105 - an OID, not a secret
 _PEM_CSR = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----")
 
 
@@ -78,3 +80,20 @@ def requested_sans(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName
     except x509.ExtensionNotFound:
         return []
     return list(ext.value)
+
+
+def challenge_password(csr_der: bytes) -> str | None:
+    """The CSR's challengePassword, decoded by its own string type (Printable, UTF8, BMP, ...).
+
+    Attributes are read one at a time: certmonger sends a BMPString friendlyName that would make
+    decoding the whole request fail.
+    """
+    try:
+        info = asn1_csr.CertificationRequest.load(csr_der)["certification_request_info"]
+        for attribute in info["attributes"]:
+            if attribute["type"].dotted == CHALLENGE_PASSWORD_OID:
+                value = attribute["values"][0].native
+                return value if isinstance(value, str) else None
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    return None

@@ -111,6 +111,11 @@ class Profile:
     scep_webhook_timeout_seconds: int = 5
     scep_lockout_threshold: int = 10
     scep_lockout_minutes: int = 15
+    est_pop_linking: bool = False
+    est_csrattrs_enforce: bool = False
+    est_required_san_types: tuple[str, ...] = ()
+    est_serverkeygen: bool = True
+    est_retry_after_seconds: int = 60
 
     # -- key rules --------------------------------------------------------------------------------
 
@@ -221,6 +226,7 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], base: Profile | Non
                 "subject_allowed": tuple(SUBJECT_ATTRIBUTES),
                 "scep_ciphers": SCEP_CIPHERS,
                 "scep_digests": SCEP_DIGESTS,
+                "est_required_san_types": SAN_TYPES,
             }.get(key)
             changes[key] = _string_list(key, value, allowed)
     profile = replace(profile, **changes)
@@ -278,6 +284,15 @@ def _validate(p: Profile) -> None:
         raise ProfileError("scep_lockout_minutes", f"must be between 1 and 100000, got {p.scep_lockout_minutes}")
     if not p.key_usage:
         raise ProfileError("key_usage", "must list at least one key usage")
+    _validate_est(p)
+
+
+def _validate_est(p: Profile) -> None:
+    not_allowed = [t for t in p.est_required_san_types if t not in p.san_types]
+    if not_allowed:
+        raise ProfileError("est_required_san_types", f"{', '.join(not_allowed)} must also be in san_types")
+    if not 1 <= p.est_retry_after_seconds <= 86400:
+        raise ProfileError("est_retry_after_seconds", f"must be between 1 and 86400, got {p.est_retry_after_seconds}")
 
 
 DEFAULT_PROFILES: dict[str, Profile] = {

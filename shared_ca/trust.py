@@ -49,6 +49,8 @@ def recognise(store: Store, certificate: x509.Certificate, now: dt.datetime) -> 
             )
     elif issuer.kind not in OWN_ISSUER_KINDS:
         return None
+    if record.not_before > now:
+        raise PolicyDenied("the certificate is not yet valid", detail=f"notBefore {record.not_before}")
     status = record.effective_status(now)
     if status != "valid":
         raise PolicyDenied(f"the certificate is {status}")

@@ -57,6 +57,11 @@ from tests.support import ec_key, ed_key, rsa_key
         pytest.param("scep_webhook_timeout_seconds", 2, 2, id="ok/scep_webhook_timeout_seconds"),
         pytest.param("scep_lockout_threshold", 3, 3, id="ok/scep_lockout_threshold"),
         pytest.param("scep_lockout_minutes", 60, 60, id="ok/scep_lockout_minutes"),
+        pytest.param("est_pop_linking", True, True, id="ok/est_pop_linking"),
+        pytest.param("est_csrattrs_enforce", True, True, id="ok/est_csrattrs_enforce"),
+        pytest.param("est_required_san_types", ["dns"], ("dns",), id="ok/est_required_san_types"),
+        pytest.param("est_serverkeygen", False, False, id="ok/est_serverkeygen"),
+        pytest.param("est_retry_after_seconds", 5, 5, id="ok/est_retry_after_seconds"),
     ],
 )
 def test_each_setting_is_applied(key: str, value: Any, expected: Any) -> None:
@@ -78,7 +83,8 @@ def test_every_setting_has_a_case_above() -> None:
         "cn_pattern", "san_types", "san_unlisted", "max_sans", "cn_as_dns_san", "revoke_on_renewal",
         "renewal_grace_hours", "allow_key_reuse", "scep_challenge", "approval", "scep_ciphers", "scep_digests",
         "scep_renewal", "scep_webhook_url", "scep_webhook_secret", "scep_webhook_timeout_seconds",
-        "scep_lockout_threshold", "scep_lockout_minutes",
+        "scep_lockout_threshold", "scep_lockout_minutes", "est_pop_linking", "est_csrattrs_enforce",
+        "est_required_san_types", "est_serverkeygen", "est_retry_after_seconds",
     }  # fmt: skip
     assert set(Profile.__dataclass_fields__) - {"name"} == covered
 
@@ -155,6 +161,21 @@ def test_profiles_are_immutable() -> None:
             "subject_required",
             "O must also be in subject_allowed",
             id="fail/required-not-allowed",
+        ),
+        pytest.param(
+            {"est_required_san_types": ["upn"], "san_types": ["dns"]},
+            "est_required_san_types",
+            "upn must also be in san_types",
+            id="fail/required-san-not-allowed",
+        ),
+        pytest.param(
+            {"est_required_san_types": ["x400"]},
+            "est_required_san_types",
+            "unknown value",
+            id="fail/unknown-san-required",
+        ),
+        pytest.param(
+            {"est_retry_after_seconds": 0}, "est_retry_after_seconds", "between 1 and 86400", id="fail/retry-after-0"
         ),
         pytest.param({"rsa_min_bits": 1024}, "rsa_min_bits", "at least 2048", id="fail/rsa-min-1024"),
         pytest.param({"rsa_min_bits": 2047}, "rsa_min_bits", "at least 2048", id="fail/rsa-min-2047"),

@@ -70,6 +70,7 @@ class EnrollmentEvent:
     transaction_id: str | None = None
     serial_hex: str | None = None
     detail: dict[str, Any] | None = None
+    tls_version: str | None = None  # the TLS protocol version, e.g. 'TLSv1.3'; None over plain HTTP
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -95,6 +96,7 @@ class EnrollmentRecord:
     serial_hex: str | None
     certificate_id: int | None
     detail: dict[str, Any]
+    tls_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ def write_enrollment_event(
                 "serial_hex": serial_hex or event.serial_hex,
                 "certificate_id": certificate_id,
                 "detail": json.dumps(event.detail or {}, sort_keys=True),
+                "tls_version": event.tls_version,
             },
         ).scalar_one()
     )
@@ -281,4 +284,5 @@ def enrollment_record(row: RowMapping) -> EnrollmentRecord:
         serial_hex=row["serial_hex"],
         certificate_id=row["certificate_id"],
         detail=json.loads(row["detail"]),
+        tls_version=row["tls_version"],
     )

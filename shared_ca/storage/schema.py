@@ -137,6 +137,7 @@ enrollment_events = Table(
     Column("serial_hex", String(40), nullable=True),
     Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
     Column("detail", Text, nullable=False),
+    Column("tls_version", String(16), nullable=True),  # revision 0004: e.g. 'TLSv1.3'; None over plain HTTP
     CheckConstraint("protocol IN ('scep', 'est')", name="ck_enrollment_events_protocol"),
     Index("ix_enrollment_events_device_identity", "device_identity"),
     Index("ix_enrollment_events_occurred_at", "occurred_at"),
@@ -205,4 +206,28 @@ admin_tokens = Table(
     Column("created_by", String(255), nullable=False),
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("disabled_at", UTCDateTime, nullable=True),
+)
+
+# -- EST users (revision 0004) --------------------------------------------------------------------
+
+EST_USER_KINDS = ("password", "bootstrap")
+
+est_users = Table(
+    "est_users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("secret_hash", Text, nullable=False),  # self-describing: 'scrypt$...' or 'sha256$...'
+    Column("kind", String(16), nullable=False),
+    Column("label", String(64), nullable=True),  # None: any EST label
+    Column("device_identity", String(255), nullable=True),
+    Column("uses_left", Integer, nullable=True),  # None: unlimited
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("disabled_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    CheckConstraint("uses_left >= 0", name="ck_est_users_uses_left"),
+    CheckConstraint("kind IN ('password', 'bootstrap')", name="ck_est_users_kind"),
+    Index("ix_est_users_device_identity", "device_identity"),
 )

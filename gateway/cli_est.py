@@ -1,0 +1,187 @@
+"""`gateway est-user`: the HTTP Basic users of EST enrollment (add, list, disable).
+
+User management needs the database and the profile names only, never the CA's keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.cli_support import actor, config_options, load_cli_config
+from gateway.config import GatewayConfig
+from gateway.output import FORMATS, render
+from shared_ca.authority import utcnow
+from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.est_users import (
+    EstUserRecord,
+    EstUserStore,
+    check_est_user_name,
+    hash_generated_secret,
+    hash_password,
+    new_generated_secret,
+)
+
+MIN_PASSWORD = 8
+MAX_USES = 1_000_000
+
+
+@contextlib.contextmanager
+def _est_users(config: GatewayConfig) -> Iterator[EstUserStore]:
+    """The EST user store of the configured database (no key material needed)."""
+    engine = create_store_engine(config.database_url)
+    try:
+        require_schema_at_head(engine)
+        yield EstUserStore(engine)
+    finally:
+        engine.dispose()
+
+
+def _refuse(option: str, message: str) -> click.ClickException:
+    """A one-line refusal naming the option (exit status 1)."""
+    return click.ClickException(f"{option}: {message}")
+
+
+def _read_password() -> str:
+    line = sys.stdin.readline()
+    password = line.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise _refuse("--password-stdin", "no password on standard input (an empty line)")
+    if len(password) < MIN_PASSWORD:
+        raise _refuse("--password-stdin", f"the password must have at least {MIN_PASSWORD} characters")
+    return password
+
+
+def _parse_uses(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = text.strip()
+    if not value.isdigit() or not 1 <= int(value) <= MAX_USES:
+        raise _refuse("--uses", f"{text!r} is not a number of uses between 1 and {MAX_USES}")
+    return int(value)
+
+
+def _parse_expiry(text: str | None, now: dt.datetime) -> dt.datetime | None:
+    """YYYY-MM-DD (midnight UTC) or an ISO 8601 date and time (UTC unless it names an offset)."""
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _refuse("--expires", f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 date and time") from None
+    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    if when <= now:
+        raise _refuse("--expires", f"{when.isoformat()} is not in the future")
+    return when
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _row(user: EstUserRecord, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "name": user.name,
+        "kind": user.kind,
+        "status": user.status(now),
+        "label": user.label,
+        "device": user.device_identity,
+        "uses_left": user.uses_left,
+        "expires_at": _time(user.expires_at),
+        "last_used_at": _time(user.last_used_at),
+        "created_at": _time(user.created_at),
+        "created_by": user.created_by,
+        "disabled_at": _time(user.disabled_at),
+    }
+
+
+@click.group("est-user")
+def est_user() -> None:
+    """HTTP Basic users of EST enrollment (/.well-known/est/...)."""
+
+
+@est_user.command("add")
+@config_options
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password (8 characters or more) from one stdin line.")
+@click.option("--generate", is_flag=True, help="Generate a 192-bit secret, print it once, store its hash.")
+@click.option("--label", help="Only this EST label (a profile name) may be used [default: any].")
+@click.option("--uses", help="Number of enrollments allowed [default: unlimited].")
+@click.option("--expires", help="Refused from this time on: YYYY-MM-DD (midnight UTC) or ISO 8601 date and time.")
+@click.option("--device", help="Device identity this credential belongs to (for the migration report).")
+def est_user_add(
+    data_dir: Path,
+    config_file: Path | None,
+    name: str,
+    password_stdin: bool,
+    generate: bool,
+    label: str | None,
+    uses: str | None,
+    expires: str | None,
+    device: str | None,
+) -> None:
+    """Add a user with a password read from stdin, or with a generated secret printed once."""
+    try:
+        check_est_user_name(name)
+    except ValueError as exc:
+        raise _refuse("NAME", str(exc)) from None
+    if password_stdin == generate:
+        raise _refuse("--password-stdin/--generate", "give exactly one of them")
+    now = utcnow()
+    uses_left = _parse_uses(uses)
+    expires_at = _parse_expiry(expires, now)
+    if device is not None and not 1 <= len(device) <= 255:
+        raise _refuse("--device", "a device identity has 1-255 characters")
+    config = load_cli_config(data_dir, config_file)
+    if label is not None and label not in config.profiles:
+        raise _refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
+    secret = new_generated_secret() if generate else _read_password()
+    secret_hash = hash_generated_secret(secret) if generate else hash_password(secret)
+    with _est_users(config) as store:
+        store.add_est_user(
+            name,
+            secret_hash,
+            kind="bootstrap" if generate else "password",
+            created_by=actor(),
+            now=now,
+            label=label,
+            device_identity=device,
+            uses_left=uses_left,
+            expires_at=expires_at,
+        )
+    if generate:
+        click.echo(secret)
+        click.echo(f"EST user {name!r} added; its secret is shown only now", err=True)
+    else:
+        click.echo(f"EST user {name!r} added")
+
+
+@est_user.command("list")
+@config_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def est_user_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
+    """List the users (never their secrets or hashes), oldest first."""
+    with _est_users(load_cli_config(data_dir, config_file)) as store:
+        users = store.list_est_users()
+    now = utcnow()
+    rows = [_row(u, now) for u in users]
+    columns = ["name", "kind", "status", "label", "uses_left", "expires_at", "last_used_at"]
+    if fmt == "csv" and rows:
+        columns = list(rows[0])
+    click.echo(render(rows, columns, fmt), nl=False)
+
+
+@est_user.command("disable")
+@config_options
+@click.argument("name")
+def est_user_disable(data_dir: Path, config_file: Path | None, name: str) -> None:
+    """Disable a user for good (its requests are refused from now on)."""
+    with _est_users(load_cli_config(data_dir, config_file)) as store:
+        record = store.disable_est_user(name, actor=actor(), now=utcnow())
+    click.echo(f"EST user {name!r} disabled at {_time(record.disabled_at)}")
