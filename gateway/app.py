@@ -44,7 +44,9 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["gateway"] = gateway
 
+    from est import views as est_views
     from gateway import admin, views
+    from gateway.est_transport import est_connection_facts
     from scep import views as scep_views
 
     app.extensions["scep"] = gateway.scep
@@ -52,6 +54,10 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.register_blueprint(views.bp)
     app.register_blueprint(scep_views.bp)
     app.register_blueprint(admin.bp)
+    app.extensions["est"] = gateway.est
+    app.extensions["est_default_label"] = gateway.config["default_profile"]
+    app.extensions["est_connection"] = est_connection_facts(gateway.config)
+    app.register_blueprint(est_views.bp)
 
     @app.errorhandler(CAError)
     def _ca_error(exc: CAError) -> Response:

@@ -10,6 +10,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from est.service import QUEUE_MESSAGE_TYPE as EST_QUEUE_MESSAGE_TYPE
 from gateway.cli_support import F, actor, config_options, echo_to, open_cli_gateway
 from gateway.output import FORMATS, render
 from scep import client as scep_client
@@ -24,7 +25,7 @@ from shared_ca.serials import serial_hex
 
 @click.group()
 def requests() -> None:
-    """SCEP requests waiting for manual approval (profiles with approval = "manual")."""
+    """SCEP and EST requests waiting for manual approval (profiles with approval = "manual")."""
 
 
 @requests.command("list")
@@ -36,6 +37,7 @@ def requests_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
     rows = [
         {
             "id": t.id,
+            "protocol": "est" if t.message_type == EST_QUEUE_MESSAGE_TYPE else "scep",
             "profile": t.profile,
             "subject": t.subject,
             "client": t.client_address,
@@ -44,7 +46,7 @@ def requests_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
         }
         for t in gw.store.list_pending()
     ]
-    click.echo(render(rows, ["id", "profile", "subject", "client", "received"], fmt), nl=False)
+    click.echo(render(rows, ["id", "protocol", "profile", "subject", "client", "received"], fmt), nl=False)
 
 
 @requests.command("approve")
@@ -53,7 +55,11 @@ def requests_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
 def requests_approve(data_dir: Path, config_file: Path | None, request_id: int) -> None:
     """Issue the certificate of a pending request; the device gets it at its next poll."""
     gw = open_cli_gateway(data_dir, config_file)
-    record = gw.scep.approve(request_id, actor=actor())
+    queued = gw.store.scep_transaction_by_id(request_id)
+    if queued is not None and queued.message_type == EST_QUEUE_MESSAGE_TYPE:
+        record = gw.est.approve(request_id, actor=actor())
+    else:
+        record = gw.scep.approve(request_id, actor=actor())
     click.echo(f"approved request {request_id}: issued {record.serial_hex} ({record.subject})")
 
 

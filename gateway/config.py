@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from est.auth import parse_trusted_proxies
 from shared_ca.profiles import DEFAULT_PROFILES, Profile, ProfileError, profile_from_mapping
 from shared_ca.storage.db import sqlite_url, validate_database_url
 
@@ -32,7 +33,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted: section.name
-    kind: str  # str | int | bool | hostport | url | path | choice
+    kind: str  # str | int | bool | hostport | url | path | choice | networks
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -73,6 +74,32 @@ SETTINGS: tuple[Setting, ...] = (
         "optional",
         "Ask TLS clients for a certificate (EST, admin); 'none' never asks",
         choices=("optional", "none"),
+    ),
+    Setting(
+        "est.trusted_proxies",
+        "networks",
+        "",
+        "TLS-terminating reverse proxies (comma-separated addresses or CIDRs) whose client-certificate "
+        "header is believed; empty: none",
+    ),
+    Setting(
+        "est.proxy_cert_header",
+        "str",
+        "X-SSL-Client-Cert",
+        "Header carrying the client certificate from a trusted proxy (URL-encoded PEM, as nginx's "
+        "$ssl_client_escaped_cert)",
+    ),
+    Setting(
+        "est.proxy_verify_header",
+        "str",
+        "X-SSL-Client-Verify",
+        "Header in which a trusted proxy says it verified the client certificate (must be SUCCESS)",
+    ),
+    Setting(
+        "est.kek_dir",
+        "path",
+        "est/keks",
+        "Pre-shared key-encryption keys for EST serverkeygen (DecryptKeyIdentifier): files <hex id>.key",
     ),
     Setting("ca.name", "str", "ca", "Issuer name of the signing CA (URL path of its CRL: /crl/<name>.crl)"),
     Setting("ca.cert", "path", "ca/ca.crt", "CA certificate, followed by its own issuers if any (PEM)"),
@@ -200,6 +227,11 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if setting.kind == "choice" and value not in setting.choices:
         raise ConfigError(f"{where}: must be one of {', '.join(setting.choices)}, got {value!r}")
+    if setting.kind == "networks":
+        try:
+            parse_trusted_proxies(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if setting.kind == "hostport":
         try:
             parse_hostport(value)
@@ -315,6 +347,13 @@ def load_config(
             raise ConfigError("public_base_url: must be set when listen.http listens on all addresses")
     if values["crl.refresh_minutes"] >= values["crl.validity_hours"] * 60:
         raise ConfigError("crl.refresh_minutes: must be shorter than crl.validity_hours")
+    linking = sorted(name for name, p in profiles.items() if p.est_pop_linking)
+    if linking and values["tls.min_version"] == "1.3":
+        # tls-unique (RFC 5929) exists only up to TLS 1.2, and Python's ssl offers no tls-exporter.
+        raise ConfigError(
+            f"profiles.{linking[0]}.est_pop_linking: needs TLS 1.2 for the tls-unique channel binding, "
+            "but tls.min_version is 1.3"
+        )
     return GatewayConfig(data_dir=data_dir, values=values, profiles=profiles, source=source)
 
 
@@ -405,7 +444,7 @@ def sample_config() -> str:
         "renewal_grace_hours": "Hours the renewed certificate stays valid after its successor is issued",
         "allow_key_reuse": "Allow renewal with the same key",
         "scep_challenge": "Static SCEP challenge password of this profile (empty: none)",
-        "approval": "auto: issue at once; manual: SCEP answers PENDING until `gateway requests approve`",
+        "approval": "auto: issue at once; manual: SCEP answers PENDING and EST 202 until `gateway requests approve`",
         "scep_ciphers": "SCEP envelope ciphers accepted (replies use the requester's): des, 3des, aes128, "
         "aes192, aes256, aes128-gcm, aes256-gcm",
         "scep_digests": "SCEP digests accepted: sha1, sha224, sha256, sha384, sha512; md5 only for a legacy fleet",
@@ -415,6 +454,12 @@ def sample_config() -> str:
         "scep_webhook_timeout_seconds": "Webhook timeout; no answer in time means refuse",
         "scep_lockout_threshold": "Wrong challenges per challenge or client address before a lockout",
         "scep_lockout_minutes": "Length of a lockout, and the window the wrong attempts are counted in",
+        "est_pop_linking": "EST: the CSR's challengePassword must carry the TLS channel binding (tls-unique; the "
+        "HTTPS listener then negotiates TLS 1.2)",
+        "est_csrattrs_enforce": "EST: refuse (400) a CSR that lacks what /csrattrs asks for",
+        "est_required_san_types": "EST: subjectAltName types every CSR must carry (listed in /csrattrs)",
+        "est_serverkeygen": "EST: allow /serverkeygen (the gateway generates the key and never stores it)",
+        "est_retry_after_seconds": "EST: Retry-After of a 202 answer while a request awaits approval",
     }
     for key, help_text in helps.items():
         value = getattr(default, key)

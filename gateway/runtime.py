@@ -14,6 +14,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from est.serverkeygen import load_keks
+from est.service import EstService
 from gateway.config import GatewayConfig
 from scep.service import ScepService
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
@@ -23,6 +25,7 @@ from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificate
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.est_users import EstUserStore
 from shared_ca.storage.repository import IssuerRecord, Store
 
 PASSPHRASE_ENV = "GATEWAY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
@@ -61,6 +64,7 @@ class Gateway:
     ra_certificate: x509.Certificate
     ra_key: rsa.RSAPrivateKey
     scep: ScepService
+    est: EstService
 
     def trusted_client_issuers(self, now: dt.datetime) -> list[x509.Certificate]:
         """CA certificates whose client certificates the TLS listener accepts: ours and legacy in window."""
@@ -125,7 +129,16 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         profiles=config.profiles,
         next_ca_certs=_next_ca_certificates(config, store),
     )
-    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, scep)
+    est = EstService(
+        authority=authority,
+        store=store,
+        users=EstUserStore(store.engine),
+        profiles=config.profiles,
+        signer_key=ra_key,
+        signer_certificate=ra_certs[0],
+        keks=load_keks(config.path("est.kek_dir")),
+    )
+    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, scep, est)
 
 
 def _next_ca_certificates(config: GatewayConfig, store: Store) -> list[x509.Certificate]:

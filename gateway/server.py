@@ -32,6 +32,7 @@ log = logging.getLogger("gateway.server")
 LISTENERS = ("http", "https")
 CRL_CHECK_SECONDS = 60
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python's ssl.VerifyFlags does not name it
 
 
 def build_ssl_context(gateway: Gateway) -> ssl.SSLContext:
@@ -41,10 +42,20 @@ def build_ssl_context(gateway: Gateway) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if config["tls.min_version"] == "1.3" else ssl.TLSVersion.TLSv1_2
     passphrase = key_passphrase(config)
     context.load_cert_chain(str(config.path("tls.cert")), str(config.path("tls.key")), password=passphrase)
+    linking = sorted(name for name, profile in config.profiles.items() if profile.est_pop_linking)
+    if linking:
+        # RFC 7030 §3.5 binds the CSR to tls-unique, which TLS 1.3 does not define (RFC 9266 §3), and
+        # Python's ssl has no keying-material export for tls-exporter: this listener stays on TLS 1.2.
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        log.info("HTTPS listener limited to TLS 1.2: profiles %s bind CSRs to tls-unique", ", ".join(linking))
     if config["tls.client_certificates"] == "optional":
         context.verify_mode = ssl.CERT_OPTIONAL
         trusted = gateway.trusted_client_issuers(dt.datetime.now(dt.UTC))
         context.load_verify_locations(cadata=certificates_pem(trusted).decode("ascii"))
+        # The handshake checks the chain; validity in time, revocation and whether the certificate is
+        # one we know are checked per request (shared_ca.trust), so an expired or revoked certificate
+        # gets a clear 403 and an enrollment event instead of a bare TLS alert.
+        context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     else:
         context.verify_mode = ssl.CERT_NONE
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -147,6 +158,7 @@ def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[st
         for listener in LISTENERS:
             children[listener] = subprocess.Popen([sys.executable, "-m", "gateway.server", listener], env=environ)
         announce(f"SCEP   {base_http}/scep  and  {base_https}/scep")
+        announce(f"EST    {base_https}/.well-known/est")
         announce(f"health {base_http}/healthz  and  {base_https}/healthz")
         announce(f"CRL    {base_http}/crl/{config['ca.name']}.crl   OCSP {base_http}/ocsp")
         announce(f"CA certificate (trust this): {config.data_dir / 'ca.pem'}  (also {base_http}/ca.pem)")

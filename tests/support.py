@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import ipaddress
 import threading
 from collections.abc import Callable
@@ -117,3 +119,20 @@ def run_together(count: int, attempt: Callable[[int], object]) -> tuple[list[obj
     for thread in threads:
         thread.join(120)
     return results, errors
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """(content type, decoded payload) of each part of a multipart body, read by Python's email parser
+    (independent of the product's own code)."""
+    message = email.message_from_bytes(
+        b"Content-Type: " + content_type.encode("ascii") + b"\r\n\r\n" + body, policy=email.policy.HTTP
+    )
+    assert message.is_multipart(), content_type
+    parts: list[tuple[str, bytes]] = []
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        parts.append((part.get_content_type(), payload))
+    return parts

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
+from est.auth import parse_trusted_proxies
 from gateway.cli import cli
 from gateway.config import SETTINGS, ConfigError, load_config, sample_config
 from shared_ca.profiles import DEFAULT_PROFILES, Profile
@@ -80,6 +81,10 @@ PRECEDENCE: dict[str, tuple[Any, str, Any]] = {
     "tls.key": ("file/tls.key", "env/tls.key", "cli/tls.key"),
     "tls.min_version": ("1.3", "1.2", "1.3"),
     "tls.client_certificates": ("none", "optional", "none"),
+    "est.trusted_proxies": ("10.0.0.1", "10.1.0.0/16, ::1", "192.168.1.5"),
+    "est.proxy_cert_header": ("X-File-Cert", "X-Env-Cert", "X-Cli-Cert"),
+    "est.proxy_verify_header": ("X-File-Verify", "X-Env-Verify", "X-Cli-Verify"),
+    "est.kek_dir": ("file/keks", "env/keks", "cli/keks"),
     "ca.name": ("file-ca", "env-ca", "cli-ca"),
     "ca.cert": ("file/ca.crt", "env/ca.crt", "cli/ca.crt"),
     "ca.key": ("file/ca.key", "env/ca.key", "cli/ca.key"),
@@ -561,3 +566,33 @@ def test_check_refuses_an_unreachable_database(runner: CliRunner, data_dir: Path
         cli, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": unreachable}
     )
     assert_clean_failure(result, "the database is unavailable")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param("10.0.0.300", "'10.0.0.300' is not an IP address", id="fail/bad-address"),
+        pytest.param("10.0.0.0/8, proxy.example", "'proxy.example' is not an IP address", id="fail/host-name"),
+        pytest.param("10.0.0.0/33", "'10.0.0.0/33'", id="fail/bad-prefix"),
+        pytest.param("10.0.0.1/8", "'10.0.0.1/8'", id="fail/host-bits-set"),
+    ],
+)
+def test_trusted_proxies_name_the_bad_entry(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=r"est\.trusted_proxies") as caught:
+        load_config(tmp_path, environ={"GATEWAY_EST_TRUSTED_PROXIES": text})
+    assert fragment in str(caught.value)
+
+
+def test_trusted_proxies_parse_addresses_and_networks(tmp_path: Path) -> None:
+    config = load_config(tmp_path, environ={"GATEWAY_EST_TRUSTED_PROXIES": " 10.0.0.1 , 192.168.0.0/24,::1,"})
+    assert [str(n) for n in parse_trusted_proxies(config["est.trusted_proxies"])] == [
+        "10.0.0.1/32",
+        "192.168.0.0/24",
+        "::1/128",
+    ]
+
+
+def test_channel_binding_needs_tls_12(tmp_path: Path) -> None:
+    source = write(tmp_path / "gateway.toml", '[tls]\nmin_version = "1.3"\n[profiles.linked]\nest_pop_linking = true\n')
+    with pytest.raises(ConfigError, match=r"profiles\.linked\.est_pop_linking: needs TLS 1\.2"):
+        load_config(tmp_path, source, environ={})

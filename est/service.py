@@ -1,0 +1,601 @@
+"""EST operations (RFC 7030 §4): from an authenticated request to a reply body, through shared_ca.
+
+Transport-free: the views hand in the body, the label's profile and what the connection says about
+the client (EstConnection); this module decides and answers with an EstReply or raises a CAError
+whose kind maps to the HTTP status (DESIGN.md error table). Every request writes exactly one
+enrollment event, a refusal included, with the cause for the report and the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from est import cmc, csrattrs, serverkeygen, wire
+from est.auth import EstAuthenticator, EstCredentials, EstPrincipal, parse_basic
+from est.serverkeygen import KeyEncryptionRequest
+from shared_ca.authority import CertificateAuthority, Issued, fingerprint
+from shared_ca.csr import challenge_password, load_csr, requested_sans
+from shared_ca.errors import CAError, Conflict, InvalidRequest, KeyMaterialError, NotFound, PolicyDenied
+from shared_ca.keys import PrivateKey, public_key_bytes
+from shared_ca.policy import IssuancePolicy, authorize_csr, authorize_renewal, authorize_request, common_name
+from shared_ca.profiles import Profile
+from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment_records import (
+    CompletePending,
+    EnrollmentEvent,
+    NewScepTransaction,
+    ScepTransactionRecord,
+    TransactionExists,
+)
+from shared_ca.storage.est_users import EstUserStore
+from shared_ca.storage.repository import CertificateRecord
+
+log = logging.getLogger("est.service")
+QUEUE_MESSAGE_TYPE = "est"  # the approval queue's message_type for EST requests
+
+
+@dataclass(frozen=True)
+class EstConnection:
+    """What the transport knows about the client: address, User-Agent, TLS facts, credentials."""
+
+    authorization: str | None = None  # the Authorization header, parsed here so a bad one is an event
+    client_certificate: x509.Certificate | None = None  # as presented over TLS or by a trusted proxy
+    certificate_source: str = "none"  # "tls" | "proxy" | "none"
+    client_address: str | None = None
+    user_agent: str | None = None
+    tls_version: str | None = None
+    tls_unique: bytes | None = None
+
+
+@dataclass(frozen=True)
+class EstReply:
+    """A successful answer: status 200 (or 202 while pending), body, content type, extra headers."""
+
+    body: bytes
+    content_type: str
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    base64: bool = True  # the body is base64 (Content-Transfer-Encoding: base64 for older clients)
+
+
+@dataclass
+class _Outcome:
+    """What the event of one request will say; filled in as the request goes."""
+
+    operation: str
+    profile: Profile
+    connection: EstConnection
+    principal: EstPrincipal | None = None
+    device_identity: str | None = None
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+Operation = Callable[["_Outcome", bytes, str | None], "EstReply"]
+
+
+def queue_key(csr_der: bytes, csr: x509.CertificateSigningRequest) -> tuple[str, str]:
+    """(key hash, transaction id) of an EST request in the approval queue: the same CSR sent again
+    after a 202 finds its entry (RFC 7030 §4.2.3)."""
+    key_sha = hashlib.sha256(public_key_bytes(csr.public_key())).hexdigest()
+    return key_sha, "est:" + hashlib.sha256(csr_der).hexdigest()
+
+
+class EstService:
+    """Runs each EST operation for one CA. Immutable; one per worker."""
+
+    def __init__(
+        self,
+        *,
+        authority: CertificateAuthority,
+        store: EnrollmentStore,
+        users: EstUserStore,
+        profiles: Mapping[str, Profile],
+        signer_key: PrivateKey,
+        signer_certificate: x509.Certificate,
+        keks: Mapping[bytes, bytes] | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.authority = authority
+        self.store = store
+        self.users = users
+        self.profiles = profiles
+        self.signer_key = signer_key  # signs CMC responses and server-generated key packages
+        self.signer_certificate = signer_certificate
+        self.keks = dict(keks or {})
+        self.clock = clock or authority.clock
+        self.authenticator = EstAuthenticator(store, self.clock, users)
+        self.cacerts_body = wire.encode_base64_body(wire.certs_only(list(authority.chain)))
+        if not isinstance(signer_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise KeyMaterialError("the EST signer (the RA key) must be an RSA or EC key")
+        self.cmc_signer = cmc.CmcSigner.create(signer_key, signer_certificate, authority.chain)
+
+    # -- unauthenticated operations ---------------------------------------------------------------
+
+    def cacerts(self, profile: Profile, connection: EstConnection) -> EstReply:
+        """RFC 7030 §4.1: the CA certificate and its chain, certs-only."""
+        self._record(_Outcome("cacerts", profile, connection), "delivered")
+        return EstReply(self.cacerts_body, wire.CERTS_ONLY)
+
+    def csrattrs(self, profile: Profile, connection: EstConnection) -> EstReply:
+        """RFC 7030 §4.5: what this label wants in a CSR (est.csrattrs.template)."""
+        oids, attributes = csrattrs.template(profile)
+        body = wire.encode_base64_body(wire.encode_csr_attrs(oids, attributes), line_length=None)
+        self._record(_Outcome("csrattrs", profile, connection), "delivered")
+        return EstReply(body, wire.CSRATTRS)
+
+    # -- enrollment -------------------------------------------------------------------------------
+
+    def simpleenroll(
+        self, profile: Profile, connection: EstConnection, body: bytes, content_type: str | None
+    ) -> EstReply:
+        """RFC 7030 §4.2.1: a new certificate for a Basic user or a recognised client certificate."""
+        return self._run(_Outcome("simpleenroll", profile, connection), self._enroll, body, content_type)
+
+    def simplereenroll(
+        self, profile: Profile, connection: EstConnection, body: bytes, content_type: str | None
+    ) -> EstReply:
+        """RFC 7030 §4.2.2: renew or rekey the TLS client certificate, keeping subject and SANs."""
+        return self._run(_Outcome("simplereenroll", profile, connection), self._reenroll, body, content_type)
+
+    def serverkeygen(
+        self, profile: Profile, connection: EstConnection, body: bytes, content_type: str | None
+    ) -> EstReply:
+        """RFC 7030 §4.4: the gateway generates the key; key and certificate go back in one reply."""
+        return self._run(_Outcome("serverkeygen", profile, connection), self._serverkeygen, body, content_type)
+
+    def _run(self, outcome: _Outcome, operation: Operation, body: bytes, content_type: str | None) -> EstReply:
+        """Run `operation`; a refusal writes its event (naming the device when the CSR says who) and re-raises."""
+        try:
+            return operation(outcome, body, content_type)
+        except CAError as exc:
+            outcome.detail["cause"] = exc.detail
+            if outcome.device_identity is None:
+                with contextlib.suppress(CAError, ValueError):
+                    requested = x509.load_der_x509_csr(wire.decode_request_body(body, content_type))
+                    outcome.device_identity = common_name(requested.subject)
+            self._record(outcome, f"refused:{exc.kind.value}")
+            raise
+
+    def _csr(
+        self, outcome: _Outcome, body: bytes, content_type: str | None
+    ) -> tuple[bytes, x509.CertificateSigningRequest]:
+        csr_der = wire.decode_request_body(body, content_type)
+        csr = load_csr(csr_der)  # BadSignature (400) when its signature does not verify
+        outcome.device_identity = outcome.device_identity or common_name(csr.subject)
+        return csr_der, csr
+
+    def _collecting(self, outcome: _Outcome, body: bytes, content_type: str | None) -> bool:
+        """Whether this is the retry of a request already queued for approval (RFC 7030 §4.2.3): it spends
+        no use, so a one-use credential whose use the approval spent may still collect its certificate."""
+        if outcome.profile.approval != "manual":
+            return False
+        try:
+            csr_der = wire.decode_request_body(body, content_type)
+            key_sha, txn_id = queue_key(csr_der, x509.load_der_x509_csr(csr_der))
+        except (CAError, ValueError):
+            return False
+        return self.store.scep_transaction(key_sha, txn_id) is not None
+
+    def _authenticate(self, outcome: _Outcome, *, used_up_ok: bool = False) -> EstPrincipal:
+        connection = outcome.connection
+        credentials = EstCredentials(
+            basic=parse_basic(connection.authorization),
+            client_certificate=connection.client_certificate,
+            certificate_source=connection.certificate_source,
+        )
+        principal = self.authenticator.authenticate(credentials, outcome.profile.name, used_up_ok=used_up_ok)
+        outcome.principal = principal
+        if principal.certificate is not None:
+            outcome.device_identity = common_name(
+                x509.load_der_x509_certificate(principal.certificate.record.der).subject
+            )
+        return principal
+
+    def _check_csr(self, outcome: _Outcome, csr_der: bytes, csr: x509.CertificateSigningRequest) -> None:
+        """Channel binding (RFC 7030 §3.5) and, when enforced, the csrattrs template."""
+        profile = outcome.profile
+        password = challenge_password(csr_der)
+        if profile.est_csrattrs_enforce:
+            lacking = csrattrs.missing(profile, csr, password)
+            if lacking:
+                raise InvalidRequest("the CSR lacks what /csrattrs asks for: " + "; ".join(lacking))
+        if profile.est_pop_linking:
+            binding = outcome.connection.tls_unique
+            if binding is None:
+                raise PolicyDenied(
+                    "this label binds the CSR to the TLS channel (tls-unique), which this connection lacks",
+                    detail=f"TLS {outcome.connection.tls_version} offers no tls-unique (proxied, or TLS 1.3)",
+                )
+            expected = base64.b64encode(binding).decode("ascii")
+            if password is None or not hmac.compare_digest(password.strip(), expected):
+                raise PolicyDenied(
+                    "the CSR's challengePassword does not carry this TLS channel's binding (RFC 7030 §3.5)"
+                )
+
+    def _enroll(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
+        principal = self._authenticate(outcome, used_up_ok=self._collecting(outcome, body, content_type))
+        csr_der, csr = self._csr(outcome, body, content_type)
+        policy = self._authorize_enrollment(outcome, principal, csr_der, csr)
+        return self._certs_only(self._issue_or_hold(outcome, csr_der, csr, policy, renewal_of=None))
+
+    def _authorize_enrollment(
+        self, outcome: _Outcome, principal: EstPrincipal, csr_der: bytes, csr: x509.CertificateSigningRequest
+    ) -> IssuancePolicy:
+        """simpleenroll's rules (also fullcmc's): the channel binding and template, whose request it
+        may be, and the profile's policy."""
+        self._check_csr(outcome, csr_der, csr)
+        if principal.kind == "certificate" and principal.certificate is not None:
+            current = x509.load_der_x509_certificate(principal.certificate.record.der)
+            if csr.subject != current.subject:
+                raise PolicyDenied("a client certificate authenticates enrollment for its own subject only")
+        bound_device = principal.user.device_identity if principal.user is not None else None
+        if bound_device is not None and common_name(csr.subject) != bound_device:
+            raise PolicyDenied("this credential enrolls only its own device", detail=f"user {principal.name!r}")
+        return authorize_csr(outcome.profile, csr, self.clock())
+
+    def _reenroll(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
+        principal = self._authenticate(outcome)
+        if principal.certificate is None:
+            raise PolicyDenied(
+                "simplereenroll needs the TLS client certificate being renewed",
+                detail=f"{principal.kind} credentials of {principal.name!r} on simplereenroll",
+            )
+        csr_der, csr = self._csr(outcome, body, content_type)
+        current = x509.load_der_x509_certificate(principal.certificate.record.der)
+        outcome.device_identity = common_name(current.subject)
+        if csr.subject != current.subject or set(requested_sans(csr)) != set(_sans(current)):
+            # RFC 7030 §4.2.2: Subject and SubjectAltName MUST equal the certificate being renewed.
+            raise PolicyDenied("the CSR's subject and subjectAltName must equal those of the certificate renewed")
+        self._check_csr(outcome, csr_der, csr)
+        policy = authorize_renewal(outcome.profile, current, csr.public_key(), self.clock())
+        outcome.detail["renews"] = principal.certificate.record.serial_hex
+        if principal.certificate.legacy:
+            outcome.detail["legacy_issuer"] = principal.certificate.issuer.name
+        renewing = principal.certificate.record
+        return self._certs_only(self._issue_or_hold(outcome, csr_der, csr, policy, renewal_of=renewing))
+
+    def _serverkeygen(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
+        profile = outcome.profile
+        principal = self._authenticate(outcome)
+        if not profile.est_serverkeygen:
+            raise PolicyDenied(f"server-side key generation is not enabled for label {profile.name!r}")
+        if profile.approval == "manual":
+            # The key would have to be kept until an approval: generated keys are never stored.
+            raise PolicyDenied("server-side key generation is not offered where requests await approval")
+        csr_der, csr = self._csr(outcome, body, content_type)
+        if principal.kind == "certificate" and principal.certificate is not None:
+            current = x509.load_der_x509_certificate(principal.certificate.record.der)
+            if csr.subject != current.subject:
+                raise PolicyDenied("a client certificate authenticates enrollment for its own subject only")
+        encryption = serverkeygen.key_request(csr_der)
+        key = serverkeygen.generate_key(csr.public_key(), profile)
+        policy = authorize_request(profile, csr.subject, requested_sans(csr), key.public_key(), self.clock())
+        key_part, key_type = self._key_part(outcome, key, encryption)
+        issued = self._issue(outcome, policy, renewal_of=None)
+        certs = wire.certs_only([issued.certificate])
+        boundary = "est-" + secrets.token_hex(12)
+        body_bytes, multipart_type = wire.serverkeygen_multipart(key_part, key_type, certs, boundary)
+        return EstReply(body_bytes, multipart_type, base64=False)
+
+    # -- fullcmc (RFC 7030 §4.3, RFC 5272) --------------------------------------------------------
+
+    def fullcmc(self, profile: Profile, connection: EstConnection, body: bytes, content_type: str | None) -> EstReply:
+        """One PKCS#10 enrollment, or the revokeRequest of the TLS client certificate itself; answered
+        with a signed Full PKI Response. A readable request refused gets a CMC failure, not an HTTP error."""
+        return self._run(_Outcome("fullcmc", profile, connection), self._fullcmc, body, content_type)
+
+    def _fullcmc(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
+        principal = self._authenticate(outcome)
+        try:
+            request = cmc.parse_full_cmc(wire.decode_request_body(body, content_type))
+        except cmc.CmcFailure as exc:
+            return self._cmc_failure(outcome, exc.reply, exc.fail_info, exc.text, exc.detail)
+        if request.unsupported:
+            names = ", ".join(sorted({p.type_oid or p.kind.value for p in request.unsupported}))
+            return self._cmc_failure(outcome, request.reply, cmc.CmcFailInfo.BAD_REQUEST, f"unsupported: {names}")
+        wanted = len(request.certification_requests) + len(request.revoke_requests)
+        if wanted != 1:
+            text = "a Full PKI Request here carries exactly one PKCS#10 request or one revokeRequest"
+            return self._cmc_failure(outcome, request.reply, cmc.CmcFailInfo.BAD_REQUEST, text)
+        if request.revoke_requests:
+            return self._cmc_revoke(outcome, principal, request, request.revoke_requests[0])
+        (tagged,) = request.certification_requests
+        csr = load_csr(tagged.der)
+        outcome.device_identity = common_name(csr.subject)
+        policy = self._authorize_enrollment(outcome, principal, tagged.der, csr)
+        result = self._issue_or_hold(outcome, tagged.der, csr, policy, renewal_of=None)
+        if isinstance(result, EstReply):
+            return result
+        status = cmc.CmcStatusInfo(cmc.CmcStatus.SUCCESS, (tagged.body_part_id,))
+        return self._cmc_reply(request.reply, [status], [result, *self.authority.chain])
+
+    def _cmc_revoke(
+        self, outcome: _Outcome, principal: EstPrincipal, request: cmc.CmcRequest, revoke: cmc.CmcRevokeRequest
+    ) -> EstReply:
+        """RFC 5272 §6.11, for a device's own certificate: the TLS client certificate is the one named."""
+        outcome.operation = "fullcmc-revoke"
+        held = principal.certificate
+        if held is None:
+            raise PolicyDenied("a revokeRequest is authenticated by the TLS client certificate it revokes")
+        current = x509.load_der_x509_certificate(held.record.der)
+        outcome.device_identity = common_name(current.subject)
+        if revoke.serial_number != current.serial_number or revoke.issuer_der != current.issuer.public_bytes():
+            raise PolicyDenied("a device may revoke only its own TLS client certificate")
+        if held.issuer.id != self.authority.issuer.id:
+            raise PolicyDenied("certificates of an imported legacy CA are revoked at that CA, not here")
+        revoked = self.authority.revoke(held.record.serial_hex, revoke.reason, actor=f"est:{principal.name}")
+        outcome.detail.update(serial=revoked.serial_hex, reason=revoke.reason.value)
+        self._record(outcome, "revoked")
+        status = cmc.CmcStatusInfo(cmc.CmcStatus.SUCCESS, (revoke.body_part_id,))
+        return self._cmc_reply(request.reply, [status], [])
+
+    def _cmc_failure(
+        self,
+        outcome: _Outcome,
+        reply: cmc.CmcReplyContext,
+        fail_info: cmc.CmcFailInfo,
+        text: str,
+        cause: str | None = None,
+    ) -> EstReply:
+        outcome.detail["cause"] = cause or text
+        self._record(outcome, f"failed:{fail_info.name.lower()}")
+        log.warning("EST fullcmc failed (%s): %s", fail_info.name, cause or text)
+        der = cmc.build_failure_response(
+            self.cmc_signer,
+            reply=reply,
+            fail_info=fail_info,
+            text=text,
+            sender_nonce=secrets.token_bytes(16),
+            signing_time=self.clock(),
+        )
+        return EstReply(wire.encode_base64_body(der), cmc.FULL_CMC_RESPONSE)
+
+    def _cmc_reply(
+        self, reply: cmc.CmcReplyContext, statuses: list[cmc.CmcStatusInfo], certs: list[x509.Certificate]
+    ) -> EstReply:
+        der = cmc.build_pki_response(
+            self.cmc_signer,
+            statuses=statuses,
+            certificates=certs,
+            reply=reply,
+            sender_nonce=secrets.token_bytes(16),
+            signing_time=self.clock(),
+        )
+        return EstReply(wire.encode_base64_body(der), cmc.FULL_CMC_RESPONSE)
+
+    def _key_part(
+        self, outcome: _Outcome, key: PrivateKey, encryption: KeyEncryptionRequest | None
+    ) -> tuple[bytes, str]:
+        if encryption is None:
+            outcome.detail["key_delivery"] = "pkcs8"
+            return serverkeygen.pkcs8_der(key), wire.PKCS8
+        if encryption.asymmetric:
+            recipient = outcome.connection.client_certificate
+            if recipient is None or _ski(recipient) != encryption.key_identifier:
+                raise InvalidRequest(
+                    "AsymmetricDecryptKeyIdentifier names no key of the TLS client certificate of this request"
+                )
+            outcome.detail["key_delivery"] = "cms-certificate"
+            package = serverkeygen.encrypt_to_certificate(key, recipient, self.signer_key, self.signer_certificate)
+            return package, wire.SERVER_GENERATED_KEY
+        kek = self.keks.get(encryption.key_identifier)
+        if kek is None:
+            raise InvalidRequest("DecryptKeyIdentifier names no key-encryption key this server holds")
+        outcome.detail["key_delivery"] = "cms-kek"
+        package = serverkeygen.encrypt_to_kek(
+            key, encryption.key_identifier, kek, self.signer_key, self.signer_certificate
+        )
+        return package, wire.SERVER_GENERATED_KEY
+
+    # -- issuance, approval queue and credential uses ---------------------------------------------
+
+    def _issue_or_hold(
+        self,
+        outcome: _Outcome,
+        csr_der: bytes,
+        csr: x509.CertificateSigningRequest,
+        policy: IssuancePolicy,
+        renewal_of: CertificateRecord | None,
+    ) -> x509.Certificate | EstReply:
+        """The issued certificate, or (manual approval) the 202 reply while the request waits."""
+        if outcome.profile.approval != "manual":
+            return self._issue(outcome, policy, renewal_of).certificate
+        key_sha, txn_id = queue_key(csr_der, csr)
+        queued = self.store.scep_transaction(key_sha, txn_id)
+        if queued is None:
+            queued = self._hold(outcome, csr_der, csr, key_sha, txn_id)
+            if queued.status == "pending":
+                return self._pending(outcome.profile)
+        return self._queued_answer(outcome, queued)
+
+    def _hold(
+        self, outcome: _Outcome, csr_der: bytes, csr: x509.CertificateSigningRequest, key_sha: str, txn_id: str
+    ) -> ScepTransactionRecord:
+        principal = outcome.principal
+        txn = NewScepTransaction(
+            signer_key_sha256=key_sha,
+            transaction_id=txn_id,
+            signer_cert_sha256=_principal_ref(principal),
+            message_type=QUEUE_MESSAGE_TYPE,
+            profile=outcome.profile.name,
+            request_der=csr_der,
+            subject=csr.subject.rfc4514_string(),
+            client_address=outcome.connection.client_address,
+            status="pending",
+        )
+        try:
+            return self.store.record_scep_outcome(txn, self._event(outcome, "pending"), self.clock())
+        except TransactionExists:
+            winner = self.store.scep_transaction(key_sha, txn_id)
+            if winner is None:
+                raise Conflict("the request could not be queued", detail="queued transaction vanished") from None
+            return winner
+
+    def _queued_answer(self, outcome: _Outcome, queued: ScepTransactionRecord) -> x509.Certificate | EstReply:
+        if queued.status == "issued" and queued.certificate_der is not None:
+            self._record(outcome, "delivered")
+            return x509.load_der_x509_certificate(queued.certificate_der)
+        if queued.status == "pending":
+            self._record(outcome, "pending")
+            return self._pending(outcome.profile)
+        raise PolicyDenied(queued.fail_info_text or "the request was rejected", detail=f"queued request {queued.id}")
+
+    @staticmethod
+    def _certs_only(result: x509.Certificate | EstReply) -> EstReply:
+        if isinstance(result, EstReply):
+            return result
+        return EstReply(wire.encode_base64_body(wire.certs_only([result])), wire.CERTS_ONLY)
+
+    def _pending(self, profile: Profile) -> EstReply:
+        # RFC 7030 §4.2.3: 202 with Retry-After; the client sends the same request again.
+        return EstReply(
+            b"the request awaits approval\n",
+            "text/plain",
+            status=202,
+            headers=(("Retry-After", str(profile.est_retry_after_seconds)),),
+            base64=False,
+        )
+
+    def _issue(self, outcome: _Outcome, policy: IssuancePolicy, renewal_of: CertificateRecord | None) -> Issued:
+        user = outcome.principal.user if outcome.principal is not None else None
+        spent = user is not None and user.uses_left is not None
+        if spent and user is not None and not self.users.consume_use(user.id, self.clock()):
+            raise PolicyDenied("this credential has no uses left", detail=f"user {user.name!r} used up concurrently")
+        try:
+            issued = self.authority.issue(
+                policy,
+                protocol="est",
+                actor=f"est:{outcome.principal.name if outcome.principal else '-'}",
+                requester=outcome.connection.client_address,
+                renewal_of=renewal_of,
+                enrollment=self._event(outcome, "issued"),
+            )
+        except BaseException:
+            if spent and user is not None:
+                self.users.refund_use(user.id)
+            raise
+        log.info("EST %s: issued %s to %s", outcome.operation, issued.record.serial_hex, issued.record.subject)
+        return issued
+
+    def approve(self, queued_id: int, *, actor: str) -> CertificateRecord:
+        """Issue for a pending EST request; the client's next retry gets the certificate."""
+        txn = self.store.scep_transaction_by_id(queued_id)
+        if txn is None or txn.message_type != QUEUE_MESSAGE_TYPE:
+            raise NotFound(f"no EST request {queued_id}")
+        if txn.status != "pending" or txn.request_der is None:
+            raise Conflict(f"EST request {queued_id} is not pending (it is {txn.status})")
+        profile = self.profiles.get(txn.profile)
+        if profile is None:
+            raise PolicyDenied(f"profile {txn.profile!r} of EST request {queued_id} no longer exists")
+        csr = load_csr(txn.request_der)
+        policy = authorize_csr(profile, csr, self.clock())
+        user = None
+        if txn.signer_cert_sha256.startswith("user:"):
+            user = self.users.est_user(txn.signer_cert_sha256.removeprefix("user:"))
+        if user is not None and user.uses_left is not None and not self.users.consume_use(user.id, self.clock()):
+            raise Conflict(f"the EST credential {user.name!r} of request {queued_id} has no uses left")
+        event = EnrollmentEvent(
+            protocol="est",
+            operation="approval",
+            outcome="issued",
+            profile=profile.name,
+            device_identity=common_name(csr.subject),
+            client_address=txn.client_address,
+            challenge_kind="manual",
+            transaction_id=txn.transaction_id,
+            detail={"approved_by": actor},
+        )
+        try:
+            issued = self.authority.issue(
+                policy,
+                protocol="est",
+                actor=actor,
+                requester=txn.client_address,
+                enrollment=event,
+                scep_transaction=CompletePending(queued_id),
+            )
+        except BaseException:
+            if user is not None and user.uses_left is not None:
+                self.users.refund_use(user.id)
+            raise
+        return issued.record
+
+    def refused_in_transport(self, operation: str, label: str | None, connection: EstConnection, cause: str) -> None:
+        """The event of a request the transport refused before any operation ran (unknown label, wrong
+        method, body too large)."""
+        event = EnrollmentEvent(
+            protocol="est",
+            operation=operation[:32],
+            outcome="refused:transport",
+            profile=(label or "")[:64] or None,
+            client_address=connection.client_address,
+            user_agent=connection.user_agent,
+            tls_version=connection.tls_version,
+            detail={"cause": cause},
+        )
+        try:
+            self.store.record_event(event, self.clock())
+        except CAError as exc:
+            log.error("could not record the EST enrollment event: %s", exc.detail)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _event(self, outcome: _Outcome, result: str) -> EnrollmentEvent:
+        principal = outcome.principal
+        detail = dict(outcome.detail)
+        if principal is not None:
+            detail["principal"] = principal.name
+        if outcome.connection.client_certificate is not None:
+            detail["client_certificate"] = fingerprint(outcome.connection.client_certificate)
+        return EnrollmentEvent(
+            protocol="est",
+            operation=outcome.operation,
+            outcome=result,
+            profile=outcome.profile.name,
+            device_identity=outcome.device_identity,
+            client_address=outcome.connection.client_address,
+            user_agent=outcome.connection.user_agent,
+            challenge_kind=principal.kind if principal is not None else "none",
+            tls_version=outcome.connection.tls_version,
+            detail=detail,
+        )
+
+    def _record(self, outcome: _Outcome, result: str) -> None:
+        try:
+            self.store.record_event(self._event(outcome, result), self.clock())
+        except CAError as exc:  # an event must never turn an answer into an error
+            log.error("could not record the EST enrollment event: %s", exc.detail)
+
+
+def _principal_ref(principal: EstPrincipal | None) -> str:
+    """Who queued a request, in the queue's 64-character reference column."""
+    if principal is None:
+        return "-"
+    if principal.certificate is not None:
+        return principal.certificate.record.fingerprint_sha256
+    return ("user:" + principal.name)[:64]
+
+
+def _sans(cert: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
