@@ -14,6 +14,8 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from gateway.cli_est import est_user
+from gateway.cli_est_client import est
 from gateway.cli_scep import challenge, requests, scep
 from gateway.cli_support import GatewayGroup, actor, config_options, echo_to, load_cli_config, open_cli_gateway
 from gateway.config import render_config, sample_config
@@ -541,6 +543,8 @@ def admin_token_disable(data_dir: Path, config_file: Path | None, name: str) -> 
 cli.add_command(requests)
 cli.add_command(challenge)
 cli.add_command(scep)
+cli.add_command(est_user)
+cli.add_command(est)
 
 
 def main() -> None:

@@ -1,0 +1,424 @@
+"""The project's own EST client (RFC 7030, clarified by RFC 8951) over http.client: what `gateway est …` runs.
+
+Written from the RFCs, not from our server, so it works against any conforming EST server. One
+EstClient keeps one TLS connection alive between requests (it is not thread-safe: one client per
+thread). Every failure is an EstClientError with one line of text, the HTTP status and the server's
+text/plain message; a request still awaiting approval when the wait budget is spent is an
+EstPendingError.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import http.client
+import re
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from est.client_messages import (
+    PKCS7_TYPES,
+    CsrAttrs,
+    EnrollResult,
+    EstClientError,
+    EstPendingError,
+    ServerKeygenResult,
+    build_csr,
+    decode_base64_reply,
+    issued_for,
+    load_csr,
+    parse_certs_only,
+    parse_serverkeygen,
+    retry_after_seconds,
+    serverkeygen_result,
+)
+from est.wire import EstWireError, decode_csr_attrs, encode_base64_body
+from shared_ca.keys import PrivateKey
+
+__all__ = [
+    "CsrAttrs",
+    "EnrollResult",
+    "EstClient",
+    "EstClientError",
+    "EstPendingError",
+    "HttpReply",
+    "ServerKeygenResult",
+    "build_csr",
+    "tls_context",
+]
+
+WELL_KNOWN = "/.well-known/est"
+USER_AGENT = "gateway-est-client/1"
+MAX_REPLY_BYTES = 1024 * 1024
+MIN_RETRY_SECONDS = 1.0
+DEFAULT_RETRY_SECONDS = 10.0
+"""Wait after a 202 without a readable Retry-After (RFC 7030 §4.2.3 requires one; some servers forget)."""
+CSRATTRS_TYPES = frozenset({"application/csrattrs"})
+MULTIPART_TYPES = frozenset({"multipart/mixed"})
+
+_LABEL = re.compile(r"[A-Za-z0-9._~-]+")  # one path segment of unreserved characters (RFC 7030 §3.2.2)
+_TAGS = re.compile(rb"<[^>]*>")
+
+BodyFactory = Callable[[bytes | None], bytes]
+"""Builds a request body given the connection's tls-unique value (None unless channel binding)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpReply:
+    """One HTTP answer, fully read."""
+
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower case without parameters; '' when the header is missing."""
+        return self.headers.get_content_type() if self.headers.get("Content-Type") else ""
+
+
+class EstClient:
+    """One EST server: `base_url` is https://HOST[:PORT] (then /.well-known/est is used) or the full
+    EST path prefix; `label` selects /.well-known/est/<label>/ (RFC 7030 §3.2.2).
+
+    The server is verified against `cafile` (the system trust store when None), host name included.
+    Basic credentials are sent with every request (`preemptive_basic`), or only after a 401
+    challenge; the client certificate, when given, in every TLS handshake. A 202 is followed by
+    re-sending after Retry-After while the `wait` budget (seconds) lasts.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        cafile: str | Path | None,
+        *,
+        label: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        key_password: bytes | None = None,
+        timeout: float = 30.0,
+        wait: float = 0.0,
+        preemptive_basic: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        try:
+            port = parts.port or 443
+        except ValueError:
+            raise EstClientError(f"{base_url!r} has an invalid port") from None
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+            raise EstClientError(f"{base_url!r} is not an https:// URL (EST runs over TLS only, RFC 7030 §3.3)")
+        if label is not None and not _LABEL.fullmatch(label):
+            raise EstClientError(f"{label!r} is not an EST label (one path segment)")
+        if (username is None) != (password is None):
+            raise EstClientError("Basic authentication needs both a username and a password")
+        if username is not None and ":" in username:
+            raise EstClientError("a Basic username cannot contain ':' (RFC 7617 §2)")
+        self.base_url = f"https://{parts.netloc}{parts.path.rstrip('/') or WELL_KNOWN}" + (f"/{label}" if label else "")
+        self.timeout = timeout
+        self.wait = wait
+        self.preemptive_basic = preemptive_basic
+        self._host, self._port = parts.hostname, port
+        self._sleep = sleep
+        self._authorization = None
+        if username is not None and password is not None:
+            token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+            self._authorization = f"Basic {token}"
+        self._context_for = partial(tls_context, cafile, cert_file, key_file, key_password)
+        self._context = self._context_for(tls12_only=False)
+        self._linking_context: ssl.SSLContext | None = None
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def url(self, operation: str) -> str:
+        """The URL of an operation (cacerts, simpleenroll, …) under this base URL and label."""
+        return f"{self.base_url}/{operation}"
+
+    def close(self) -> None:
+        """Close the kept-alive connection (a later request opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> EstClient:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def cacerts(self) -> list[x509.Certificate]:
+        """/cacerts (RFC 7030 §4.1): the CA certificates the server currently publishes."""
+        reply = self._call("GET", "cacerts", None)
+        return self._certs(reply, "cacerts")
+
+    def csrattrs(self) -> CsrAttrs:
+        """/csrattrs (RFC 7030 §4.5): what the server wants in a CSR; empty on 204 or 404."""
+        try:
+            reply = self._call("GET", "csrattrs", None)
+        except EstClientError as exc:
+            if exc.status == 404:  # RFC 7030 §4.5.2: "no CSR attributes are available"
+                return CsrAttrs((), ())
+            raise
+        if reply.status == 204 or not reply.body.strip():
+            return CsrAttrs((), ())
+        self._expect(reply, CSRATTRS_TYPES, "csrattrs")
+        try:
+            oids, attributes = decode_csr_attrs(decode_base64_reply(reply.body, "csrattrs"))
+        except EstWireError as exc:
+            raise EstClientError(f"unreadable csrattrs reply from {self.url('csrattrs')}: {exc}") from None
+        return CsrAttrs(oids, attributes)
+
+    def simpleenroll(self, csr: bytes) -> EnrollResult:
+        """/simpleenroll (RFC 7030 §4.2.1) of a PKCS#10 request (DER or PEM)."""
+        return self._enroll("simpleenroll", csr)
+
+    def simplereenroll(self, csr: bytes) -> EnrollResult:
+        """/simplereenroll (RFC 7030 §4.2.2): the CSR keeps the subject and SANs of the current certificate,
+        which authenticates the request as the TLS client certificate."""
+        return self._enroll("simplereenroll", csr)
+
+    def serverkeygen(self, csr: bytes) -> ServerKeygenResult:
+        """/serverkeygen (RFC 7030 §4.4): the server makes the key; the CSR says what to certify."""
+        request = load_csr(csr)
+        reply = self._call("POST", "serverkeygen", encode_base64_body(request.public_bytes(Encoding.DER)))
+        return self._serverkeygen_result(reply)
+
+    def enroll_with_key(
+        self,
+        key: PrivateKey,
+        subject: x509.Name,
+        sans: Sequence[x509.GeneralName] | None = None,
+        *,
+        link_channel: bool = False,
+        reenroll: bool = False,
+    ) -> EnrollResult:
+        """simpleenroll (or simplereenroll) of a CSR built here for `key`. With `link_channel`, the CSR is
+        built on the open connection (TLS 1.2 forced) with its tls-unique value, base64, as the
+        challengePassword (RFC 7030 §3.5); every new connection gets a new CSR."""
+        operation = "simplereenroll" if reenroll else "simpleenroll"
+        reply = self._call("POST", operation, _csr_body(key, subject, sans), linking=link_channel)
+        return issued_for(self._certs(reply, operation), key.public_key())
+
+    def serverkeygen_with_key(
+        self,
+        key: PrivateKey,
+        subject: x509.Name,
+        sans: Sequence[x509.GeneralName] | None = None,
+        *,
+        link_channel: bool = False,
+    ) -> ServerKeygenResult:
+        """serverkeygen of a CSR built here and signed by `key` (its key type is a hint to the server)."""
+        reply = self._call("POST", "serverkeygen", _csr_body(key, subject, sans), linking=link_channel)
+        return self._serverkeygen_result(reply)
+
+    def _enroll(self, operation: str, csr: bytes) -> EnrollResult:
+        request = load_csr(csr)
+        reply = self._call("POST", operation, encode_base64_body(request.public_bytes(Encoding.DER)))
+        return issued_for(self._certs(reply, operation), request.public_key())
+
+    def _serverkeygen_result(self, reply: HttpReply) -> ServerKeygenResult:
+        self._expect(reply, MULTIPART_TYPES, "serverkeygen")
+        try:
+            return serverkeygen_result(*parse_serverkeygen(reply.body, reply.headers.get("Content-Type", "")))
+        except EstClientError as exc:
+            raise EstClientError(f"{exc} (from {self.url('serverkeygen')})") from None
+
+    def _certs(self, reply: HttpReply, operation: str) -> list[x509.Certificate]:
+        self._expect(reply, PKCS7_TYPES, operation)
+        try:
+            return parse_certs_only(decode_base64_reply(reply.body, operation))
+        except EstClientError as exc:
+            raise EstClientError(f"{exc} (from {self.url(operation)})") from None
+
+    def _expect(self, reply: HttpReply, accepted: frozenset[str], operation: str) -> None:
+        """Refuse a reply whose Content-Type is set and not one `operation` answers with."""
+        if reply.content_type and reply.content_type not in accepted:
+            text = server_text(reply)
+            raise EstClientError(
+                f"unexpected Content-Type {reply.content_type} in the {operation} reply from {self.url(operation)} "
+                f"(expected {' or '.join(sorted(accepted))})" + (f": {text}" if text else ""),
+                status=reply.status,
+                server_text=text,
+            )
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, operation: str, body: bytes | BodyFactory | None, *, linking: bool = False
+    ) -> HttpReply:
+        """A 2xx reply to `method` `operation`, after the 401 challenge and 202 retries; EstClientError else."""
+        url = self.url(operation)
+        linked = None
+        if linking:  # a connection of its own, on TLS 1.2: tls-unique is not defined for TLS 1.3
+            if self._linking_context is None:
+                self._linking_context = self._context_for(tls12_only=True)
+            linked = self._new_connection(self._linking_context)
+        send_basic = self._authorization is not None and self.preemptive_basic
+        deadline = time.monotonic() + self.wait
+        slept = 0.0
+        try:
+            while True:
+                reply = self._round_trip(linked, method, url, body, send_basic)
+                if reply.status == 401 and self._authorization is not None and not send_basic:
+                    send_basic = True  # RFC 7030 §3.2.3: answer the challenge once
+                    continue
+                if reply.status == 202:
+                    after = retry_after_seconds(reply.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
+                    delay = max(MIN_RETRY_SECONDS, DEFAULT_RETRY_SECONDS if after is None else after)
+                    if slept + delay > self.wait or time.monotonic() + delay > deadline:
+                        raise EstPendingError(
+                            f"{url}: the request awaits approval (HTTP 202); retry in {delay:g} s",
+                            retry_after=delay,
+                        )
+                    self._sleep(delay)
+                    slept += delay
+                    continue
+                if 200 <= reply.status < 300:
+                    return reply
+                raise _http_error(url, reply)
+        finally:
+            if linked is not None:
+                linked.close()
+
+    def _new_connection(self, context: ssl.SSLContext) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
+
+    def _round_trip(
+        self,
+        linked: http.client.HTTPSConnection | None,
+        method: str,
+        url: str,
+        body: bytes | BodyFactory | None,
+        send_basic: bool,
+    ) -> HttpReply:
+        path = urllib.parse.urlsplit(url).path
+        headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        if send_basic and self._authorization is not None:
+            headers["Authorization"] = self._authorization
+        if body is not None:
+            headers["Content-Type"] = "application/pkcs10"
+            headers["Content-Transfer-Encoding"] = "base64"  # meaningless since RFC 8951, wanted by old servers
+        for attempt in range(2):
+            if linked is None and self._conn is None:
+                self._conn = self._new_connection(self._context)
+            conn = linked or self._conn
+            assert conn is not None
+            fresh = conn.sock is None
+            try:
+                if fresh:
+                    conn.connect()
+                payload = body(_tls_unique(conn, url) if linked else None) if callable(body) else body
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                data = response.read(MAX_REPLY_BYTES + 1)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if fresh or attempt:
+                    raise self._transport_error(url, exc) from None
+                continue  # the server closed the kept-alive connection while it was idle: once more, anew
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise self._transport_error(url, exc) from None
+            if len(data) > MAX_REPLY_BYTES or response.will_close:
+                conn.close()
+            if len(data) > MAX_REPLY_BYTES:
+                raise EstClientError(f"the reply from {url} is larger than {MAX_REPLY_BYTES} bytes")
+            return HttpReply(response.status, response.reason, response.headers, data)
+        raise AssertionError("unreachable")
+
+    def _transport_error(self, url: str, exc: BaseException) -> EstClientError:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return EstClientError(f"cannot verify the TLS server of {url}: {exc.verify_message or exc.reason}")
+        if isinstance(exc, ssl.SSLError):
+            return EstClientError(f"TLS with {url} failed: {exc.reason or exc}")
+        if isinstance(exc, TimeoutError):
+            return EstClientError(f"no answer from {url} within {self.timeout:g} s")
+        if isinstance(exc, OSError):
+            return EstClientError(f"cannot reach {url}: {exc.strerror or exc}")
+        return EstClientError(f"bad HTTP reply from {url}: {type(exc).__name__} {exc}")
+
+
+def _tls_unique(conn: http.client.HTTPSConnection, url: str) -> bytes:
+    sock = conn.sock
+    assert isinstance(sock, ssl.SSLSocket)
+    binding = sock.get_channel_binding("tls-unique") if sock.version() == "TLSv1.2" else None
+    if not binding:
+        raise EstClientError(f"no tls-unique channel binding with {url} (TLS version {sock.version()})")
+    return binding
+
+
+def _csr_body(key: PrivateKey, subject: x509.Name, sans: Sequence[x509.GeneralName] | None) -> BodyFactory:
+    def body(binding: bytes | None) -> bytes:
+        password = base64.b64encode(binding).decode("ascii") if binding is not None else None
+        csr = build_csr(key, subject, sans, challenge_password=password)
+        return encode_base64_body(csr.public_bytes(Encoding.DER))
+
+    return body
+
+
+def _http_error(url: str, reply: HttpReply) -> EstClientError:
+    text = server_text(reply)
+    message = f"HTTP {reply.status} {reply.reason} from {url}"
+    if reply.status == 401:
+        challenge = reply.headers.get("WWW-Authenticate")
+        message += f" (credentials missing or refused; the server asks for {challenge or 'authentication'})"
+    return EstClientError(message + (f": {text}" if text else ""), status=reply.status, server_text=text)
+
+
+def tls_context(
+    cafile: str | Path | None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+    key_password: bytes | None = None,
+    *,
+    tls12_only: bool = False,
+) -> ssl.SSLContext:
+    """A verifying client context trusting `cafile` (system store when None), with the client certificate."""
+    try:
+        context = ssl.create_default_context(cafile=str(cafile) if cafile is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise EstClientError(f"cannot load CA file {cafile}: {getattr(exc, 'strerror', None) or exc}") from None
+    if tls12_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        try:  # a password callback, so an encrypted key fails instead of prompting on the terminal
+            context.load_cert_chain(
+                str(cert_file), str(key_file) if key_file is not None else None, password=lambda: key_password or b""
+            )
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise EstClientError(
+                f"cannot use client certificate {cert_file} with key {key_file or cert_file}: {reason} "
+                "(PEM files; the key must match the certificate and be unencrypted or its password given)"
+            ) from None
+    return context
+
+
+def server_text(reply: HttpReply) -> str | None:
+    """The server's message in an error reply, one line, at most 300 characters (tags of HTML dropped)."""
+    if not reply.body:
+        return None
+    if reply.content_type and not reply.content_type.startswith("text/"):
+        return f"({reply.content_type} body of {len(reply.body)} bytes)"
+    raw = reply.body[:4000]
+    if reply.content_type == "text/html":
+        raw = _TAGS.sub(b" ", raw)
+    try:
+        decoded = raw.decode(reply.headers.get_content_charset("utf-8"), "replace")
+    except LookupError:  # an unknown charset name
+        decoded = raw.decode("utf-8", "replace")
+    text = " ".join(decoded.split())
+    return (text[:297] + "...") if len(text) > 300 else (text or None)
