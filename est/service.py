@@ -27,8 +27,9 @@ from est.serverkeygen import KeyEncryptionRequest
 from shared_ca.authority import CertificateAuthority, Issued, fingerprint
 from shared_ca.csr import challenge_password, load_csr, requested_sans
 from shared_ca.errors import CAError, Conflict, InvalidRequest, KeyMaterialError, NotFound, PolicyDenied
+from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.keys import PrivateKey, public_key_bytes
-from shared_ca.policy import IssuancePolicy, authorize_csr, authorize_renewal, authorize_request, common_name
+from shared_ca.policy import IssuancePolicy, authorize_csr, authorize_renewal, authorize_request
 from shared_ca.profiles import Profile
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
@@ -105,6 +106,7 @@ class EstService:
         signer_certificate: x509.Certificate,
         keks: Mapping[bytes, bytes] | None = None,
         clock: Callable[[], dt.datetime] | None = None,
+        identity: IdentityRule = DEFAULT_IDENTITY,
     ) -> None:
         self.authority = authority
         self.store = store
@@ -113,6 +115,7 @@ class EstService:
         self.signer_key = signer_key  # signs CMC responses and server-generated key packages
         self.signer_certificate = signer_certificate
         self.keks = dict(keks or {})
+        self.identity = identity  # names the device in events (shared_ca.identity)
         self.clock = clock or authority.clock
         self.authenticator = EstAuthenticator(store, self.clock, users)
         self.cacerts_body = wire.encode_base64_body(wire.certs_only(list(authority.chain)))
@@ -163,7 +166,7 @@ class EstService:
             if outcome.device_identity is None:
                 with contextlib.suppress(CAError, ValueError):
                     requested = x509.load_der_x509_csr(wire.decode_request_body(body, content_type))
-                    outcome.device_identity = common_name(requested.subject)
+                    outcome.device_identity = self.identity.of_request(requested)
             self._record(outcome, f"refused:{exc.kind.value}")
             raise
 
@@ -172,7 +175,7 @@ class EstService:
     ) -> tuple[bytes, x509.CertificateSigningRequest]:
         csr_der = wire.decode_request_body(body, content_type)
         csr = load_csr(csr_der)  # BadSignature (400) when its signature does not verify
-        outcome.device_identity = outcome.device_identity or common_name(csr.subject)
+        outcome.device_identity = outcome.device_identity or self.identity.of_request(csr)
         return csr_der, csr
 
     def _collecting(self, outcome: _Outcome, body: bytes, content_type: str | None) -> bool:
@@ -197,9 +200,8 @@ class EstService:
         principal = self.authenticator.authenticate(credentials, outcome.profile.name, used_up_ok=used_up_ok)
         outcome.principal = principal
         if principal.certificate is not None:
-            outcome.device_identity = common_name(
-                x509.load_der_x509_certificate(principal.certificate.record.der).subject
-            )
+            held = x509.load_der_x509_certificate(principal.certificate.record.der)
+            outcome.device_identity = self.identity.of_certificate(held)
         return principal
 
     def _check_csr(self, outcome: _Outcome, csr_der: bytes, csr: x509.CertificateSigningRequest) -> None:
@@ -240,7 +242,7 @@ class EstService:
             if csr.subject != current.subject:
                 raise PolicyDenied("a client certificate authenticates enrollment for its own subject only")
         bound_device = principal.user.device_identity if principal.user is not None else None
-        if bound_device is not None and common_name(csr.subject) != bound_device:
+        if bound_device is not None and self.identity.of_request(csr) != bound_device:
             raise PolicyDenied("this credential enrolls only its own device", detail=f"user {principal.name!r}")
         return authorize_csr(outcome.profile, csr, self.clock())
 
@@ -253,7 +255,7 @@ class EstService:
             )
         csr_der, csr = self._csr(outcome, body, content_type)
         current = x509.load_der_x509_certificate(principal.certificate.record.der)
-        outcome.device_identity = common_name(current.subject)
+        outcome.device_identity = self.identity.of_certificate(current)
         if csr.subject != current.subject or set(requested_sans(csr)) != set(_sans(current)):
             # RFC 7030 §4.2.2: Subject and SubjectAltName MUST equal the certificate being renewed.
             raise PolicyDenied("the CSR's subject and subjectAltName must equal those of the certificate renewed")
@@ -312,7 +314,7 @@ class EstService:
             return self._cmc_revoke(outcome, principal, request, request.revoke_requests[0])
         (tagged,) = request.certification_requests
         csr = load_csr(tagged.der)
-        outcome.device_identity = common_name(csr.subject)
+        outcome.device_identity = self.identity.of_request(csr)
         policy = self._authorize_enrollment(outcome, principal, tagged.der, csr)
         result = self._issue_or_hold(outcome, tagged.der, csr, policy, renewal_of=None)
         if isinstance(result, EstReply):
@@ -329,7 +331,7 @@ class EstService:
         if held is None:
             raise PolicyDenied("a revokeRequest is authenticated by the TLS client certificate it revokes")
         current = x509.load_der_x509_certificate(held.record.der)
-        outcome.device_identity = common_name(current.subject)
+        outcome.device_identity = self.identity.of_certificate(current)
         if revoke.serial_number != current.serial_number or revoke.issuer_der != current.issuer.public_bytes():
             raise PolicyDenied("a device may revoke only its own TLS client certificate")
         if held.issuer.id != self.authority.issuer.id:
@@ -510,7 +512,7 @@ class EstService:
             operation="approval",
             outcome="issued",
             profile=profile.name,
-            device_identity=common_name(csr.subject),
+            device_identity=self.identity.of_request(csr),
             client_address=txn.client_address,
             challenge_kind="manual",
             transaction_id=txn.transaction_id,

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.cli_est import est_user
 from gateway.cli_est_client import est
+from gateway.cli_migrate import migrate
 from gateway.cli_scep import challenge, requests, scep
 from gateway.cli_support import GatewayGroup, actor, config_options, echo_to, load_cli_config, open_cli_gateway
 from gateway.config import render_config, sample_config
@@ -540,6 +541,7 @@ def admin_token_disable(data_dir: Path, config_file: Path | None, name: str) -> 
     click.echo(f"admin token {name!r} disabled at {record.disabled_at.isoformat(timespec='seconds')}")
 
 
+cli.add_command(migrate)
 cli.add_command(requests)
 cli.add_command(challenge)
 cli.add_command(scep)

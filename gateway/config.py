@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from est.auth import parse_trusted_proxies
+from shared_ca.identity import IdentityRule
 from shared_ca.profiles import DEFAULT_PROFILES, Profile, ProfileError, profile_from_mapping
 from shared_ca.storage.db import sqlite_url, validate_database_url
 
@@ -33,7 +34,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted: section.name
-    kind: str  # str | int | bool | hostport | url | path | choice | networks
+    kind: str  # str | int | bool | hostport | url | path | choice | networks | identity
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -100,6 +101,35 @@ SETTINGS: tuple[Setting, ...] = (
         "path",
         "est/keks",
         "Pre-shared key-encryption keys for EST serverkeygen (DecryptKeyIdentifier): files <hex id>.key",
+    ),
+    Setting(
+        "migration.identity",
+        "identity",
+        "cn",
+        "Which part of a certificate names the device, for imports and live enrollments alike: cn, "
+        "san:dns|email|uri|ip|upn, serialNumber, or regex:PATTERN over the subject (group 'id')",
+    ),
+    Setting(
+        "migration.est_url",
+        "url",
+        "",
+        "EST base URL handed to devices (map files, sunset refusals); empty: https://<listen.https>/.well-known/est",
+    ),
+    Setting(
+        "migration.silent_days",
+        "int",
+        14,
+        "A mapped device silent on EST for this many days is reported as silent",
+        minimum=1,
+        maximum=3650,
+    ),
+    Setting(
+        "migration.retire_after_days",
+        "int",
+        30,
+        "A device whose certificate expired this many days ago (or is revoked) is retired",
+        minimum=0,
+        maximum=3650,
     ),
     Setting("ca.name", "str", "ca", "Issuer name of the signing CA (URL path of its CRL: /crl/<name>.crl)"),
     Setting("ca.cert", "path", "ca/ca.crt", "CA certificate, followed by its own issuers if any (PEM)"),
@@ -177,6 +207,19 @@ class GatewayConfig:
         return f"http://{self.values['listen.http']}"
 
     @property
+    def identity_rule(self) -> IdentityRule:
+        return IdentityRule.parse(self.values["migration.identity"])
+
+    @property
+    def est_url(self) -> str:
+        """The EST base URL devices are told to use."""
+        if self.values["migration.est_url"]:
+            return str(self.values["migration.est_url"]).rstrip("/")
+        host, port = parse_hostport(self.values["listen.https"])
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{port}/.well-known/est"
+
+    @property
     def default_profile(self) -> Profile:
         return self.profiles[self.values["default_profile"]]
 
@@ -227,6 +270,11 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if setting.kind == "choice" and value not in setting.choices:
         raise ConfigError(f"{where}: must be one of {', '.join(setting.choices)}, got {value!r}")
+    if setting.kind == "identity":
+        try:
+            IdentityRule.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if setting.kind == "networks":
         try:
             parse_trusted_proxies(value)

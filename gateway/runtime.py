@@ -24,6 +24,7 @@ from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.est_users import EstUserStore
 from shared_ca.storage.repository import IssuerRecord, Store
@@ -128,6 +129,9 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         ra_certificate=ra_certs[0],
         profiles=config.profiles,
         next_ca_certs=_next_ca_certificates(config, store),
+        identity=config.identity_rule,
+        devices=DeviceStore(store.engine),
+        est_url=config.est_url,
     )
     est = EstService(
         authority=authority,
@@ -137,6 +141,7 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         signer_key=ra_key,
         signer_certificate=ra_certs[0],
         keks=load_keks(config.path("est.kek_dir")),
+        identity=config.identity_rule,
     )
     return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, scep, est)
 

@@ -46,9 +46,11 @@ from shared_ca.errors import (
     Unauthorized,
     Unavailable,
 )
-from shared_ca.policy import authorize_csr, common_name
+from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
+from shared_ca.policy import authorize_csr
 from shared_ca.profiles import Profile
 from shared_ca.serials import serial_hex
+from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
     CompletePending,
@@ -150,6 +152,9 @@ class ScepService:
         profiles: Mapping[str, Profile],
         nonce: Callable[[], bytes] = lambda: os.urandom(16),
         next_ca_certs: Sequence[x509.Certificate] = (),
+        identity: IdentityRule = DEFAULT_IDENTITY,
+        devices: DeviceStore | None = None,
+        est_url: str = "",
     ) -> None:
         self.authority = authority
         self.store = store
@@ -164,6 +169,9 @@ class ScepService:
         self.profiles = profiles
         self.nonce = nonce
         self.validators = {name: self._validator(profile) for name, profile in profiles.items()}
+        self.identity = identity  # names the device in events and one-time challenges (shared_ca.identity)
+        self.devices = devices  # the migration model: sunset and no-downgrade policy (None: not enforced)
+        self.est_url = est_url  # where a device refused by the sunset policy should go
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -281,6 +289,7 @@ class ScepService:
         except CAError as exc:
             raise refusal_from(exc) from exc
         now = self.clock()
+        self._check_sunset(self.identity.of_request(csr), now)
         renewing = self._renewal_of(request, csr, profile, now)
         challenge_kind = "renewal"
         if renewing is None:
@@ -307,6 +316,28 @@ class ScepService:
             return self._answer_winner(request)
         log.info("SCEP %s: issued %s to %s", request.transaction_id, issued.record.serial_hex, issued.record.subject)
         return self._success(request, [issued.certificate])
+
+    def _check_sunset(self, identity: str | None, now: dt.datetime) -> None:
+        """The migration policy: no SCEP after the device group's sunset date, and none for a device
+        that moved to EST unless its group allows the downgrade."""
+        if self.devices is None or identity is None:
+            return
+        gate = self.devices.scep_gate(identity)
+        if gate is None:
+            return
+        where = f" at {self.est_url}" if self.est_url else ""
+        if gate.sunset_at is not None and gate.sunset_at <= now:
+            raise Refused(
+                FailInfo.BAD_REQUEST,
+                f"SCEP enrollment ended on {gate.sunset_at:%Y-%m-%d} for this device: enroll over EST{where}",
+                f"device {identity!r} of group {gate.group_name!r}: sunset {gate.sunset_at.isoformat()}",
+            )
+        if gate.state == "migrated" and not gate.allow_downgrade:
+            raise Refused(
+                FailInfo.BAD_REQUEST,
+                f"this device has moved to EST and may not enroll over SCEP again: use EST{where}",
+                f"device {identity!r} is migrated; group {gate.group_name!r} does not allow the downgrade",
+            )
 
     def _renewal_of(
         self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, now: dt.datetime
@@ -343,7 +374,7 @@ class ScepService:
             profile=profile.name,
             challenge_password=challenge_password(request.csr_der),
             subject=csr.subject.rfc4514_string(),
-            device_id=common_name(csr.subject),
+            device_id=self.identity.of_request(csr),
             transaction_id=request.transaction_id,
             client_address=client.address,
             csr_der=request.csr_der,
@@ -426,7 +457,7 @@ class ScepService:
             operation="approval",
             outcome="issued",
             profile=profile.name,
-            device_identity=common_name(csr.subject),
+            device_identity=self.identity.of_request(csr),
             client_address=txn.client_address,
             challenge_kind="manual",
             transaction_id=txn.transaction_id,
@@ -515,13 +546,17 @@ class ScepService:
         csr: x509.CertificateSigningRequest | None,
         detail: dict[str, str] | None = None,
     ) -> EnrollmentEvent:
-        subject = csr.subject if csr is not None else request.signer_certificate.subject
+        identity = (
+            self.identity.of_request(csr)
+            if csr is not None
+            else self.identity.of_certificate(request.signer_certificate)
+        )
         return EnrollmentEvent(
             protocol="scep",
             operation=request.message_type.name,
             outcome=outcome,
             profile=profile.name,
-            device_identity=common_name(subject),
+            device_identity=identity,
             client_address=client.address,
             user_agent=client.user_agent,
             cipher=request.content_cipher.value,
@@ -551,7 +586,7 @@ class ScepService:
             operation=operation,
             outcome=outcome,
             profile=profile.name,
-            device_identity=common_name(signer.subject) if signer is not None else None,
+            device_identity=self.identity.of_certificate(signer) if signer is not None else None,
             client_address=client.address,
             user_agent=client.user_agent,
             cipher=cipher.value if cipher is not None else None,

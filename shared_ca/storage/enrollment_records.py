@@ -17,9 +17,11 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, InvalidRequest
+from shared_ca.storage.device_contacts import DeviceContact, touch_device
 from shared_ca.storage.schema import SCEP_TRANSACTION_STATUSES, enrollment_events, scep_transactions
 
 PROTOCOLS = ("scep", "est")
+REFUSED_OUTCOMES = ("refused", "failure", "failed")
 FINAL_STATUSES = ("issued", "failed", "rejected")
 MAX_TRANSACTION_ID = 255  # certmonger sends ~78 decimal digits (SHA-256 of the key), ~155 with SHA-512
 MAX_DEVICE_IDENTITY = 255
@@ -184,8 +186,24 @@ def write_enrollment_event(
     *,
     certificate_id: int | None = None,
     serial_hex: str | None = None,
+    certificate_not_after: dt.datetime | None = None,
 ) -> int:
-    """Insert one enrollment event inside the caller's transaction; its id."""
+    """Insert one enrollment event inside the caller's transaction, and move the device it names
+    (shared_ca.storage.device_contacts); its id."""
+    if event.device_identity and not event.outcome.startswith(REFUSED_OUTCOMES):
+        # A refused request names a device but proves nothing about it: it moves no device.
+        contact = DeviceContact(
+            identity=event.device_identity,
+            protocol=event.protocol,
+            outcome=event.outcome,
+            user_agent=event.user_agent,
+            cipher=event.cipher,
+            digest=event.digest,
+            challenge_kind=event.challenge_kind,
+            certificate_id=certificate_id,
+            certificate_not_after=certificate_not_after,
+        )
+        touch_device(conn, contact, now)
     return int(
         conn.execute(
             _INSERT_EVENT,

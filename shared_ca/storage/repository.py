@@ -368,7 +368,14 @@ class Store:
                 elif scep_transaction is not None:
                     complete_pending(conn, scep_transaction, cert_id, now)
                 if enrollment is not None:
-                    write_enrollment_event(conn, enrollment, now, certificate_id=cert_id, serial_hex=cert.serial_hex)
+                    write_enrollment_event(
+                        conn,
+                        enrollment,
+                        now,
+                        certificate_id=cert_id,
+                        serial_hex=cert.serial_hex,
+                        certificate_not_after=cert.not_after,
+                    )
                 self._audit(conn, event, now)
         except IntegrityError as exc:
             if _is_serial_violation(exc):

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -230,4 +231,51 @@ est_users = Table(
     CheckConstraint("uses_left >= 0", name="ck_est_users_uses_left"),
     CheckConstraint("kind IN ('password', 'bootstrap')", name="ck_est_users_kind"),
     Index("ix_est_users_device_identity", "device_identity"),
+)
+
+# -- migration model (revision 0005) ----------------------------------------------------------------
+
+DEVICE_STATES = ("legacy", "mapped", "migrated", "retired")
+MAPPING_MODES = ("certificate", "bootstrap")
+
+device_groups = Table(
+    "device_groups",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("sunset_at", UTCDateTime, nullable=True),
+    Column("allow_downgrade", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("identity", String(255), nullable=False, unique=True),
+    Column("group_name", String(64), nullable=True),
+    Column("owner", String(255), nullable=True),
+    Column("tags", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_scep_at", UTCDateTime, nullable=True),
+    Column("last_est_at", UTCDateTime, nullable=True),
+    Column("scep_user_agent", Text, nullable=True),
+    Column("scep_cipher", String(32), nullable=True),
+    Column("scep_digest", String(32), nullable=True),
+    Column("scep_challenge", String(16), nullable=True),
+    Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
+    Column("certificate_not_after", UTCDateTime, nullable=True),
+    Column("mapping_mode", String(16), nullable=True),
+    Column("est_credential", String(128), nullable=True),
+    Column("mapped_at", UTCDateTime, nullable=True),
+    Column("migrated_at", UTCDateTime, nullable=True),
+    Column("retired_at", UTCDateTime, nullable=True),
+    CheckConstraint("state IN ('legacy', 'mapped', 'migrated', 'retired')", name="ck_devices_state"),
+    CheckConstraint(
+        "mapping_mode IS NULL OR mapping_mode IN ('certificate', 'bootstrap')", name="ck_devices_mapping_mode"
+    ),
+    Index("ix_devices_state", "state"),
+    Index("ix_devices_group_name", "group_name"),
 )
