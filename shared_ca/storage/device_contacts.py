@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import ColumnElement
 
 from shared_ca.errors import InvalidRequest
 from shared_ca.storage.schema import DEVICE_STATES, devices
@@ -107,11 +108,9 @@ def new_device_row(device: NewDevice, now: dt.datetime) -> dict[str, object]:
 
 
 def touch_device(conn: Connection, contact: DeviceContact, now: dt.datetime) -> None:
-    """Record one contact of a device inside the caller's transaction (see the module docstring)."""
+    """Record one contact of a device inside the caller's transaction (see the module docstring):
+    one statement, an UPDATE, or for an issuance an upsert that creates the device if it is new."""
     issued = contact.outcome == "issued" and contact.certificate_id is not None
-    if issued:
-        state = "migrated" if contact.protocol == "est" else "legacy"
-        insert_ignoring_conflict(conn, [new_device_row(NewDevice(contact.identity, contact.protocol, state), now)])
     d = devices.c
     values: dict[str, object] = {"updated_at": now}
     if contact.protocol == "scep":
@@ -122,14 +121,20 @@ def touch_device(conn: Connection, contact: DeviceContact, now: dt.datetime) -> 
             values["scep_challenge"] = contact.challenge_kind
     else:
         values.update(last_est_at=now)
-    if issued:
-        values.update(certificate_id=contact.certificate_id, certificate_not_after=contact.certificate_not_after)
-        if contact.protocol == "est":
-            values.update(state="migrated", migrated_at=func.coalesce(d.migrated_at, now), retired_at=None)
-        else:  # a retired device enrolling again over SCEP is back in the fleet, still to move
-            values["state"] = _scep_state_after_issue()
-            values["retired_at"] = None
-    conn.execute(update(devices).where(d.identity == contact.identity).values(**values))
+    if not issued:
+        conn.execute(update(devices).where(d.identity == contact.identity).values(**values))
+        return
+    values.update(certificate_id=contact.certificate_id, certificate_not_after=contact.certificate_not_after)
+    if contact.protocol == "est":
+        values.update(state="migrated", migrated_at=func.coalesce(d.migrated_at, now), retired_at=None)
+    else:  # a retired device enrolling again over SCEP is back in the fleet, still to move
+        values.update(state=_scep_state_after_issue(), retired_at=None)
+    state = "migrated" if contact.protocol == "est" else "legacy"
+    row = new_device_row(NewDevice(contact.identity, contact.protocol, state), now)
+    row.update({k: v for k, v in values.items() if not isinstance(v, ColumnElement)})  # a new row's plain values
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(devices).values(**row)
+    conn.execute(statement.on_conflict_do_update(index_elements=["identity"], set_=values))
 
 
 def _scep_state_after_issue() -> object:
