@@ -156,6 +156,7 @@ def test_refused_requests_move_no_device(store: Store, authority: CertificateAut
 
 def test_a_contact_updates_last_seen(store: Store, authority: CertificateAuthority, clock: SettableClock) -> None:
     issue(authority, "dev4", "scep", cipher="des")
+    first = devices_of(store).device("dev4")
     clock.advance(days=1)
     EnrollmentStore(store.engine).record_event(
         EnrollmentEvent(
@@ -165,6 +166,8 @@ def test_a_contact_updates_last_seen(store: Store, authority: CertificateAuthori
     )
     device = devices_of(store).device("dev4")
     assert device is not None and device.last_scep_at == clock() and device.scep_cipher == "3des"
+    assert first is not None and device.certificate_id == first.certificate_id  # a contact keeps the certificate
+    assert device.scep_challenge == "static"  # an event without a challenge keeps the last one
 
 
 # -- imports, groups, mapping, retirement ---------------------------------------------------------------

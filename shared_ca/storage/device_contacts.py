@@ -11,13 +11,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, update
+from sqlalchemy import String, bindparam, case, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.expression import Executable
 
 from shared_ca.errors import InvalidRequest
-from shared_ca.storage.schema import DEVICE_STATES, devices
+from shared_ca.storage.schema import DEVICE_STATES, Id, UTCDateTime, devices
 
 MAX_GROUP = 64
 MAX_OWNER = 255
@@ -107,36 +107,98 @@ def new_device_row(device: NewDevice, now: dt.datetime) -> dict[str, object]:
     }
 
 
-def touch_device(conn: Connection, contact: DeviceContact, now: dt.datetime) -> None:
-    """Record one contact of a device inside the caller's transaction (see the module docstring):
-    one statement, an UPDATE, or for an issuance an upsert that creates the device if it is new."""
-    issued = contact.outcome == "issued" and contact.certificate_id is not None
+_TEXT = String()
+
+
+def _contact_values(protocol: str, issued: bool) -> dict[str, object]:
+    """What one contact sets, as bound parameters: a device's optional fingerprint fields keep their
+    value when the event carries none (COALESCE)."""
     d = devices.c
-    values: dict[str, object] = {"updated_at": now}
-    if contact.protocol == "scep":
-        values.update(last_scep_at=now)
-        if contact.cipher is not None:
-            values.update(scep_user_agent=contact.user_agent, scep_cipher=contact.cipher, scep_digest=contact.digest)
-        if contact.challenge_kind not in (None, "none"):
-            values["scep_challenge"] = contact.challenge_kind
+    values: dict[str, object] = {"updated_at": bindparam("now", type_=UTCDateTime())}
+    if protocol == "scep":
+        values.update(
+            last_scep_at=bindparam("now", type_=UTCDateTime()),
+            scep_user_agent=case(
+                (bindparam("cipher", type_=_TEXT).is_(None), d.scep_user_agent),
+                else_=bindparam("user_agent", type_=_TEXT),
+            ),
+            scep_cipher=func.coalesce(bindparam("cipher", type_=_TEXT), d.scep_cipher),
+            scep_digest=case(
+                (bindparam("cipher", type_=_TEXT).is_(None), d.scep_digest), else_=bindparam("digest", type_=_TEXT)
+            ),
+            scep_challenge=func.coalesce(bindparam("challenge", type_=_TEXT), d.scep_challenge),
+        )
     else:
-        values.update(last_est_at=now)
+        values["last_est_at"] = bindparam("now", type_=UTCDateTime())
+    if issued:
+        values.update(
+            certificate_id=bindparam("cert_id", type_=Id),
+            certificate_not_after=bindparam("not_after", type_=UTCDateTime()),
+            retired_at=None,
+        )
+        if protocol == "est":
+            values.update(
+                state="migrated", migrated_at=func.coalesce(d.migrated_at, bindparam("now", type_=UTCDateTime()))
+            )
+        else:  # a retired device enrolling again over SCEP is back in the fleet, still to move
+            values["state"] = case((d.state == "retired", "legacy"), else_=d.state)
+    return values
+
+
+def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> Executable:
+    """The one statement a contact costs: an UPDATE, or for an issuance an upsert creating a new device."""
+    values = _contact_values(protocol, issued)
     if not issued:
-        conn.execute(update(devices).where(d.identity == contact.identity).values(**values))
-        return
-    values.update(certificate_id=contact.certificate_id, certificate_not_after=contact.certificate_not_after)
-    if contact.protocol == "est":
-        values.update(state="migrated", migrated_at=func.coalesce(d.migrated_at, now), retired_at=None)
-    else:  # a retired device enrolling again over SCEP is back in the fleet, still to move
-        values.update(state=_scep_state_after_issue(), retired_at=None)
-    state = "migrated" if contact.protocol == "est" else "legacy"
-    row = new_device_row(NewDevice(contact.identity, contact.protocol, state), now)
-    row.update({k: v for k, v in values.items() if not isinstance(v, ColumnElement)})  # a new row's plain values
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        return update(devices).where(devices.c.identity == bindparam("device_identity", type_=_TEXT)).values(**values)
+    now = bindparam("now", type_=UTCDateTime())
+    scep = protocol == "scep"
+    row: dict[str, object] = {
+        "identity": bindparam("device_identity", type_=_TEXT),
+        "tags": "[]",
+        "state": "legacy" if scep else "migrated",
+        "source": protocol,
+        "first_seen_at": now,
+        "updated_at": now,
+        "last_scep_at": now if scep else None,
+        "last_est_at": None if scep else now,
+        "scep_user_agent": bindparam("user_agent", type_=_TEXT) if scep else None,
+        "scep_cipher": bindparam("cipher", type_=_TEXT) if scep else None,
+        "scep_digest": bindparam("digest", type_=_TEXT) if scep else None,
+        "scep_challenge": bindparam("challenge", type_=_TEXT) if scep else None,
+        "certificate_id": bindparam("cert_id", type_=Id),
+        "certificate_not_after": bindparam("not_after", type_=UTCDateTime()),
+        "migrated_at": None if scep else now,
+    }
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(devices).values(**row)
-    conn.execute(statement.on_conflict_do_update(index_elements=["identity"], set_=values))
+    upsert: Executable = statement.on_conflict_do_update(index_elements=["identity"], set_=values)
+    return upsert
 
 
-def _scep_state_after_issue() -> object:
-    d = devices.c
-    return case((d.state == "retired", "legacy"), else_=d.state)
+_CONTACT_STATEMENTS: dict[tuple[str, str, bool], Executable] = {
+    (name, protocol, issued): _contact_statement(name, protocol, issued)
+    for name in ("sqlite", "postgresql")
+    for protocol in ("scep", "est")
+    for issued in (False, True)
+}  # built once: compiling a 20-column upsert per enrollment cost more than signing the certificate
+
+
+def touch_device(conn: Connection, contact: DeviceContact, now: dt.datetime) -> None:
+    """Record one contact of a device inside the caller's transaction (see the module docstring), in
+    one prebuilt statement."""
+    issued = contact.outcome == "issued" and contact.certificate_id is not None
+    key = ("postgresql" if conn.dialect.name == "postgresql" else "sqlite", contact.protocol, issued)
+    challenge = contact.challenge_kind if contact.challenge_kind not in (None, "none") else None
+    conn.execute(
+        _CONTACT_STATEMENTS[key],
+        {
+            "device_identity": contact.identity,
+            "now": now,
+            "user_agent": contact.user_agent,
+            "cipher": contact.cipher,
+            "digest": contact.digest,
+            "challenge": challenge,
+            "cert_id": contact.certificate_id,
+            "not_after": contact.certificate_not_after,
+        },
+    )
