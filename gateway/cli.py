@@ -508,6 +508,9 @@ def admin_token_new(data_dir: Path, config_file: Path | None, name: str) -> None
     click.echo(f"admin token {name!r} created; it is shown only now", err=True)
 
 
+admin_token.add_command(admin_token_new, "create")  # the name issue 5 uses; `new` stays
+
+
 @admin_token.command("list")
 @config_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)

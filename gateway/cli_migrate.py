@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import click
 
+from gateway.cli_migrate_map import migrate_map, migrate_sunset
+
 
 @click.group()
 def migrate() -> None:
     """Move a SCEP fleet to EST: import, map, report, sunset."""
+
+
+migrate.add_command(migrate_map)
+migrate.add_command(migrate_sunset)

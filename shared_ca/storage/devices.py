@@ -90,6 +90,8 @@ def _group(row: RowMapping) -> GroupRecord:
     return GroupRecord(**{name: row[name] for name in GroupRecord.__dataclass_fields__})
 
 
+__all__ = ["DeviceRecord", "DeviceStore", "GroupRecord", "NewDevice", "ScepGate"]
+
 _GATE = (
     select(devices.c.state, devices.c.group_name, device_groups.c.sunset_at, device_groups.c.allow_downgrade)
     .select_from(devices.outerjoin(device_groups, device_groups.c.name == devices.c.group_name))

@@ -1,0 +1,126 @@
+"""`gateway migrate sunset`: a group's SCEP sunset date and no-downgrade policy, as SCEP clients
+meet it through the Flask app (signed CertRep FAILURE pointing at EST), and the command's errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+
+from gateway.cli import cli
+from scep.asn1 import FailInfo, PkiStatus
+from shared_ca.storage.devices import DeviceStore
+from tests.test_migration_map import add_device, facts, gateway_of, run
+from tests.test_scep_service import Ra, device_key, enrollment, failure, get_ca, issued_cert, post, reply_of
+
+
+def devices_of(app: Flask) -> DeviceStore:
+    return DeviceStore(gateway_of(app).store.engine)
+
+
+def day(offset: int) -> str:
+    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=offset)).isoformat()
+
+
+def scep_enroll(client: FlaskClient, ra: Ra, cn: str, index: int = 1) -> PkiStatus:
+    """Enroll `cn` over SCEP (a fresh key per call index); the status of the signed CertRep."""
+    sent = enrollment(ra, cn, key=device_key(index))
+    reply = reply_of(post(client, sent.der), ra, sent)
+    if reply.status is PkiStatus.SUCCESS:
+        issued_cert(reply, sent.key)
+    return reply.status
+
+
+def test_scep_is_refused_after_the_groups_sunset_and_points_to_est(
+    app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path
+) -> None:
+    devices = devices_of(app)
+    add_device(devices, "lab-1")
+    add_device(devices, "lab-2")
+    add_device(devices, "shop-1", group="shop")
+    ra = get_ca(client)
+    output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(7))
+    summary = facts(output)
+    assert summary["sunset"].startswith(f"{day(7)}T00:00:00+00:00 (in ")
+    assert summary["cut off"] == "2 devices not on EST yet (legacy 2, mapped 0)"
+    assert summary["told"] == f"enroll over EST at {gateway_of(app).config.est_url}"
+    assert scep_enroll(client, ra, "lab-1") is PkiStatus.SUCCESS  # before the date
+    run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(-1))
+    sent = enrollment(ra, "lab-1", key=device_key(2))
+    reply = failure(client, ra, sent)  # a CertRep signed by the RA, verified by the parser
+    assert reply.fail_info is FailInfo.BAD_REQUEST
+    assert reply.fail_info_text == (
+        f"SCEP enrollment ended on {day(-1)} for this device: enroll over EST at {gateway_of(app).config.est_url}"
+    )
+    assert scep_enroll(client, ra, "shop-1", 3) is PkiStatus.SUCCESS  # another group: open
+    assert scep_enroll(client, ra, "unknown-1", 4) is PkiStatus.SUCCESS  # not in the inventory: no policy
+    output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--clear")
+    assert facts(output)["sunset"] == "none: SCEP stays open"
+    assert scep_enroll(client, ra, "lab-1", 5) is PkiStatus.SUCCESS
+
+
+def test_a_migrated_device_is_refused_scep_unless_the_group_allows_the_downgrade(
+    app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path
+) -> None:
+    devices = devices_of(app)
+    add_device(devices, "moved-1", state="migrated")
+    ra = get_ca(client)
+    reply = failure(client, ra, enrollment(ra, "moved-1", key=device_key(1)))  # no policy row: no downgrade
+    assert reply.fail_info_text is not None and "has moved to EST" in reply.fail_info_text
+    output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(30), "--allow-downgrade")
+    assert facts(output)["downgrade"] == "allowed: migrated devices may still use SCEP"
+    assert scep_enroll(client, ra, "moved-1", 2) is PkiStatus.SUCCESS
+    output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--clear")  # keeps the downgrade setting
+    group = devices.group("lab")
+    assert group is not None and group.allow_downgrade and group.sunset_at is None
+    output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--clear", "--no-allow-downgrade")
+    assert facts(output)["downgrade"] == "refused: 1 migrated devices may not use SCEP again"
+    assert scep_enroll(client, ra, "moved-1", 3) is PkiStatus.FAILURE
+    run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(-1), "--allow-downgrade")
+    assert scep_enroll(client, ra, "moved-1", 4) is PkiStatus.FAILURE  # past the sunset: no SCEP at all
+
+
+@pytest.mark.parametrize(
+    ("date", "stored"),
+    [
+        pytest.param("2031-05-04", dt.datetime(2031, 5, 4, tzinfo=dt.UTC), id="date-is-midnight-utc"),
+        pytest.param("2031-05-04T12:30:00", dt.datetime(2031, 5, 4, 12, 30, tzinfo=dt.UTC), id="naive-is-utc"),
+        pytest.param("2031-05-04T12:30:00+02:00", dt.datetime(2031, 5, 4, 10, 30, tzinfo=dt.UTC), id="offset"),
+        pytest.param("2031-05-04T12:30:00Z", dt.datetime(2031, 5, 4, 12, 30, tzinfo=dt.UTC), id="zulu"),
+    ],
+)
+def test_sunset_dates(app: Flask, runner: CliRunner, data_dir: Path, date: str, stored: dt.datetime) -> None:
+    devices = devices_of(app)
+    add_device(devices, "lab-1")
+    run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", date)
+    group = devices.group("lab")
+    assert group is not None and group.sunset_at == stored and not group.allow_downgrade
+    (event,) = devices.audit_events(action="device_group.policy")
+    assert event.detail["sunset_at"] == stored.isoformat()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--group", "lab"], "--date/--clear: give exactly one of them", id="fail/neither"),
+        pytest.param(
+            ["--group", "lab", "--date", "2031-01-01", "--clear"], "--date/--clear: give exactly one", id="fail/both"
+        ),
+        pytest.param(["--group", "lab", "--date", "next week"], "--date: 'next week' is not a date", id="fail/date"),
+        pytest.param(["--group", "nobody", "--clear"], "--group: no device is in group 'nobody'", id="fail/unknown"),
+        pytest.param(["--group", "g" * 65, "--clear"], "--group: a group name has 1-64 characters", id="fail/long"),
+        pytest.param(["--date", "2031-01-01"], "Missing option '--group'", id="fail/no-group"),
+    ],
+)
+def test_sunset_errors_name_the_option(
+    app: Flask, runner: CliRunner, data_dir: Path, args: list[str], message: str
+) -> None:
+    add_device(devices_of(app), "lab-1")
+    result = runner.invoke(cli, ["migrate", "sunset", *args, "--data-dir", str(data_dir)])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert devices_of(app).group("lab") is None
