@@ -45,7 +45,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.extensions["gateway"] = gateway
 
     from est import views as est_views
-    from gateway import admin, views
+    from gateway import admin, dashboard, views
     from gateway.est_transport import est_connection_facts
     from scep import views as scep_views
 
@@ -54,6 +54,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
     app.register_blueprint(views.bp)
     app.register_blueprint(scep_views.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
     app.extensions["est"] = gateway.est
     app.extensions["est_default_label"] = gateway.config["default_profile"]
     app.extensions["est_connection"] = est_connection_facts(gateway.config)

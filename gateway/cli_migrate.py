@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from gateway.cli_migrate_map import migrate_map, migrate_sunset
+from gateway.cli_migrate_report import report
 
 
 @click.group()
@@ -18,3 +19,4 @@ def migrate() -> None:
 
 migrate.add_command(migrate_map)
 migrate.add_command(migrate_sunset)
+migrate.add_command(report)

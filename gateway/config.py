@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted: section.name
-    kind: str  # str | int | bool | hostport | url | path | choice | networks | identity
+    kind: str  # str | int | bool | hostport | url | path | choice | networks | identity | fingerprints
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
         "A device whose certificate expired this many days ago (or is revoked) is retired",
         minimum=0,
         maximum=3650,
+    ),
+    Setting(
+        "admin.client_cert_fingerprints",
+        "fingerprints",
+        "",
+        "TLS client certificates (SHA-256 fingerprints, hex, comma-separated) accepted as admin "
+        "credentials for the migration dashboard and its API; empty: admin tokens only",
     ),
     Setting("ca.name", "str", "ca", "Issuer name of the signing CA (URL path of its CRL: /crl/<name>.crl)"),
     Setting("ca.cert", "path", "ca/ca.crt", "CA certificate, followed by its own issuers if any (PEM)"),
@@ -270,6 +277,10 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if setting.kind == "choice" and value not in setting.choices:
         raise ConfigError(f"{where}: must be one of {', '.join(setting.choices)}, got {value!r}")
+    if setting.kind == "fingerprints":
+        for entry in (e.strip().lower().replace(":", "") for e in value.split(",")):
+            if entry and not re.fullmatch(r"[0-9a-f]{64}", entry):
+                raise ConfigError(f"{where}: {entry!r} is not a SHA-256 fingerprint (64 hex digits)")
     if setting.kind == "identity":
         try:
             IdentityRule.parse(value)

@@ -89,6 +89,7 @@ PRECEDENCE: dict[str, tuple[Any, str, Any]] = {
     "migration.est_url": ("https://file.example/est", "https://env.example/est", "https://cli.example/est"),
     "migration.silent_days": (7, "10", 21),
     "migration.retire_after_days": (5, "6", 9),
+    "admin.client_cert_fingerprints": ("a" * 64, "b" * 64 + ", " + "c" * 64, "d" * 64),
     "ca.name": ("file-ca", "env-ca", "cli-ca"),
     "ca.cert": ("file/ca.crt", "env/ca.crt", "cli/ca.crt"),
     "ca.key": ("file/ca.key", "env/ca.key", "cli/ca.key"),
@@ -600,3 +601,10 @@ def test_channel_binding_needs_tls_12(tmp_path: Path) -> None:
     source = write(tmp_path / "gateway.toml", '[tls]\nmin_version = "1.3"\n[profiles.linked]\nest_pop_linking = true\n')
     with pytest.raises(ConfigError, match=r"profiles\.linked\.est_pop_linking: needs TLS 1\.2"):
         load_config(tmp_path, source, environ={})
+
+
+def test_admin_fingerprints_must_be_sha256(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"admin\.client_cert_fingerprints .*'abc' is not a SHA-256 fingerprint"):
+        load_config(tmp_path, environ={"GATEWAY_ADMIN_CLIENT_CERT_FINGERPRINTS": "abc"})
+    colons = ":".join(["AB"] * 32)
+    assert load_config(tmp_path, environ={"GATEWAY_ADMIN_CLIENT_CERT_FINGERPRINTS": colons})

@@ -277,5 +277,5 @@ devices = Table(
         "mapping_mode IS NULL OR mapping_mode IN ('certificate', 'bootstrap')", name="ck_devices_mapping_mode"
     ),
     Index("ix_devices_state", "state"),
-    Index("ix_devices_group_name", "group_name"),
+    Index("ix_devices_group_state", "group_name", "state"),
 )

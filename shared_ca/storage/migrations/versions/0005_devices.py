@@ -56,7 +56,7 @@ def upgrade() -> None:
             "mapping_mode IS NULL OR mapping_mode IN ('certificate', 'bootstrap')", name="ck_devices_mapping_mode"
         ),
         sa.Index("ix_devices_state", "state"),
-        sa.Index("ix_devices_group_name", "group_name"),
+        sa.Index("ix_devices_group_state", "group_name", "state"),
     )
 
 

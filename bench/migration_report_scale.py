@@ -1,0 +1,175 @@
+"""The migration report over a large fleet: build time of `build_report` over N devices (default 10^6).
+
+Fills the devices table by bulk insert with dates as enrollment events would have left them (first
+sighting over SCEP, mapping, first EST certificate, retirement, the SCEP client's fingerprint),
+spread over half a year in 50 groups, 10 of them with a sunset date; then times the report with
+the default list length (1,000 devices per list) and with every device listed, plus one page of the
+admin API's device list. SQLite always; PostgreSQL when GATEWAY_BENCH_DATABASE_URL is set. Usage:
+
+    .venv/bin/python bench/migration_report_scale.py [--devices 1000000]
+    GATEWAY_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/test \
+        .venv/bin/python bench/migration_report_scale.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, insert, text
+
+from migration_tools.render import render
+from migration_tools.report import ReportSettings, build_report, device_page
+from shared_ca.authority import utcnow
+from shared_ca.storage.db import create_store_engine, migrate_to_head, sqlite_url
+from shared_ca.storage.devices import DeviceStore
+from shared_ca.storage.migration_report import MigrationReportStore
+from shared_ca.storage.schema import device_groups, devices
+
+T = TypeVar("T")
+GROUPS = [f"site-{n:02d}" for n in range(50)]
+CHUNK = 20_000
+
+
+def _device_rows(count: int, now: dt.datetime, seed: int = 5) -> Iterator[list[dict[str, Any]]]:
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+    start = now - dt.timedelta(days=180)
+    chunk: list[dict[str, Any]] = []
+    for n in range(count):
+        seen = start + dt.timedelta(seconds=rng.uniform(0, 170 * 86400))
+        last_scep = seen + dt.timedelta(seconds=rng.uniform(0, (now - seen).total_seconds()))
+        roll = rng.random()
+        state = "legacy" if roll < 0.45 else "mapped" if roll < 0.60 else "migrated" if roll < 0.95 else "retired"
+        mapped_at = migrated_at = retired_at = last_est = None
+        if state in ("mapped", "migrated"):
+            mapped_at = seen + dt.timedelta(seconds=rng.uniform(0, (now - seen).total_seconds() * 0.6))
+        if state == "migrated":
+            assert mapped_at is not None
+            migrated_at = mapped_at + dt.timedelta(seconds=rng.uniform(0, (now - mapped_at).total_seconds()))
+            last_est = migrated_at
+        if state == "retired":
+            retired_at = seen + dt.timedelta(days=rng.uniform(1, 30))
+        chunk.append(
+            {
+                "identity": f"device-{n:07d}",
+                "group_name": GROUPS[n % len(GROUPS)] if n % 20 else None,
+                "owner": None,
+                "tags": "[]",
+                "state": state,
+                "source": "scep",
+                "first_seen_at": seen,
+                "updated_at": now,
+                "last_scep_at": last_scep,
+                "last_est_at": last_est,
+                "scep_user_agent": rng.choice(["sscep/0.10", "certmonger", "Apple MDM", None]),
+                "scep_cipher": rng.choices(["des", "3des", "aes128", "aes256"], [10, 20, 40, 30])[0],
+                "scep_digest": rng.choices(["md5", "sha1", "sha256"], [2, 30, 68])[0],
+                "scep_challenge": rng.choice(["static", "one-time", "renewal"]),
+                "certificate_id": None,
+                "certificate_not_after": seen + dt.timedelta(days=rng.choice([90, 365, 730])),
+                "mapping_mode": rng.choice(["certificate", "bootstrap"]) if mapped_at else None,
+                "est_credential": None,
+                "mapped_at": mapped_at,
+                "migrated_at": migrated_at,
+                "retired_at": retired_at,
+            }
+        )
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def fill(url: str, count: int, now: dt.datetime) -> float:
+    """Bulk-insert `count` devices and the group policies; seconds taken."""
+    engine = create_store_engine(url)
+    migrate_to_head(engine)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for rows in _device_rows(count, now):
+            conn.execute(insert(devices), rows)
+        policies = [
+            {"name": g, "sunset_at": now + dt.timedelta(days=30 + i), "allow_downgrade": False, "updated_at": now}
+            for i, g in enumerate(GROUPS[:10])
+        ]
+        conn.execute(insert(device_groups), policies)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE devices"))
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def _timed(label: str, call: Callable[[], T], results: dict[str, float]) -> T:
+    started = time.perf_counter()
+    value = call()
+    results[label] = round(time.perf_counter() - started, 3)
+    return value
+
+
+def measure(url: str, now: dt.datetime) -> dict[str, float]:
+    engine = create_store_engine(url)
+    store = MigrationReportStore(engine)
+    results: dict[str, float] = {}
+    _timed("retire_stale", lambda: DeviceStore(engine).retire_stale(now, dt.timedelta(days=30)), results)
+    report = _timed("report (1,000 per list)", lambda: build_report(store, now), results)
+    for run in (2, 3):  # the first build also warms the page cache
+        _timed(f"report (1,000 per list), run {run}", lambda: build_report(store, now), results)
+    _timed("render json (1,000 per list)", lambda: render(report, "json"), results)
+    _timed("render html (1,000 per list)", lambda: render(report, "html"), results)
+    full = _timed(
+        "report (every device listed)",
+        lambda: build_report(store, now, settings=ReportSettings(list_limit=None)),
+        results,
+    )
+    _timed("render csv (every device)", lambda: render(full, "csv"), results)
+    page = device_page(store, now, states=("legacy",), group=GROUPS[3], limit=100)
+    _timed(
+        "API page (legacy, one group, after)",
+        lambda: device_page(store, now, states=("legacy",), group=GROUPS[3], after_id=page.next_after or 0, limit=100),
+        results,
+    )
+    results["devices to move"] = report.to_move_total
+    engine.dispose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    args = parser.parse_args()
+    now = utcnow()
+    print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        url = sqlite_url(Path(tmp) / "bench.db")
+        print(f"sqlite: filled {args.devices} devices in {fill(url, args.devices, now):.1f} s")
+        print(json.dumps(measure(url, now), indent=2))
+    pg = os.environ.get("GATEWAY_BENCH_DATABASE_URL")
+    if pg:
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(pg)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        try:
+            url = f"{pg}{'&' if '?' in pg else '?'}options=-csearch_path%3D{schema}"
+            print(f"postgresql: filled {args.devices} devices in {fill(url, args.devices, now):.1f} s")
+            print(json.dumps(measure(url, now), indent=2))
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

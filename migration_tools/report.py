@@ -1,0 +1,341 @@
+"""The migration report: how far the fleet has moved from SCEP to EST, and what to do about the rest.
+
+Built from the device table (shared_ca.storage.migration_report): totals per state and the share
+migrated, overall and per group; every device still to move (legacy or mapped) with its last SCEP
+contact, its certificate's expiry, its SCEP client's fingerprint with the weak choices flagged, and
+its next action; the mapped devices silent on EST for longer than `migration.silent_days`; each
+group's sunset date and how many devices it would cut off; and the per-day trend.
+
+`MigrationReport` is immutable; migration_tools.render prints it as a table, CSV, JSON or HTML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared_ca.errors import InvalidRequest, NotFound
+from shared_ca.storage.migration_report import (
+    TO_MOVE_STATES,
+    DayChange,
+    DeviceFilter,
+    DeviceStanding,
+    MigrationReportStore,
+    StateCount,
+)
+from shared_ca.storage.schema import DEVICE_STATES
+
+DEFAULT_LIST_LIMIT = 1000
+DEFAULT_TREND_DAYS = 90
+MAX_TREND_DAYS = 3660
+
+# The weak choices of a SCEP client (RFC 8894 §3.5.2: single DES and MD5 SHOULD NOT be used; SHA-1 is
+# deprecated for signatures; a static challenge is one shared secret for the whole fleet).
+WEAK_CIPHERS = {"des": "DES"}
+WEAK_DIGESTS = {"sha1": "SHA-1", "md5": "MD5"}
+WEAK_CHALLENGES = {"static": "static challenge"}
+
+ACTION_MAP = "map it to an EST credential (gateway migrate map)"
+ACTION_PUSH_BOOTSTRAP = "push its one-time EST bootstrap credential and the EST URL to the device"
+ACTION_PUSH_CERTIFICATE = "push the EST URL to the device (its current certificate is its EST credential)"
+ACTION_PUSH = "push its EST credential and the EST URL to the device"
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the report is asked for: the silence threshold, the trend window and the list lengths."""
+
+    silent_days: int = 14
+    trend_days: int = DEFAULT_TREND_DAYS
+    list_limit: int | None = DEFAULT_LIST_LIMIT  # devices listed per list; None: every one
+
+    def __post_init__(self) -> None:
+        if self.silent_days < 1:
+            raise InvalidRequest("silent days: must be at least 1")
+        if not 1 <= self.trend_days <= MAX_TREND_DAYS:
+            raise InvalidRequest(f"trend days: must be from 1 to {MAX_TREND_DAYS}")
+        if self.list_limit is not None and self.list_limit < 0:
+            raise InvalidRequest("limit: must not be negative")
+
+
+@dataclass(frozen=True)
+class StateTotals:
+    """Devices per state; `percent_migrated` counts the devices not retired (None when there are none)."""
+
+    legacy: int = 0
+    mapped: int = 0
+    migrated: int = 0
+    retired: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.legacy + self.mapped + self.migrated + self.retired
+
+    @property
+    def to_move(self) -> int:
+        return self.legacy + self.mapped
+
+    @property
+    def percent_migrated(self) -> float | None:
+        active = self.legacy + self.mapped + self.migrated
+        return round(100 * self.migrated / active, 1) if active else None
+
+    @classmethod
+    def of(cls, counts: Iterable[StateCount]) -> StateTotals:
+        by_state = dict.fromkeys(DEVICE_STATES, 0)
+        for count in counts:
+            by_state[count.state] += count.devices
+        return cls(**by_state)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One group (name None: the devices in no group) with its totals and SCEP sunset policy."""
+
+    name: str | None
+    totals: StateTotals
+    sunset_at: dt.datetime | None
+    allow_downgrade: bool
+
+    @property
+    def cut_off(self) -> int:
+        """Devices still on SCEP (legacy or mapped) that the group's sunset cuts off."""
+        return self.totals.to_move if self.sunset_at is not None else 0
+
+
+@dataclass(frozen=True)
+class ClientFingerprint:
+    """What a device's SCEP client chose at its last SCEP contact."""
+
+    user_agent: str | None
+    cipher: str | None
+    digest: str | None
+    challenge: str | None
+
+    @property
+    def weak(self) -> tuple[str, ...]:
+        """The weak choices, by name: DES, SHA-1, MD5, static challenge."""
+        found = (
+            WEAK_CIPHERS.get((self.cipher or "").lower()),
+            WEAK_DIGESTS.get((self.digest or "").lower()),
+            WEAK_CHALLENGES.get((self.challenge or "").lower()),
+        )
+        return tuple(name for name in found if name)
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """A device as the report lists it; `actions` is empty for migrated and retired devices."""
+
+    id: int
+    identity: str
+    group: str | None
+    owner: str | None
+    state: str
+    first_seen_at: dt.datetime
+    last_scep_at: dt.datetime | None
+    last_est_at: dt.datetime | None
+    mapped_at: dt.datetime | None
+    mapping_mode: str | None
+    migrated_at: dt.datetime | None
+    certificate_not_after: dt.datetime | None
+    sunset_at: dt.datetime | None
+    client: ClientFingerprint
+    actions: tuple[str, ...]
+
+    @property
+    def next_action(self) -> str | None:
+        return self.actions[0] if self.actions else None
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """The legacy, mapped and migrated counts at the end of one day (UTC)."""
+
+    day: dt.date
+    legacy: int
+    mapped: int
+    migrated: int
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """The whole report at `generated_at` (render it with migration_tools.render)."""
+
+    generated_at: dt.datetime
+    group: str | None  # the group the report is limited to; None: the whole fleet
+    silent_days: int
+    totals: StateTotals
+    groups: tuple[GroupSummary, ...]
+    to_move_total: int
+    to_move: tuple[DeviceEntry, ...]  # the first `list_limit` devices still to move, in id order
+    silent_total: int
+    silent: tuple[DeviceEntry, ...]  # mapped devices silent on EST for longer than silent_days
+    trend: tuple[TrendPoint, ...]
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    """One page of a device list; `next_after` continues it (None: this was the last page)."""
+
+    devices: tuple[DeviceEntry, ...]
+    next_after: int | None
+
+
+def _day(moment: dt.datetime) -> str:
+    return moment.date().isoformat()
+
+
+def next_actions(device: DeviceStanding, now: dt.datetime, silent_days: int) -> tuple[str, ...]:
+    """What to do about a device still on SCEP, most pressing first; () for migrated and retired ones."""
+    if device.state not in TO_MOVE_STATES:
+        return ()
+    actions: list[str] = []
+    if device.state == "legacy":
+        actions.append(ACTION_MAP)
+    else:
+        mapped_at, last_est = device.mapped_at, device.last_est_at
+        if mapped_at is not None and last_est is not None and last_est >= mapped_at:
+            actions.append(f"contacted EST on {_day(last_est)} but holds no EST certificate yet: check its enrollment")
+        elif mapped_at is not None and now - mapped_at >= dt.timedelta(days=silent_days):
+            actions.append(f"silent on EST since mapping for {(now - mapped_at).days} days")
+        elif device.mapping_mode == "bootstrap":
+            actions.append(ACTION_PUSH_BOOTSTRAP)
+        elif device.mapping_mode == "certificate":
+            actions.append(ACTION_PUSH_CERTIFICATE)
+        else:
+            actions.append(ACTION_PUSH)
+    expiry, sunset = device.certificate_not_after, device.sunset_at
+    if expiry is not None and expiry <= now:
+        actions.append(f"certificate expired on {_day(expiry)}")
+    elif expiry is not None and sunset is not None and expiry < sunset:
+        actions.append(f"certificate expires on {_day(expiry)}, before the group's sunset date {_day(sunset)}")
+    if sunset is not None:
+        closes = "closed" if sunset <= now else "closes"
+        actions.append(f"SCEP {closes} for its group on {_day(sunset)}")
+    return tuple(actions)
+
+
+def judge_device(device: DeviceStanding, now: dt.datetime, silent_days: int) -> DeviceEntry:
+    """A device row as the report lists it: its client fingerprint and next actions."""
+    return DeviceEntry(
+        id=device.id,
+        identity=device.identity,
+        group=device.group_name,
+        owner=device.owner,
+        state=device.state,
+        first_seen_at=device.first_seen_at,
+        last_scep_at=device.last_scep_at,
+        last_est_at=device.last_est_at,
+        mapped_at=device.mapped_at,
+        mapping_mode=device.mapping_mode,
+        migrated_at=device.migrated_at,
+        certificate_not_after=device.certificate_not_after,
+        sunset_at=device.sunset_at,
+        client=ClientFingerprint(device.scep_user_agent, device.scep_cipher, device.scep_digest, device.scep_challenge),
+        actions=next_actions(device, now, silent_days),
+    )
+
+
+def silent_filter(now: dt.datetime, silent_days: int, group: str | None) -> DeviceFilter:
+    """Mapped devices with no EST contact since a mapping older than `silent_days`."""
+    return DeviceFilter(states=("mapped",), group=group, silent_before=now - dt.timedelta(days=silent_days))
+
+
+def device_page(
+    store: MigrationReportStore,
+    now: dt.datetime,
+    *,
+    states: tuple[str, ...] = (),
+    group: str | None = None,
+    silent_days: int = 14,
+    silent_only: bool = False,
+    after_id: int = 0,
+    limit: int = 100,
+) -> DevicePage:
+    """One page of devices in id order (keyset pagination: pass `next_after` as `after_id`)."""
+    if limit < 1:
+        raise InvalidRequest("limit: must be at least 1")
+    if silent_only:
+        if states and "mapped" not in states:
+            return DevicePage((), None)
+        where = silent_filter(now, silent_days, group)
+    else:
+        where = DeviceFilter(states=states, group=group)
+    rows = store.device_standings(where, after_id=after_id, limit=limit + 1)
+    entries = tuple(judge_device(row, now, silent_days) for row in rows[:limit])
+    return DevicePage(entries, entries[-1].id if len(rows) > limit else None)
+
+
+def _trend(changes: list[DayChange], today: dt.date, days: int) -> tuple[TrendPoint, ...]:
+    """Running totals per day over the last `days` days (from the first change, if later)."""
+    if not changes:
+        return ()
+    start = max(changes[0].day, today - dt.timedelta(days=days - 1))
+    end = max(today, start)
+    baseline = [0, 0, 0]
+    per_day: dict[dt.date, list[int]] = {}
+    for change in changes:
+        # Days before the window fold into its first point; a future day (clock skew) counts today.
+        target = baseline if change.day < start else per_day.setdefault(min(change.day, end), [0, 0, 0])
+        target[0] += change.legacy
+        target[1] += change.mapped
+        target[2] += change.migrated
+    points = []
+    running = baseline
+    for offset in range((end - start).days + 1):
+        day = start + dt.timedelta(days=offset)
+        delta = per_day.get(day, [0, 0, 0])
+        running = [running[0] + delta[0], running[1] + delta[1], running[2] + delta[2]]
+        points.append(TrendPoint(day, *running))
+    return tuple(points)
+
+
+def _groups(store: MigrationReportStore, counts: list[StateCount], group: str | None) -> tuple[GroupSummary, ...]:
+    policies = {p.name: p for p in store.group_policies(group)}
+    names: set[str | None] = {c.group_name for c in counts} | set(policies)
+    summaries = []
+    for name in sorted(names, key=lambda n: (n is None, n or "")):
+        policy = policies.get(name) if name is not None else None
+        summaries.append(
+            GroupSummary(
+                name=name,
+                totals=StateTotals.of(c for c in counts if c.group_name == name),
+                sunset_at=policy.sunset_at if policy else None,
+                allow_downgrade=policy.allow_downgrade if policy else False,
+            )
+        )
+    return tuple(summaries)
+
+
+def build_report(
+    store: MigrationReportStore,
+    now: dt.datetime,
+    *,
+    group: str | None = None,
+    settings: ReportSettings | None = None,
+) -> MigrationReport:
+    """The report over every device (or one group's); NotFound for a group nobody is in."""
+    settings = settings or ReportSettings()
+    counts = store.state_counts(group)
+    groups = _groups(store, counts, group)
+    if group is not None and not groups:
+        raise NotFound(f"no group {group!r}: no device is in it and it has no sunset policy")
+    totals = StateTotals.of(counts)
+    silent_where = silent_filter(now, settings.silent_days, group)
+    to_move = store.device_standings(DeviceFilter(states=TO_MOVE_STATES, group=group), limit=settings.list_limit)
+    silent = store.device_standings(silent_where, limit=settings.list_limit)
+    silent_total = len(silent) if settings.list_limit is None else store.count_devices(silent_where)
+    return MigrationReport(
+        generated_at=now,
+        group=group,
+        silent_days=settings.silent_days,
+        totals=totals,
+        groups=groups,
+        to_move_total=totals.to_move,
+        to_move=tuple(judge_device(d, now, settings.silent_days) for d in to_move),
+        silent_total=silent_total,
+        silent=tuple(judge_device(d, now, settings.silent_days) for d in silent),
+        trend=_trend(store.day_changes(group), now.date(), settings.trend_days),
+    )
