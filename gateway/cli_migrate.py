@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from gateway.cli_migrate_import import import_command
 from gateway.cli_migrate_map import migrate_map, migrate_sunset
 from gateway.cli_migrate_report import report
 
@@ -20,3 +21,4 @@ def migrate() -> None:
 migrate.add_command(migrate_map)
 migrate.add_command(migrate_sunset)
 migrate.add_command(report)
+migrate.add_command(import_command)

@@ -73,7 +73,7 @@ class Gateway:
         for issuer in self.store.list_issuers():
             if issuer.id == self.authority.issuer.id:
                 continue
-            if issuer.kind == "legacy" and (issuer.trust_until is None or issuer.trust_until < now):
+            if issuer.kind == "legacy" and (issuer.trust_until is None or issuer.trust_until <= now):
                 continue
             if issuer.kind == "retired":  # a next CA replaced by `gateway ca rollover --force`
                 continue

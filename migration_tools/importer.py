@@ -1,0 +1,409 @@
+"""Applying a legacy inventory through the stores (`gateway migrate import`).
+
+For a certificate inventory: the legacy CA becomes a trusted issuer (kind 'legacy') with its
+migration window; every certificate it really signed is stored with the status the CA recorded
+(protocol 'import', profile 'legacy-import'); every device identity (by the configured rule) gets a
+device, `legacy` when its newest certificate is valid, `retired` when that one is revoked or
+expired. For an MDM export: each row is matched onto a stored certificate or a known device and
+sets that device's group, owner and tags.
+
+Each certificate is parsed once, checked against its CA's signature, and written in batches; the
+caller is told progress and every skipped line as they happen. Running an import twice adds
+nothing; with `dry_run` the same matching runs and nothing is written.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from migration_tools.inventory import Inventory, InventoryEntry, InventoryError, Problem
+from shared_ca.identity import IdentityRule, certificate_sans
+from shared_ca.keys import describe_public_key
+from shared_ca.policy import common_name, san_text
+from shared_ca.serials import serial_hex
+from shared_ca.storage.device_contacts import NewDevice
+from shared_ca.storage.inventory import CHUNK, ImportedCertificate, InventoryStore
+from shared_ca.storage.repository import AuditEvent, NewIssuer
+
+Progress = Callable[[int], None]  # told how many more entries were handled
+Report = Callable[[Problem], None]  # told each skipped line or file, as it is found
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    kind: str
+    identity: IdentityRule
+    actor: str
+    group: str | None = None
+    trust_until: dt.datetime | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class IssuerOutcome:
+    """What an import did to one legacy issuer: 'registered', 'trust window moved' or 'unchanged'
+    (a dry run says what it would do)."""
+
+    name: str
+    subject: str
+    trust_until: dt.datetime | None
+    action: str
+
+
+@dataclass
+class ImportSummary:
+    """Counts of one import; `read` = `imported` + `already_present` + every skipped count."""
+
+    kind: str
+    dry_run: bool
+    read: int = 0
+    imported: int = 0
+    already_present: int = 0
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+    devices_added: int = 0
+    devices_present: int = 0
+    issuers: list[IssuerOutcome] = field(default_factory=list)
+
+    @property
+    def restart_needed(self) -> bool:
+        """Whether `gateway serve` must restart: its TLS listener loads trusted issuers at start."""
+        return not self.dry_run and any(i.action != "unchanged" for i in self.issuers)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The summary as (result, count) rows, skipped ones by reason."""
+        rows = [
+            {"result": "read", "count": self.read},
+            {"result": "imported", "count": self.imported},
+            {"result": "already present", "count": self.already_present},
+            {"result": "skipped", "count": sum(self.skipped.values())},
+        ]
+        rows += [{"result": f"skipped: {reason}", "count": n} for reason, n in sorted(self.skipped.items())]
+        if self.kind != "csv":
+            rows += [
+                {"result": "devices added", "count": self.devices_added},
+                {"result": "devices already present", "count": self.devices_present},
+            ]
+        return rows
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    """A CA a leaf may be signed by: its certificate and its issuer id (None: not registered)."""
+
+    certificate: x509.Certificate
+    issuer_id: int | None
+    usable: bool  # registered, or a dry run that would register it
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", _fingerprint(self.certificate))
+
+
+@dataclass
+class _Device:
+    """The certificate that names a device, chosen among all of the device's certificates."""
+
+    certificate_id: int | None  # None in a dry run
+    current: bool  # valid now (not revoked, not expired)
+    not_before: dt.datetime
+    not_after: dt.datetime
+    first_seen: dt.datetime
+
+
+def legacy_issuer_name(cert: x509.Certificate, fingerprint: str) -> str:
+    """`legacy-<slug of its CN, else OU, else O>-<first 8 hex of the fingerprint>`, at most 64 characters."""
+    label = "ca"
+    for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.ORGANIZATION_NAME):
+        values = cert.subject.get_attributes_for_oid(oid)
+        if values and isinstance(values[0].value, str):
+            label = values[0].value
+            break
+    slug = _SLUG.sub("-", label.lower()).strip("-")[:40].strip("-") or "ca"
+    return f"legacy-{slug}-{fingerprint[:8]}"
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def new_legacy_issuer(cert: x509.Certificate, trust_until: dt.datetime | None) -> NewIssuer:
+    """The issuer row of a legacy CA certificate, trusted until `trust_until`."""
+    fingerprint = _fingerprint(cert)
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:  # an old CA without the extension: RFC 5280 method 1
+        ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+    return NewIssuer(
+        name=legacy_issuer_name(cert, fingerprint),
+        kind="legacy",
+        subject=cert.subject.rfc4514_string(),
+        ski_hex=ski.hex(),
+        fingerprint_sha256=fingerprint,
+        cert_der=cert.public_bytes(Encoding.DER),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        trust_until=trust_until,
+    )
+
+
+def _prepare_issuers(
+    store: InventoryStore, inventory: Inventory, options: ImportOptions, now: dt.datetime, summary: ImportSummary
+) -> dict[bytes, list[_Issuer]]:
+    """Register (or find) the inventory's CAs; a lookup from issuer name (DER) to candidate CAs.
+
+    A CA inventory's CA must be trusted: its first import needs --trust-until. A PEM bundle's CA
+    certificates become legacy issuers only with --trust-until, and CAs registered before count too.
+    """
+    found: dict[bytes, list[_Issuer]] = collections.defaultdict(list)
+    known: set[str] = set()
+    for ca in inventory.ca_certificates:
+        new = new_legacy_issuer(ca, options.trust_until)
+        if new.fingerprint_sha256 in known:
+            continue
+        known.add(new.fingerprint_sha256)
+        name = ca.subject.public_bytes()
+        existing = store.issuer_by_fingerprint(new.fingerprint_sha256)
+        if existing is not None and existing.kind != "legacy":
+            if inventory.kind != "pem":
+                raise InventoryError("PATH", f"CA {new.subject!r} is this gateway's own issuer {existing.name!r}")
+            found[name].append(_Issuer(ca, existing.id, usable=True))
+            continue
+        if existing is None and options.trust_until is None:
+            if inventory.kind != "pem":
+                raise InventoryError(
+                    "--trust-until",
+                    f"CA {new.subject!r} is imported for the first time: give the end of its migration window",
+                )
+            found[name].append(_Issuer(ca, None, usable=False))
+            continue
+        if options.dry_run:  # say what would happen
+            action = "registered"
+            if existing is not None:
+                moved = options.trust_until not in (None, existing.trust_until)
+                action = "trust window moved" if moved else "unchanged"
+            trust_until = options.trust_until or (existing.trust_until if existing else None)
+            summary.issuers.append(
+                IssuerOutcome(existing.name if existing else new.name, new.subject, trust_until, action)
+            )
+            found[name].append(_Issuer(ca, existing.id if existing else None, usable=True))
+            continue
+        registration = store.register_legacy_issuer(new, options.actor, now)
+        record = registration.issuer
+        action = "registered" if registration.created else "trust window moved" if registration.trust_changed else ""
+        summary.issuers.append(IssuerOutcome(record.name, record.subject, record.trust_until, action or "unchanged"))
+        found[name].append(_Issuer(ca, record.id, usable=True))
+    if inventory.kind == "pem":  # leaves of CAs registered before
+        for record in store.list_issuers():
+            if record.kind in ("legacy", "ca") and record.fingerprint_sha256 not in known:
+                cert = x509.load_der_x509_certificate(record.cert_der)
+                found[cert.subject.public_bytes()].append(_Issuer(cert, record.id, usable=True))
+    return found
+
+
+def _signed_by(cert: x509.Certificate, candidates: list[_Issuer]) -> _Issuer | None:
+    for candidate in candidates:
+        try:
+            cert.verify_directly_issued_by(candidate.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return candidate
+    return None
+
+
+def _examine(
+    entry: InventoryEntry, issuers: dict[bytes, list[_Issuer]], rule: IdentityRule
+) -> tuple[ImportedCertificate, str, str] | Problem:
+    """The certificate to store, its device identity and its CA's fingerprint; or why it is skipped."""
+    cert = entry.certificate
+    if entry.serial is not None and cert.serial_number != entry.serial:
+        return Problem(
+            entry.where,
+            "serial differs from the index",
+            f"the certificate file has serial {serial_hex(cert.serial_number)}, the index {serial_hex(entry.serial)}",
+        )
+    # Encoding the issuer name costs more than the signature check: look it up only among several CAs.
+    candidates = next(iter(issuers.values())) if len(issuers) == 1 else issuers.get(cert.issuer.public_bytes(), [])
+    issuer = _signed_by(cert, candidates)
+    subject = cert.subject  # built anew on every access: read once
+    if issuer is None:
+        what = "the CA" if candidates else "any known CA"
+        return Problem(entry.where, "not signed by the CA", f"{subject.rfc4514_string()} is not signed by {what}")
+    if not issuer.usable:
+        return Problem(
+            entry.where,
+            "issuer not trusted",
+            f"its CA {issuer.certificate.subject.rfc4514_string()!r} is not registered: give --trust-until",
+        )
+    sans = certificate_sans(cert)
+    identity = rule.identify(subject, sans)
+    if identity is None:
+        return Problem(entry.where, "no device identity", f"{subject.rfc4514_string()} has no {rule} identity")
+    der = cert.public_bytes(Encoding.DER)
+    imported = ImportedCertificate(
+        issuer_id=issuer.issuer_id,
+        serial_hex=serial_hex(cert.serial_number),
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        subject=subject.rfc4514_string(),
+        common_name=common_name(subject),
+        sans=tuple(san_text(n) for n in sans),
+        key_type=describe_public_key(cert.public_key()),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        der=der,
+        status=entry.status,
+        revoked_at=entry.revoked_at,
+        revocation_reason=entry.reason,
+    )
+    return imported, identity, issuer.fingerprint
+
+
+def _note_device(
+    devices: dict[str, _Device], identity: str, cert: ImportedCertificate, cert_id: int | None, now: dt.datetime
+) -> None:
+    """Keep, per identity, the certificate that best names the device: a valid one, then the newest."""
+    current = cert.status == "valid" and cert.not_after >= now
+    seen = devices.get(identity)
+    if seen is None:
+        devices[identity] = _Device(cert_id, current, cert.not_before, cert.not_after, cert.not_before)
+        return
+    seen.first_seen = min(seen.first_seen, cert.not_before)
+    if (current, cert.not_before) > (seen.current, seen.not_before):
+        seen.certificate_id, seen.current = cert_id, current
+        seen.not_before, seen.not_after = cert.not_before, cert.not_after
+
+
+class _CertificateImport:
+    """The state of one certificate import: counts, the batch being filled, and what was seen."""
+
+    def __init__(
+        self,
+        store: InventoryStore,
+        options: ImportOptions,
+        now: dt.datetime,
+        progress: Progress | None,
+        report: Report | None,
+    ) -> None:
+        self.store, self.options, self.now = store, options, now
+        self.progress, self.report = progress, report
+        self.summary = ImportSummary(options.kind, options.dry_run)
+        self.devices: dict[str, _Device] = {}
+        self.fingerprints: set[str] = set()
+        self.serials: set[tuple[str, str]] = set()  # (CA fingerprint, serial) of every certificate kept
+        self.batch: list[tuple[ImportedCertificate, str, str]] = []  # certificate, identity, where
+
+    def advance(self, count: int) -> None:
+        if self.progress is not None and count:
+            self.progress(count)
+
+    def skip(self, problem: Problem, *, counted: bool = True) -> None:
+        self.summary.skipped[problem.category] += 1
+        if self.report is not None:
+            self.report(problem)
+        if counted:
+            self.advance(1)
+
+    def take(self, item: InventoryEntry | Problem, issuers: dict[bytes, list[_Issuer]]) -> None:
+        self.summary.read += 1
+        examined = _examine(item, issuers, self.options.identity) if isinstance(item, InventoryEntry) else item
+        if isinstance(examined, Problem):
+            self.skip(examined)
+            return
+        cert, identity, ca = examined
+        if cert.fingerprint_sha256 in self.fingerprints:
+            self.skip(Problem(item.where, "listed twice", f"{cert.subject} (serial {cert.serial_hex}) is listed twice"))
+            return
+        if (ca, cert.serial_hex) in self.serials:
+            message = f"serial {cert.serial_hex} is taken by another certificate of its CA"
+            self.skip(Problem(item.where, "serial taken by another certificate", message))
+            return
+        self.fingerprints.add(cert.fingerprint_sha256)
+        self.serials.add((ca, cert.serial_hex))
+        self.batch.append((cert, identity, item.where))
+        if len(self.batch) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the batch; note the device of every certificate stored."""
+        certs = [cert for cert, _, _ in self.batch]
+        result = self.store.add_imported_certificates(certs, self.now, dry_run=self.options.dry_run)
+        refused = set(result.serial_taken)
+        for cert, identity, where in self.batch:
+            if cert.fingerprint_sha256 in refused:
+                message = f"serial {cert.serial_hex} is taken by another certificate of its CA"
+                self.skip(Problem(where, "serial taken by another certificate", message), counted=False)
+            else:
+                _note_device(self.devices, identity, cert, result.ids.get(cert.fingerprint_sha256), self.now)
+        self.summary.imported += result.inserted
+        self.summary.already_present += result.present
+        self.advance(len(self.batch))
+        self.batch.clear()
+
+
+def import_inventory(
+    store: InventoryStore,
+    inventory: Inventory,
+    options: ImportOptions,
+    now: dt.datetime,
+    *,
+    progress: Progress | None = None,
+    report: Report | None = None,
+) -> ImportSummary:
+    """Bring a certificate inventory in (see the module docstring); the counts of what happened."""
+    run = _CertificateImport(store, options, now, progress, report)
+    issuers = _prepare_issuers(store, inventory, options, now, run.summary)
+    for item in inventory.entries:
+        run.take(item, issuers)
+    run.flush()
+    _add_devices(store, run.devices, options, now, run.summary)
+    if not options.dry_run:
+        store.record_audit(AuditEvent(options.actor, "inventory.imported", detail=_audit_detail(run.summary)), now)
+    return run.summary
+
+
+def _add_devices(
+    store: InventoryStore,
+    devices: dict[str, _Device],
+    options: ImportOptions,
+    now: dt.datetime,
+    summary: ImportSummary,
+) -> None:
+    source = f"import:{options.kind}"
+    batch = [
+        NewDevice(
+            identity=identity,
+            source=source,
+            state="legacy" if device.current else "retired",
+            group_name=options.group,
+            certificate_id=device.certificate_id,
+            certificate_not_after=device.not_after,
+            first_seen_at=device.first_seen,
+        )
+        for identity, device in devices.items()
+    ]
+    added, present = store.add_imported_devices(batch, now, dry_run=options.dry_run)
+    summary.devices_added += added
+    summary.devices_present += present
+
+
+def _audit_detail(summary: ImportSummary) -> dict[str, Any]:
+    return {
+        "kind": summary.kind,
+        "read": summary.read,
+        "imported": summary.imported,
+        "already_present": summary.already_present,
+        "skipped": dict(summary.skipped),
+        "devices_added": summary.devices_added,
+        "issuers": [i.name for i in summary.issuers],
+    }
