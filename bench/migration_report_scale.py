@@ -148,13 +148,16 @@ def measure(url: str, now: dt.datetime) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--json", type=Path, help="also write the figures here, per backend")
     args = parser.parse_args()
     now = utcnow()
     print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs")
+    figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url = sqlite_url(Path(tmp) / "bench.db")
         print(f"sqlite: filled {args.devices} devices in {fill(url, args.devices, now):.1f} s")
-        print(json.dumps(measure(url, now), indent=2))
+        figures["sqlite"] = measure(url, now)
+        print(json.dumps(figures["sqlite"], indent=2))
     pg = os.environ.get("GATEWAY_BENCH_DATABASE_URL")
     if pg:
         schema = f"bench_{uuid.uuid4().hex[:12]}"
@@ -164,11 +167,14 @@ def main() -> None:
         try:
             url = f"{pg}{'&' if '?' in pg else '?'}options=-csearch_path%3D{schema}"
             print(f"postgresql: filled {args.devices} devices in {fill(url, args.devices, now):.1f} s")
-            print(json.dumps(measure(url, now), indent=2))
+            figures["postgresql"] = measure(url, now)
+            print(json.dumps(figures["postgresql"], indent=2))
         finally:
             with admin.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
             admin.dispose()
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
