@@ -23,7 +23,8 @@ in a network namespace of its own with only loopback). What one run does:
    gateway/micromdm of enrollments/s per concurrency.
 
 Everything is torn down at the end, on error too (servers killed, namespace deleted, files
-removed unless --keep).
+removed unless --keep). `--json FILE` also writes the rows as JSON (bench/run reads them);
+`--skip-micromdm` measures the gateway alone (no namespace, so no root needed).
 """
 
 from __future__ import annotations
@@ -357,13 +358,16 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     by_server: dict[str, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
     for row in rows:
         by_server[row["server"]][row["concurrency"]] = row
-    print()
-    print("| conc | gateway/micromdm (enroll/s) |")
-    print("|-----:|----------------------------:|")
-    for level, row in sorted(by_server["gateway"].items()):
-        other = by_server["micromdm"].get(level)
-        ratio = row["enrollments_per_s"] / other["enrollments_per_s"] if other and other["enrollments_per_s"] else 0.0
-        print(f"| {level:>4} | {ratio:>27.2f} |")
+    if by_server["micromdm"]:  # not with --skip-micromdm
+        print()
+        print("| conc | gateway/micromdm (enroll/s) |")
+        print("|-----:|----------------------------:|")
+        for level, row in sorted(by_server["gateway"].items()):
+            other = by_server["micromdm"].get(level)
+            ratio = (
+                row["enrollments_per_s"] / other["enrollments_per_s"] if other and other["enrollments_per_s"] else 0.0
+            )
+            print(f"| {level:>4} | {ratio:>27.2f} |")
     reasons = [(row["server"], row["concurrency"], row["failure_reasons"]) for row in rows if row["failure_reasons"]]
     for server, level, top in reasons:
         print(f"# {server} c={level} failures: " + "; ".join(f"{n} x {reason}" for reason, n in top))
@@ -373,12 +377,27 @@ def _raise_exit(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def main_run(args: argparse.Namespace) -> None:
+def start_micromdm(tmp: Path, netns: str, port: int) -> subprocess.Popen[bytes]:
+    """A new loopback-only namespace `netns` and a new depot (`scepserver ca -init`) served by scepserver in it."""
+    run_checked(["ip", "netns", "add", netns])
+    run_checked(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"])
+    depot = tmp / "micromdm-depot"
+    run_checked([SCEPSERVER, "ca", "-init", "-depot", str(depot), "-keySize", "2048"], cwd=tmp)
+    command = ["ip", "netns", "exec", netns, SCEPSERVER, "-challenge", CHALLENGE, "-port", str(port)]
+    return spawn([*command, "-depot", str(depot)], tmp / "micromdm.log")
+
+
+def check_micromdm_prerequisites() -> None:
     if os.geteuid() != 0:
-        raise SystemExit("bench/scep needs root (ip netns for micromdm's scepserver)")
+        raise SystemExit("bench/scep needs root (ip netns for micromdm's scepserver); or --skip-micromdm")
     for tool in (SCEPSERVER, "ip"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found (Debian packages scep and iproute2)")
+
+
+def main_run(args: argparse.Namespace) -> None:
+    if not args.skip_micromdm:
+        check_micromdm_prerequisites()
     signal.signal(signal.SIGTERM, _raise_exit)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scep-"))
     netns = f"gwbench-{os.getpid()}"
@@ -431,31 +450,13 @@ def main_run(args: argparse.Namespace) -> None:
         gateway = spawn(serve, tmp / "gateway-serve.log")
         wait_healthy(http_port, gateway, tmp / "gateway-serve.log")
 
-        run_checked(["ip", "netns", "add", netns])
-        netns_made = True
-        run_checked(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"])
-        depot = tmp / "micromdm-depot"
-        run_checked([SCEPSERVER, "ca", "-init", "-depot", str(depot), "-keySize", "2048"], cwd=tmp)
         micromdm_port = 8080
-        micromdm = spawn(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns,
-                SCEPSERVER,
-                "-challenge",
-                CHALLENGE,
-                "-port",
-                str(micromdm_port),
-                "-depot",
-                str(depot),
-            ],
-            tmp / "micromdm.log",
-        )
+        if not args.skip_micromdm:
+            netns_made = True  # before it exists: a start-up failure half-way still deletes it
+            micromdm = start_micromdm(tmp, netns, micromdm_port)
         print(
-            f"# set-up in {time.perf_counter() - started:.1f} s: gateway on 127.0.0.1:{http_port}, "
-            f"micromdm in netns {netns} on 127.0.0.1:{micromdm_port}",
+            f"# set-up in {time.perf_counter() - started:.1f} s: gateway on 127.0.0.1:{http_port}"
+            + ("" if args.skip_micromdm else f", micromdm in netns {netns} on 127.0.0.1:{micromdm_port}"),
             file=sys.stderr,
         )
 
@@ -477,6 +478,8 @@ def main_run(args: argparse.Namespace) -> None:
             ("gateway", [], f"http://127.0.0.1:{http_port}/scep"),
             ("micromdm", ["ip", "netns", "exec", netns], f"http://127.0.0.1:{micromdm_port}/scep"),
         ]
+        if args.skip_micromdm:
+            targets = targets[:1]
         rows: list[dict[str, Any]] = []
         for label, prefix, url in targets:
             out = tmp / f"{label}.json"
@@ -498,6 +501,8 @@ def main_run(args: argparse.Namespace) -> None:
                 raise SystemExit(f"the {label} worker failed ({done.returncode})")
             rows += json.loads(out.read_text())
         print_table(rows, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     finally:
         stop(micromdm)
         stop(gateway)
@@ -518,6 +523,8 @@ def main() -> None:
     parser.add_argument("--digest", default=Digest.SHA256.value, choices=[d.value for d in Digest])
     parser.add_argument("--gateway-workers", type=int, default=0, help="gateway serve --workers (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, depots)")
+    parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("--skip-micromdm", action="store_true", help="measure the gateway only (no root needed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--label", default="server", help=argparse.SUPPRESS)
     parser.add_argument("--url", default="", help="worker mode: the SCEP URL to load")

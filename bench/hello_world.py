@@ -1,0 +1,93 @@
+"""A hello-world Flask app under exactly the gunicorn settings of `gateway serve`: bench/run's HTTP ceiling.
+
+`python bench/hello_world.py http|https` is the twin of `python -m gateway.server http|https`: it
+reads the same configuration from the environment (GATEWAY_DATA_DIR, GATEWAY_LISTEN_*; see
+`gateway.server.child_environment`) and runs one gunicorn arbiter through a subclass of the
+gateway's own `ListenerApplication`, so bind, gthread workers and threads (listen.workers,
+listen.threads), keepalive, timeouts and the request-line limit are the gateway's by construction.
+For the HTTPS listener the SSLContext is the gateway's too (`build_ssl_context`: TLS >= 1.2, the
+data directory's server certificate, client certificates optional with our CA as the accepted
+issuer), built once per worker in gunicorn's `ssl_context` hook. Only the WSGI app differs:
+
+- `GET /` answers `ok` (text/plain);
+- `POST` to any path answers with the request body (echo, same content type).
+
+No database, CA key or gateway state is opened: what this serves is the cost of gunicorn, TLS and
+Flask alone on this machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+from cryptography import x509
+from flask import Flask, Response, request
+
+from gateway.app import config_from_environment
+from gateway.config import GatewayConfig
+from gateway.logs import configure_logging
+from gateway.runtime import Gateway
+from gateway.server import LISTENERS, ListenerApplication, build_ssl_context
+
+
+def create_hello_app() -> Flask:
+    """The whole app: `GET /` → ok, `POST /<anything>` → the body back."""
+    app = Flask("hello")
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(b"ok", mimetype="text/plain")
+
+    @app.post("/", defaults={"path": ""})
+    @app.post("/<path:path>")
+    def echo(path: str) -> Response:
+        return Response(request.get_data(), content_type=request.content_type or "application/octet-stream")
+
+    return app
+
+
+class _TlsMaterial:
+    """The two things `build_ssl_context` reads of a Gateway, without opening one (no database, no CA key)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._ca = x509.load_pem_x509_certificate((config.data_dir / "ca.pem").read_bytes())
+
+    def trusted_client_issuers(self, _now: dt.datetime) -> list[x509.Certificate]:
+        return [self._ca]  # a freshly initialised gateway trusts exactly its own CA
+
+
+class HelloApplication(ListenerApplication):
+    """`ListenerApplication` with the hello-world app: same gunicorn configuration, same TLS context."""
+
+    def _ssl_context(self, _conf: Any, _default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        if self._context is None:  # once per worker, as the gateway does
+            self._context = build_ssl_context(cast(Gateway, _TlsMaterial(self.gateway_config)))
+        return self._context
+
+    def _post_worker_init(self, _worker: Any) -> None:
+        """The gateway starts its CRL timer here; the hello world has nothing to start."""
+
+    def load_config(self) -> None:
+        super().load_config()
+        self.cfg.set("proc_name", f"hello-{self.listener}")
+
+    def load(self) -> Any:
+        return create_hello_app()
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or sys.argv[1] not in LISTENERS:
+        sys.stderr.write("usage: python bench/hello_world.py http|https  (configuration from GATEWAY_* as serve)\n")
+        sys.exit(2)
+    config = config_from_environment()
+    configure_logging(config["log.format"], config["log.level"])
+    HelloApplication(sys.argv[1], config).run()
+
+
+if __name__ == "__main__":
+    main()
