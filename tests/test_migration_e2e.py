@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from tests.test_est_interop import sh
 from tests.test_migration_import_real import MadeInventory, micromdm_depot  # noqa: F401 - the fixture
 from tests.test_scep_interop import client_env, server_log
 from tests.test_serve import Server, free_ports, gateway_command, openssl, start_server, stop_server
@@ -39,21 +40,6 @@ def gw(data_dir: Path, *args: str) -> str:
     done = gateway_command(*args, "--data-dir", str(data_dir))
     assert done.returncode == 0, f"gateway {' '.join(args)}\n{done.stdout}{done.stderr}"
     return done.stdout
-
-
-def sh(script: str, cwd: Path, server: Server) -> subprocess.CompletedProcess[bytes]:
-    done = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", script],
-        cwd=cwd,
-        env=client_env(),
-        capture_output=True,
-        timeout=COMMAND_SECONDS,
-        check=False,
-    )
-    assert done.returncode == 0, (
-        f"exit {done.returncode}: {script}\n{done.stderr.decode(errors='replace')}\n{server_log(server)}"
-    )
-    return done
 
 
 def http_status(script: str, cwd: Path) -> str:
