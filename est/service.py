@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from est import cmc, csrattrs, serverkeygen, wire
 from est.auth import EstAuthenticator, EstCredentials, EstPrincipal, parse_basic
 from est.serverkeygen import KeyEncryptionRequest
+from shared_ca.approval import pending_approval
 from shared_ca.authority import CertificateAuthority, Issued, fingerprint
 from shared_ca.csr import challenge_password, load_csr, requested_sans
-from shared_ca.errors import CAError, Conflict, InvalidRequest, KeyMaterialError, NotFound, PolicyDenied
+from shared_ca.errors import CAError, Conflict, InvalidRequest, KeyMaterialError, PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.keys import PrivateKey, public_key_bytes
 from shared_ca.policy import IssuancePolicy, authorize_csr, authorize_renewal, authorize_request
@@ -492,43 +493,27 @@ class EstService:
 
     def approve(self, queued_id: int, *, actor: str) -> CertificateRecord:
         """Issue for a pending EST request; the client's next retry gets the certificate."""
-        txn = self.store.scep_transaction_by_id(queued_id)
-        if txn is None or txn.message_type != QUEUE_MESSAGE_TYPE:
-            raise NotFound(f"no EST request {queued_id}")
-        if txn.status != "pending" or txn.request_der is None:
-            raise Conflict(f"EST request {queued_id} is not pending (it is {txn.status})")
-        profile = self.profiles.get(txn.profile)
-        if profile is None:
-            raise PolicyDenied(f"profile {txn.profile!r} of EST request {queued_id} no longer exists")
-        csr = load_csr(txn.request_der)
-        policy = authorize_csr(profile, csr, self.clock())
-        user = None
-        if txn.signer_cert_sha256.startswith("user:"):
-            user = self.users.est_user(txn.signer_cert_sha256.removeprefix("user:"))
-        if user is not None and user.uses_left is not None and not self.users.consume_use(user.id, self.clock()):
-            raise Conflict(f"the EST credential {user.name!r} of request {queued_id} has no uses left")
-        event = EnrollmentEvent(
-            protocol="est",
-            operation="approval",
-            outcome="issued",
-            profile=profile.name,
-            device_identity=self.identity.of_request(csr),
-            client_address=txn.client_address,
-            challenge_kind="manual",
-            transaction_id=txn.transaction_id,
-            detail={"approved_by": actor},
+        pending = pending_approval(
+            self.store, self.profiles, queued_id, self.clock(), protocol="est", message_types=(QUEUE_MESSAGE_TYPE,)
         )
+        queued = pending.queued
+        user = None
+        if queued.signer_cert_sha256.startswith("user:"):
+            user = self.users.est_user(queued.signer_cert_sha256.removeprefix("user:"))
+        spent = user is not None and user.uses_left is not None
+        if spent and user is not None and not self.users.consume_use(user.id, self.clock()):
+            raise Conflict(f"the EST credential {user.name!r} of request {queued_id} has no uses left")
         try:
             issued = self.authority.issue(
-                policy,
+                pending.policy,
                 protocol="est",
                 actor=actor,
-                requester=txn.client_address,
-                enrollment=event,
+                requester=queued.client_address,
+                enrollment=pending.event("est", self.identity, actor),
                 scep_transaction=CompletePending(queued_id),
             )
         except BaseException:
-            if user is not None and user.uses_left is not None:
+            if spent and user is not None:
                 self.users.refund_use(user.id)
             raise
         return issued.record

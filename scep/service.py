@@ -33,6 +33,7 @@ from scep.challenges import (
 )
 from scep.envelope import ContentCipher
 from scep.message import PkiRequest, ReplyContext, ScepDecodeError, ScepMessageError, parse_pki_message
+from shared_ca.approval import pending_approval
 from shared_ca.authority import CertificateAuthority, fingerprint
 from shared_ca.crl import CrlPublisher
 from shared_ca.csr import challenge_password, load_csr
@@ -40,8 +41,6 @@ from shared_ca.errors import (
     AlgorithmNotAllowed,
     BadSignature,
     CAError,
-    Conflict,
-    NotFound,
     PolicyDenied,
     Unauthorized,
     Unavailable,
@@ -442,33 +441,13 @@ class ScepService:
 
     def approve(self, scep_transaction_id: int, *, actor: str) -> CertificateRecord:
         """Issue for a pending request; the client's next CertPoll gets the certificate."""
-        txn = self.store.scep_transaction_by_id(scep_transaction_id)
-        if txn is None:
-            raise NotFound(f"no SCEP request {scep_transaction_id}")
-        if txn.status != "pending" or txn.request_der is None:
-            raise Conflict(f"SCEP request {scep_transaction_id} is not pending (it is {txn.status})")
-        profile = self.profiles.get(txn.profile)
-        if profile is None:
-            raise PolicyDenied(f"profile {txn.profile!r} of SCEP request {scep_transaction_id} no longer exists")
-        csr = load_csr(txn.request_der)
-        policy = authorize_csr(profile, csr, self.clock())
-        event = EnrollmentEvent(
-            protocol="scep",
-            operation="approval",
-            outcome="issued",
-            profile=profile.name,
-            device_identity=self.identity.of_request(csr),
-            client_address=txn.client_address,
-            challenge_kind="manual",
-            transaction_id=txn.transaction_id,
-            detail={"approved_by": actor},
-        )
+        pending = pending_approval(self.store, self.profiles, scep_transaction_id, self.clock(), protocol="scep")
         issued = self.authority.issue(
-            policy,
+            pending.policy,
             protocol="scep",
             actor=actor,
-            requester=txn.client_address,
-            enrollment=event,
+            requester=pending.queued.client_address,
+            enrollment=pending.event("scep", self.identity, actor),
             scep_transaction=CompletePending(scep_transaction_id),
         )
         return issued.record

@@ -31,6 +31,7 @@ from gateway.app import create_app
 from gateway.config import load_config
 from gateway.middleware import CLIENT_CERT_DER, TLS_UNIQUE, TLS_VERSION
 from gateway.runtime import Gateway
+from shared_ca.errors import Conflict, NotFound
 from shared_ca.storage.est_users import EstUserStore, hash_password
 from tests import test_est_cmc as cmc_tests
 from tests.support import csr_der, ec_key, make_csr, multipart_parts, subject
@@ -491,3 +492,17 @@ def test_fullcmc_failures_are_signed_cmc_responses(est: FlaskClient) -> None:
     assert bad.statuses[0].fail_info is cmc.CmcFailInfo.BAD_MESSAGE_CHECK
     assert post(est, "fullcmc", base64.b64encode(b"\x30\x00"), headers=basic()).status_code == 400
     assert post(est, "fullcmc", cmc_enrollment(ec_key(), "cmc3")).status_code == 401
+
+
+def test_approval_refusals(est: FlaskClient, est_app: Flask) -> None:
+    gw = gateway_of(est_app)
+    with pytest.raises(NotFound, match="no EST request 999"):
+        gw.est.approve(999, actor="test")
+    with pytest.raises(NotFound, match="no SCEP request 999"):
+        gw.scep.approve(999, actor="test")
+    body = b64_csr(make_csr(ec_key(), subject("twice")))
+    assert post(est, "simpleenroll", body, label="manual", headers=basic()).status_code == 202
+    (queued,) = gw.store.list_pending()
+    gw.est.approve(queued.id, actor="test")
+    with pytest.raises(Conflict, match="is not pending"):
+        gw.est.approve(queued.id, actor="test")
