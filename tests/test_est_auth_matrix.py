@@ -30,15 +30,12 @@ from urllib.parse import quote
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.config import load_config
 from gateway.runtime import open_gateway, open_store
 from shared_ca.authority import utcnow
-from shared_ca.ca_material import create_root_ca
-from shared_ca.keys import KeyType, PrivateKey, generate_private_key
+from shared_ca.keys import PrivateKey
 from shared_ca.policy import authorize_request
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentRecord
@@ -49,6 +46,7 @@ from tests.test_serve import (
     Server,
     child_env,
     fetch,
+    foreign_client_certificate,
     free_ports,
     gateway_command,
     start_server,
@@ -376,21 +374,7 @@ def client_a(server: Server, workdir: Path, module_state: Module) -> ClientCrede
 @pytest.fixture(scope="module")
 def foreign(workdir: Path) -> ClientCredentials:
     """A client certificate (CN=matrix-a, like ours) from a self-signed CA the gateway never heard of."""
-    now = utcnow()
-    ca = create_root_ca(generate_private_key(KeyType.P256), subject("SCEP-EST Gateway CA"), 30, now)
-    key = ec_key()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject("matrix-a"))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return write_client_credentials(workdir, "foreign", certificate, key)
+    return write_client_credentials(workdir, "foreign", *foreign_client_certificate("matrix-a"))
 
 
 def proxy_headers(cert_file: Path, verify: str) -> dict[str, str]:

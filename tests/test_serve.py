@@ -372,15 +372,14 @@ def our_client(server: Server, workdir: Path) -> tuple[Path, Path]:
     return write_client_credentials(workdir, "ours", x509.load_pem_x509_certificate(cert_file.read_bytes()), key)
 
 
-@pytest.fixture(scope="module")
-def foreign_client(workdir: Path) -> tuple[Path, Path]:
-    """A client certificate from a CA the gateway has never heard of (same subject as ours)."""
+def foreign_client_certificate(cn: str) -> tuple[x509.Certificate, PrivateKey]:
+    """A TLS client certificate for CN=`cn` from a CA the gateway has never heard of (same CA subject as ours)."""
     now = utcnow()
     ca = create_root_ca(generate_private_key(KeyType.P256), subject("SCEP-EST Gateway CA"), 30, now)
     key = ec_key()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject("tls-client"))
+        .subject_name(subject(cn))
         .issuer_name(ca.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -389,7 +388,13 @@ def foreign_client(workdir: Path) -> tuple[Path, Path]:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
-    return write_client_credentials(workdir, "foreign", cert, key)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def foreign_client(workdir: Path) -> tuple[Path, Path]:
+    """A client certificate from a CA the gateway has never heard of (same subject as ours)."""
+    return write_client_credentials(workdir, "foreign", *foreign_client_certificate("tls-client"))
 
 
 # -- 1. health on both listeners --------------------------------------------------------------------
