@@ -46,7 +46,7 @@ from shared_ca.errors import (
     Unavailable,
 )
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
-from shared_ca.policy import authorize_csr
+from shared_ca.policy import IssuancePolicy, authorize_csr
 from shared_ca.profiles import Profile
 from shared_ca.serials import serial_hex
 from shared_ca.storage.devices import DeviceStore
@@ -135,6 +135,17 @@ def _transaction(request: PkiRequest, profile: Profile, client: ScepClient, repl
         client_address=client.address,
         replaces_id=replaces,
     )
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A new enrollment request that passed every check: what issuing (or holding) it needs."""
+
+    policy: IssuancePolicy
+    event: EnrollmentEvent
+    txn: NewScepTransaction
+    renewing: CertificateRecord | None
+    hold: bool  # manual approval: queue it instead of issuing
 
 
 class ScepService:
@@ -265,23 +276,30 @@ class ScepService:
     def _enroll(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
         signer = request.signer_certificate
         key_sha, cert_sha = spki_sha256(signer), fingerprint(signer)
-        existing = self.store.scep_transaction(key_sha, request.transaction_id)
         replaces: int | None = None
-        if existing is not None:
-            if existing.is_retransmission(cert_sha, request.message_type.value, request.csr_der):
-                log.info("SCEP %s: retransmission, answered as before", request.transaction_id)
-                self._event(profile, client, request.message_type.name, f"retransmission:{existing.status}", request)
-                return self._answer(request, existing)
-            if existing.status == "pending":
-                raise Refused(FailInfo.BAD_REQUEST, "a different request with this transactionID awaits approval")
-            replaces = existing.id
-        try:
-            return self._enroll_new(request, profile, client, replaces)
-        except Refused as refusal:
-            self._record_failed(request, profile, client, refusal, replaces)
-            raise
+        # The look-ups before issuance share one connection; the scope closes before the issuing
+        # write, so a lost race (TransactionExists) reads the winner afresh.
+        with self.store.reading():
+            existing = self.store.scep_transaction(key_sha, request.transaction_id)
+            if existing is not None:
+                if existing.is_retransmission(cert_sha, request.message_type.value, request.csr_der):
+                    log.info("SCEP %s: retransmission, answered as before", request.transaction_id)
+                    self._event(
+                        profile, client, request.message_type.name, f"retransmission:{existing.status}", request
+                    )
+                    return self._answer(request, existing)
+                if existing.status == "pending":
+                    raise Refused(FailInfo.BAD_REQUEST, "a different request with this transactionID awaits approval")
+                replaces = existing.id
+            try:
+                admitted = self._admit(request, profile, client, replaces)
+            except Refused as refusal:
+                self._record_failed(request, profile, client, refusal, replaces)
+                raise
+        return self._issue(request, client, admitted)
 
-    def _enroll_new(self, request: PkiRequest, profile: Profile, client: ScepClient, replaces: int | None) -> bytes:
+    def _admit(self, request: PkiRequest, profile: Profile, client: ScepClient, replaces: int | None) -> _Admitted:
+        """Every check of a new enrollment request (Refused when one fails); what issuing it needs."""
         assert request.csr_der is not None
         try:
             csr = load_csr(request.csr_der)
@@ -299,17 +317,21 @@ class ScepService:
             raise refusal_from(exc) from exc
         event = self._enrollment_event(profile, client, request, "issued", challenge_kind, csr)
         txn = replace(_transaction(request, profile, client, replaces), subject=csr.subject.rfc4514_string())
-        if profile.approval == "manual":
-            return self._hold(request, txn, event)
+        return _Admitted(policy, event, txn, renewing, hold=profile.approval == "manual")
+
+    def _issue(self, request: PkiRequest, client: ScepClient, admitted: _Admitted) -> bytes:
+        """Hold the admitted request for approval, or issue and answer with the certificate."""
+        if admitted.hold:
+            return self._hold(request, admitted.txn, admitted.event)
         try:
             issued = self.authority.issue(
-                policy,
+                admitted.policy,
                 protocol="scep",
                 actor=f"scep:{client.address or '-'}",
                 requester=client.address,
-                renewal_of=renewing,
-                enrollment=event,
-                scep_transaction=txn,
+                renewal_of=admitted.renewing,
+                enrollment=admitted.event,
+                scep_transaction=admitted.txn,
             )
         except TransactionExists:
             return self._answer_winner(request)

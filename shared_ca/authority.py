@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
 from shared_ca.errors import Conflict, KeyMaterialError, NotFound, PolicyDenied
 from shared_ca.keys import PrivateKey, PublicKey, key_matches_certificate
@@ -33,6 +33,7 @@ from shared_ca.storage.repository import (
 
 Clock = Callable[[], dt.datetime]
 MAX_SERIAL_ATTEMPTS = 5
+_END_ENTITY = x509.BasicConstraints(ca=False, path_length=None)
 
 # RFC 5280 §5.3.1 reasons an operator may give (removeFromCRL and certificateHold are not offered:
 # this CA does not suspend certificates).
@@ -132,7 +133,45 @@ class CertificateAuthority:
         self.urls = urls
         self.clock = clock
         self.signing_hash = signature_hash(key)
-        self._ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        # The extensions every certificate of this CA carries after its key usage and key identifier,
+        # built once (the CA is immutable).
+        self._ca_extensions: tuple[x509.Extension[x509.ExtensionType], ...] = (
+            x509.Extension(
+                ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+                False,
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+            ),
+            x509.Extension(
+                ExtensionOID.CRL_DISTRIBUTION_POINTS,
+                False,
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            full_name=[x509.UniformResourceIdentifier(urls.crl(issuer.name))],
+                            relative_name=None,
+                            reasons=None,
+                            crl_issuer=None,
+                        )
+                    ]
+                ),
+            ),
+            x509.Extension(
+                ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+                False,
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp())
+                        ),
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.CA_ISSUERS,
+                            x509.UniformResourceIdentifier(urls.ca_issuers(issuer.name)),
+                        ),
+                    ]
+                ),
+            ),
+        )
 
     @property
     def name(self) -> str:
@@ -143,45 +182,22 @@ class CertificateAuthority:
     def _build(self, policy: IssuancePolicy, serial: int) -> x509.Certificate:
         profile = policy.profile
         not_after = min(policy.not_after, self.certificate.not_valid_after_utc)
+        extensions: list[x509.Extension[x509.ExtensionType]] = [
+            x509.Extension(ExtensionOID.BASIC_CONSTRAINTS, True, _END_ENTITY),
+            x509.Extension(ExtensionOID.KEY_USAGE, True, profile.key_usage_extension()),
+            x509.Extension(
+                ExtensionOID.SUBJECT_KEY_IDENTIFIER, False, x509.SubjectKeyIdentifier.from_public_key(policy.public_key)
+            ),
+            *self._ca_extensions,
+        ]
         builder = (
-            x509.CertificateBuilder()
+            x509.CertificateBuilder(extensions=extensions)
             .subject_name(policy.subject)
             .issuer_name(self.certificate.subject)
             .public_key(policy.public_key)
             .serial_number(serial)
             .not_valid_before(max(policy.not_before, self.certificate.not_valid_before_utc))
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(profile.key_usage_extension(), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(policy.public_key), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._ski), critical=False)
-            .add_extension(
-                x509.CRLDistributionPoints(
-                    [
-                        x509.DistributionPoint(
-                            full_name=[x509.UniformResourceIdentifier(self.urls.crl(self.name))],
-                            relative_name=None,
-                            reasons=None,
-                            crl_issuer=None,
-                        )
-                    ]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityInformationAccess(
-                    [
-                        x509.AccessDescription(
-                            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.urls.ocsp())
-                        ),
-                        x509.AccessDescription(
-                            AuthorityInformationAccessOID.CA_ISSUERS,
-                            x509.UniformResourceIdentifier(self.urls.ca_issuers(self.name)),
-                        ),
-                    ]
-                ),
-                critical=False,
-            )
         )
         ekus = profile.extended_key_usage_oids()
         if ekus:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy import String, bindparam, case, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.elements import ClauseElement
 
 from shared_ca.errors import InvalidRequest
+from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.schema import DEVICE_STATES, Id, UTCDateTime, devices
 
 MAX_GROUP = 64
@@ -145,7 +146,7 @@ def _contact_values(protocol: str, issued: bool) -> dict[str, object]:
     return values
 
 
-def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> Executable:
+def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> ClauseElement:
     """The one statement a contact costs: an UPDATE, or for an issuance an upsert creating a new device."""
     values = _contact_values(protocol, issued)
     if not issued:
@@ -171,12 +172,12 @@ def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> Execut
     }
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(devices).values(**row)
-    upsert: Executable = statement.on_conflict_do_update(index_elements=["identity"], set_=values)
+    upsert: ClauseElement = statement.on_conflict_do_update(index_elements=["identity"], set_=values)
     return upsert
 
 
-_CONTACT_STATEMENTS: dict[tuple[str, str, bool], Executable] = {
-    (name, protocol, issued): _contact_statement(name, protocol, issued)
+_CONTACT_STATEMENTS: dict[tuple[str, str, bool], PreparedStatement] = {
+    (name, protocol, issued): PreparedStatement(_contact_statement(name, protocol, issued))
     for name in ("sqlite", "postgresql")
     for protocol in ("scep", "est")
     for issued in (False, True)
@@ -189,8 +190,8 @@ def touch_device(conn: Connection, contact: DeviceContact, now: dt.datetime) -> 
     issued = contact.outcome == "issued" and contact.certificate_id is not None
     key = ("postgresql" if conn.dialect.name == "postgresql" else "sqlite", contact.protocol, issued)
     challenge = contact.challenge_kind if contact.challenge_kind not in (None, "none") else None
-    conn.execute(
-        _CONTACT_STATEMENTS[key],
+    _CONTACT_STATEMENTS[key].execute(
+        conn,
         {
             "device_identity": contact.identity,
             "now": now,

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, InvalidRequest
 from shared_ca.storage.device_contacts import DeviceContact, touch_device
+from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.schema import SCEP_TRANSACTION_STATUSES, enrollment_events, scep_transactions
 
 PROTOCOLS = ("scep", "est")
@@ -167,8 +168,10 @@ class ScepTransactionRecord:
         )
 
 
-_INSERT_EVENT = insert(enrollment_events).returning(enrollment_events.c.id)
-_INSERT_SCEP_TRANSACTION = insert(scep_transactions).returning(scep_transactions.c.id)
+_INSERT_EVENT = PreparedStatement(insert(enrollment_events).returning(enrollment_events.c.id), columns_from_params=True)
+_INSERT_SCEP_TRANSACTION = PreparedStatement(
+    insert(scep_transactions).returning(scep_transactions.c.id), columns_from_params=True
+)
 
 
 def is_transaction_violation(exc: IntegrityError) -> bool:
@@ -204,28 +207,26 @@ def write_enrollment_event(
             certificate_not_after=certificate_not_after,
         )
         touch_device(conn, contact, now)
-    return int(
-        conn.execute(
-            _INSERT_EVENT,
-            {
-                "occurred_at": now,
-                "protocol": event.protocol,
-                "operation": event.operation,
-                "profile": event.profile,
-                "device_identity": event.device_identity,
-                "client_address": event.client_address,
-                "user_agent": event.user_agent,
-                "cipher": event.cipher,
-                "digest": event.digest,
-                "challenge_kind": event.challenge_kind,
-                "outcome": event.outcome,
-                "transaction_id": event.transaction_id,
-                "serial_hex": serial_hex or event.serial_hex,
-                "certificate_id": certificate_id,
-                "detail": json.dumps(event.detail or {}, sort_keys=True),
-                "tls_version": event.tls_version,
-            },
-        ).scalar_one()
+    return _INSERT_EVENT.inserted_id(
+        conn,
+        {
+            "occurred_at": now,
+            "protocol": event.protocol,
+            "operation": event.operation,
+            "profile": event.profile,
+            "device_identity": event.device_identity,
+            "client_address": event.client_address,
+            "user_agent": event.user_agent,
+            "cipher": event.cipher,
+            "digest": event.digest,
+            "challenge_kind": event.challenge_kind,
+            "outcome": event.outcome,
+            "transaction_id": event.transaction_id,
+            "serial_hex": serial_hex or event.serial_hex,
+            "certificate_id": certificate_id,
+            "detail": json.dumps(event.detail or {}, sort_keys=True),
+            "tls_version": event.tls_version,
+        },
     )
 
 
@@ -249,26 +250,24 @@ def write_scep_transaction(
         ).rowcount
         if removed != 1:
             raise TransactionExists(txn.signer_key_sha256, txn.transaction_id)
-    return int(
-        conn.execute(
-            _INSERT_SCEP_TRANSACTION,
-            {
-                "signer_key_sha256": txn.signer_key_sha256,
-                "transaction_id": txn.transaction_id,
-                "signer_cert_sha256": txn.signer_cert_sha256,
-                "message_type": txn.message_type,
-                "profile": txn.profile,
-                "status": txn.status,
-                "certificate_id": certificate_id,
-                "fail_info": txn.fail_info,
-                "fail_info_text": txn.fail_info_text,
-                "request_der": txn.request_der,
-                "subject": txn.subject,
-                "client_address": txn.client_address,
-                "created_at": now,
-                "updated_at": now,
-            },
-        ).scalar_one()
+    return _INSERT_SCEP_TRANSACTION.inserted_id(
+        conn,
+        {
+            "signer_key_sha256": txn.signer_key_sha256,
+            "transaction_id": txn.transaction_id,
+            "signer_cert_sha256": txn.signer_cert_sha256,
+            "message_type": txn.message_type,
+            "profile": txn.profile,
+            "status": txn.status,
+            "certificate_id": certificate_id,
+            "fail_info": txn.fail_info,
+            "fail_info_text": txn.fail_info_text,
+            "request_der": txn.request_der,
+            "subject": txn.subject,
+            "client_address": txn.client_address,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
 
 

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +30,19 @@ from shared_ca.storage.enrollment_records import (
     write_enrollment_event,
     write_scep_transaction,
 )
+from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.schema import audit_events, certificates, crl_publications, issuers
 
 # Hot-path statements built once: SQLAlchemy then reuses their compiled form and cache key instead of
 # re-coercing a fresh construct on every call.
-_INSERT_CERTIFICATE = insert(certificates).returning(certificates.c.id)
-_INSERT_AUDIT = insert(audit_events)
+_INSERT_CERTIFICATE = PreparedStatement(insert(certificates).returning(certificates.c.id), columns_from_params=True)
+_INSERT_AUDIT = PreparedStatement(insert(audit_events), columns_from_params=True)
 _ISSUER_BY_ID = select(issuers).where(issuers.c.id == bindparam("issuer_id"))
 _CERTIFICATE_BY_FINGERPRINT = select(certificates).where(certificates.c.fingerprint_sha256 == bindparam("fingerprint"))
+
+
+# The connection a `Store.reading()` scope lends to every read on the same engine in this thread.
+_SHARED_READ: ContextVar[tuple[Engine, Connection] | None] = ContextVar("gateway_shared_read", default=None)
 
 
 class SerialCollision(Exception):
@@ -173,11 +179,37 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        shared = _SHARED_READ.get()
+        if shared is not None and shared[0] is self.engine:
+            try:
+                yield shared[1]
+            except (OperationalError, SAInterfaceError) as exc:
+                raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+            return
         try:
             with self.engine.connect() as conn:
                 yield conn
         except (OperationalError, SAInterfaceError) as exc:
             raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Run every read inside on one connection and one read transaction: one pool checkout for the
+        look-ups of a request instead of one each (any Store on this engine, this thread only).
+
+        Writes still take their own connection. On SQLite the reads inside see one snapshot, taken
+        at the first read: close the scope before reading what a write inside it committed.
+        """
+        shared = _SHARED_READ.get()
+        if shared is not None and shared[0] is self.engine:
+            yield
+            return
+        with self._read() as conn:
+            token = _SHARED_READ.set((self.engine, conn))
+            try:
+                yield
+            finally:
+                _SHARED_READ.reset(token)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -194,8 +226,8 @@ class Store:
 
     @staticmethod
     def _audit(conn: Connection, event: AuditEvent, now: dt.datetime) -> None:
-        conn.execute(
-            _INSERT_AUDIT,
+        _INSERT_AUDIT.execute(
+            conn,
             {
                 "occurred_at": now,
                 "actor": event.actor,
@@ -335,8 +367,8 @@ class Store:
             raise ValueError("a SCEP transaction recorded with a certificate has status 'issued'")
         try:
             with self._write() as conn:
-                cert_id = conn.execute(
-                    _INSERT_CERTIFICATE,
+                cert_id = _INSERT_CERTIFICATE.inserted_id(
+                    conn,
                     {
                         "issuer_id": cert.issuer_id,
                         "serial_hex": cert.serial_hex,
@@ -355,7 +387,7 @@ class Store:
                         "der": cert.der,
                         "created_at": now,
                     },
-                ).scalar_one()
+                )
                 if supersede is not None:
                     old_id, at = supersede
                     conn.execute(
