@@ -19,6 +19,10 @@ namespace. The parts, one after the other:
    100,000 certificates, report over 1,000,000 devices, SQLite and PostgreSQL); otherwise a row
    saying it was not found. Its figures are printed as it reports them.
 
+With `--runs N` parts 1-3 run N times, in turn (hello world, SCEP, EST, then again, so that every run
+sees similar conditions), and bench/migration once; the table shows per cell the median of the
+runs with its range (see bench/run_table.py, which turns the result into the table).
+
 Load always comes from requests built before the timed section, so the client's own crypto does
 not count. During the whole run a sampler thread walks this process's descendants in /proc every
 0.5 s and keeps each gunicorn worker's VmHWM (peak resident set, which counts pages still shared
@@ -29,7 +33,7 @@ machine says so.
 
 The result is one markdown table with a heading (date, machine: nproc, CPU model, Python, OpenSSL
 of the ssl module and of cryptography), ready to paste into docs/performance.md; `--json FILE`
-writes every figure (including the benches' raw rows) as JSON.
+writes every figure as JSON: every run's raw rows (`runs`) and the medians (`medians`).
 
 Usage (as root, from anywhere):
 
@@ -37,6 +41,7 @@ Usage (as root, from anywhere):
     bench/run --quick           # SCEP 200, EST 100, hello world 1,000 per level, bench/migration with
                                 # 10,000 certificates and 100,000 devices: about 2 minutes
     bench/run --requests N      # N requests per level for every part
+    bench/run --runs N          # hello world, SCEP and EST N times each: medians (range) of the runs
     bench/run --json FILE       # also write the whole result as JSON
     bench/run --skip-migration  # do not run bench/migration
     bench/run --skip-micromdm   # gateway only (no network namespace; root not needed)
@@ -74,6 +79,7 @@ import scep_bench
 from cryptography import x509
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from run_table import FULL_MIGRATION, HELLO_MODES, highest_load, markdown, medians, partial_notes
 
 from gateway.config import load_config
 from gateway.server import child_environment
@@ -88,21 +94,12 @@ FULL_REQUESTS = {"scep": scep_bench.DEFAULT_REQUESTS, "est": est_bench.DEFAULT_R
 QUICK_REQUESTS = {"scep": 200, "est": 100, "hello": 1000}
 DEFAULT_LEVELS = "1,4,8"
 HELLO_MAX_SECONDS = 30.0
-HELLO_MODES = ("http-keep-alive", "https-keep-alive", "https-new-conn")
-HELLO_MODE_TEXT = {
-    "http-keep-alive": "HTTP keep-alive (SCEP's load generator)",
-    "https-keep-alive": "HTTPS keep-alive (EST's load generator)",
-    "https-new-conn": "HTTPS, new TLS connection per request",
-}
-EST_MODE_TEXT = {"keep-alive": "HTTPS keep-alive", "new-conn": "new TLS connection per request"}
-EST_CEILING = {"keep-alive": "https-keep-alive", "new-conn": "https-new-conn"}
 HELLO_WARM_UP = 32
 HELLO_AUTHORIZATION = "Basic " + base64.b64encode(b"bench:" + b"x" * 24).decode("ascii")  # as long as EST's
 SAMPLE_SECONDS = 0.5
 MIGRATION_TIMEOUT = 3600.0
 SKIPPED = "skipped (--skip-migration)"
 NOT_FOUND = "bench/migration not found"
-FULL_MIGRATION = {"certificates": 100_000, "devices": 1_000_000}  # issue 6's sizes
 QUICK_MIGRATION = {"certificates": 10_000, "devices": 100_000}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -199,6 +196,7 @@ class Peak:
     pid: int
     hwm_kib: int = 0
     rss_kib: int = 0
+    run: int = 0  # bench/run's run number (0: bench/migration, which runs once)
 
 
 def _read(path: str) -> str:
@@ -224,6 +222,7 @@ class RssSampler(threading.Thread):
         super().__init__(name="rss-sampler", daemon=True)
         self.root = root
         self.phase = "start"
+        self.run_number = 0
         self.peaks: dict[tuple[int, str], Peak] = {}  # (pid, start time) -> peak
         self._stopping = threading.Event()
         self._argv: dict[tuple[int, str], list[str]] = {}
@@ -283,7 +282,7 @@ class RssSampler(threading.Thread):
                 name, _colon, value = line.partition(":")
                 if name in ("VmHWM", "VmRSS"):
                     memory[name] = int(value.split()[0])
-            peak = self.peaks.setdefault(key, Peak(self.phase, server[0], server[1], role, pid))
+            peak = self.peaks.setdefault(key, Peak(self.phase, server[0], server[1], role, pid, run=self.run_number))
             peak.hwm_kib = max(peak.hwm_kib, memory.get("VmHWM", 0))
             peak.rss_kib = max(peak.rss_kib, memory.get("VmRSS", 0))
 
@@ -480,294 +479,6 @@ def _help_text(command: Path) -> str:
     return done.stdout + done.stderr
 
 
-# -- the table ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Row:
-    part: str
-    variant: str
-    conc: str = ""
-    requests: str = ""
-    value: str = ""
-    p50: str = ""
-    p99: str = ""
-    failed: str = ""
-    versus: str = ""
-    ceiling: str = ""
-
-
-COLUMNS = [
-    ("part", "part", "<"),
-    ("variant", "variant", "<"),
-    ("conc", "conc", ">"),
-    ("requests", "requests", ">"),
-    ("value", "result", ">"),
-    ("p50", "p50 ms", ">"),
-    ("p99", "p99 ms", ">"),
-    ("failed", "failed", ">"),
-    ("versus", "vs micromdm", ">"),
-    ("ceiling", "% of ceiling", ">"),
-]
-
-
-def render(rows: list[Row]) -> str:
-    cells = [[getattr(row, name) for name, _title, _align in COLUMNS] for row in rows]
-    widths = [max([len(title)] + [len(line[i]) for line in cells]) for i, (_n, title, _a) in enumerate(COLUMNS)]
-
-    def line(values: list[str]) -> str:
-        padded = [
-            value.ljust(width) if align == "<" else value.rjust(width)
-            for value, width, (_n, _t, align) in zip(values, widths, COLUMNS, strict=True)
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = (
-        "|"
-        + "|".join(
-            ("-" * (w + 1) + ":" if a == ">" else "-" * (w + 2)) for w, (_n, _t, a) in zip(widths, COLUMNS, strict=True)
-        )
-        + "|"
-    )
-    return "\n".join([line([title for _n, title, _a in COLUMNS]), rule, *(line(c) for c in cells)])
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.1f}/s" if value < 1000 else f"{value:,.0f}/s"
-
-
-def _share(value: float, ceiling: dict[str, Any] | None) -> str:
-    if not ceiling or not ceiling["requests_per_s"]:
-        return ""
-    return f"{100 * value / ceiling['requests_per_s']:.1f} %"
-
-
-def _index(rows: list[dict[str, Any]], key: str) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(row[key], row["concurrency"]): row for row in rows}
-
-
-def request_rows(result: dict[str, Any]) -> list[Row]:
-    hello = _index(result["hello"] or [], "mode")
-    scep = _index(result["scep"] or [], "server")
-    rows = []
-    for (server, level), row in sorted(scep.items(), key=lambda item: (item[0][0] != "gateway", item[0])):
-        other = scep.get(("micromdm", level))
-        versus = ""
-        if server == "gateway" and other and other["enrollments_per_s"]:
-            versus = f"{row['enrollments_per_s'] / other['enrollments_per_s']:.2f}x"
-        rows.append(
-            Row(
-                "SCEP PKIOperation (PKCSReq)",
-                "gateway, HTTP keep-alive" if server == "gateway" else "micromdm scepserver, HTTP keep-alive",
-                str(level),
-                str(row["requests"]),
-                _rate(row["enrollments_per_s"]),
-                f"{row['p50_ms']:.1f}",
-                f"{row['p99_ms']:.1f}",
-                str(row["failed"]),
-                versus,
-                _share(row["enrollments_per_s"], hello.get(("http-keep-alive", level))),
-            )
-        )
-    for (mode, level), row in sorted(_index(result["est"] or [], "mode").items()):
-        rows.append(
-            Row(
-                "EST simpleenroll",
-                f"gateway, {EST_MODE_TEXT.get(mode, mode)}",
-                str(level),
-                str(row["requests"]),
-                _rate(row["enrollments_per_s"]),
-                f"{row['p50_ms']:.1f}",
-                f"{row['p99_ms']:.1f}",
-                str(row["failed"]),
-                "",
-                _share(row["enrollments_per_s"], hello.get((EST_CEILING.get(mode, ""), level))),
-            )
-        )
-    for mode in HELLO_MODES:
-        for (row_mode, level), row in sorted(hello.items()):
-            if row_mode == mode:
-                rows.append(
-                    Row(
-                        "ceiling: hello world",
-                        HELLO_MODE_TEXT[mode],
-                        str(level),
-                        str(row["requests"]),
-                        _rate(row["requests_per_s"]),
-                        f"{row['p50_ms']:.2f}",
-                        f"{row['p99_ms']:.2f}",
-                        str(row["failed"]),
-                        "",
-                        "100 %",
-                    )
-                )
-    return rows
-
-
-def rss_rows(peaks: list[Peak]) -> list[Row]:
-    wanted = [
-        ("scep", "gateway", "http", "worker", "gateway HTTP listener (SCEP part)"),
-        ("est", "gateway", "https", "worker", "gateway HTTPS listener (EST part)"),
-        ("hello", "hello", "http", "worker", "hello world HTTP listener (same imports as serve)"),
-        ("hello", "hello", "https", "worker", "hello world HTTPS listener (same imports as serve)"),
-        ("scep", "micromdm", "", "process", "micromdm scepserver (one process)"),
-    ]
-    rows = []
-    for phase, server, listener, role, text in wanted:
-        found = [p for p in peaks if (p.phase, p.server, p.listener, p.role) == (phase, server, listener, role)]
-        if not found:
-            continue
-        top = max(found, key=lambda p: p.hwm_kib)
-        count = f"max of {len(found)} workers" if role == "worker" else ""
-        variant = f"{text}, {count}" if count else text
-        rows.append(Row("peak RSS per worker", variant, value=f"{top.hwm_kib / 1024:.1f} MiB"))
-    return rows
-
-
-def _flat(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _flat(f"{prefix}.{key}" if prefix else str(key), item)
-    else:
-        yield prefix, value
-
-
-def _records(figures: Any) -> list[Any]:
-    """A list as it is; {"rows"|"results": [...]} its list; {name: {...}, ...} one record per name."""
-    if isinstance(figures, list):
-        return figures
-    if isinstance(figures, dict):
-        for key in ("rows", "results"):
-            if isinstance(figures.get(key), list):
-                return list(figures[key])
-        if figures and all(isinstance(value, dict) for value in figures.values()):
-            return [{"name": str(name), **value} for name, value in figures.items()]
-    return [figures]
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-
-
-def generic_rows(figures: Any) -> list[Row]:
-    """Figures in a shape this script does not know: one row per number, named by its labels and key."""
-    rows = []
-    for record in _records(figures):
-        if not isinstance(record, dict):
-            rows.append(Row("migration", "result", value=str(record)))
-            continue
-        labels = ", ".join(str(v) for v in record.values() if isinstance(v, str))
-        for key, value in _flat("", record):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                rows.append(Row("migration", f"{labels}: {key}" if labels else key, value=_number(value)))
-    return rows
-
-
-def _seconds(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def migration_rows(migration: dict[str, Any]) -> list[Row]:
-    """bench/migration's figures: per backend the import (first run, second run) and the report build."""
-    figures, sizes = migration["figures"], migration["sizes"]
-    if figures is None:
-        return [Row("migration", migration["note"])]
-    if not isinstance(figures, dict) or not any(str(k).startswith(("import_", "report_")) for k in figures):
-        return generic_rows(figures)
-    rows = []
-    for backend, name in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
-        imported = figures.get(f"import_{backend}")
-        report = figures.get(f"report_{backend}")
-        if isinstance(imported, dict) and (first := _seconds(imported.get("first_run_s"))) is not None:
-            count = int(imported.get("certificates") or sizes.get("certificates", 0))
-            rate = f" ({count / first:,.0f}/s)" if first and count else ""
-            rows.append(
-                Row(
-                    "migration",
-                    f"{name}: import of {count:,} certificates (micromdm depot)",
-                    value=f"{first:.1f} s{rate}",
-                )
-            )
-            if (second := _seconds(imported.get("second_run_s"))) is not None:
-                rows.append(Row("migration", f"{name}: the same import again (adds nothing)", value=f"{second:.1f} s"))
-        if isinstance(report, dict):
-            over = f" over {sizes['devices']:,} devices" if sizes.get("devices") else ""
-            builds = sorted(
-                v for k, v in report.items() if str(k).startswith("report (1,000 per list)") and _seconds(v) is not None
-            )
-            if builds:
-                median = builds[len(builds) // 2]
-                text = f"{name}: migration report{over} (1,000 per list, median of {len(builds)} builds)"
-                rows.append(Row("migration", text, value=f"{median:.2f} s"))
-            if (full := _seconds(report.get("report (every device listed)"))) is not None:
-                rows.append(
-                    Row("migration", f"{name}: migration report{over}, every device listed", value=f"{full:.2f} s")
-                )
-        if not isinstance(imported, dict) and not isinstance(report, dict):
-            rows.append(Row("migration", f"{name}: not measured (see bench/migration's output)"))
-    return rows
-
-
-def load_rows(load: dict[str, dict[str, float]], nproc: int) -> list[Row]:
-    names = {
-        "idle before the start": "CPUs busy in the second before the start",
-        "hello": "CPUs used by other processes during the hello-world part",
-        "scep": "CPUs used by other processes during the SCEP part",
-        "est": "CPUs used by other processes during the EST part",
-        "migration": "CPUs used by other processes during the migration part (PostgreSQL counts as other)",
-    }
-    return [
-        Row("machine", names.get(phase, phase), value=f"{figures['other_cpus']:.2f} of {nproc}")
-        for phase, figures in load.items()
-    ]
-
-
-def _migration_sizes(migration: dict[str, Any] | None) -> str:
-    sizes = (migration or {}).get("sizes") or {}
-    if not sizes:
-        return ""
-    asked = ", ".join(f"{value:,} {name}" for name, value in sizes.items())
-    reduced = " (reduced by --quick; issue 6's sizes are 100,000 and 1,000,000)" if sizes != FULL_MIGRATION else ""
-    return f" bench/migration: {asked}{reduced}."
-
-
-def markdown(result: dict[str, Any], rows: list[Row]) -> str:
-    m = result["machine"]
-    s = result["settings"]
-    loads = result["load"]
-    heaviest = max((f["other_cpus"] for f in loads.values()), default=0.0)
-    lines = [
-        f"### bench/run, {result['date']}{' (--quick)' if s['quick'] else ''}",
-        "",
-        f"Machine: {m['nproc']} CPUs (nproc), {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
-        f"Python {m['python']}, {m['openssl_ssl']} (ssl: TLS), {m['openssl_cryptography']} "
-        f"(cryptography {m['cryptography']}: signatures, envelopes), gunicorn {m['gunicorn']}, Flask {m['flask']}; "
-        f"revision {m['revision']}. Load average at the start {' / '.join(m['loadavg_start'])}; other processes "
-        f"used up to {heaviest:.2f} of {m['nproc']} CPUs during a part (rows `machine`).",
-        "",
-        f"Servers: gateway serve and the hello world with the same gunicorn settings ({s['workers']} gthread "
-        f"workers x {s['threads']} threads per listener, keepalive 15 s, SSLContext cached per worker), SQLite, "
-        f"RSA-2048 CA. Requests per level: SCEP {s['requests']['scep']} per server, EST {s['requests']['est']} per "
-        f"mode, hello world {s['requests']['hello']} per mode; all built before the timed section. result = "
-        "verified enrollments (hello world: correct echoes) per second of wall time; % of ceiling = that figure "
-        "over the hello world's at the same concurrency with the same load generator and transport."
-        + _migration_sizes(result["migration"]),
-        "",
-        render(rows),
-    ]
-    notes = []
-    for part, key in (("scep", "server"), ("est", "mode")):
-        for row in result[part] or []:
-            if row.get("failure_reasons"):
-                reasons = "; ".join(f"{n} x {reason.strip()}" for reason, n in row["failure_reasons"])
-                notes.append(f"- {part.upper()} {row[key]} c={row['concurrency']} failures: {reasons}")
-    if notes:
-        lines += ["", *notes]
-    return "\n".join(lines)
-
-
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -795,19 +506,38 @@ def bench_commands(args: argparse.Namespace, requests: dict[str, int], tmp: Path
     return {"scep": scep, "est": est}
 
 
-def run_parts(args: argparse.Namespace, result: dict[str, Any], tmp: Path, sampler: RssSampler) -> None:
-    """Hello world, SCEP, EST and migration, one after the other, into `result`."""
-    load: dict[str, dict[str, float]] = result["load"]
+def run_once(
+    args: argparse.Namespace, result: dict[str, Any], tmp: Path, sampler: RssSampler, number: int
+) -> dict[str, Any]:
+    """Run `number`: hello world, SCEP and EST, each part's rows (None when it failed) and CPU load."""
+    run: dict[str, Any] = {"hello": None, "scep": None, "est": None, "load": {}}
+    sampler.run_number = number
     requests = result["settings"]["requests"]
-    with _part(load, sampler, "hello"):
-        result["hello"] = run_hello(args, tmp, requests["hello"])
+    with _part(run["load"], sampler, "hello"):
+        run["hello"] = run_hello(args, tmp, requests["hello"])
     for part, command in bench_commands(args, requests, tmp).items():
-        with _part(load, sampler, part):
+        with _part(run["load"], sampler, part):
             code = run_part(command, tmp / f"{part}.log")
         if code == 0:
-            result[part] = json.loads((tmp / f"{part}.json").read_text())
+            run[part] = json.loads((tmp / f"{part}.json").read_text())
         else:
-            result["notes"].append(part_failed(Path(command[1]).name, code, tmp / f"{part}.log"))
+            note = part_failed(Path(command[1]).name, code, tmp / f"{part}.log")
+            result["notes"].append(f"{note} in run {number} of {args.runs}" if args.runs > 1 else note)
+    return run
+
+
+def run_parts(args: argparse.Namespace, result: dict[str, Any], tmp: Path, sampler: RssSampler) -> None:
+    """Hello world, SCEP and EST `args.runs` times, then migration once, into `result`."""
+    for number in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"# bench/run: run {number} of {args.runs}", file=sys.stderr)
+        run_dir = tmp / f"run-{number}"
+        run_dir.mkdir()
+        result["runs"].append(run_once(args, result, run_dir, sampler, number))
+    load: dict[str, dict[str, float]] = result["load"]
+    load.update(highest_load([run["load"] for run in result["runs"]]))
+    result["notes"] += partial_notes(result["runs"])
+    sampler.run_number = 0
     with _part(load, sampler, "migration"):
         figures, note, sizes = run_migration(args, tmp)
     if note in (SKIPPED, NOT_FOUND):
@@ -834,11 +564,11 @@ def main_run(args: argparse.Namespace) -> None:
             "concurrency": args.concurrency,
             "workers": args.workers or defaults["listen.workers"],
             "threads": defaults["listen.threads"],
+            "runs": args.runs,
         },
         "load": {},
-        "hello": None,
-        "scep": None,
-        "est": None,
+        "runs": [],
+        "medians": None,
         "migration": None,
         "notes": [],
     }
@@ -861,10 +591,8 @@ def main_run(args: argparse.Namespace) -> None:
     result["seconds"] = time.monotonic() - started
     result["rss"] = [dataclasses.asdict(p) for p in sampler.peaks.values()]
     result["machine"]["loadavg_end"] = _read("/proc/loadavg").split()[:3]
-    rows = request_rows(result) + rss_rows(list(sampler.peaks.values()))
-    rows += migration_rows(result["migration"])
-    rows += load_rows(result["load"], result["machine"]["nproc"])
-    table = markdown(result, rows)
+    result["medians"] = medians(result["runs"])
+    table = markdown(result)
     result["markdown"] = table
     print(table)
     for note in result["notes"]:
@@ -872,6 +600,13 @@ def main_run(args: argparse.Namespace) -> None:
     print(f"\n# bench/run took {result['seconds']:.0f} s", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main() -> None:
@@ -886,6 +621,12 @@ def main() -> None:
         help="short run: SCEP 200, EST 100, hello world 1,000 per level; migration 10,000 certs, 100,000 devices",
     )
     parser.add_argument("--requests", type=int, default=0, help="requests per level for every part (overrides)")
+    parser.add_argument(
+        "--runs",
+        type=_positive,
+        default=1,
+        help="run the hello world, SCEP and EST N times each (migration once); the table shows medians (range)",
+    )
     parser.add_argument("--concurrency", default=DEFAULT_LEVELS, help="concurrency levels, comma-separated")
     parser.add_argument("--max-seconds", type=float, default=0.0, help="time bound per level (default: each bench's)")
     parser.add_argument("--workers", type=int, default=0, help="gunicorn workers per listener (default: serve's)")
