@@ -10,12 +10,14 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes
+
+from scep import der
 
 # RFC 8894 §3.2.1.1-§3.2.1.6: the Verisign arc the SCEP drafts used, kept by the RFC.
 MESSAGE_TYPE_OID = "2.16.840.1.113733.1.9.2"
@@ -241,29 +243,11 @@ def der_octet_string(value: bytes) -> bytes:
 
 def der_oid(dotted: str) -> bytes:
     """A DER OBJECT IDENTIFIER; meant for module constants, not per message."""
-    arcs = [int(arc) for arc in dotted.split(".")]
-    body = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        rest = arc >> 7
-        while rest:
-            chunk.append(0x80 | rest & 0x7F)
-            rest >>= 7
-        body.extend(reversed(chunk))
-    return der_tlv(0x06, bytes(body))
+    return der_tlv(0x06, der.oid_contents(dotted))
 
 
 DER_NULL = b"\x05\x00"
 DER_DATA_OID = der_oid("1.2.840.113549.1.7.1")  # id-data (RFC 5652 §4)
-
-
-def as_set_of(implicit_attrs: Any) -> bytes:
-    """The DER a signature covers: the [0] IMPLICIT signed attributes re-tagged as SET OF (RFC 5652 §5.4).
-
-    The contents octets are taken as received, so the bytes signed are the bytes sent.
-    """
-    contents: bytes = implicit_attrs.contents
-    return der_header(0x31, len(contents)) + contents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,8 +271,6 @@ class SignedAttributes:
     fail_info_text: str | None = None
 
 
-_T = TypeVar("_T")
-
 _SINGLE_VALUED = {
     "content_type",
     "message_digest",
@@ -301,45 +283,84 @@ _SINGLE_VALUED = {
     "fail_info",
     "fail_info_text",
 }
+# The attribute types we read, by OID contents, named as ScepAttributeType names them.
+_ATTRIBUTE_NAMES = {
+    der.oid_contents(oid): name for oid, name in ScepAttributeType._map.items() if name in _SINGLE_VALUED
+}
+_ATTRIBUTE = (der.field(der.OID), der.field(der.SET))
+_STRING_CODECS = {0x13: "latin1", 0x0C: "utf-8"}  # PrintableString, UTF8String: as asn1crypto decodes them
+_T = TypeVar("_T")
 
 
 def decode_signed_attributes(set_der: bytes) -> SignedAttributes:
     """Decode a DER SET OF Attribute; ValueError when malformed or when a SCEP or CMS attribute
-    is repeated or has other than one value (RFC 5652 §5.3, §11)."""
+    is repeated or has other than one value (RFC 5652 §5.3, §11). Other attributes are skipped unread."""
+    values: dict[str, der.Tlv] = {}
+    for attribute in der.children(set_der, der.read_whole(set_der, der.SET)):
+        attr_type, attr_values = der.fields(set_der, der.expect(attribute, der.SEQUENCE), _ATTRIBUTE)
+        name = _ATTRIBUTE_NAMES.get(der.contents(set_der, attr_type))
+        if name is None:
+            continue
+        entries = der.children(set_der, attr_values)
+        if name in values or len(entries) != 1:
+            raise ValueError(f"attribute {name} must appear once with one value")
+        values[name] = entries[0]
+
+    def value(name: str, read: Callable[[bytes, der.Tlv], _T]) -> _T | None:
+        return read(set_der, values[name]) if name in values else None
+
+    return SignedAttributes(
+        der=set_der,
+        content_type=value("content_type", _dotted),
+        message_digest=value("message_digest", _octets),
+        signing_time=value("signing_time", _time),
+        message_type=value("message_type", _string),
+        transaction_id=value("transaction_id", _string),
+        sender_nonce=value("sender_nonce", _octets),
+        recipient_nonce=value("recipient_nonce", _octets),
+        pki_status=value("pki_status", _string),
+        fail_info=value("fail_info", _string),
+        fail_info_text=value("fail_info_text", _string),
+    )
+
+
+def names_match(first: bytes, second: bytes) -> bool:
+    """Whether two DER Names are the same: equal encodings, else RFC 5280 §7.1 matching (about 1 ms,
+    rarely needed: peers almost always copy a name's encoding)."""
+    return first == second or bool(asn1_x509.Name.load(first) == asn1_x509.Name.load(second))
+
+
+def _dotted(data: bytes, value: der.Tlv) -> str:
+    return der.dotted(der.contents(data, der.expect(value, der.OID)))
+
+
+def _octets(data: bytes, value: der.Tlv) -> bytes:
+    return der.octets(data, der.expect(value, *der.OCTET_STRINGS))
+
+
+def _string(data: bytes, value: der.Tlv) -> str:
+    """A DirectoryString value; the uncommon string types are left to asn1crypto."""
+    codec = _STRING_CODECS.get(value.tag)
+    if codec is not None:
+        return der.contents(data, value).decode(codec)
     try:
-        attributes = ScepAttributes.load(set_der, strict=True)
-        values: dict[str, Any] = {}
-        for attribute in attributes:
-            name = attribute["type"].native
-            if name not in _SINGLE_VALUED:
-                continue
-            if name in values or len(attribute["values"]) != 1:
-                raise ValueError(f"attribute {name} must appear once with one value")
-            values[name] = attribute["values"][0]
-        return SignedAttributes(
-            der=set_der,
-            content_type=values["content_type"].dotted if "content_type" in values else None,
-            message_digest=_native(values, "message_digest", bytes),
-            signing_time=_native(values, "signing_time", dt.datetime),
-            message_type=_native(values, "message_type", str),
-            transaction_id=_native(values, "transaction_id", str),
-            sender_nonce=_native(values, "sender_nonce", bytes),
-            recipient_nonce=_native(values, "recipient_nonce", bytes),
-            pki_status=_native(values, "pki_status", str),
-            fail_info=_native(values, "fail_info", str),
-            fail_info_text=_native(values, "fail_info_text", str),
-        )
+        native = asn1_x509.DirectoryString.load(der.encoding(data, value), strict=True).native
     except (TypeError, KeyError, OverflowError) as exc:
         raise ValueError(str(exc)) from exc
+    if not isinstance(native, str):
+        raise ValueError("a string attribute has the wrong type")
+    return native
 
 
-def _native(values: dict[str, Any], name: str, kind: type[_T]) -> _T | None:
-    if name not in values:
-        return None
-    value = values[name].native
-    if not isinstance(value, kind):
-        raise ValueError(f"attribute {name} has the wrong type")
-    return value
+def _time(data: bytes, value: der.Tlv) -> dt.datetime:
+    """A signingTime value (RFC 5652 §11.3), decoded by asn1crypto: rare, and its calendar rules are subtle."""
+    try:
+        native = cms.Time.load(der.encoding(data, value), strict=True).native
+    except (TypeError, KeyError, OverflowError) as exc:
+        raise ValueError(str(exc)) from exc
+    if not isinstance(native, dt.datetime):
+        raise ValueError("attribute signing_time has the wrong type")
+    return native
 
 
 # Attribute types as DER OIDs (RFC 5652 §11, RFC 8894 §3.2.1).

@@ -11,10 +11,8 @@ import dataclasses
 import enum
 import os
 from collections.abc import Callable
-from typing import Any
 
-from asn1crypto import algos, cms, core, parser
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import cms
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
+from scep import der as ber  # the reader; `der` names the bytes being read here
 from scep.asn1 import (
     DER_DATA_OID,
     DER_NULL,
@@ -32,6 +31,7 @@ from scep.asn1 import (
     der_oid,
     der_sequence,
     der_tlv,
+    names_match,
 )
 
 try:  # cryptography ≥ 43 keeps 3DES among the "decrepit" ciphers
@@ -170,14 +170,16 @@ class OpenedEnvelope:
 
 def open_envelope(der: bytes, recipient_key: rsa.RSAPrivateKey, recipient_cert: x509.Certificate) -> OpenedEnvelope:
     """Decrypt a ContentInfo(EnvelopedData) addressed to `recipient_cert`."""
-    enveloped = _load_enveloped_data(der)
     try:
-        ktri = _our_recipient_info(enveloped["recipient_infos"], recipient_cert)
-        key_transport, label = _key_transport(ktri["key_encryption_algorithm"])
-        algorithm, ciphertext = _encrypted_content_info(enveloped["encrypted_content_info"].dump())
-        cipher = ContentCipher.from_oid(algorithm["algorithm"].dotted)
-        parameters = _cipher_parameters(cipher, algorithm["parameters"])
-        encrypted_key: bytes = ktri["encrypted_key"].native
+        content_type, info = ber.content_info(der)
+        if content_type != _ENVELOPED_DATA_OID_CONTENTS:
+            raise MalformedEnvelope("the envelope is not an EnvelopedData")
+        enveloped = ber.expect(ber.content(der, info), ber.SEQUENCE)
+        _version, _originator, recipient_infos, eci, _attrs = ber.fields(der, enveloped, ber.ENVELOPED_DATA)
+        ktri = _our_recipient_info(der, recipient_infos, recipient_cert)
+        key_transport, label = _key_transport(der, ktri[2])
+        cipher, parameters, ciphertext = _encrypted_content_info(der, eci)
+        encrypted_key = ber.octets(der, ktri[3])
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise MalformedEnvelope("the envelope is malformed") from exc
     if ciphertext is None:
@@ -232,88 +234,47 @@ def seal_envelope(
     return der_sequence(_ENVELOPED_DATA_OID, der_tlv(0xA0, enveloped))
 
 
-def _tlvs(contents: bytes) -> list[bytes]:
-    """Split concatenated BER values."""
-    values = []
-    while contents:
-        size = parser.peek(contents)
-        values.append(contents[:size])
-        contents = contents[size:]
-    return values
+_ENVELOPED_DATA_OID_CONTENTS = ber.oid_contents("1.2.840.113549.1.7.3")
+_RSA_ENCRYPTION = ber.oid_contents("1.2.840.113549.1.1.1")
+_RSAES_OAEP = ber.oid_contents("1.2.840.113549.1.1.7")
+_CIPHER_BY_OID = {ber.oid_contents(spec.oid): cipher for cipher, spec in _CIPHERS.items()}
+_ENCRYPTED_CONTENT = ber.context(0, constructed=False)
 
 
-def _encrypted_content_info(eci_der: bytes) -> tuple[Any, bytes | None]:
-    """(contentEncryptionAlgorithm, encryptedContent octets) of an EncryptedContentInfo (RFC 5652 §6.1).
-
-    Read by hand: micromdm's scepclient sends encryptedContent as a constructed definite-length [0]
-    (BER allows it), which asn1crypto refuses.
-    """
-    _class, _method, _tag, _header, contents, _trailer = parser.parse(eci_der, strict=True)
-    fields = _tlvs(contents)
-    if len(fields) not in (2, 3):
-        raise ValueError("EncryptedContentInfo has the wrong number of fields")
-    algorithm = algos.EncryptionAlgorithm.load(fields[1], strict=True)
-    return algorithm, _octet_string_value(fields[2], context_tag=True) if len(fields) == 3 else None
-
-
-def _octet_string_value(tlv: bytes, *, context_tag: bool = False) -> bytes:
-    """The octets of a [0] IMPLICIT OCTET STRING, primitive or constructed from chunks (X.690 §8.7.3)."""
-    class_, method, tag, _header, contents, _trailer = parser.parse(tlv, strict=True)
-    if context_tag and (class_, tag) != (2, 0):
-        raise ValueError("encryptedContent is not [0]")
-    if method == 0:
-        return bytes(contents)
-    chunks = _tlvs(contents)
-    if any(chunk[0] & 0xDF != 0x04 for chunk in chunks):  # universal OCTET STRING, either method
-        raise ValueError("a constructed OCTET STRING holds something else")
-    return b"".join(_octet_string_value(chunk) for chunk in chunks)
-
-
-def _load_enveloped_data(der: bytes) -> Any:
-    try:
-        info = cms.ContentInfo.load(der, strict=True)
-        if info["content_type"].native != "enveloped_data":
-            raise MalformedEnvelope("the envelope is not an EnvelopedData")
-        enveloped = info["content"]
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise MalformedEnvelope("the envelope is malformed") from exc
-    return enveloped
-
-
-def _our_recipient_info(recipient_infos: Any, cert: x509.Certificate) -> Any:
-    """The KeyTransRecipientInfo whose rid names `cert` (RFC 5652 §6.2.1)."""
-    issuer_der = cert.issuer.public_bytes()
-    issuer = asn1_x509.Name.load(issuer_der)
-    try:
-        ski: bytes | None = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        ski = None
-    kinds: set[str] = set()
-    for recipient in recipient_infos:
-        kinds.add(recipient.name)
-        if recipient.name != "ktri":
+def _our_recipient_info(data: bytes, recipient_infos: ber.Tlv, cert: x509.Certificate) -> list[ber.Tlv]:
+    """The fields of the KeyTransRecipientInfo whose rid names `cert` (RFC 5652 §6.2.1)."""
+    infos = ber.children(data, ber.expect(recipient_infos, ber.SET))
+    kinds = {ber.RECIPIENT_KINDS[info.tag] for info in infos}
+    for info in infos:
+        if info.tag != ber.SEQUENCE:
             continue
-        rid = recipient.chosen["rid"]
-        if rid.name == "subject_key_identifier":
-            if ski is not None and rid.chosen.native == ski:
-                return recipient.chosen
-            continue
-        ias = rid.chosen
-        # Compare the encoding first; fall back to RFC 5280 §7.1 name matching for re-encoded issuers.
-        same_issuer = ias["issuer"].dump() == issuer_der or ias["issuer"] == issuer
-        if ias["serial_number"].native == cert.serial_number and same_issuer:
-            return recipient.chosen
+        ktri = ber.fields(data, info, ber.KEY_TRANS_RECIPIENT_INFO)
+        rid = ktri[1]
+        if rid.tag == ber.SEQUENCE:
+            issuer, serial = ber.fields(data, rid, ber.ISSUER_AND_SERIAL)
+            same_serial = ber.integer(data, serial) == cert.serial_number
+            if same_serial and names_match(ber.encoding(data, issuer), cert.issuer.public_bytes()):
+                return ktri
+        elif ber.octets(data, rid) == _subject_key_identifier(cert):
+            return ktri
     if kinds and "ktri" not in kinds:
         raise UnsupportedEnvelopeAlgorithm("the envelope uses no key transport recipient")
     raise NotForRecipient("the envelope is not addressed to this recipient")
 
 
-def _key_transport(algorithm: Any) -> tuple[KeyTransport, bytes]:
-    name = algorithm["algorithm"].native
-    if name == "rsaes_pkcs1v15":
+def _subject_key_identifier(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _key_transport(data: bytes, algorithm_tlv: ber.Tlv) -> tuple[KeyTransport, bytes]:
+    algorithm = ber.algorithm(data, algorithm_tlv)
+    if algorithm.oid == _RSA_ENCRYPTION:
         return KeyTransport.RSA_PKCS1V15, b""
-    if name == "rsaes_oaep":
-        params = algorithm["parameters"]
+    if algorithm.oid == _RSAES_OAEP:  # RSAES-OAEP-params (RFC 4055 §4.1): rare, read by asn1crypto
+        params = cms.KeyEncryptionAlgorithm.load(ber.encoding(data, algorithm_tlv))["parameters"]
         digest = params["hash_algorithm"]["algorithm"].native
         mgf = params["mask_gen_algorithm"]
         mgf_digest = mgf["parameters"]["algorithm"].native if mgf["algorithm"].native == "mgf1" else None
@@ -325,24 +286,41 @@ def _key_transport(algorithm: Any) -> tuple[KeyTransport, bytes]:
     raise UnsupportedEnvelopeAlgorithm("the envelope's key transport is not supported")
 
 
+def _encrypted_content_info(data: bytes, eci: ber.Tlv) -> tuple[ContentCipher, _Parameters, bytes | None]:
+    """The cipher, its parameters and the encryptedContent octets of an EncryptedContentInfo (RFC 5652 §6.1).
+
+    micromdm's scepclient sends encryptedContent as a constructed definite-length [0] of OCTET
+    STRING chunks (BER allows it), OpenSSL's `-stream` an indefinite-length one.
+    """
+    fields = ber.children(data, eci)
+    if len(fields) not in (2, 3):
+        raise ber.DerError("EncryptedContentInfo has the wrong number of fields")
+    ber.expect(fields[0], ber.OID)  # contentType: not looked at further
+    algorithm = ber.algorithm(data, fields[1])
+    ciphertext = None
+    if len(fields) == 3:
+        ciphertext = ber.octets(data, ber.expect(fields[2], _ENCRYPTED_CONTENT, _ENCRYPTED_CONTENT | 0x20))
+    cipher = _CIPHER_BY_OID.get(algorithm.oid)
+    if cipher is None:
+        raise UnsupportedEnvelopeAlgorithm("the envelope's content cipher is not supported")
+    if cipher.is_aead:  # GCMParameters (RFC 5084 §3.2): rare, read by asn1crypto
+        gcm = GcmParameters.load(ber.encoding(data, algorithm.parameters))
+        nonce, icv_len = gcm["nonce"].native, gcm["icv_len"].native
+        if not 8 <= len(nonce) <= 128 or not 12 <= icv_len <= 16:  # RFC 5084 §3.2
+            raise MalformedEnvelope("the envelope's GCM parameters are invalid")
+        return cipher, _Parameters(nonce, icv_len), ciphertext
+    if algorithm.parameters is ber.ABSENT:
+        raise MalformedEnvelope("the envelope's IV has the wrong length")
+    iv = ber.octets(data, ber.expect(algorithm.parameters, *ber.OCTET_STRINGS))
+    if len(iv) != _CIPHERS[cipher].iv_size:
+        raise MalformedEnvelope("the envelope's IV has the wrong length")
+    return cipher, _Parameters(iv), ciphertext
+
+
 @dataclasses.dataclass(frozen=True)
 class _Parameters:
     iv: bytes
     icv_len: int = 0
-
-
-def _cipher_parameters(cipher: ContentCipher, parameters: Any) -> _Parameters:
-    spec = _CIPHERS[cipher]
-    if spec.block_bits:
-        iv = parameters.native if isinstance(parameters, core.OctetString) else None
-        if not isinstance(iv, bytes) or len(iv) != spec.iv_size:
-            raise MalformedEnvelope("the envelope's IV has the wrong length")
-        return _Parameters(iv)
-    gcm = GcmParameters.load(parameters.dump())
-    nonce, icv_len = gcm["nonce"].native, gcm["icv_len"].native
-    if not 8 <= len(nonce) <= 128 or not 12 <= icv_len <= 16:  # RFC 5084 §3.2
-        raise MalformedEnvelope("the envelope's GCM parameters are invalid")
-    return _Parameters(nonce, icv_len)
 
 
 def _unwrap_key(key: rsa.RSAPrivateKey, encrypted_key: bytes, pad: padding.AsymmetricPadding, size: int) -> bytes:

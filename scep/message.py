@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from scep import der
 from scep.asn1 import (
     Digest,
     FailInfo,
     IssuerAndSubject,
     MessageType,
     SignedAttributes,
-    as_set_of,
     decode_signed_attributes,
+    der_header,
+    names_match,
 )
 from scep.envelope import (
     DECRYPTION_FAILED,
@@ -105,7 +108,7 @@ class SignedMessage:
     signer_certificate: x509.Certificate | None  # from the certificates set, matched by sid
     content_type: str  # eContentType, dotted
     content: bytes | None  # eContent octets
-    _signature_algorithm: Any = dataclasses.field(repr=False, compare=False)
+    _signature_algorithm: der.SignatureAlgorithm = dataclasses.field(repr=False, compare=False)
 
     def verify(self, public_key: object) -> None:
         """Check contentType, messageDigest and the signature (RFC 5652 §5.4, §5.6) with `public_key`."""
@@ -116,14 +119,7 @@ class SignedMessage:
         expected = self.digest.compute(self.content or b"")
         if self.attributes.message_digest is None or not hmac.compare_digest(expected, self.attributes.message_digest):
             raise SignatureCheckError(FailInfo.BAD_MESSAGE_CHECK, "the messageDigest does not match the content")
-        _verify_signature(
-            public_key,
-            self.signature,
-            self.attributes.der,
-            self.signature_algorithm,
-            self._signature_algorithm,
-            self.digest,
-        )
+        _verify_signature(public_key, self.signature, self.attributes.der, self._signature_algorithm, self.digest)
 
 
 def decode_signed_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> SignedMessage:
@@ -131,31 +127,36 @@ def decode_signed_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) ->
     if len(data) > max_bytes:
         raise ScepDecodeError("the message is too large", detail=f"{len(data)} bytes > {max_bytes}")
     try:
-        info = cms.ContentInfo.load(data, strict=True)
-        if info["content_type"].native != "signed_data":
+        content_type, info = der.content_info(data)
+        if content_type != _SIGNED_DATA_OID:
             raise ScepDecodeError("the message is not a CMS SignedData")
-        signed_data = info["content"]
-        signer_infos = signed_data["signer_infos"]
+        signed_data = der.expect(der.content(data, info), der.SEQUENCE)
+        _version, _digests, encap, certificates, _crls, signer_set = der.fields(data, signed_data, der.SIGNED_DATA)
+        signer_infos = der.children(data, signer_set)
         if len(signer_infos) != 1:
             raise ScepDecodeError("the message must have exactly one signer", detail=f"{len(signer_infos)} signers")
-        signer_info = signer_infos[0]
-        if not signer_info["signed_attrs"]:
+        signer_info = der.expect(signer_infos[0], der.SEQUENCE)
+        _version, sid, digest_tlv, signed_attrs, algorithm_tlv, signature, _ = der.fields(
+            data, signer_info, der.SIGNER_INFO
+        )
+        if signed_attrs.body == signed_attrs.end:
             raise ScepDecodeError("the message has no signed attributes")
-        attributes = decode_signed_attributes(as_set_of(signer_info["signed_attrs"]))
-        encap = signed_data["encap_content_info"]
-        digest_name: str = signer_info["digest_algorithm"]["algorithm"].native
-        signature_algorithm = signer_info["signature_algorithm"]
-        content_value = encap["content"]
-        content: bytes | None = None if content_value.native is None else _octets(content_value)
+        # RFC 5652 §5.4: the signature covers the DER SET OF, not the [0] IMPLICIT sent; contents as received.
+        attributes = decode_signed_attributes(
+            der_header(der.SET, signed_attrs.end - signed_attrs.body) + der.contents(data, signed_attrs)
+        )
+        encap_type, encap_content = der.fields(data, encap, der.ENCAPSULATED_CONTENT_INFO)
+        digest_name = der.digest_name(der.algorithm(data, digest_tlv).oid)
+        signature_algorithm = der.signature_algorithm(data, algorithm_tlv)
         return SignedMessage(
             attributes=attributes,
             digest_name=digest_name,
             digest=Digest.from_asn1_name(digest_name),
-            signature_algorithm=_signature_name(signature_algorithm),
-            signature=signer_info["signature"].native,
-            signer_certificate=_signer_certificate(signed_data["certificates"], signer_info["sid"]),
-            content_type=encap["content_type"].dotted,
-            content=content,
+            signature_algorithm=signature_algorithm.name,
+            signature=der.octets(data, signature),
+            signer_certificate=_signer_certificate(data, certificates, sid),
+            content_type=der.dotted(der.contents(data, encap_type)),
+            content=_octets(data, encap_type, encap_content),
             _signature_algorithm=signature_algorithm,
         )
     except ScepDecodeError:
@@ -164,51 +165,50 @@ def decode_signed_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) ->
         raise ScepDecodeError("the message is not a readable CMS SignedData", detail=repr(exc)) from exc
 
 
-def _octets(value: Any) -> bytes:
+_SIGNED_DATA_OID = der.oid_contents("1.2.840.113549.1.7.2")
+# eContentTypes asn1crypto decoded as CMS structures, never as octets: a message carrying one is unreadable.
+_STRUCTURED_CONTENT = frozenset(der.oid_contents(oid) for oid, name in cms.ContentType._map.items() if name != "data")
+
+
+def _octets(data: bytes, content_type: der.Tlv, content: der.Tlv) -> bytes | None:
     """eContent octets: OCTET STRING in CMS and in PKCS#7 v1 SignedData as SCEP sends it (RFC 2315)."""
-    native = value.native
-    if not isinstance(native, bytes):
+    if content is der.ABSENT:
+        return None
+    if der.contents(data, content_type) in _STRUCTURED_CONTENT:
         raise ValueError("eContent is not an OCTET STRING")
-    return native
+    return der.octets(data, der.expect(der.explicit(data, content), *der.OCTET_STRINGS))
 
 
-def _signer_certificate(certificates: Any, sid: Any) -> x509.Certificate | None:
+def _signer_certificate(data: bytes, certificates: der.Tlv, sid: der.Tlv) -> x509.Certificate | None:
     """The certificate the SignerIdentifier names (RFC 5652 §5.3), if the SignedData carries it."""
-    for choice in certificates or ():
-        if choice.name != "certificate":
+    choices = [der.expect(choice, *der.CERTIFICATE_CHOICES) for choice in der.children(data, certificates)]
+    for choice in choices:
+        if choice.tag != der.SEQUENCE:  # attribute and other certificate formats
             continue
-        cert = choice.chosen
-        if sid.name == "issuer_and_serial_number":
-            ias = sid.chosen
-            found = ias["serial_number"].native == cert.serial_number and ias["issuer"] == cert.issuer
-        else:
-            found = sid.chosen.native == cert.key_identifier
+        encoded = der.encoding(data, choice)
+        if sid.tag == der.SEQUENCE:
+            issuer, serial = der.fields(data, sid, der.ISSUER_AND_SERIAL)
+            cert_serial, cert_issuer = der.serial_and_issuer(data, choice)
+            found = der.integer(data, serial) == cert_serial and names_match(der.encoding(data, issuer), cert_issuer)
+        else:  # RFC 5280 §4.2.1.2, read by asn1crypto: few signers name themselves so
+            found = der.octets(data, sid) == asn1_x509.Certificate.load(encoded).key_identifier
         if found:
             try:
-                return x509.load_der_x509_certificate(cert.dump())
+                return x509.load_der_x509_certificate(encoded)
             except (ValueError, x509.InvalidVersion):
                 return None
     return None
 
 
-def _signature_name(algorithm: Any) -> str:
-    """asn1crypto's signature scheme name ("rsassa_pkcs1v15", "ecdsa", …), or the dotted OID."""
-    try:
-        name: str = algorithm.signature_algo
-    except ValueError:
-        name = algorithm["algorithm"].dotted
-    return name
-
-
 def _verify_signature(
-    public_key: object, signature: bytes, data: bytes, name: str, algorithm: Any, digest: Digest
+    public_key: object, signature: bytes, data: bytes, algorithm: der.SignatureAlgorithm, digest: Digest
 ) -> None:
     """Verify with the low-level key API: x509 helpers refuse SHA-1, which legacy clients sign with."""
-    try:
-        named_hash = algorithm.hash_algo
-    except (ValueError, KeyError):  # rsaEncryption or bare ecdsa: the SignerInfo's digestAlgorithm applies
-        named_hash = digest.value
-    if named_hash != digest.value:
+    name = algorithm.name
+    named_hash, pss = algorithm.hash_name, None
+    if name == "rsassa_pss":
+        named_hash, pss = _pss(algorithm.parameters)
+    if (named_hash or digest.value) != digest.value:  # rsaEncryption, bare ecdsa: the digestAlgorithm applies
         raise SignatureCheckError(FailInfo.BAD_ALG, "the signature and digest algorithms disagree")
     if name not in ("rsassa_pkcs1v15", "rsassa_pss", "ecdsa"):
         raise SignatureCheckError(FailInfo.BAD_ALG, "the signature algorithm is not supported")
@@ -217,7 +217,9 @@ def _verify_signature(
         if name == "rsassa_pkcs1v15" and isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
         elif name == "rsassa_pss" and isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, data, _pss(algorithm["parameters"]), hash_algorithm)
+            if pss is None:
+                raise ValueError("unsupported RSASSA-PSS parameters")
+            public_key.verify(signature, data, pss, hash_algorithm)
         elif name == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, ec.ECDSA(hash_algorithm))
         else:  # a signature algorithm the signer's key cannot have produced
@@ -228,13 +230,19 @@ def _verify_signature(
         raise SignatureCheckError(FailInfo.BAD_ALG, "the signature algorithm is not supported") from exc
 
 
-def _pss(params: Any) -> padding.PSS:
-    """RSASSA-PSS-params (RFC 4055 §3.1) as cryptography's padding; MGF1 only."""
-    mgf = params["mask_gen_algorithm"]
-    mgf_digest = Digest.from_asn1_name(mgf["parameters"]["algorithm"].native)
-    if mgf["algorithm"].native != "mgf1" or mgf_digest is None:
-        raise ValueError("unsupported RSA-PSS mask generation")
-    return padding.PSS(padding.MGF1(mgf_digest.hash_algorithm()), params["salt_length"].native)
+def _pss(parameters: bytes) -> tuple[str | None, padding.PSS | None]:
+    """The hash RSASSA-PSS-params name (None when unreadable) and the padding they describe (None
+    unless the mask generation is MGF1 with a digest we implement and the salt length is usable)."""
+    try:
+        hash_name, mgf_hash, salt_length = der.pss_parameters(parameters)
+    except ValueError:
+        return None, None
+    mgf_digest = Digest.from_asn1_name(mgf_hash or "")
+    try:
+        pss = None if mgf_digest is None else padding.PSS(padding.MGF1(mgf_digest.hash_algorithm()), salt_length)
+    except ValueError:  # a negative salt length
+        pss = None
+    return hash_name, pss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +320,7 @@ def parse_pki_message(
     signer = message.signer_certificate
     if signer is None:
         refuse(FailInfo.BAD_MESSAGE_CHECK, "the signer certificate is missing")
-    reply = dataclasses.replace(reply, signer_certificate=signer)
+    reply = ReplyContext(reply.transaction_id, reply.sender_nonce, reply.digest, signer)
     try:
         public_key = signer.public_key()
     except (ValueError, UnsupportedAlgorithm):
@@ -333,7 +341,9 @@ def parse_pki_message(
         refuse(FailInfo.BAD_ALG, str(exc))
     except MalformedEnvelope as exc:
         refuse(FailInfo.BAD_REQUEST, str(exc), repr(exc.__cause__))
-    reply = dataclasses.replace(reply, content_cipher=opened.cipher, key_transport=opened.key_transport)
+    reply = ReplyContext(
+        reply.transaction_id, reply.sender_nonce, reply.digest, signer, opened.cipher, opened.key_transport
+    )
     if message_type is None:
         detail = f"messageType {attrs.message_type!r}"
         raise ScepMessageError(FailInfo.BAD_REQUEST, "the message type is not supported", reply, detail=detail)

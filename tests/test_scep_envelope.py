@@ -235,6 +235,20 @@ def test_bad_padding_and_wrong_key_look_the_same() -> None:
     assert errors[0] == errors[1]
 
 
+def _rebuilt(
+    der: bytes, *, recipient_infos: bytes | None = None, eci: bytes | None = None, after: bytes = b""
+) -> bytes:
+    """`der` with its recipientInfos contents or encryptedContentInfo contents replaced, or bytes
+    added inside the [0] EXPLICIT after the EnvelopedData."""
+    info = cms.ContentInfo.load(der)
+    enveloped = info["content"]
+    infos = enveloped["recipient_infos"].dump() if recipient_infos is None else tlv(0x31, recipient_infos)
+    encrypted = enveloped["encrypted_content_info"]
+    eci_der = encrypted.dump() if eci is None else tlv(0x30, eci)
+    body = tlv(0x30, enveloped["version"].dump() + infos + eci_der) + after
+    return tlv(0x30, info["content_type"].dump() + tlv(0xA0, body))
+
+
 def _malformed() -> list[object]:
     p = pki()
     aes = seal_envelope(PLAINTEXT, p.ra_cert, ContentCipher.AES128)
@@ -242,14 +256,36 @@ def _malformed() -> list[object]:
     info = cms.ContentInfo.load(aes)
     info["content"]["encrypted_content_info"]["content_encryption_algorithm"]["parameters"] = b"\x00" * 8
     short_iv = info.dump(force=True)
+    eci = info["content"]["encrypted_content_info"]
+    algorithm = cms.ContentInfo.load(aes)["content"]["encrypted_content_info"]["content_encryption_algorithm"].dump()
+    ciphertext: bytes = eci["encrypted_content"].native
     return [
         pytest.param(b"", MalformedEnvelope, id="fail/empty"),
         pytest.param(b"\x30\x03\x02\x01", MalformedEnvelope, id="fail/truncated"),
         pytest.param(aes[:-7], MalformedEnvelope, id="fail/truncated-tail"),
+        pytest.param(aes + b"\x00", MalformedEnvelope, id="fail/trailing-byte"),
+        pytest.param(_rebuilt(aes, after=b"\x05\x00"), MalformedEnvelope, id="fail/trailing-inside-explicit"),
         pytest.param(signed_data, MalformedEnvelope, id="fail/not-enveloped-data"),
         pytest.param(short_iv, MalformedEnvelope, id="fail/short-iv"),
         pytest.param(aes.replace(bytes.fromhex("0609608648016503040102"), bytes.fromhex("0609608648016503040103")),
                      UnsupportedEnvelopeAlgorithm, id="fail/aes128-ofb"),
+        pytest.param(_rebuilt(aes, recipient_infos=b"\xa5\x00"), MalformedEnvelope, id="fail/unknown-recipient-kind"),
+        pytest.param(_rebuilt(aes, recipient_infos=b"\xa3\x00"), UnsupportedEnvelopeAlgorithm,
+                     id="fail/password-recipient-only"),
+        pytest.param(_rebuilt(aes, recipient_infos=b""), NotForRecipient, id="fail/no-recipient"),
+        pytest.param(_rebuilt(aes, eci=b"\x02\x01\x01" + algorithm + tlv(0x80, ciphertext)), MalformedEnvelope,
+                     id="fail/content-type-not-an-oid"),
+        pytest.param(_rebuilt(aes, eci=b"\x06\x01\x01" + algorithm + tlv(0xA0, b"\x02\x01\x01")), MalformedEnvelope,
+                     id="fail/encrypted-content-chunk-not-octets"),
+        pytest.param(_rebuilt(aes, eci=b"\x06\x01\x01" + algorithm + tlv(0x81, ciphertext)), MalformedEnvelope,
+                     id="fail/encrypted-content-not-[0]"),
+        pytest.param(_rebuilt(aes, eci=b"\x06\x01\x01" + algorithm), MalformedEnvelope, id="fail/no-encrypted-content"),
+        pytest.param(_rebuilt(aes, eci=b"\x06\x01\x01" + tlv(0x80, ciphertext)), MalformedEnvelope,
+                     id="fail/no-content-encryption-algorithm"),
+        pytest.param(_rebuilt(aes, eci=b"\x06\x01\x01" + algorithm + tlv(0x80, ciphertext) + b"\x05\x00"),
+                     MalformedEnvelope, id="fail/encrypted-content-info-extra-field"),
+        pytest.param(_rebuilt(aes, eci=b"\x06\x01\x01" + algorithm + b"\xa0\x80\x04\x80" + ciphertext + bytes(4)),
+                     MalformedEnvelope, id="fail/indefinite-primitive-chunk"),
     ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asn1crypto import cms
+from asn1crypto import algos, cms
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -222,6 +222,14 @@ def test_rsa_pss_and_ecdsa_signers() -> None:
     assert (parsed.signature_algorithm, parsed.signer_certificate) == ("ecdsa", ec_signer)
 
 
+def test_signer_named_by_subject_key_identifier() -> None:
+    """RFC 5652 §5.3: a SignerIdentifier may be the signer certificate's subjectKeyIdentifier."""
+    key, cert = _issued_signer()
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    data = rewrite(request(signer=(key, cert)), _signer_field("sid", {"subject_key_identifier": ski}))
+    assert parse(data).signer_certificate == cert
+
+
 @pytest.mark.parametrize("size", [8, 16, 32, 64], ids=lambda n: f"ok/nonce-{n}")
 def test_nonce_sizes(size: int) -> None:
     assert parse(request(nonce=b"n" * size)).sender_nonce == b"n" * size
@@ -424,6 +432,21 @@ def _certificate_of_another_key(key: Any) -> Callable[[], bytes]:
 
 
 _ALGORITHM = {"algorithm": "sha512_rsa"}
+_PSS_WITHOUT_MGF1 = {
+    "algorithm": "rsassa_pss",
+    "parameters": {
+        "hash_algorithm": {"algorithm": "sha256"},
+        "mask_gen_algorithm": {"algorithm": "1.2.3.4", "parameters": algos.DigestAlgorithm({"algorithm": "sha256"})},
+        "salt_length": 32,
+    },
+}
+
+
+def _issued_signer() -> tuple[Any, x509.Certificate]:
+    """The client's key with a CA-issued certificate that has a subjectKeyIdentifier."""
+    return pki().other_key, pki().other_cert
+
+
 _MESSAGE_ERRORS: dict[str, tuple[Callable[[], bytes], FailInfo, str | None]] = {
     "fail/message-digest-mismatch": (lambda: signed(envelope(), digest_of=b"other"), FailInfo.BAD_MESSAGE_CHECK, None),
     "fail/tampered-attributes": (_tampered_attributes, FailInfo.BAD_MESSAGE_CHECK, None),
@@ -461,6 +484,22 @@ _MESSAGE_ERRORS: dict[str, tuple[Callable[[], bytes], FailInfo, str | None]] = {
         lambda: rewrite(request(), _signer_field("signature_algorithm", {"algorithm": "1.2.3.4"})),
         FailInfo.BAD_ALG,
         None,
+    ),
+    # RFC 4055 §3.1: the parameters MUST be present (asn1crypto's reader raised a TypeError here: HTTP 500).
+    "fail/pss-without-parameters": (
+        lambda: rewrite(request(rsa_pss=True), _signer_field("signature_algorithm", {"algorithm": "rsassa_pss"})),
+        FailInfo.BAD_ALG,
+        "the signature algorithm is not supported",
+    ),
+    "fail/pss-with-another-mask-generation": (
+        lambda: rewrite(request(rsa_pss=True), _signer_field("signature_algorithm", _PSS_WITHOUT_MGF1)),
+        FailInfo.BAD_ALG,
+        "the signature algorithm is not supported",
+    ),
+    "fail/signer-named-by-another-key-identifier": (
+        lambda: rewrite(request(signer=_issued_signer()), _signer_field("sid", {"subject_key_identifier": b"k" * 20})),
+        FailInfo.BAD_MESSAGE_CHECK,
+        "the signer certificate is missing",
     ),
     "fail/unsupported-cipher": (_unsupported_cipher, FailInfo.BAD_ALG, None),
     "fail/envelope-not-cms": (lambda: signed(b"not an envelope"), FailInfo.BAD_REQUEST, None),
