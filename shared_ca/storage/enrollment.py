@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, bindparam, case, delete, insert, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -75,9 +75,11 @@ _TRANSACTION_BY_SIGNER = _transactions_query().where(
         scep_transactions.c.transaction_id == bindparam("transaction_id"),
     )
 )
-_LOCKED = select(challenge_failures.c.locked_until).where(
+# A request counts against at most two keys (its challenge and its address): a fixed pair of binds
+# keeps the compiled statement cached, where an expanding IN is rendered again on every call.
+_LOCKED = select(func.max(challenge_failures.c.locked_until)).where(
     and_(
-        challenge_failures.c.key.in_(bindparam("keys", expanding=True)),
+        challenge_failures.c.key.in_([bindparam("key1"), bindparam("key2")]),
         challenge_failures.c.locked_until > bindparam("now"),
     )
 )
@@ -325,9 +327,14 @@ class EnrollmentStore(Store):
         wanted = sorted(set(keys))
         if not wanted:
             return None
+        locks = []
         with self._read() as conn:
-            until = conn.execute(_LOCKED, {"keys": wanted, "now": now}).scalars()
-            return max(until, default=None)
+            for i in range(0, len(wanted), 2):
+                pair = wanted[i : i + 2]
+                until = conn.execute(_LOCKED, {"key1": pair[0], "key2": pair[-1], "now": now}).scalar()
+                if until is not None:
+                    locks.append(until)
+        return max(locks, default=None)
 
     def clear_failures(self, keys: Iterable[str]) -> int:
         """Forget the failures (and locks) of `keys`; how many keys had any."""

@@ -13,12 +13,12 @@ Only for statements on the enrollment path; everything else stays on plain Core.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -31,6 +31,25 @@ class _Compiled:
     compiled: SQLCompiler
     positional: tuple[str, ...] | None  # bind names in placeholder order (qmark), None for named styles
     processors: Mapping[str, Processor]
+    # (bind name, parameter key, literal value, required) of each bind; None: names need escaping,
+    # so the compiled statement's own construct_params fills them in.
+    binds: tuple[tuple[str, str, Any, bool], ...] | None
+
+
+def _bind_values(prepared: _Compiled, params: Mapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every bind's value: the caller's parameter, else the statement's literal (what construct_params
+    does, without its generality)."""
+    if prepared.binds is None:
+        return prepared.compiled.construct_params(dict(params))
+    values: dict[str, Any] = {}
+    for name, key, literal, required in prepared.binds:
+        if key in params:
+            values[name] = params[key]
+        elif required:
+            raise InvalidRequestError(f"A value is required for bind parameter {key!r}")
+        else:
+            values[name] = literal
+    return values
 
 
 class PreparedStatement:
@@ -58,7 +77,12 @@ class PreparedStatement:
                 if processor is not None:
                     processors[name] = processor
             positional = tuple(compiled.positiontup or ()) if dialect.positional else None
-            found = _Compiled(compiled.string, compiled, positional, processors)
+            binds = None
+            if not compiled.escaped_bind_names:
+                binds = tuple(
+                    (name, bind.key, bind.value, bool(bind.required)) for bind, name in compiled.bind_names.items()
+                )
+            found = _Compiled(compiled.string, compiled, positional, processors, binds)
             self._cache[key] = found
         return found
 
@@ -82,7 +106,7 @@ class PreparedStatement:
         """Execute on the connection's DBAPI cursor inside its transaction; a DBAPI error is raised as
         SQLAlchemy's wrapper for it (IntegrityError, OperationalError …), as Connection.execute does."""
         prepared = self._compiled(conn.dialect, params)
-        values = prepared.compiled.construct_params(dict(params))
+        values = _bind_values(prepared, params)
         try:
             for name, processor in prepared.processors.items():
                 values[name] = processor(values[name])
