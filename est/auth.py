@@ -209,6 +209,8 @@ def parse_trusted_proxies(text: str) -> tuple[ProxyNetwork, ...]:
 
 def peer_is_trusted(peer_address: str | None, trusted: Sequence[ProxyNetwork]) -> bool:
     """Whether an address (as a socket or X-Forwarded-For gives it) is in one of the trusted networks."""
+    if not trusted:
+        return False  # no proxies configured (the usual case): nothing to parse
     try:
         address = ipaddress.ip_address((peer_address or "").strip().strip("[]"))
     except ValueError:

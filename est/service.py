@@ -120,6 +120,8 @@ class EstService:
         self.clock = clock or authority.clock
         self.authenticator = EstAuthenticator(store, self.clock, users)
         self.cacerts_body = wire.encode_base64_body(wire.certs_only(list(authority.chain)))
+        # Each label's /csrattrs answer depends on its profile alone: built once (~0.15 ms each).
+        self._csrattrs_bodies = {name: (profile, _csrattrs_body(profile)) for name, profile in profiles.items()}
         if not isinstance(signer_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise KeyMaterialError("the EST signer (the RA key) must be an RSA or EC key")
         self.cmc_signer = cmc.CmcSigner.create(signer_key, signer_certificate, authority.chain)
@@ -133,8 +135,8 @@ class EstService:
 
     def csrattrs(self, profile: Profile, connection: EstConnection) -> EstReply:
         """RFC 7030 §4.5: what this label wants in a CSR (est.csrattrs.template)."""
-        oids, attributes = csrattrs.template(profile)
-        body = wire.encode_base64_body(wire.encode_csr_attrs(oids, attributes), line_length=None)
+        built = self._csrattrs_bodies.get(profile.name)
+        body = built[1] if built is not None and built[0] is profile else _csrattrs_body(profile)
         self._record(_Outcome("csrattrs", profile, connection), "delivered")
         return EstReply(body, wire.CSRATTRS)
 
@@ -191,6 +193,14 @@ class EstService:
             return False
         return self.store.scep_transaction(key_sha, txn_id) is not None
 
+    def _look_ups(self, outcome: _Outcome) -> contextlib.AbstractContextManager[None]:
+        """One read connection for the look-ups before issuance when there are several: a client certificate
+        (the certificate, its issuer, perhaps a Basic user) or a label with manual approval (the queue, the
+        user). A lone Basic user look-up takes its own connection, which costs less than the shared scope."""
+        if outcome.connection.client_certificate is not None or outcome.profile.approval == "manual":
+            return self.store.reading()
+        return contextlib.nullcontext()
+
     def _authenticate(self, outcome: _Outcome, *, used_up_ok: bool = False) -> EstPrincipal:
         connection = outcome.connection
         credentials = EstCredentials(
@@ -198,7 +208,8 @@ class EstService:
             client_certificate=connection.client_certificate,
             certificate_source=connection.certificate_source,
         )
-        principal = self.authenticator.authenticate(credentials, outcome.profile.name, used_up_ok=used_up_ok)
+        with self._look_ups(outcome):
+            principal = self.authenticator.authenticate(credentials, outcome.profile.name, used_up_ok=used_up_ok)
         outcome.principal = principal
         if principal.certificate is not None:
             held = x509.load_der_x509_certificate(principal.certificate.record.der)
@@ -208,6 +219,8 @@ class EstService:
     def _check_csr(self, outcome: _Outcome, csr_der: bytes, csr: x509.CertificateSigningRequest) -> None:
         """Channel binding (RFC 7030 §3.5) and, when enforced, the csrattrs template."""
         profile = outcome.profile
+        if not (profile.est_csrattrs_enforce or profile.est_pop_linking):
+            return  # neither reads the challengePassword: do not parse the CSR a second time
         password = challenge_password(csr_der)
         if profile.est_csrattrs_enforce:
             lacking = csrattrs.missing(profile, csr, password)
@@ -227,7 +240,8 @@ class EstService:
                 )
 
     def _enroll(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
-        principal = self._authenticate(outcome, used_up_ok=self._collecting(outcome, body, content_type))
+        with self._look_ups(outcome):  # closed before any write: _issue_or_hold reads the queue afresh
+            principal = self._authenticate(outcome, used_up_ok=self._collecting(outcome, body, content_type))
         csr_der, csr = self._csr(outcome, body, content_type)
         policy = self._authorize_enrollment(outcome, principal, csr_der, csr)
         return self._certs_only(self._issue_or_hold(outcome, csr_der, csr, policy, renewal_of=None))
@@ -563,6 +577,12 @@ class EstService:
             self.store.record_event(self._event(outcome, result), self.clock())
         except CAError as exc:  # an event must never turn an answer into an error
             log.error("could not record the EST enrollment event: %s", exc.detail)
+
+
+def _csrattrs_body(profile: Profile) -> bytes:
+    """The /csrattrs reply body of a label: its template as one base64 line."""
+    oids, attributes = csrattrs.template(profile)
+    return wire.encode_base64_body(wire.encode_csr_attrs(oids, attributes), line_length=None)
 
 
 def _principal_ref(principal: EstPrincipal | None) -> str:

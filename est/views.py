@@ -36,8 +36,9 @@ _STATUS = {
     ErrorKind.CONFLICT: 409,
     ErrorKind.UNAVAILABLE: 503,
 }
-_GET_OPERATIONS = {"cacerts", "csrattrs"}
-_POST_OPERATIONS = {"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"}
+_GET_OPERATIONS = frozenset({"cacerts", "csrattrs"})
+_POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
+_OPERATIONS = _GET_OPERATIONS | _POST_OPERATIONS
 
 
 def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -47,18 +48,16 @@ def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Res
 
 
 def _reply(reply: EstReply) -> Response:
-    response = Response(reply.body, status=reply.status)
-    response.headers["Content-Type"] = reply.content_type
+    headers = [("Content-Type", reply.content_type)]
     if reply.base64:
-        response.headers["Content-Transfer-Encoding"] = "base64"  # RFC 8951 §3.2: for older clients
-    for name, value in reply.headers:
-        response.headers[name] = value
-    return response
+        headers.append(("Content-Transfer-Encoding", "base64"))  # RFC 8951 §3.2: for older clients
+    headers.extend(reply.headers)
+    return Response(reply.body, status=reply.status, headers=headers)
 
 
 def _transport_refusal(service: EstService, name: str, operation: str) -> tuple[int, str, dict[str, str]] | None:
     """What the transport refuses before an operation runs: (status, text, headers), or None."""
-    if operation not in _GET_OPERATIONS | _POST_OPERATIONS:
+    if operation not in _OPERATIONS:
         return 404, "unknown EST operation", {}
     allowed = "GET" if operation in _GET_OPERATIONS else "POST"
     if request.method != allowed:

@@ -41,10 +41,17 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequenc
     return address
 
 
+def _environ_key(header: str) -> str:
+    """Where the WSGI environ holds a request header (PEP 3333), as werkzeug's EnvironHeaders looks it up."""
+    key = header.upper().replace("-", "_")
+    return key if key in {"CONTENT_TYPE", "CONTENT_LENGTH"} else "HTTP_" + key
+
+
 def est_connection_facts(config: GatewayConfig) -> ConnectionFacts:
     """The callable est.views asks for each request's EstConnection (None: do not serve EST here)."""
     trusted = parse_trusted_proxies(config["est.trusted_proxies"])
     cert_header = config["est.proxy_cert_header"]
+    cert_header_key = _environ_key(cert_header)
     verify_header = config["est.proxy_verify_header"]
 
     def facts(environ: dict[str, Any]) -> EstConnection | None:
@@ -52,28 +59,28 @@ def est_connection_facts(config: GatewayConfig) -> ConnectionFacts:
         proxied = peer_is_trusted(peer, trusted)
         if environ.get(LISTENER) != "https" and not proxied:
             return None  # EST is served over TLS only (RFC 7030 §3.2.2)
-        headers = EnvironHeaders(environ)
         certificate: x509.Certificate | None = None
         source = "none"
         der = environ.get(CLIENT_CERT_DER)
         if der:
             certificate, source = x509.load_der_x509_certificate(der), "tls"
         elif proxied:
+            headers = dict(EnvironHeaders(environ))
             try:
-                certificate = certificate_from_proxy(peer or "", dict(headers), trusted, cert_header, verify_header)
+                certificate = certificate_from_proxy(peer or "", headers, trusted, cert_header, verify_header)
             except CAError as exc:  # fail closed: a garbled header authenticates nobody
                 log.warning("ignored the client certificate header of proxy %s: %s", peer, exc.detail)
             if certificate is not None:
                 source = "proxy"
-        elif headers.get(cert_header):
+        elif environ.get(cert_header_key):
             log.warning("ignored %s from %s, which is not a trusted proxy", cert_header, peer)
-        address = client_address(peer, headers.get("X-Forwarded-For"), trusted) if proxied else peer
+        address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), trusted) if proxied else peer
         return EstConnection(
-            authorization=headers.get("Authorization"),
+            authorization=environ.get("HTTP_AUTHORIZATION"),
             client_certificate=certificate,
             certificate_source=source,
             client_address=address,
-            user_agent=headers.get("User-Agent"),
+            user_agent=environ.get("HTTP_USER_AGENT"),
             tls_version=environ.get(TLS_VERSION),
             # tls-unique binds only TLS 1.2 (RFC 9266 §3); through a proxy it would be the proxy's channel.
             tls_unique=environ.get(TLS_UNIQUE) if not proxied and environ.get(TLS_VERSION) == "TLSv1.2" else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -52,8 +53,11 @@ def _cert() -> x509.Certificate:
     )
 
 
-def _facts(tmp_path: Path, proxies: str = "127.0.0.1") -> Any:
-    return est_connection_facts(load_config(tmp_path, environ={"GATEWAY_EST_TRUSTED_PROXIES": proxies}))
+def _facts(tmp_path: Path, proxies: str = "127.0.0.1", cert_header: str | None = None) -> Any:
+    environ = {"GATEWAY_EST_TRUSTED_PROXIES": proxies}
+    if cert_header is not None:
+        environ["GATEWAY_EST_PROXY_CERT_HEADER"] = cert_header
+    return est_connection_facts(load_config(tmp_path, environ=environ))
 
 
 def test_plain_http_is_served_only_to_a_trusted_proxy(tmp_path: Path) -> None:
@@ -104,3 +108,23 @@ def test_proxy_certificate_header(tmp_path: Path) -> None:
         {**base, "REMOTE_ADDR": "127.0.0.1", "HTTP_X_SSL_CLIENT_VERIFY": "SUCCESS", "HTTP_X_SSL_CLIENT_CERT": "%%%"}
     )
     assert garbled.client_certificate is None  # fail closed: nobody is authenticated by garbage
+
+
+@pytest.mark.parametrize(
+    ("cert_header", "environ_key"),
+    [
+        pytest.param(None, "HTTP_X_SSL_CLIENT_CERT", id="default-header"),
+        pytest.param("ssl-client-cert", "HTTP_SSL_CLIENT_CERT", id="lower-case-custom-header"),
+    ],
+)
+@pytest.mark.parametrize("proxies", ["", "10.0.0.0/8"], ids=["no-proxies", "other-proxies"])
+def test_a_certificate_header_from_an_untrusted_peer_is_logged_and_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, cert_header: str | None, environ_key: str, proxies: str
+) -> None:
+    header = quote(_cert().public_bytes(Encoding.PEM).decode())
+    environ = {LISTENER: "https", "REMOTE_ADDR": "192.0.2.1", environ_key: header, "HTTP_X_FORWARDED_FOR": "192.0.2.7"}
+    with caplog.at_level(logging.WARNING, logger="gateway.est"):
+        connection = _facts(tmp_path, proxies, cert_header)({**environ, "HTTP_X_SSL_CLIENT_VERIFY": "SUCCESS"})
+    assert connection.client_certificate is None and connection.certificate_source == "none"
+    assert connection.client_address == "192.0.2.1"
+    assert f"ignored {cert_header or 'X-SSL-Client-Cert'} from 192.0.2.1, which is not a trusted proxy" in caplog.text

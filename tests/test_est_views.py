@@ -334,6 +334,51 @@ def test_simplereenroll_renews_and_rekeys(est: FlaskClient, est_app: Flask) -> N
     assert ("simplereenroll", "issued", "certificate") in events(est_app, "renewer")
 
 
+@pytest.mark.parametrize(
+    ("operation", "label", "password", "certificate"),
+    [
+        pytest.param("simplereenroll", None, False, True, id="certificate"),
+        pytest.param("simplereenroll", None, True, True, id="certificate-and-basic"),
+        pytest.param("simpleenroll", None, True, False, id="basic"),
+        pytest.param("simpleenroll", "manual", True, False, id="basic-manual-approval"),
+    ],
+)
+def test_the_look_ups_before_issuance_share_one_connection(
+    est: FlaskClient,
+    est_app: Flask,
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+    label: str | None,
+    password: bool,
+    certificate: bool,
+) -> None:
+    """The client certificate, its issuer, the Basic user and the approval queue are read in one pool
+    checkout (Store.reading); issuing (or queueing) takes its own."""
+    key = ec_key()
+    cert = enroll(est, "one-read", key)
+    engine = gateway_of(est_app).store.engine
+    checkouts: list[object] = []
+    connect = engine.connect
+
+    def counting_connect() -> Any:
+        connection = connect()
+        checkouts.append(connection)
+        return connection
+
+    monkeypatch.setattr(engine, "connect", counting_connect)
+    response = post(
+        est,
+        operation,
+        b64_csr(make_csr(key, subject("one-read"))),
+        label=label,
+        headers=basic() if password else None,
+        environ=tls(cert if certificate else None),
+    )
+    assert response.status_code == (202 if label == "manual" else 200), response.get_data(as_text=True)
+    # manual approval: the queue is looked up again after the scope (a concurrent retry may have queued it)
+    assert len(checkouts) == (3 if label == "manual" else 2)
+
+
 def test_simplereenroll_refusals(est: FlaskClient, est_app: Flask) -> None:
     key = ec_key()
     cert = enroll(est, "holder2", key)
