@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 import sys
-from collections.abc import Callable
 from typing import Any, cast
 
 from cryptography import x509
@@ -64,10 +63,9 @@ class _TlsMaterial:
 class HelloApplication(ListenerApplication):
     """`ListenerApplication` with the hello-world app: same gunicorn configuration, same TLS context."""
 
-    def _ssl_context(self, _conf: Any, _default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        if self._context is None:  # once per worker, as the gateway does
-            self._context = build_ssl_context(cast(Gateway, _TlsMaterial(self.gateway_config)))
-        return self._context
+    def _arbiter_ssl_context(self) -> ssl.SSLContext:
+        """Built once in the arbiter before the fork, as the gateway's (no database here)."""
+        return build_ssl_context(cast(Gateway, _TlsMaterial(self.gateway_config)))
 
     def _post_worker_init(self, _worker: Any) -> None:
         """The gateway starts its CRL timer here; the hello world has nothing to start."""

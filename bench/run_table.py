@@ -454,7 +454,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"used up to {heaviest:.2f} of {m['nproc']} CPUs during a part (rows `machine`).",
         "",
         f"Servers: gateway serve and the hello world with the same gunicorn settings ({s['workers']} gthread "
-        f"workers x {s['threads']} threads per listener, keepalive 15 s, SSLContext cached per worker), SQLite, "
+        f"workers x {s['threads']} threads per listener, keepalive 15 s, one SSLContext built before the fork), "
+        "SQLite, "
         f"RSA-2048 CA. Requests per level: SCEP {s['requests']['scep']} per server, EST {s['requests']['est']} per "
         f"mode, hello world {s['requests']['hello']} per mode; all built before the timed section. result = "
         "verified enrollments (hello world: correct echoes) per second of wall time; % of ceiling = that figure "

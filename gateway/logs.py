@@ -36,6 +36,12 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(log_format: str, level: str) -> None:
     """Send every log record to stderr in the chosen format (idempotent)."""
+    # No format here or gunicorn's prints the caller's file and line or the thread and process names:
+    # skip collecting them for every record (Python's logging HOWTO, "Optimization"; two records per
+    # enrollment). The process id stays: gunicorn's own lines print it.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -306,16 +306,17 @@ class ScepService:
         except CAError as exc:
             raise refusal_from(exc) from exc
         now = self.clock()
-        self._check_sunset(self.identity.of_request(csr), now)
+        device = self.identity.of_request(csr)
+        self._check_sunset(device, now)
         renewing = self._renewal_of(request, csr, profile, now)
         challenge_kind = "renewal"
         if renewing is None:
-            challenge_kind = self._check_challenge(request, csr, profile, client)
+            challenge_kind = self._check_challenge(request, csr, device, profile, client)
         try:
             policy = authorize_csr(profile, csr, now)
         except (PolicyDenied, AlgorithmNotAllowed) as exc:
             raise refusal_from(exc) from exc
-        event = self._enrollment_event(profile, client, request, "issued", challenge_kind, csr)
+        event = self._enrollment_event(profile, client, request, "issued", challenge_kind, device)
         txn = replace(_transaction(request, profile, client, replaces), subject=csr.subject.rfc4514_string())
         return _Admitted(policy, event, txn, renewing, hold=profile.approval == "manual")
 
@@ -382,7 +383,12 @@ class ScepService:
         return known.record
 
     def _check_challenge(
-        self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, client: ScepClient
+        self,
+        request: PkiRequest,
+        csr: x509.CertificateSigningRequest,
+        device: str | None,
+        profile: Profile,
+        client: ScepClient,
     ) -> str:
         signer_key = request.signer_certificate.public_key()
         if signer_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != csr.public_key().public_bytes(
@@ -395,7 +401,7 @@ class ScepService:
             profile=profile.name,
             challenge_password=challenge_password(request.csr_der),
             subject=csr.subject.rfc4514_string(),
-            device_id=self.identity.of_request(csr),
+            device_id=device,
             transaction_id=request.transaction_id,
             client_address=client.address,
             csr_der=request.csr_der,
@@ -435,7 +441,7 @@ class ScepService:
             request,
             f"failure:{refusal.fail_info.rfc_name}",
             "none",
-            request.csr,
+            self._device_of(request),
             {"cause": refusal.detail},
         )
         try:
@@ -544,14 +550,9 @@ class ScepService:
         request: PkiRequest,
         outcome: str,
         challenge_kind: str,
-        csr: x509.CertificateSigningRequest | None,
+        identity: str | None,
         detail: dict[str, str] | None = None,
     ) -> EnrollmentEvent:
-        identity = (
-            self.identity.of_request(csr)
-            if csr is not None
-            else self.identity.of_certificate(request.signer_certificate)
-        )
         return EnrollmentEvent(
             protocol="scep",
             operation=request.message_type.name,
@@ -566,6 +567,13 @@ class ScepService:
             transaction_id=request.transaction_id,
             detail=detail,
         )
+
+    def _device_of(self, request: PkiRequest) -> str | None:
+        """The device a request names: by its CSR when it carries a readable one, else by its signer."""
+        csr = request.csr
+        if csr is not None:
+            return self.identity.of_request(csr)
+        return self.identity.of_certificate(request.signer_certificate)
 
     def _event(
         self,

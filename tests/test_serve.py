@@ -141,7 +141,12 @@ class Server:
 
 
 def spawn_server(
-    data_dir: Path, workdir: Path, *, env: Mapping[str, str] | None = None, http_port: int | None = None
+    data_dir: Path,
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    http_port: int | None = None,
+    workers: int = 1,
 ) -> Server:
     """Start `gateway serve` (on fresh ports unless `http_port` is given), in a process group of its own."""
     http_port, https_port = (http_port, free_ports(1)[0]) if http_port is not None else free_ports(2)
@@ -160,7 +165,7 @@ def spawn_server(
                 "--https",
                 f"127.0.0.1:{https_port}",
                 "--workers",
-                "1",
+                str(workers),
                 "--log-format",
                 "json",
             ],
@@ -174,10 +179,15 @@ def spawn_server(
 
 
 def start_server(
-    data_dir: Path, workdir: Path, *, env: Mapping[str, str] | None = None, http_port: int | None = None
+    data_dir: Path,
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    http_port: int | None = None,
+    workers: int = 1,
 ) -> Server:
     """spawn_server, then wait (bounded) until both listeners answer /healthz."""
-    server = spawn_server(data_dir, workdir, env=env, http_port=http_port)
+    server = spawn_server(data_dir, workdir, env=env, http_port=http_port, workers=workers)
     try:
         wait_ready(server)
     except BaseException:
@@ -432,6 +442,41 @@ def test_https_certificate_is_not_trusted_without_ca_pem(server: Server, workdir
 def test_https_certificate_names_only_its_hosts(server: Server) -> None:
     with pytest.raises(ssl.SSLCertVerificationError, match=r"[Hh]ostname mismatch"):
         fetch(server.https_port, "/healthz", context=tls_context(server.ca_pem), server_hostname="gateway.example")
+
+
+def _healthz_session(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[ssl.SSLSession | None, bool]:
+    """One HTTPS /healthz on a new connection offering `session`: (the session to resume next, whether
+    this connection resumed)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as sock,
+    ):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200
+        response.read()  # TLS 1.3 session tickets arrive after the handshake, with the data
+        return sock.session, bool(sock.session_reused)
+
+
+def test_tls_sessions_resume_whichever_worker_answers(workdir: Path) -> None:
+    """The HTTPS context is built before the workers fork, so they share one session-ticket key: a
+    client resumes its session on every new connection (with a context per worker it resumed only
+    when it landed on the worker that issued the ticket)."""
+    data_dir = workdir / "resume"
+    (http_port,) = free_ports(1)
+    init_data_dir(data_dir, http_port)
+    server = start_server(data_dir, workdir, http_port=http_port, workers=3)
+    try:
+        context = tls_context(server.ca_pem)
+        session, _ = _healthz_session(server.https_port, context, None)
+        assert session is not None and session.has_ticket
+        resumed = [_healthz_session(server.https_port, context, session)[1] for _ in range(15)]
+        assert all(resumed), resumed
+    finally:
+        stop_server(server)
 
 
 def test_plain_http_on_the_https_port_gets_no_answer(server: Server) -> None:
