@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, case, delete, insert, select, text, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 
 from shared_ca.storage.prepared import PreparedStatement
@@ -202,3 +202,50 @@ def test_a_read_scope_is_per_engine(store: Store, tmp_path: Any) -> None:
             assert other.list_issuers() == []  # another database: its own connection, not the lent one
     finally:
         other_engine.dispose()
+
+
+def test_first_returns_what_core_returns(store: Store) -> None:
+    """A SELECT's row with each column's result processing: aware datetimes, booleans, bytes, NULLs,
+    a labelled column and an outer join."""
+    with store.engine.begin() as conn:
+        issuer_id = conn.execute(insert(issuers).returning(issuers.c.id), _issuer_row("ca")).scalar_one()
+        conn.execute(insert(certificates), [_certificate_row(issuer_id, "0a")])
+    c = certificates.c
+    joined = (
+        select(c.serial_hex, c.der, c.not_before, c.revoked_at, issuers.c.trust_until, issuers.c.name.label("ca"))
+        .select_from(certificates.outerjoin(issuers, issuers.c.id == c.issuer_id))
+        .where(c.serial_hex == bindparam("serial"))
+    )
+    whole_row = select(certificates).where(c.serial_hex == bindparam("serial"))
+    with store.engine.connect() as conn:
+        for query in (joined, whole_row):
+            core = conn.execute(query, {"serial": "0a"}).mappings().first()
+            assert core is not None
+            assert PreparedStatement(query).first(conn, {"serial": "0a"}) == dict(core)
+            assert PreparedStatement(query).first(conn, {"serial": "ff"}) is None
+    fast = PreparedStatement(joined)
+    with store.engine.connect() as conn:
+        row = fast.first(conn, {"serial": "0a"})
+    assert row is not None
+    assert row["not_before"] == NOW and row["not_before"].tzinfo is not None
+    assert (row["ca"], row["der"], row["revoked_at"]) == ("ca", bytes(range(256)), None)
+
+
+def test_first_reads_booleans_and_aggregates(store: Store) -> None:
+    from shared_ca.storage.schema import device_groups
+
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(device_groups),
+            [
+                {"name": "stores", "sunset_at": NOW, "allow_downgrade": True, "updated_at": NOW},
+                {"name": "lab", "sunset_at": None, "allow_downgrade": False, "updated_at": NOW},
+            ],
+        )
+    g = device_groups.c
+    by_name = select(g.allow_downgrade, g.sunset_at).where(g.name == bindparam("name"))
+    latest = select(func.max(g.sunset_at).label("latest"))
+    with store.engine.connect() as conn:
+        assert PreparedStatement(by_name).first(conn, {"name": "stores"}) == {"allow_downgrade": True, "sunset_at": NOW}
+        assert PreparedStatement(by_name).first(conn, {"name": "lab"}) == {"allow_downgrade": False, "sunset_at": None}
+        assert PreparedStatement(latest).first(conn, {}) == {"latest": NOW}

@@ -32,6 +32,7 @@ from shared_ca.storage.device_contacts import (
     insert_ignoring_conflict,
     new_device_row,
 )
+from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import MAPPING_MODES, certificates, device_groups, devices
 
@@ -92,11 +93,11 @@ def _group(row: RowMapping) -> GroupRecord:
 
 __all__ = ["DeviceRecord", "DeviceStore", "GroupRecord", "NewDevice", "ScepGate"]
 
-_GATE = (
+_GATE = PreparedStatement(
     select(devices.c.state, devices.c.group_name, device_groups.c.sunset_at, device_groups.c.allow_downgrade)
     .select_from(devices.outerjoin(device_groups, device_groups.c.name == devices.c.group_name))
     .where(devices.c.identity == bindparam("identity"))
-)
+)  # read on every SCEP enrollment
 
 
 class DeviceStore(Store):
@@ -184,7 +185,7 @@ class DeviceStore(Store):
     def scep_gate(self, identity: str) -> ScepGate | None:
         """The device's state and its group's sunset policy, in one query; None for an unknown device."""
         with self._read() as conn:
-            row = conn.execute(_GATE, {"identity": identity}).mappings().first()
+            row = _GATE.first(conn, {"identity": identity})
         if row is None:
             return None
         return ScepGate(row["state"], row["group_name"], row["sunset_at"], bool(row["allow_downgrade"]))

@@ -8,8 +8,9 @@ an atomic upsert, and a (signer key, transactionID) pair is a unique constraint.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,6 +29,7 @@ from shared_ca.storage.enrollment_records import (
     write_enrollment_event,
     write_scep_transaction,
 )
+from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import (
     UTCDateTime,
@@ -58,7 +60,7 @@ def _challenge(row: RowMapping) -> ChallengeRecord:
     return ChallengeRecord(**{name: row[name] for name in ChallengeRecord.__dataclass_fields__})
 
 
-def _scep_transaction(row: RowMapping) -> ScepTransactionRecord:
+def _scep_transaction(row: Mapping[Any, Any]) -> ScepTransactionRecord:
     return ScepTransactionRecord(**{name: row[name] for name in ScepTransactionRecord.__dataclass_fields__})
 
 
@@ -69,18 +71,22 @@ def _transactions_query() -> Select[tuple[object, ...]]:
     )
 
 
-_TRANSACTION_BY_SIGNER = _transactions_query().where(
-    and_(
-        scep_transactions.c.signer_key_sha256 == bindparam("signer_key"),
-        scep_transactions.c.transaction_id == bindparam("transaction_id"),
+_TRANSACTION_BY_SIGNER = PreparedStatement(
+    _transactions_query().where(
+        and_(
+            scep_transactions.c.signer_key_sha256 == bindparam("signer_key"),
+            scep_transactions.c.transaction_id == bindparam("transaction_id"),
+        )
     )
-)
+)  # read on every SCEP enrollment
 # A request counts against at most two keys (its challenge and its address): a fixed pair of binds
 # keeps the compiled statement cached, where an expanding IN is rendered again on every call.
-_LOCKED = select(func.max(challenge_failures.c.locked_until)).where(
-    and_(
-        challenge_failures.c.key.in_([bindparam("key1"), bindparam("key2")]),
-        challenge_failures.c.locked_until > bindparam("now"),
+_LOCKED = PreparedStatement(
+    select(func.max(challenge_failures.c.locked_until).label("until")).where(
+        and_(
+            challenge_failures.c.key.in_([bindparam("key1"), bindparam("key2")]),
+            challenge_failures.c.locked_until > bindparam("now"),
+        )
     )
 )
 
@@ -116,12 +122,8 @@ class EnrollmentStore(Store):
     def scep_transaction(self, signer_key_sha256: str, transaction_id: str) -> ScepTransactionRecord | None:
         """The transaction of this signer key and transactionID, with its certificate when issued."""
         with self._read() as conn:
-            row = (
-                conn.execute(
-                    _TRANSACTION_BY_SIGNER, {"signer_key": signer_key_sha256, "transaction_id": transaction_id}
-                )
-                .mappings()
-                .first()
+            row = _TRANSACTION_BY_SIGNER.first(
+                conn, {"signer_key": signer_key_sha256, "transaction_id": transaction_id}
             )
         return _scep_transaction(row) if row else None
 
@@ -331,9 +333,9 @@ class EnrollmentStore(Store):
         with self._read() as conn:
             for i in range(0, len(wanted), 2):
                 pair = wanted[i : i + 2]
-                until = conn.execute(_LOCKED, {"key1": pair[0], "key2": pair[-1], "now": now}).scalar()
-                if until is not None:
-                    locks.append(until)
+                found = _LOCKED.first(conn, {"key1": pair[0], "key2": pair[-1], "now": now})
+                if found is not None and found["until"] is not None:
+                    locks.append(found["until"])
         return max(locks, default=None)
 
     def clear_failures(self, keys: Iterable[str]) -> int:

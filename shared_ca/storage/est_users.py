@@ -27,13 +27,15 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, NotFound
+from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import EST_USER_KINDS, Id, UTCDateTime, est_users
 
@@ -157,12 +159,12 @@ class EstUserRecord:
         return "active"
 
 
-def _record(row: RowMapping) -> EstUserRecord:
+def _record(row: Mapping[Any, Any]) -> EstUserRecord:
     return EstUserRecord(**{name: row[name] for name in EstUserRecord.__dataclass_fields__})
 
 
 _u = est_users.c
-_BY_NAME = select(est_users).where(_u.name == bindparam("name"))
+_BY_NAME = PreparedStatement(select(est_users).where(_u.name == bindparam("name")))  # every Basic log-in
 _USER_ID = bindparam("user_id", type_=Id)
 _NOW = bindparam("now", type_=UTCDateTime())
 # One statement settles a race for the last use: the database re-evaluates the WHERE on the row it
@@ -243,7 +245,7 @@ class EstUserStore(Store):
     def est_user(self, name: str) -> EstUserRecord | None:
         """The user named `name`, whatever its state; None when there is none."""
         with self._read() as conn:
-            row = conn.execute(_BY_NAME, {"name": name}).mappings().first()
+            row = _BY_NAME.first(conn, {"name": name})
         return _record(row) if row else None
 
     def list_est_users(self) -> list[EstUserRecord]:

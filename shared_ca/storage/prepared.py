@@ -7,7 +7,8 @@ does the same work with SQLAlchemy's own compiled SQL and its own type processor
 the stored values are byte for byte what Core would have written (tests/test_prepared.py compares
 rows written both ways on SQLite and PostgreSQL).
 
-Only for statements on the enrollment path; everything else stays on plain Core.
+Only for statements on the enrollment path (the issuing writes and the look-ups before them);
+everything else stays on plain Core.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -34,6 +36,8 @@ class _Compiled:
     # (bind name, parameter key, literal value, required) of each bind; None: names need escaping,
     # so the compiled statement's own construct_params fills them in.
     binds: tuple[tuple[str, str, Any, bool], ...] | None
+    # A SELECT's columns: (key, result processor) in order; empty for other statements.
+    columns: tuple[tuple[str, Processor | None], ...]
 
 
 def _bind_values(prepared: _Compiled, params: Mapping[str, Any]) -> MutableMapping[str, Any]:
@@ -53,8 +57,8 @@ def _bind_values(prepared: _Compiled, params: Mapping[str, Any]) -> MutableMappi
 
 
 class PreparedStatement:
-    """One statement (an INSERT with a fixed set of columns, an upsert, an UPDATE) compiled once per
-    dialect; `execute` runs it inside the caller's transaction."""
+    """One statement (an INSERT with a fixed set of columns, an upsert, an UPDATE, a one-row SELECT)
+    compiled once per dialect; it runs inside the caller's transaction."""
 
     def __init__(self, statement: ClauseElement, *, columns_from_params: bool = False) -> None:
         self.statement = statement
@@ -82,7 +86,13 @@ class PreparedStatement:
                 binds = tuple(
                     (name, bind.key, bind.value, bool(bind.required)) for bind, name in compiled.bind_names.items()
                 )
-            found = _Compiled(compiled.string, compiled, positional, processors, binds)
+            columns: tuple[tuple[str, Processor | None], ...] = ()
+            if isinstance(self.statement, Select):
+                columns = tuple(
+                    (key, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                    for key, column in self.statement.selected_columns.items()
+                )
+            found = _Compiled(compiled.string, compiled, positional, processors, binds, columns)
             self._cache[key] = found
         return found
 
@@ -97,6 +107,18 @@ class PreparedStatement:
         if row is None:
             raise ValueError("the statement returned no row")
         return int(row[0])
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run a SELECT; its first row as {column key: value}, each value through its column type's
+        result processing as Core would return it, or None when there is no row."""
+        row = self._run(conn, params, lambda cursor: cursor.fetchone())
+        if row is None:
+            return None
+        columns = self._compiled(conn.dialect, params).columns
+        return {
+            key: value if process is None else process(value)
+            for (key, process), value in zip(columns, row, strict=True)
+        }
 
     def rowcount(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run an UPDATE or DELETE; how many rows it changed."""

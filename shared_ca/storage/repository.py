@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, text, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
@@ -37,8 +37,10 @@ from shared_ca.storage.schema import audit_events, certificates, crl_publication
 # re-coercing a fresh construct on every call.
 _INSERT_CERTIFICATE = PreparedStatement(insert(certificates).returning(certificates.c.id), columns_from_params=True)
 _INSERT_AUDIT = PreparedStatement(insert(audit_events), columns_from_params=True)
-_ISSUER_BY_ID = select(issuers).where(issuers.c.id == bindparam("issuer_id"))
-_CERTIFICATE_BY_FINGERPRINT = select(certificates).where(certificates.c.fingerprint_sha256 == bindparam("fingerprint"))
+_ISSUER_BY_ID = PreparedStatement(select(issuers).where(issuers.c.id == bindparam("issuer_id")))
+_CERTIFICATE_BY_FINGERPRINT = PreparedStatement(
+    select(certificates).where(certificates.c.fingerprint_sha256 == bindparam("fingerprint"))
+)  # every renewal check and client-certificate log-in
 
 
 # The connection a `Store.reading()` scope lends to every read on the same engine in this thread.
@@ -298,7 +300,7 @@ class Store:
         return found
 
     @staticmethod
-    def _issuer(row: RowMapping) -> IssuerRecord:
+    def _issuer(row: Mapping[Any, Any]) -> IssuerRecord:
         return IssuerRecord(
             id=row["id"],
             name=row["name"],
@@ -319,7 +321,7 @@ class Store:
 
     def issuer_by_id(self, issuer_id: int) -> IssuerRecord | None:
         with self._read() as conn:
-            row = conn.execute(_ISSUER_BY_ID, {"issuer_id": issuer_id}).mappings().first()
+            row = _ISSUER_BY_ID.first(conn, {"issuer_id": issuer_id})
         return self._issuer(row) if row else None
 
     def list_issuers(self) -> list[IssuerRecord]:
@@ -426,7 +428,7 @@ class Store:
         )
 
     @staticmethod
-    def _certificate(row: RowMapping) -> CertificateRecord:
+    def _certificate(row: Mapping[Any, Any]) -> CertificateRecord:
         return CertificateRecord(
             id=row["id"],
             issuer_id=row["issuer_id"],
@@ -477,7 +479,7 @@ class Store:
 
     def certificate_by_fingerprint(self, fingerprint_sha256: str) -> CertificateRecord | None:
         with self._read() as conn:
-            row = conn.execute(_CERTIFICATE_BY_FINGERPRINT, {"fingerprint": fingerprint_sha256}).mappings().first()
+            row = _CERTIFICATE_BY_FINGERPRINT.first(conn, {"fingerprint": fingerprint_sha256})
         return self._certificate(row) if row else None
 
     def list_certificates(
