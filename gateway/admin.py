@@ -12,26 +12,24 @@ gets a short message and nothing of the cause.
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import json
 import logging
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 
+from gateway.admin_common import BEARER_REALM, Refused, check_admin_token, gateway, refusal_response
 from gateway.middleware import LISTENER, REQUEST_ID
-from gateway.runtime import Gateway
 from scep.challenges import ndes_style_secret, new_one_time_challenge
 from shared_ca.authority import utcnow
 from shared_ca.ca_material import parse_subject
-from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord, AdminTokenStore
+from shared_ca.storage.admin import AdminTokenRecord
 
 log = logging.getLogger("gateway.admin")
 bp = Blueprint("admin", __name__)
 
 ADMIN_PREFIXES = ("/admin/", "/certsrv/mscep_admin")
-BEARER_REALM = 'Bearer realm="gateway admin API"'
 BASIC_REALM = 'Basic realm="SCEP challenge"'
 MIN_TTL = 60
 MAX_TTL = 30 * 24 * 3600
@@ -41,39 +39,9 @@ NDES_TTL_MINUTES = 60
 FIELDS = ("device_id", "profile", "ttl_seconds", "uses", "expected_subject")
 
 
-class _Refused(Exception):
-    """A refusal: `status` and `public` go to the client, `cause` to the log only."""
-
-    def __init__(self, status: int, public: str, cause: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(cause)
-        self.status = status
-        self.public = public
-        self.cause = cause
-        self.headers = headers or {}
-
-
-def _gateway() -> Gateway:
-    found: Gateway = current_app.extensions["gateway"]
-    return found
-
-
-def _tokens() -> AdminTokenStore:
-    return AdminTokenStore(_gateway().store.engine)  # holds nothing but the shared engine
-
-
-@bp.errorhandler(_Refused)
-def _refused(exc: _Refused) -> Response:
-    log.warning(
-        "%s %s refused (%d): %s",
-        request.method,
-        request.path,
-        exc.status,
-        exc.cause,
-        extra={"request_id": request.environ.get(REQUEST_ID), "client": request.remote_addr},
-    )
-    response = Response(exc.public + "\n", status=exc.status, mimetype="text/plain")
-    response.headers.update(exc.headers)
-    return response
+@bp.errorhandler(Refused)
+def _refused(exc: Refused) -> Response:
+    return refusal_response(exc, log)
 
 
 @bp.before_app_request
@@ -90,37 +58,22 @@ def _https_only() -> None:
         abort(404)
 
 
-def _check_token(token: str, *, unauthorized: _Refused, expected_name: str | None = None) -> AdminTokenRecord:
-    store = _tokens()
-    record = store.authenticate_admin_token(token, utcnow())
-    if record is None:
-        known = store.admin_token_for_secret(token)
-        cause = f"admin token {known.name!r} is disabled" if known is not None else "unknown admin token"
-        raise _Refused(unauthorized.status, unauthorized.public, cause, unauthorized.headers)
-    if expected_name is not None and not hmac.compare_digest(record.name.encode(), expected_name.encode()):
-        cause = f"the token of {record.name!r} was presented with user name {expected_name!r}"
-        raise _Refused(unauthorized.status, unauthorized.public, cause, unauthorized.headers)
-    if ADMIN_SCOPE not in record.scopes:
-        raise _Refused(403, "forbidden", f"admin token {record.name!r} lacks the {ADMIN_SCOPE!r} scope")
-    return record
-
-
 def _bearer_token() -> AdminTokenRecord:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if not header:
-        raise _Refused(401, "unauthorized", "no Authorization header", {"WWW-Authenticate": BEARER_REALM})
+        raise Refused(401, "unauthorized", "no Authorization header", {"WWW-Authenticate": BEARER_REALM})
     if scheme.lower() != "bearer" or not token:
         cause = f"Authorization scheme {scheme[:20]!r} is not Bearer with a token"
-        raise _Refused(401, "unauthorized", cause, {"WWW-Authenticate": BEARER_REALM})
-    invalid = _Refused(401, "unauthorized", "", {"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'})
-    return _check_token(token, unauthorized=invalid)
+        raise Refused(401, "unauthorized", cause, {"WWW-Authenticate": BEARER_REALM})
+    invalid = Refused(401, "unauthorized", "", {"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'})
+    return check_admin_token(token, unauthorized=invalid)
 
 
-def _bad(field: str, message: str) -> _Refused:
+def _bad(field: str, message: str) -> Refused:
     text = f"{field}: {message}"
-    return _Refused(400, text, text)
+    return Refused(400, text, text)
 
 
 def _integer(body: dict[str, Any], field: str, default: int, low: int, high: int) -> int:
@@ -140,10 +93,10 @@ def _optional_text(body: dict[str, Any], field: str) -> str | None:
 
 
 def _profile_name(requested: str | None) -> str:
-    gw = _gateway()
+    gw = gateway()
     name = requested if requested is not None else str(gw.config["default_profile"])
     if name not in gw.config.profiles:
-        raise _Refused(404, f"no profile {name!r}", f"unknown profile {name!r}")
+        raise Refused(404, f"no profile {name!r}", f"unknown profile {name!r}")
     return name
 
 
@@ -151,9 +104,9 @@ def _json_body() -> dict[str, Any]:
     try:
         body = json.loads(request.get_data(cache=False))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Refused(400, "the body must be a JSON object", f"body is not JSON: {exc}") from None
+        raise Refused(400, "the body must be a JSON object", f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise _Refused(400, "the body must be a JSON object", f"body is JSON {type(body).__name__}, not an object")
+        raise Refused(400, "the body must be a JSON object", f"body is JSON {type(body).__name__}, not an object")
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
@@ -182,7 +135,7 @@ def create_challenge() -> Response:
     profile_name = _profile_name(profile)
     now = utcnow()
     secret = new_one_time_challenge(
-        _gateway().store,
+        gateway().store,
         device_id,
         profile_name,
         dt.timedelta(seconds=ttl),
@@ -235,7 +188,7 @@ challenge password.
 
 
 def _basic_token() -> AdminTokenRecord:
-    unauthorized = _Refused(401, "unauthorized", "", {"WWW-Authenticate": BASIC_REALM})
+    unauthorized = Refused(401, "unauthorized", "", {"WWW-Authenticate": BASIC_REALM})
     auth = request.authorization
     if auth is None or auth.type != "basic":
         unauthorized.cause = "no HTTP Basic credentials"
@@ -243,7 +196,7 @@ def _basic_token() -> AdminTokenRecord:
     if not auth.password:
         unauthorized.cause = f"HTTP Basic credentials of {auth.username!r} without a password"
         raise unauthorized
-    return _check_token(auth.password, unauthorized=unauthorized, expected_name=auth.username or "")
+    return check_admin_token(auth.password, unauthorized=unauthorized, expected_name=auth.username or "")
 
 
 @bp.get("/certsrv/mscep_admin/")
@@ -252,7 +205,7 @@ def ndes_admin() -> Response:
     """NDES's mscep_admin page: a new one-time challenge (any device, 60 minutes, one use)."""
     token = _basic_token()
     profile_name = _profile_name(request.args.get("profile"))
-    gw = _gateway()
+    gw = gateway()
     secret = new_one_time_challenge(
         gw.store,
         None,

@@ -21,17 +21,16 @@ import logging
 import re
 
 from cryptography import x509
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 
+from gateway.admin_common import BEARER_REALM, Refused, check_admin_token, gateway, refusal_response
 from gateway.dashboard_openapi import openapi_document
 from gateway.dashboard_page import CONTENT_SECURITY_POLICY, PAGE
 from gateway.middleware import CLIENT_CERT_DER, LISTENER, REQUEST_ID
-from gateway.runtime import Gateway
 from migration_tools.render import device_to_dict, report_to_dict
 from migration_tools.report import DEFAULT_TREND_DAYS, MAX_TREND_DAYS, ReportSettings, build_report, device_page
 from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import PolicyDenied
-from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenStore
 from shared_ca.storage.device_contacts import MAX_GROUP
 from shared_ca.storage.migration_report import MigrationReportStore
 from shared_ca.storage.schema import DEVICE_STATES
@@ -41,7 +40,6 @@ log = logging.getLogger("gateway.dashboard")
 bp = Blueprint("dashboard", __name__)
 
 CLIENT_CERT_SETTING = "admin.client_cert_fingerprints"
-BEARER_REALM = 'Bearer realm="gateway admin API"'
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEVICE_PARAMETERS = ("state", "group", "silent", "after", "limit")
@@ -50,31 +48,9 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
-class _Refused(Exception):
-    """A refusal: `status` and `public` go to the client, `cause` to the log only."""
-
-    def __init__(self, status: int, public: str, cause: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(cause or public)
-        self.status, self.public, self.cause, self.headers = status, public, cause or public, headers or {}
-
-
-def _gateway() -> Gateway:
-    found: Gateway = current_app.extensions["gateway"]
-    return found
-
-
-@bp.errorhandler(_Refused)
-def _refused(exc: _Refused) -> Response:
-    log.warning(
-        "%s %s refused (%d): %s",
-        request.method,
-        request.path,
-        exc.status,
-        exc.cause,
-        extra={"request_id": request.environ.get(REQUEST_ID), "client": request.remote_addr},
-    )
-    response = Response(exc.public + "\n", status=exc.status, mimetype="text/plain")
-    response.headers.update(exc.headers)
+@bp.errorhandler(Refused)
+def _refused(exc: Refused) -> Response:
+    response = refusal_response(exc, log)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"  # the text may echo a query parameter's name
     return response
@@ -107,9 +83,9 @@ def pinned_fingerprints(setting: object) -> frozenset[str]:
     return frozenset(found)
 
 
-def _unauthorized(cause: str, *, invalid_token: bool = False) -> _Refused:
+def _unauthorized(cause: str, *, invalid_token: bool = False) -> Refused:
     challenge = f'{BEARER_REALM}, error="invalid_token"' if invalid_token else BEARER_REALM
-    return _Refused(401, "unauthorized", cause, {"WWW-Authenticate": challenge})
+    return Refused(401, "unauthorized", cause, {"WWW-Authenticate": challenge})
 
 
 def _token_admin(header: str) -> str:
@@ -117,14 +93,7 @@ def _token_admin(header: str) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized(f"Authorization scheme {scheme[:20]!r} is not Bearer with a token")
-    store = AdminTokenStore(_gateway().store.engine)
-    record = store.authenticate_admin_token(token, utcnow())
-    if record is None:
-        known = store.admin_token_for_secret(token)
-        cause = f"admin token {known.name!r} is disabled" if known is not None else "unknown admin token"
-        raise _unauthorized(cause, invalid_token=True)
-    if ADMIN_SCOPE not in record.scopes:
-        raise _Refused(403, "forbidden", f"admin token {record.name!r} lacks the {ADMIN_SCOPE!r} scope")
+    record = check_admin_token(token, unauthorized=_unauthorized("", invalid_token=True))
     return f"admin-token:{record.name}"
 
 
@@ -135,20 +104,20 @@ def _certificate_admin(der: bytes) -> str | None:
     except ValueError:
         return None
     digest = fingerprint(certificate)
-    if digest not in pinned_fingerprints(_gateway().config.values.get(CLIENT_CERT_SETTING, "")):
+    if digest not in pinned_fingerprints(gateway().config.values.get(CLIENT_CERT_SETTING, "")):
         return None
     now = utcnow()
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-        raise _Refused(403, "the admin client certificate is not valid now", f"certificate {digest} outside validity")
+        raise Refused(403, "the admin client certificate is not valid now", f"certificate {digest} outside validity")
     try:
-        recognise(_gateway().store, certificate, now)  # one we issued or imported: not revoked either
+        recognise(gateway().store, certificate, now)  # one we issued or imported: not revoked either
     except PolicyDenied as exc:
-        raise _Refused(403, f"the admin client certificate is refused: {exc.public_message}", exc.detail) from None
+        raise Refused(403, f"the admin client certificate is refused: {exc.public_message}", exc.detail) from None
     return f"client-cert:{digest[:16]}"
 
 
 def authenticate() -> str:
-    """Who is asking (for the log); _Refused 401/403 otherwise."""
+    """Who is asking (for the log); Refused 401/403 otherwise."""
     header = request.headers.get("Authorization")
     if header:
         return _token_admin(header)
@@ -164,8 +133,8 @@ def authenticate() -> str:
 # -- parameters ---------------------------------------------------------------------------------------
 
 
-def _bad(name: str, message: str) -> _Refused:
-    return _Refused(400, f"{name}: {message}")
+def _bad(name: str, message: str) -> Refused:
+    return Refused(400, f"{name}: {message}")
 
 
 def _parameters(known: tuple[str, ...]) -> dict[str, str]:
@@ -219,7 +188,7 @@ def _json(body: object) -> Response:
 
 
 def _silent_days() -> int:
-    return int(_gateway().config.values.get("migration.silent_days", 14))
+    return int(gateway().config.values.get("migration.silent_days", 14))
 
 
 # -- endpoints ----------------------------------------------------------------------------------------
@@ -249,7 +218,7 @@ def summary() -> Response:
     group = _group(args)
     days = _integer(args, "days", DEFAULT_TREND_DAYS, 1, MAX_TREND_DAYS)
     settings = ReportSettings(silent_days=_silent_days(), trend_days=days, list_limit=0)
-    report = build_report(MigrationReportStore(_gateway().store.engine), utcnow(), group=group, settings=settings)
+    report = build_report(MigrationReportStore(gateway().store.engine), utcnow(), group=group, settings=settings)
     log.info("%s read the migration summary", who, extra={"request_id": request.environ.get(REQUEST_ID)})
     return _json(report_to_dict(report))
 
@@ -261,7 +230,7 @@ def devices() -> Response:
     args = _parameters(DEVICE_PARAMETERS)
     limit = _integer(args, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     result = device_page(
-        MigrationReportStore(_gateway().store.engine),
+        MigrationReportStore(gateway().store.engine),
         utcnow(),
         states=_states(args),
         group=_group(args),
