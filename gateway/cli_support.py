@@ -14,6 +14,7 @@ from gateway.initdir import InitError
 from gateway.runtime import Gateway, open_gateway
 from scep import client as scep_client
 from shared_ca.errors import CAError
+from shared_ca.storage.db import database_failure
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +33,18 @@ class GatewayGroup(click.Group):
             raise click.ClickException(f"permission denied: {exc.filename}") from None
         except scep_client.ScepClientError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # A database error no store translated (a constraint nobody expected, a driver error outside
+            # a transaction): SQLAlchemy's own message holds the SQL and its parameters, hashes included.
+            failure = as_ca_error(exc)
+            if failure is None:
+                raise
+            raise click.ClickException(one_line(failure)) from None
+
+
+def as_ca_error(exc: BaseException) -> CAError | None:
+    """`exc` itself when it is a CAError, the project's error for a database failure, else None."""
+    return exc if isinstance(exc, CAError) else database_failure(exc)
 
 
 def one_line(exc: CAError) -> str:

@@ -18,10 +18,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from shared_ca.errors import Unavailable
+from shared_ca.errors import CAError, Conflict, Unavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE = {"gateway_write": True}
@@ -53,11 +54,95 @@ def redact_url(url: str) -> str:
         return url
 
 
+# -- failures: what the driver said, without the statement, its parameters or row values -----------
+
+_MAX_CAUSE = 200
+# PostgreSQL SQLSTATE classes and codes (PostgreSQL manual, appendix A) an operator can act on.
+_POSTGRES_CAUSES = {
+    "25006": "the database is read-only",
+    "42501": "the database user lacks a privilege",
+    "42P01": "the database schema is not current (a table is missing)",
+    "42703": "the database schema is not current (a column is missing)",
+    "08": "the connection to the database failed",
+    "23": "a database constraint refused the change",
+    "28": "the database refused the credentials",
+    "3D": "the database does not exist",
+    "40": "the database rolled the transaction back (serialization failure or deadlock)",
+    "53": "the database server is out of resources",
+    "57": "the database server stopped the operation (shutting down or cancelled)",
+    "58": "the database server has a system error",
+}
+
+
+def _is_psycopg(error: BaseException) -> bool:
+    """A psycopg error, told without importing psycopg (SQLAlchemy loads it for PostgreSQL URLs only)."""
+    return type(error).__module__.partition(".")[0] == "psycopg"
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().split("\n", 1)[0].strip()
+    return line if len(line) <= _MAX_CAUSE else line[: _MAX_CAUSE - 1] + "…"
+
+
+def _describe_sqlite(error: sqlite3.Error) -> str:
+    # SQLite's own messages name tables, columns and constraints ("UNIQUE constraint failed: t.c",
+    # "attempt to write a readonly database"), never a bound value.
+    name = getattr(error, "sqlite_errorname", None)
+    message = _first_line(str(error))
+    return f"{message} ({name})" if name else message
+
+
+def _describe_postgres(error: BaseException, sqlstate: str | None) -> str:
+    if sqlstate is None:
+        # No server answer: libpq's connection message names the host and port, never a statement.
+        return _first_line(str(error))
+    cause = _POSTGRES_CAUSES.get(sqlstate) or _POSTGRES_CAUSES.get(sqlstate[:2]) or "database error"
+    # The server's message may quote a value ('invalid input syntax for type integer: "…"', or a key in
+    # DETAIL): only the error's class, its SQLSTATE and a constraint's name are shown.
+    constraint = getattr(getattr(error, "diag", None), "constraint_name", None)
+    named = f" {constraint}" if constraint else ""
+    return f"{cause}{named} ({type(error).__name__}, SQLSTATE {sqlstate})"
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """A short cause of a database failure, for a log line or an operator: the driver's error name and
+    message where they cannot hold data, never the SQL statement, its parameters or row values."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(orig, sqlite3.Error):
+        return _describe_sqlite(orig)
+    if _is_psycopg(orig):
+        return _describe_postgres(orig, getattr(orig, "sqlstate", None))
+    if isinstance(exc, PoolTimeout):
+        return "no database connection became free in time (pool timeout)"
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        return f"the statement could not be run ({type(exc.orig).__name__})"
+    return type(exc).__name__
+
+
+def database_failure(exc: BaseException, public_message: str = "the database is unavailable") -> CAError | None:
+    """The project's error for a database failure, None when `exc` is none: Conflict for a constraint
+    the change violates, Unavailable for anything else; its detail is `describe_database_error`."""
+    if not (isinstance(exc, (SQLAlchemyError, sqlite3.Error)) or _is_psycopg(exc)):
+        return None
+    detail = describe_database_error(exc)
+    if any(cls.__name__ == "IntegrityError" for cls in type(exc).__mro__):  # SQLAlchemy's, sqlite3's, psycopg's
+        return Conflict("the change conflicts with what the database holds", detail=detail)
+    return Unavailable(public_message, detail=detail)
+
+
 def create_store_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
-    """An Engine configured for concurrent use by several threads and processes."""
+    """An Engine configured for concurrent use by several threads and processes.
+
+    Its errors never show the statement's parameters (password hashes, secrets, client text), even in
+    a traceback of an error nobody translated: SQLAlchemy's `hide_parameters`.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **(connect_args or {})})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **(connect_args or {})},
+            hide_parameters=True,
+        )
         _configure_sqlite(engine)
         return engine
     return create_engine(
@@ -66,6 +151,7 @@ def create_store_engine(url: str, *, pool_size: int = 5, connect_args: dict[str,
         max_overflow=pool_size * 2,
         pool_pre_ping=True,
         connect_args=connect_args or {},
+        hide_parameters=True,
     )
 
 
@@ -186,15 +272,17 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise Unavailable("the database is unavailable", detail=f"cannot reach the database: {exc}") from exc
+        detail = f"cannot reach the database: {describe_database_error(exc)}"
+        raise Unavailable("the database is unavailable", detail=detail) from None
 
 
 def migrate_to_head(engine: Engine) -> None:
     """Bring the schema to the newest revision; safe to run from several nodes at once."""
     try:
         _migrate_to_head(engine)
-    except (OperationalError, InterfaceError) as exc:
-        raise Unavailable("the database is unavailable", detail=f"cannot migrate the database: {exc}") from exc
+    except SQLAlchemyError as exc:
+        detail = f"cannot migrate the database: {describe_database_error(exc)}"
+        raise Unavailable("the database is unavailable", detail=detail) from None
 
 
 def _migrate_to_head(engine: Engine) -> None:

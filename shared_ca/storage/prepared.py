@@ -133,7 +133,8 @@ class PreparedStatement:
             for name, processor in prepared.processors.items():
                 values[name] = processor(values[name])
         except (ValueError, TypeError) as exc:  # a value its column type refuses, wrapped as Core does
-            raise StatementError(str(exc), prepared.sql, dict(params), exc) from exc
+            hidden = conn.engine.hide_parameters  # as Core does: no parameter reaches a message or a log
+            raise StatementError(str(exc), prepared.sql, dict(params), exc, hide_parameters=hidden) from exc
         arguments: Any = (
             tuple(values[name] for name in prepared.positional) if prepared.positional is not None else values
         )
@@ -143,6 +144,13 @@ class PreparedStatement:
             cursor.execute(prepared.sql, arguments)
             return result(cursor)
         except dbapi.Error as exc:
-            raise DBAPIError.instance(prepared.sql, arguments, exc, dbapi.Error, dialect=conn.dialect) from exc
+            raise DBAPIError.instance(
+                prepared.sql,
+                arguments,
+                exc,
+                dbapi.Error,
+                hide_parameters=conn.engine.hide_parameters,
+                dialect=conn.dialect,
+            ) from exc
         finally:
             cursor.close()

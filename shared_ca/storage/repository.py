@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared_ca.errors import Conflict, Unavailable
-from shared_ca.storage.db import WRITE, writer_gate
+from shared_ca.storage.db import WRITE, describe_database_error, writer_gate
 from shared_ca.storage.enrollment_records import (
     CompletePending,
     EnrollmentEvent,
@@ -170,8 +170,18 @@ def _is_serial_violation(exc: IntegrityError) -> bool:
     return "uq_certificates_issuer_serial" in message or "certificates.issuer_id, certificates.serial_hex" in message
 
 
+def _unavailable(exc: DBAPIError | PoolTimeout) -> Unavailable:
+    """The store's refusal for a failed statement or connection: a short cause, never the SQL, its
+    parameters (hashes, secrets, client text) or row values, which SQLAlchemy's own message holds."""
+    return Unavailable("the certificate store is unavailable", detail=f"database error: {describe_database_error(exc)}")
+
+
 class Store:
-    """Repository over one Engine. Thread-safe; holds no state but the engine."""
+    """Repository over one Engine. Thread-safe; holds no state but the engine.
+
+    `_read` and `_write` turn every driver error into Unavailable, except IntegrityError: the stores
+    translate the constraints they expect into their own refusals (Conflict, TransactionExists).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -185,14 +195,18 @@ class Store:
         if shared is not None and shared[0] is self.engine:
             try:
                 yield shared[1]
-            except (OperationalError, SAInterfaceError) as exc:
-                raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+            except IntegrityError:
+                raise
+            except (DBAPIError, PoolTimeout) as exc:
+                raise _unavailable(exc) from None
             return
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except (OperationalError, SAInterfaceError) as exc:
-            raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+        except IntegrityError:
+            raise
+        except (DBAPIError, PoolTimeout) as exc:
+            raise _unavailable(exc) from None
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -218,8 +232,10 @@ class Store:
         try:
             with self._writers, self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
                 yield conn
-        except (OperationalError, SAInterfaceError) as exc:
-            raise Unavailable("the certificate store is unavailable", detail=f"database error: {exc}") from exc
+        except IntegrityError:
+            raise
+        except (DBAPIError, PoolTimeout) as exc:
+            raise _unavailable(exc) from None
 
     def ping(self) -> None:
         """Raise Unavailable unless the database answers."""
