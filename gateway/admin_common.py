@@ -8,7 +8,7 @@ import logging
 
 from flask import Response, current_app, request
 
-from gateway.middleware import REQUEST_ID
+from gateway.middleware import CLIENT_ADDRESS, REQUEST_ID
 from gateway.runtime import Gateway
 from shared_ca.authority import utcnow
 from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord, AdminTokenStore
@@ -37,7 +37,7 @@ def refusal_response(exc: Refused, log: logging.Logger) -> Response:
         request.path,
         exc.status,
         exc.cause,
-        extra={"request_id": request.environ.get(REQUEST_ID), "client": request.remote_addr},
+        extra={"request_id": request.environ.get(REQUEST_ID), "client": request.environ.get(CLIENT_ADDRESS)},
     )
     response = Response(exc.public + "\n", status=exc.status, mimetype="text/plain")
     response.headers.update(exc.headers)

@@ -88,5 +88,6 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         log.exception("unexpected error in %s %s", request.method, request.path, extra={"request_id": request_id})
         return Response(f"internal error (request id {request_id})\n", status=500, mimetype="text/plain")
 
-    app.wsgi_app = GatewayMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    # Scheme and client address come from the socket, or from the forwarding headers of trusted proxies.
+    app.wsgi_app = GatewayMiddleware(app.wsgi_app, gateway.config.trusted_proxies)  # type: ignore[method-assign]
     return app

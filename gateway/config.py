@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from est.auth import parse_trusted_proxies
+from est.auth import ProxyNetwork, parse_trusted_proxies
 from shared_ca.identity import IdentityRule
 from shared_ca.profiles import DEFAULT_PROFILES, Profile, ProfileError, profile_from_mapping
 from shared_ca.storage.db import sqlite_url, validate_database_url
@@ -66,6 +66,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen.workers", "int", 2, "gunicorn worker processes per listener", minimum=1, maximum=64),
     Setting("listen.threads", "int", 4, "threads per worker", minimum=1, maximum=256),
     Setting("listen.timeout_seconds", "int", 30, "a worker silent for this long is restarted", minimum=5, maximum=3600),
+    Setting(
+        "listen.trusted_proxies",
+        "networks",
+        "",
+        "Reverse proxies and load balancers (comma-separated addresses or CIDRs) whose Forwarded / "
+        "X-Forwarded-For / X-Forwarded-Proto headers are believed, on both listeners; empty: nobody's",
+    ),
     Setting("tls.cert", "path", "tls/server.crt", "HTTPS server certificate chain (PEM), relative to the data dir"),
     Setting("tls.key", "path", "tls/server.key", "HTTPS server private key (PEM)"),
     Setting("tls.min_version", "choice", "1.2", "Lowest TLS version accepted", choices=("1.2", "1.3")),
@@ -80,8 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
         "est.trusted_proxies",
         "networks",
         "",
-        "TLS-terminating reverse proxies (comma-separated addresses or CIDRs) whose client-certificate "
-        "header is believed; empty: none",
+        "Deprecated: use listen.trusted_proxies (this is read only while that is empty)",
     ),
     Setting(
         "est.proxy_cert_header",
@@ -193,6 +199,7 @@ class GatewayConfig:
     values: Mapping[str, Any]
     profiles: Mapping[str, Profile]
     source: Path | None
+    deprecations: tuple[str, ...] = ()  # one line per deprecated setting in use, logged at start-up
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -212,6 +219,12 @@ class GatewayConfig:
         if value:
             return value.rstrip("/")
         return f"http://{self.values['listen.http']}"
+
+    @property
+    def trusted_proxies(self) -> tuple[ProxyNetwork, ...]:
+        """The networks whose forwarding headers are believed: listen.trusted_proxies, else the
+        deprecated est.trusted_proxies."""
+        return parse_trusted_proxies(self.values["listen.trusted_proxies"] or self.values["est.trusted_proxies"])
 
     @property
     def identity_rule(self) -> IdentityRule:
@@ -413,7 +426,23 @@ def load_config(
             f"profiles.{linking[0]}.est_pop_linking: needs TLS 1.2 for the tls-unique channel binding, "
             "but tls.min_version is 1.3"
         )
-    return GatewayConfig(data_dir=data_dir, values=values, profiles=profiles, source=source)
+    return GatewayConfig(
+        data_dir=data_dir, values=values, profiles=profiles, source=source, deprecations=_deprecations(values)
+    )
+
+
+def _deprecations(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """What the configuration uses that a later version will drop, and what to do instead."""
+    found = []
+    if values["est.trusted_proxies"] and values["listen.trusted_proxies"]:
+        found.append("est.trusted_proxies is deprecated and ignored: listen.trusted_proxies is set")
+    elif values["est.trusted_proxies"]:
+        found.append(
+            "est.trusted_proxies is deprecated: rename it listen.trusted_proxies (it now applies to both "
+            "listeners, and a proxy must send X-Forwarded-Proto: https or Forwarded: proto=https for EST and "
+            "the admin paths)"
+        )
+    return tuple(found)
 
 
 def _load_profiles(file_profiles: Mapping[str, Any], env: Mapping[str, str], origin: str) -> dict[str, Profile]:
@@ -494,6 +523,8 @@ def sample_config() -> str:
         "subject_required": "Subject attributes a request must carry",
         "subject_allowed": "Subject attributes copied into certificates",
         "subject_unlisted": "A subject attribute not allowed: refuse the request, or drop the attribute",
+        "subject_repeatable": "Subject attributes that may appear more than once (a repeated CN is refused)",
+        "allow_multi_valued_rdns": "Accept multi-valued RDNs such as CN=a+O=b (relying parties read them differently)",
         "cn_pattern": "Regular expression the CN must match in full (empty: any)",
         "san_types": "subjectAltName types copied from requests: dns, ip, email, uri, upn, other, dirname",
         "san_unlisted": "A SAN of another type: refuse the request, or drop the SAN",
@@ -502,6 +533,9 @@ def sample_config() -> str:
         "revoke_on_renewal": "Revoke (superseded) the renewed certificate once the grace period ends",
         "renewal_grace_hours": "Hours the renewed certificate stays valid after its successor is issued",
         "allow_key_reuse": "Allow renewal with the same key",
+        "renewal_window_days": "A certificate renews only this many days before it expires, or later (0: any time)",
+        "protocols": "Protocols that may request this profile: scep, est. A profile that makes TLS server "
+        "certificates (serverAuth, any or no EKU) has none unless set here; `gateway cert issue` ignores it",
         "scep_challenge": "Static SCEP challenge password of this profile (empty: none)",
         "approval": "auto: issue at once; manual: SCEP answers PENDING and EST 202 until `gateway requests approve`",
         "scep_ciphers": "SCEP envelope ciphers accepted (replies use the requester's): des, 3des, aes128, "
@@ -511,8 +545,13 @@ def sample_config() -> str:
         "scep_webhook_url": "Ask this URL (HMAC-SHA256-signed JSON) whether to accept a SCEP request (empty: off)",
         "scep_webhook_secret": "HMAC key for the webhook's X-Gateway-Signature header",
         "scep_webhook_timeout_seconds": "Webhook timeout; no answer in time means refuse",
-        "scep_lockout_threshold": "Wrong challenges per challenge or client address before a lockout",
+        "scep_signing_time_tolerance_minutes": "A SCEP message's signingTime, when sent, within this of the "
+        "server's clock, else FAILURE badTime (0: not checked)",
+        "scep_lockout_threshold": "Wrong challenges per presented value, device or client address (IPv6: per /64) "
+        "before that one is locked out",
         "scep_lockout_minutes": "Length of a lockout, and the window the wrong attempts are counted in",
+        "scep_lockout_profile_threshold": "Wrong challenges on the whole profile (any address, any device) that "
+        "suspend its static challenge for scep_lockout_minutes; one-time challenges and renewals go on",
         "est_pop_linking": "EST: the CSR's challengePassword must carry the TLS channel binding (tls-unique; the "
         "HTTPS listener then negotiates TLS 1.2)",
         "est_csrattrs_enforce": "EST: refuse (400) a CSR that lacks what /csrattrs asks for",

@@ -1,44 +1,29 @@
 """What an EST request's connection says about its client, from the WSGI environ.
 
-The TLS facts come from GatewayMiddleware (client certificate, tls-unique, TLS version). Behind a
-TLS-terminating reverse proxy, the client certificate and address come from headers, believed
-only when the peer is in `est.trusted_proxies` and the proxy says it verified the certificate;
-from any other peer those headers are ignored (fail closed).
+The middleware (gateway.middleware, gateway.proxies) has resolved the scheme and the client address:
+from the socket, or from the forwarding headers of a trusted proxy (`listen.trusted_proxies`). EST
+is served only when the client's connection was HTTPS: on the HTTPS listener, or through a trusted
+TLS-terminating proxy that says so (X-Forwarded-Proto: https, Forwarded: proto=https). Behind such
+a proxy the client certificate comes from a header, believed only from a trusted proxy that says it
+verified the certificate; from any other peer those headers are ignored (fail closed).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
 from werkzeug.datastructures import EnvironHeaders
 
-from est.auth import ProxyNetwork, certificate_from_proxy, parse_trusted_proxies, peer_is_trusted
+from est.auth import certificate_from_proxy
 from est.service import EstConnection
 from est.views import ConnectionFacts
 from gateway.config import GatewayConfig
-from gateway.middleware import CLIENT_CERT_DER, LISTENER, TLS_UNIQUE, TLS_VERSION
+from gateway.middleware import CLIENT_ADDRESS, CLIENT_CERT_DER, LISTENER, TLS_UNIQUE, TLS_VERSION, VIA_PROXY
 from shared_ca.errors import CAError
 
 log = logging.getLogger("gateway.est")
-
-
-def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[ProxyNetwork]) -> str | None:
-    """The client behind a chain of trusted proxies: the rightmost X-Forwarded-For entry that is not a
-    trusted proxy. Entries further left were written by the client itself and prove nothing."""
-    address = peer
-    for entry in reversed((forwarded_for or "").split(",")):
-        if not peer_is_trusted(address, trusted):
-            break
-        try:
-            ipaddress.ip_address(entry.strip())
-        except ValueError:
-            break
-        address = entry.strip()
-    return address
 
 
 def _environ_key(header: str) -> str:
@@ -49,15 +34,17 @@ def _environ_key(header: str) -> str:
 
 def est_connection_facts(config: GatewayConfig) -> ConnectionFacts:
     """The callable est.views asks for each request's EstConnection (None: do not serve EST here)."""
-    trusted = parse_trusted_proxies(config["est.trusted_proxies"])
+    trusted = config.trusted_proxies
     cert_header = config["est.proxy_cert_header"]
     cert_header_key = _environ_key(cert_header)
     verify_header = config["est.proxy_verify_header"]
 
     def facts(environ: dict[str, Any]) -> EstConnection | None:
         peer = environ.get("REMOTE_ADDR")
-        proxied = peer_is_trusted(peer, trusted)
-        if environ.get(LISTENER) != "https" and not proxied:
+        proxied = bool(environ.get(VIA_PROXY))
+        if environ.get(LISTENER) != "https":
+            if proxied:
+                log.info("EST request from trusted proxy %s without X-Forwarded-Proto: https: not served", peer)
             return None  # EST is served over TLS only (RFC 7030 §3.2.2)
         certificate: x509.Certificate | None = None
         source = "none"
@@ -74,12 +61,11 @@ def est_connection_facts(config: GatewayConfig) -> ConnectionFacts:
                 source = "proxy"
         elif environ.get(cert_header_key):
             log.warning("ignored %s from %s, which is not a trusted proxy", cert_header, peer)
-        address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), trusted) if proxied else peer
         return EstConnection(
             authorization=environ.get("HTTP_AUTHORIZATION"),
             client_certificate=certificate,
             certificate_source=source,
-            client_address=address,
+            client_address=environ.get(CLIENT_ADDRESS, peer),
             user_agent=environ.get("HTTP_USER_AGENT"),
             tls_version=environ.get(TLS_VERSION),
             # tls-unique binds only TLS 1.2 (RFC 9266 §3); through a proxy it would be the proxy's channel.

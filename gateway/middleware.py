@@ -1,7 +1,10 @@
-"""WSGI middleware: request id, access log line, and the TLS facts of the connection.
+"""WSGI middleware: request id, access log line, and the transport facts of the connection.
 
-Under gunicorn the TLS socket is environ['gunicorn.socket']; the client certificate (if any) and the
-channel binding are read from it here, so views never touch sockets.
+Under gunicorn the socket is environ['gunicorn.socket'] (an ssl.SSLSocket on the HTTPS listener);
+the client certificate (if any) and the channel binding are read from it here, so views never touch
+sockets. "Is this HTTPS" and "who is the client" are decided once, here (gateway.proxies: the socket,
+or forwarding headers from a trusted proxy), and every consumer reads them from the environ:
+`LISTENER` ("https"/"http") and `CLIENT_ADDRESS`.
 """
 
 from __future__ import annotations
@@ -12,28 +15,36 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+
+from est.auth import ProxyNetwork
+from gateway.proxies import resolve
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 CLIENT_CERT_DER = "gateway.client_cert_der"
 TLS_UNIQUE = "gateway.tls_unique"
 TLS_VERSION = "gateway.tls_version"
-LISTENER = "gateway.listener"
+LISTENER = "gateway.listener"  # "https" or "http": the client's own connection, as resolved
+CLIENT_ADDRESS = "gateway.client_address"  # the client's IP address, as resolved (None: unknown)
+VIA_PROXY = "gateway.via_proxy"  # True when the socket peer is a trusted proxy
 REQUEST_ID = "gateway.request_id"
 
 access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.proxies")
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def tls_facts(environ: dict[str, Any]) -> None:
-    """Copy the client certificate, tls-unique and TLS version of the connection into environ."""
+def tls_facts(environ: dict[str, Any]) -> str:
+    """Copy the client certificate, tls-unique and TLS version of the connection into environ; the
+    socket's scheme ("https" on a TLS socket). Without a gunicorn socket (an in-process test client,
+    another server) the scheme is the server's wsgi.url_scheme."""
     sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return "https" if environ.get("wsgi.url_scheme") == "https" else "http"
     if not isinstance(sock, ssl.SSLSocket):
-        environ[LISTENER] = "https" if environ.get("wsgi.url_scheme") == "https" else "http"
-        return
-    environ[LISTENER] = "https"
+        return "http"
     try:
         der = sock.getpeercert(binary_form=True)
     except (ValueError, OSError):
@@ -43,6 +54,23 @@ def tls_facts(environ: dict[str, Any]) -> None:
     environ[TLS_VERSION] = sock.version()
     with contextlib.suppress(ValueError, OSError):
         environ[TLS_UNIQUE] = sock.get_channel_binding("tls-unique")
+    return "https"
+
+
+def transport_facts(environ: dict[str, Any], trusted: Sequence[ProxyNetwork]) -> None:
+    """TLS facts, then the resolved scheme and client address, into environ (once per request)."""
+    transport = resolve(environ, tls_facts(environ), trusted)
+    environ[LISTENER] = transport.scheme
+    environ[CLIENT_ADDRESS] = transport.client_address
+    environ[VIA_PROXY] = transport.via_proxy
+    environ["wsgi.url_scheme"] = transport.scheme  # request.scheme and is_secure agree with LISTENER
+    if transport.note:
+        log.warning(
+            "forwarding headers of trusted proxy %s partly ignored: %s",
+            environ.get("REMOTE_ADDR"),
+            transport.note,
+            extra={"request_id": environ.get(REQUEST_ID)},
+        )
 
 
 class _Logged:
@@ -68,17 +96,22 @@ class _Logged:
 
 
 class GatewayMiddleware:
-    """Request id, TLS facts and the access log around the Flask app."""
+    """Request id, transport facts and the access log around the Flask app.
 
-    def __init__(self, app: WSGIApp) -> None:
+    `trusted`: the networks of the trusted proxies (`listen.trusted_proxies`), whose forwarding
+    headers are believed; empty: nobody's.
+    """
+
+    def __init__(self, app: WSGIApp, trusted: Sequence[ProxyNetwork] = ()) -> None:
         self.app = app
+        self.trusted = tuple(trusted)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
         offered = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = offered if _REQUEST_ID_OK.fullmatch(offered) else uuid.uuid4().hex[:16]
         environ[REQUEST_ID] = request_id
-        tls_facts(environ)
+        transport_facts(environ, self.trusted)
         status_holder: list[str] = ["000"]
 
         def _start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -89,7 +122,7 @@ class GatewayMiddleware:
         def _finish(sent: int) -> None:
             access_log.info(
                 '%s %s %s %s %d %.1fms "%s" rid=%s',
-                environ.get("REMOTE_ADDR", "-"),
+                environ.get(CLIENT_ADDRESS) or "-",
                 environ.get("REQUEST_METHOD", "-"),
                 environ.get("PATH_INFO", "-"),
                 status_holder[0],
@@ -99,7 +132,8 @@ class GatewayMiddleware:
                 request_id,
                 extra={
                     "request_id": request_id,
-                    "client": environ.get("REMOTE_ADDR"),
+                    "client": environ.get(CLIENT_ADDRESS),
+                    "peer": environ.get("REMOTE_ADDR"),
                     "method": environ.get("REQUEST_METHOD"),
                     "path": environ.get("PATH_INFO"),
                     "status": int(status_holder[0]) if status_holder[0].isdigit() else 0,

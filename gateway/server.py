@@ -23,7 +23,7 @@ from gunicorn.app.base import BaseApplication
 
 from gateway.app import config_from_environment, create_app
 from gateway.config import GatewayConfig
-from gateway.logs import configure_logging
+from gateway.logs import GunicornLogger, configure_logging
 from gateway.runtime import Gateway, key_passphrase, open_gateway
 from shared_ca.errors import CAError
 from shared_ca.keys import certificates_pem
@@ -127,10 +127,18 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         # SCEP PKIOperation by GET carries the whole pkiMessage in the query: certmonger's renewals
         # signed by an issued certificate make request lines above gunicorn's default 4094 bytes.
         cfg.set("limit_request_line", MAX_REQUEST_LINE)
+        # gunicorn believes X-Forwarded-Proto / X-Forwarded-Ssl from 127.0.0.1 by default and turns them
+        # into wsgi.url_scheme. It trusts nobody here: the middleware decides the scheme and the client
+        # address from the socket, or from the headers of listen.trusted_proxies (gateway.proxies).
+        cfg.set("forwarded_allow_ips", "")  # an empty list: no peer may set forwarding headers
+        cfg.set("secure_scheme_headers", {})  # and no header turns a request into HTTPS
+        cfg.set("forwarder_headers", "")  # nor overrides SCRIPT_NAME / PATH_INFO
+        cfg.set("proxy_allow_ips", "")  # PROXY protocol (off anyway) from nobody
         cfg.set("proc_name", f"gateway-{self.listener}")
         cfg.set("loglevel", config["log.level"])
         cfg.set("accesslog", None)
         cfg.set("errorlog", "-")
+        cfg.set("logger_class", GunicornLogger)  # its lines through our handler: same format and escaping
         cfg.set("post_worker_init", self._post_worker_init)
         if "control_socket_disable" in cfg.settings:  # gunicorn >= 24: both arbiters would share one socket
             cfg.set("control_socket_disable", True)
@@ -154,6 +162,8 @@ def run_listener(listener: str) -> None:
 def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[str], None]) -> int:
     """Start both arbiters, print where they listen, and supervise them until a signal or a death."""
     open_gateway(config).store.engine.dispose()  # fail here, in one line, rather than in every worker
+    for notice in config.deprecations:
+        log.warning("configuration: %s", notice)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = threading.Event()
 

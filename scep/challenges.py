@@ -24,12 +24,13 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from scep.lockout_keys import LockoutKeys, lockout_keys
 from shared_ca.authority import Clock, utcnow
 from shared_ca.errors import Unauthorized
-from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore
+from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore, FailureCount
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,11 @@ class ChallengeRequest:
     subject: str  # the CSR subject, RFC 4514
     device_id: str | None  # the device identity the service derived from the CSR
     transaction_id: str
-    client_address: str | None
+    client_address: str | None  # the real client (trusted-proxy aware); None when unknown
     csr_der: bytes
+    # Kinds of challenge the lockout suspended for this request (the profile-wide guard): refused
+    # unseen, so a right and a wrong secret get the same answer.
+    suspended: frozenset[ChallengeKind] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ class StaticChallenge:
         return "StaticChallenge(<secret>)"
 
     def validate(self, request: ChallengeRequest) -> ChallengeAccepted:
+        if ChallengeKind.STATIC in request.suspended:  # not compared: the answer must not depend on it
+            log.info("SCEP transaction %s: static challenge suspended", request.transaction_id)
+            raise Unauthorized(REFUSED, detail="static challenge suspended (too many wrong challenges on the profile)")
         password = request.challenge_password
         # Comparing digests keeps the time independent of the secret's length too.
         presented = hashlib.sha256(password.encode("utf-8")).digest() if password is not None else b""
@@ -299,13 +306,26 @@ class AnyOf:
 
 
 class Lockout:
-    """Counts refusals per presented challenge and per client address; refuses while either is locked.
+    """Refuses guessers without refusing the fleet: counts wrong challenges on four keys
+    (scep.lockout_keys) and refuses while one of the request's own keys is locked.
 
-    Keys are 'challenge:<sha256 of the presented password>' and 'address:<client address>'. A
-    locked request is refused before the inner validator runs, so it learns nothing and spends
-    nothing. Counters lapse `window` after their first failure; success does not reset them (a
-    correct secret never fails, so only the address counter could be reset, and resetting it would
-    hand a guesser sharing a NAT with a good device fresh attempts).
+    - The presented value, the device the CSR names (from any address) and the real client address
+      (an IPv6 client by its /64) each lock after `threshold` wrong challenges within `window`, for
+      `lock_for`. A lock refuses only requests with that same key: a noisy address behind a
+      trusted proxy locks itself, never the devices behind the same proxy.
+    - The profile counter counts every wrong challenge of the profile, from anywhere. At
+      `profile_threshold` it logs an error and suspends the profile's static challenge for
+      `lock_for`: the one shared secret is the only thing untargeted guessing from many addresses
+      and device names can find, so it alone stops being accepted; one-time challenges, the webhook
+      and renewals go on. While it is suspended a request's failure is not counted against its
+      value or the profile (a device with the right secret must not lock the right secret, nor
+      prolong the suspension), but still against its device and address.
+
+    A locked request is refused before the inner validator runs, so it learns nothing and spends
+    nothing; during a suspension the static challenge is refused without being compared, so a
+    right and a wrong secret get the same answer. Counters lapse `window` after their first failure;
+    success resets none (a correct secret never fails, and resetting the address counter would hand
+    a guesser sharing a NAT with a good device fresh attempts).
     """
 
     def __init__(
@@ -316,47 +336,87 @@ class Lockout:
         threshold: int,
         window: dt.timedelta,
         lock_for: dt.timedelta,
+        profile_threshold: int | None = None,
         clock: Clock = utcnow,
     ) -> None:
-        if threshold < 1:
+        if threshold < 1 or (profile_threshold is not None and profile_threshold < 1):
             raise ValueError("the lockout threshold is at least 1")
         self.inner = inner
         self.store = store
         self.threshold = threshold
+        self.profile_threshold = profile_threshold
         self.window = window
         self.lock_for = lock_for
         self.clock = clock
 
     @staticmethod
-    def keys(request: ChallengeRequest) -> list[str]:
+    def keys(request: ChallengeRequest) -> LockoutKeys:
         """The counters a request's failure counts against."""
-        keys = []
-        if request.challenge_password is not None:
-            keys.append(f"challenge:{challenge_sha256(request.challenge_password)}")
-        if request.client_address:
-            keys.append(f"address:{request.client_address}")
-        return keys
+        return lockout_keys(request.profile, request.challenge_password, request.device_id, request.client_address)
 
     def validate(self, request: ChallengeRequest) -> ChallengeAccepted:
         keys = self.keys(request)
-        until = self.store.locked(keys, self.clock())
-        if until is not None:
-            cause = f"locked out until {until.isoformat()} ({request.client_address or 'no address'})"
+        guarded = self.profile_threshold is not None
+        locks = self.store.locks([*keys.per_request, keys.profile] if guarded else keys.per_request, self.clock())
+        held = sorted((key.split(":", 1)[0], until) for key, until in locks.items() if key in keys.per_request)
+        if held:
+            kinds = ", ".join(kind for kind, _until in held)
+            until = max(until for _kind, until in held)
+            cause = f"locked out until {until.isoformat()} (counter: {kinds}; client {request.client_address})"
             log.warning("SCEP transaction %s: %s", request.transaction_id, cause)
             raise Unauthorized(LOCKED, detail=cause)
+        suspended = keys.profile in locks
+        if suspended:
+            request = replace(request, suspended=request.suspended | {ChallengeKind.STATIC})
         try:
             return self.inner.validate(request)
         except ChallengeNotVerifiable:
             raise
-        except Unauthorized:
-            until = self.store.record_failure(
-                keys, self.clock(), window=self.window, threshold=self.threshold, lock_for=self.lock_for
-            )
-            if until is not None:
-                log.warning(
-                    "SCEP transaction %s: %s locked out until %s after repeated failures",
-                    request.transaction_id,
-                    request.client_address or "the challenge",
-                    until.isoformat(),
-                )
+        except Unauthorized as exc:
+            self._count(request, keys, suspended)
+            if suspended:
+                lifts = locks[keys.profile].isoformat()
+                raise Unauthorized(LOCKED, detail=f"{exc.detail} (profile guard until {lifts})") from exc
             raise
+
+    def _count(self, request: ChallengeRequest, keys: LockoutKeys, suspended: bool) -> None:
+        thresholds = {key: self.threshold for key in keys.per_request if not (suspended and key == keys.value)}
+        if self.profile_threshold is not None and not suspended:
+            thresholds[keys.profile] = self.profile_threshold
+        counts = self.store.count_failures(thresholds, self.clock(), window=self.window, lock_for=self.lock_for)
+        for key, count in counts.items():
+            if count.failures == thresholds[key]:  # this failure locked it
+                self._locked_now(request, key, count)
+
+    def _locked_now(self, request: ChallengeRequest, key: str, count: FailureCount) -> None:
+        kind = key.split(":", 1)[0]
+        until = count.locked_until.isoformat() if count.locked_until else "?"
+        minutes = int(self.window.total_seconds() // 60)
+        if kind == "profile":
+            log.error(
+                "SCEP profile %r: %d wrong challenges within %d minutes from any address; possible guessing of "
+                "its challenge: its static challenge (if any) is refused until %s (one-time challenges, the "
+                "webhook and renewals still work). Consider rotating it or using one-time challenges.",
+                request.profile,
+                count.failures,
+                minutes,
+                until,
+            )
+        elif kind == "address":
+            log.warning(
+                "SCEP transaction %s: client %s locked out until %s after %d wrong challenges (if this is a "
+                "load balancer or proxy, list it in listen.trusted_proxies)",
+                request.transaction_id,
+                request.client_address,
+                until,
+                count.failures,
+            )
+        else:
+            what = f"device {request.device_id!r}" if kind == "device" else "the presented challenge"
+            log.warning(
+                "SCEP transaction %s: %s locked out until %s after %d wrong challenges",
+                request.transaction_id,
+                what,
+                until,
+                count.failures,
+            )

@@ -77,6 +77,7 @@ PRECEDENCE: dict[str, tuple[Any, str, Any]] = {
     "listen.workers": (3, "5", 7),
     "listen.threads": (8, "16", 32),
     "listen.timeout_seconds": (60, "90", 120),
+    "listen.trusted_proxies": ("10.0.0.2", "10.2.0.0/16, ::1", "192.168.1.6"),
     "tls.cert": ("file/tls.crt", "env/tls.crt", "cli/tls.crt"),
     "tls.key": ("file/tls.key", "env/tls.key", "cli/tls.key"),
     "tls.min_version": ("1.3", "1.2", "1.3"),

@@ -208,8 +208,9 @@ def lockout(inner: Any, enrollments: EnrollmentStore, clock: SettableClock, thre
 
 def test_wrong_attempts_from_one_address_lock_it_out(enrollments: EnrollmentStore, clock: SettableClock) -> None:
     guarded = lockout(StaticChallenge("s3cret"), enrollments, clock)
-    for guess in ("a", "b", "c"):  # a new guess each time: only the address counter reaches 3
-        assert refused(guarded, replace(REQUEST, challenge_password=guess)).public_message == REFUSED
+    for guess in ("a", "b", "c"):  # a new guess for a new device each time: only the address counter reaches 3
+        wrong = replace(REQUEST, challenge_password=guess, device_id=f"guess-{guess}")
+        assert refused(guarded, wrong).public_message == REFUSED
     assert refused(guarded, REQUEST).public_message == LOCKED  # even the right secret, while locked
     other = replace(REQUEST, client_address="192.0.2.8")
     assert guarded.validate(other).kind is ChallengeKind.STATIC
@@ -220,12 +221,12 @@ def test_wrong_attempts_from_one_address_lock_it_out(enrollments: EnrollmentStor
 def test_a_locked_request_never_reaches_the_inner_validator(enrollments: EnrollmentStore, clock: SettableClock) -> None:
     secret = one_time(enrollments, clock, device_id=None)
     guarded = lockout(OneTimeChallenge(enrollments, clock), enrollments, clock, threshold=2)
-    for address in ("198.51.100.1", "198.51.100.2"):  # one spent-looking challenge from two addresses
-        refused(guarded, replace(REQUEST, challenge_password="f" * 48, client_address=address))
-    locked = replace(REQUEST, challenge_password="f" * 48, client_address="198.51.100.3")
+    for n, address in enumerate(("198.51.100.1", "198.51.100.2")):  # one spent-looking challenge, two addresses
+        refused(guarded, replace(REQUEST, challenge_password="f" * 48, client_address=address, device_id=f"d{n}"))
+    locked = replace(REQUEST, challenge_password="f" * 48, client_address="198.51.100.3", device_id="d3")
     assert refused(guarded, locked).public_message == LOCKED  # the challenge key is locked everywhere
     good = replace(REQUEST, challenge_password=secret, client_address="198.51.100.1")
-    assert guarded.validate(good).kind is ChallengeKind.ONE_TIME  # the addresses themselves are not locked
+    assert guarded.validate(good).kind is ChallengeKind.ONE_TIME  # the addresses and devices are not locked
 
 
 def test_no_verdict_is_not_counted_as_a_wrong_attempt(enrollments: EnrollmentStore, clock: SettableClock) -> None:
@@ -234,8 +235,9 @@ def test_no_verdict_is_not_counted_as_a_wrong_attempt(enrollments: EnrollmentSto
     for _ in range(3):
         assert isinstance(refused(guarded, REQUEST), ChallengeNotVerifiable)
     assert len(down.calls) == 3
-    assert enrollments.locked(Lockout.keys(REQUEST), clock()) is None
-    assert Lockout.keys(replace(REQUEST, challenge_password=None, client_address=None)) == []
+    assert enrollments.locked(Lockout.keys(REQUEST).per_request, clock()) is None
+    anonymous = Lockout.keys(replace(REQUEST, challenge_password=None, client_address=None, device_id=None))
+    assert anonymous.per_request == ("address:default:unknown",)
     with pytest.raises(ValueError, match="at least 1"):
         lockout(down, enrollments, clock, threshold=0)
 
@@ -378,4 +380,4 @@ def test_webhook_timeouts_do_not_lock_anyone_out(
     webhook.behaviour = "deny"
     assert type(refused(guarded, REQUEST)) is Unauthorized
     assert refused(guarded, REQUEST).public_message == LOCKED
-    assert challenge_sha256("s3cret") in Lockout.keys(REQUEST)[0]
+    assert Lockout.keys(REQUEST).value == "challenge:" + challenge_sha256("s3cret")
