@@ -19,8 +19,9 @@ Precedence (`EstAuthenticator.authenticate`):
 3. Basic credentials alone: an unknown user or a wrong password is 401 with one public message for
    both (no user enumeration; an unknown user costs one scrypt, like a wrong password). Only once
    the password proved who is asking does a 403 say which rule refused it: the user is disabled,
-   expired, used up, or restricted to another label. (`used_up_ok=True` lets a used-up user
-   through for a request that spends no use, such as collecting an approved certificate.)
+   expired or used up. (`used_up_ok=True` lets a used-up user through for a request that spends no
+   use, such as collecting an approved certificate.) Which labels and device a user may enroll is
+   not decided here but by shared_ca.authorization, like every other "may they have it".
 4. Neither: 401 "authentication required" (sent with `WWW-Authenticate: Basic realm="EST"`).
 
 Uses are not spent here: the service spends one at issuance (`EstUserStore.consume_use`, one
@@ -310,8 +311,8 @@ class EstAuthenticator:
         self.clock = clock
         self.users = users if users is not None else EstUserStore(store.engine)
 
-    def authenticate(self, credentials: EstCredentials, label: str, *, used_up_ok: bool = False) -> EstPrincipal:
-        """The principal of a request to EST label `label` (the profile its path selects); see the module docstring.
+    def authenticate(self, credentials: EstCredentials, *, used_up_ok: bool = False) -> EstPrincipal:
+        """Who presented `credentials`; see the module docstring.
 
         `used_up_ok` lets a user with no uses left through, for a request that spends none: the
         retry that collects a certificate whose use was spent when it was approved.
@@ -322,7 +323,7 @@ class EstAuthenticator:
             recognised = self._certificate(credentials.client_certificate, credentials.certificate_source, now)
         user = None
         if credentials.basic is not None:
-            user = self._basic(credentials.basic, label, now, used_up_ok)
+            user = self._basic(credentials.basic, now, used_up_ok)
         if recognised is not None:
             return EstPrincipal("certificate", recognised.record.subject, user, recognised)
         if user is not None:
@@ -345,7 +346,7 @@ class EstAuthenticator:
             )
         return recognised
 
-    def _basic(self, basic: tuple[str, str], label: str, now: dt.datetime, used_up_ok: bool) -> EstUserRecord:
+    def _basic(self, basic: tuple[str, str], now: dt.datetime, used_up_ok: bool) -> EstUserRecord:
         name, password = basic
         user = self.users.est_user(name)
         if user is None:
@@ -356,9 +357,4 @@ class EstAuthenticator:
         status = user.status(now)
         if status != "active" and not (used_up_ok and status == "used up"):
             raise PolicyDenied(f"the EST user is {status}", detail=f"EST user {name!r} is {status}")
-        if user.label is not None and user.label != label:
-            raise PolicyDenied(
-                "the EST user may not enroll under this label",
-                detail=f"EST user {name!r} is restricted to label {user.label!r}, the request is for {label!r}",
-            )
         return user

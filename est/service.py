@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import hashlib
 import hmac
 import logging
 import secrets
@@ -22,29 +21,29 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from est import cmc, csrattrs, serverkeygen, wire
-from est.auth import EstAuthenticator, EstCredentials, EstPrincipal, parse_basic
+from est.auth import EstAuthenticator, EstCredentials, parse_basic
 from est.serverkeygen import KeyEncryptionRequest
-from shared_ca.approval import pending_approval
+from shared_ca.approval import ApprovalQueue, principal_ref
 from shared_ca.authority import CertificateAuthority, Issued, fingerprint
-from shared_ca.csr import challenge_password, load_csr, requested_sans
-from shared_ca.errors import CAError, Conflict, InvalidRequest, KeyMaterialError, PolicyDenied
-from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
-from shared_ca.keys import PrivateKey, public_key_bytes
-from shared_ca.policy import IssuancePolicy, authorize_csr, authorize_renewal, authorize_request
-from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore
-from shared_ca.storage.enrollment_records import (
-    CompletePending,
-    EnrollmentEvent,
-    NewScepTransaction,
-    ScepTransactionRecord,
-    TransactionExists,
+from shared_ca.authorization import (
+    Authorization,
+    Authorizer,
+    CertificateRequest,
+    Principal,
+    PrincipalKind,
+    spending_use,
 )
+from shared_ca.csr import challenge_password, load_csr
+from shared_ca.errors import CAError, InvalidRequest, KeyMaterialError, PolicyDenied
+from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
+from shared_ca.keys import PrivateKey
+from shared_ca.profiles import Profile
+from shared_ca.storage.approvals import ApprovalRecord
+from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment_records import EnrollmentEvent
 from shared_ca.storage.est_users import EstUserStore
-from shared_ca.storage.repository import CertificateRecord
 
 log = logging.getLogger("est.service")
-QUEUE_MESSAGE_TYPE = "est"  # the approval queue's message_type for EST requests
 
 
 @dataclass(frozen=True)
@@ -78,19 +77,12 @@ class _Outcome:
     operation: str
     profile: Profile
     connection: EstConnection
-    principal: EstPrincipal | None = None
+    principal: Principal | None = None
     device_identity: str | None = None
     detail: dict[str, str] = field(default_factory=dict)
 
 
 Operation = Callable[["_Outcome", bytes, str | None], "EstReply"]
-
-
-def queue_key(csr_der: bytes, csr: x509.CertificateSigningRequest) -> tuple[str, str]:
-    """(key hash, transaction id) of an EST request in the approval queue: the same CSR sent again
-    after a 202 finds its entry (RFC 7030 §4.2.3)."""
-    key_sha = hashlib.sha256(public_key_bytes(csr.public_key())).hexdigest()
-    return key_sha, "est:" + hashlib.sha256(csr_der).hexdigest()
 
 
 class EstService:
@@ -103,6 +95,8 @@ class EstService:
         store: EnrollmentStore,
         users: EstUserStore,
         profiles: Mapping[str, Profile],
+        authorizer: Authorizer,
+        approvals: ApprovalQueue,
         signer_key: PrivateKey,
         signer_certificate: x509.Certificate,
         keks: Mapping[bytes, bytes] | None = None,
@@ -117,6 +111,8 @@ class EstService:
         self.signer_certificate = signer_certificate
         self.keks = dict(keks or {})
         self.identity = identity  # names the device in events (shared_ca.identity)
+        self.authorizer = authorizer  # who may obtain what (shared_ca.authorization)
+        self.approvals = approvals  # the manual-approval queue, shared with SCEP
         self.clock = clock or authority.clock
         self.authenticator = EstAuthenticator(store, self.clock, users)
         self.cacerts_body = wire.encode_base64_body(wire.certs_only(list(authority.chain)))
@@ -183,15 +179,27 @@ class EstService:
 
     def _collecting(self, outcome: _Outcome, body: bytes, content_type: str | None) -> bool:
         """Whether this is the retry of a request already queued for approval (RFC 7030 §4.2.3): it spends
-        no use, so a one-use credential whose use the approval spent may still collect its certificate."""
+        no use, so a one-use credential whose use the approval spent may still collect its certificate.
+        Found by who claims to ask (the presented certificate or Basic user name), before authentication
+        proves it; authentication still runs in full."""
         if outcome.profile.approval != "manual":
             return False
+        connection = outcome.connection
+        if connection.client_certificate is not None:
+            reference = f"cert:{fingerprint(connection.client_certificate)}"
+        else:
+            try:
+                basic = parse_basic(connection.authorization)
+            except CAError:
+                return False
+            if basic is None:
+                return False
+            reference = f"user:{basic[0]}"
         try:
-            csr_der = wire.decode_request_body(body, content_type)
-            key_sha, txn_id = queue_key(csr_der, x509.load_der_x509_csr(csr_der))
+            wanted = CertificateRequest.from_csr(x509.load_der_x509_csr(wire.decode_request_body(body, content_type)))
         except (CAError, ValueError):
             return False
-        return self.store.scep_transaction(key_sha, txn_id) is not None
+        return self.approvals.find_request("est", outcome.profile.name, wanted, reference) is not None
 
     def _look_ups(self, outcome: _Outcome) -> contextlib.AbstractContextManager[None]:
         """One read connection for the look-ups before issuance when there are several: a client certificate
@@ -201,7 +209,9 @@ class EstService:
             return self.store.reading()
         return contextlib.nullcontext()
 
-    def _authenticate(self, outcome: _Outcome, *, used_up_ok: bool = False) -> EstPrincipal:
+    def _authenticate(self, outcome: _Outcome, *, used_up_ok: bool = False) -> Principal:
+        """Who is asking (est.auth), as the Authorizer's principal: a certificate holder (with the EST user
+        it also logged in as, if any) or an EST user."""
         connection = outcome.connection
         credentials = EstCredentials(
             basic=parse_basic(connection.authorization),
@@ -209,11 +219,19 @@ class EstService:
             certificate_source=connection.certificate_source,
         )
         with self._look_ups(outcome):
-            principal = self.authenticator.authenticate(credentials, outcome.profile.name, used_up_ok=used_up_ok)
+            authenticated = self.authenticator.authenticate(credentials, used_up_ok=used_up_ok)
+            as_user = self.authorizer.user_principal(authenticated.user) if authenticated.user is not None else None
+            principal: Principal
+            if authenticated.certificate is not None:
+                principal = self.authorizer.certificate_principal(authenticated.certificate)
+                if as_user is not None:
+                    principal = principal.with_user(as_user)
+                held = x509.load_der_x509_certificate(authenticated.certificate.record.der)
+                outcome.device_identity = self.identity.of_certificate(held)
+            else:
+                assert as_user is not None
+                principal = as_user
         outcome.principal = principal
-        if principal.certificate is not None:
-            held = x509.load_der_x509_certificate(principal.certificate.record.der)
-            outcome.device_identity = self.identity.of_certificate(held)
         return principal
 
     def _check_csr(self, outcome: _Outcome, csr_der: bytes, csr: x509.CertificateSigningRequest) -> None:
@@ -243,44 +261,31 @@ class EstService:
         with self._look_ups(outcome):  # closed before any write: _issue_or_hold reads the queue afresh
             principal = self._authenticate(outcome, used_up_ok=self._collecting(outcome, body, content_type))
         csr_der, csr = self._csr(outcome, body, content_type)
-        policy = self._authorize_enrollment(outcome, principal, csr_der, csr)
-        return self._certs_only(self._issue_or_hold(outcome, csr_der, csr, policy, renewal_of=None))
+        return self._certs_only(self._enroll_csr(outcome, principal, csr_der, csr))
 
-    def _authorize_enrollment(
-        self, outcome: _Outcome, principal: EstPrincipal, csr_der: bytes, csr: x509.CertificateSigningRequest
-    ) -> IssuancePolicy:
-        """simpleenroll's rules (also fullcmc's): the channel binding and template, whose request it
-        may be, and the profile's policy."""
+    def _enroll_csr(
+        self, outcome: _Outcome, principal: Principal, csr_der: bytes, csr: x509.CertificateSigningRequest
+    ) -> x509.Certificate | EstReply:
+        """simpleenroll's rules (also fullcmc's): the channel binding and template, then the Authorizer."""
         self._check_csr(outcome, csr_der, csr)
-        if principal.kind == "certificate" and principal.certificate is not None:
-            current = x509.load_der_x509_certificate(principal.certificate.record.der)
-            if csr.subject != current.subject:
-                raise PolicyDenied("a client certificate authenticates enrollment for its own subject only")
-        bound_device = principal.user.device_identity if principal.user is not None else None
-        if bound_device is not None and self.identity.of_request(csr) != bound_device:
-            raise PolicyDenied("this credential enrolls only its own device", detail=f"user {principal.name!r}")
-        return authorize_csr(outcome.profile, csr, self.clock())
+        wanted = CertificateRequest.from_csr(csr)
+        authorization = self.authorizer.authorize(principal, outcome.profile, "est", wanted)
+        return self._issue_or_hold(outcome, authorization, wanted)
 
     def _reenroll(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
         principal = self._authenticate(outcome)
-        if principal.certificate is None:
-            raise PolicyDenied(
-                "simplereenroll needs the TLS client certificate being renewed",
-                detail=f"{principal.kind} credentials of {principal.name!r} on simplereenroll",
-            )
         csr_der, csr = self._csr(outcome, body, content_type)
-        current = x509.load_der_x509_certificate(principal.certificate.record.der)
-        outcome.device_identity = self.identity.of_certificate(current)
-        if csr.subject != current.subject or set(requested_sans(csr)) != set(_sans(current)):
-            # RFC 7030 §4.2.2: Subject and SubjectAltName MUST equal the certificate being renewed.
-            raise PolicyDenied("the CSR's subject and subjectAltName must equal those of the certificate renewed")
         self._check_csr(outcome, csr_der, csr)
-        policy = authorize_renewal(outcome.profile, current, csr.public_key(), self.clock())
-        outcome.detail["renews"] = principal.certificate.record.serial_hex
+        wanted = CertificateRequest.from_csr(csr)
+        # RFC 7030 §4.2.2: only the certificate being renewed authenticates it, and Subject and
+        # SubjectAltName MUST equal the certificate's.
+        authorization = self.authorizer.authorize(principal, outcome.profile, "est", wanted, renewal=True)
+        renewing = authorization.renewal_of
+        assert renewing is not None and principal.certificate is not None
+        outcome.detail["renews"] = renewing.serial_hex
         if principal.certificate.legacy:
             outcome.detail["legacy_issuer"] = principal.certificate.issuer.name
-        renewing = principal.certificate.record
-        return self._certs_only(self._issue_or_hold(outcome, csr_der, csr, policy, renewal_of=renewing))
+        return self._certs_only(self._issue_or_hold(outcome, authorization, wanted))
 
     def _serverkeygen(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
         profile = outcome.profile
@@ -291,15 +296,12 @@ class EstService:
             # The key would have to be kept until an approval: generated keys are never stored.
             raise PolicyDenied("server-side key generation is not offered where requests await approval")
         csr_der, csr = self._csr(outcome, body, content_type)
-        if principal.kind == "certificate" and principal.certificate is not None:
-            current = x509.load_der_x509_certificate(principal.certificate.record.der)
-            if csr.subject != current.subject:
-                raise PolicyDenied("a client certificate authenticates enrollment for its own subject only")
         encryption = serverkeygen.key_request(csr_der)
         key = serverkeygen.generate_key(csr.public_key(), profile)
-        policy = authorize_request(profile, csr.subject, requested_sans(csr), key.public_key(), self.clock())
+        wanted = CertificateRequest.from_csr(csr, key.public_key())
+        authorization = self.authorizer.authorize(principal, profile, "est", wanted)
         key_part, key_type = self._key_part(outcome, key, encryption)
-        issued = self._issue(outcome, policy, renewal_of=None)
+        issued = self._issue(outcome, authorization)
         certs = wire.certs_only([issued.certificate])
         boundary = "est-" + secrets.token_hex(12)
         body_bytes, multipart_type = wire.serverkeygen_multipart(key_part, key_type, certs, boundary)
@@ -329,29 +331,22 @@ class EstService:
             return self._cmc_revoke(outcome, principal, request, request.revoke_requests[0])
         (tagged,) = request.certification_requests
         csr = load_csr(tagged.der)
-        outcome.device_identity = self.identity.of_request(csr)
-        policy = self._authorize_enrollment(outcome, principal, tagged.der, csr)
-        result = self._issue_or_hold(outcome, tagged.der, csr, policy, renewal_of=None)
+        outcome.device_identity = outcome.device_identity or self.identity.of_request(csr)
+        result = self._enroll_csr(outcome, principal, tagged.der, csr)
         if isinstance(result, EstReply):
             return result
         status = cmc.CmcStatusInfo(cmc.CmcStatus.SUCCESS, (tagged.body_part_id,))
         return self._cmc_reply(request.reply, [status], [result, *self.authority.chain])
 
     def _cmc_revoke(
-        self, outcome: _Outcome, principal: EstPrincipal, request: cmc.CmcRequest, revoke: cmc.CmcRevokeRequest
+        self, outcome: _Outcome, principal: Principal, request: cmc.CmcRequest, revoke: cmc.CmcRevokeRequest
     ) -> EstReply:
         """RFC 5272 §6.11, for a device's own certificate: the TLS client certificate is the one named."""
         outcome.operation = "fullcmc-revoke"
-        held = principal.certificate
-        if held is None:
-            raise PolicyDenied("a revokeRequest is authenticated by the TLS client certificate it revokes")
-        current = x509.load_der_x509_certificate(held.record.der)
-        outcome.device_identity = self.identity.of_certificate(current)
-        if revoke.serial_number != current.serial_number or revoke.issuer_der != current.issuer.public_bytes():
-            raise PolicyDenied("a device may revoke only its own TLS client certificate")
-        if held.issuer.id != self.authority.issuer.id:
-            raise PolicyDenied("certificates of an imported legacy CA are revoked at that CA, not here")
-        revoked = self.authority.revoke(held.record.serial_hex, revoke.reason, actor=f"est:{principal.name}")
+        target = self.authorizer.authorize_revocation(
+            principal, revoke.serial_number, revoke.issuer_der, self.authority.issuer.id
+        )
+        revoked = self.authority.revoke(target.serial_hex, revoke.reason, actor=f"est:{principal.name}")
         outcome.detail.update(serial=revoked.serial_hex, reason=revoke.reason.value)
         self._record(outcome, "revoked")
         status = cmc.CmcStatusInfo(cmc.CmcStatus.SUCCESS, (revoke.body_part_id,))
@@ -418,55 +413,36 @@ class EstService:
     # -- issuance, approval queue and credential uses ---------------------------------------------
 
     def _issue_or_hold(
-        self,
-        outcome: _Outcome,
-        csr_der: bytes,
-        csr: x509.CertificateSigningRequest,
-        policy: IssuancePolicy,
-        renewal_of: CertificateRecord | None,
+        self, outcome: _Outcome, authorization: Authorization, wanted: CertificateRequest
     ) -> x509.Certificate | EstReply:
         """The issued certificate, or (manual approval) the 202 reply while the request waits."""
         if outcome.profile.approval != "manual":
-            return self._issue(outcome, policy, renewal_of).certificate
-        key_sha, txn_id = queue_key(csr_der, csr)
-        queued = self.store.scep_transaction(key_sha, txn_id)
+            return self._issue(outcome, authorization).certificate
+        new = self.approvals.describe(
+            "est",
+            authorization,
+            wanted,
+            reference=principal_ref(authorization.principal),
+            device=outcome.device_identity,
+            client_address=outcome.connection.client_address,
+        )
+        queued = self.approvals.find(new)
         if queued is None:
-            queued = self._hold(outcome, csr_der, csr, key_sha, txn_id)
-            if queued.status == "pending":
+            held = self.approvals.hold(new, self._event(outcome, "pending"))
+            if held.new:
+                log.info("EST %s: awaiting approval (request %d)", outcome.operation, held.record.id)
                 return self._pending(outcome.profile)
+            queued = held.record
         return self._queued_answer(outcome, queued)
 
-    def _hold(
-        self, outcome: _Outcome, csr_der: bytes, csr: x509.CertificateSigningRequest, key_sha: str, txn_id: str
-    ) -> ScepTransactionRecord:
-        principal = outcome.principal
-        txn = NewScepTransaction(
-            signer_key_sha256=key_sha,
-            transaction_id=txn_id,
-            signer_cert_sha256=_principal_ref(principal),
-            message_type=QUEUE_MESSAGE_TYPE,
-            profile=outcome.profile.name,
-            request_der=csr_der,
-            subject=csr.subject.rfc4514_string(),
-            client_address=outcome.connection.client_address,
-            status="pending",
-        )
-        try:
-            return self.store.record_scep_outcome(txn, self._event(outcome, "pending"), self.clock())
-        except TransactionExists:
-            winner = self.store.scep_transaction(key_sha, txn_id)
-            if winner is None:
-                raise Conflict("the request could not be queued", detail="queued transaction vanished") from None
-            return winner
-
-    def _queued_answer(self, outcome: _Outcome, queued: ScepTransactionRecord) -> x509.Certificate | EstReply:
+    def _queued_answer(self, outcome: _Outcome, queued: ApprovalRecord) -> x509.Certificate | EstReply:
         if queued.status == "issued" and queued.certificate_der is not None:
             self._record(outcome, "delivered")
             return x509.load_der_x509_certificate(queued.certificate_der)
         if queued.status == "pending":
             self._record(outcome, "pending")
             return self._pending(outcome.profile)
-        raise PolicyDenied(queued.fail_info_text or "the request was rejected", detail=f"queued request {queued.id}")
+        raise PolicyDenied(queued.reason or "the request was rejected", detail=f"queued request {queued.id}")
 
     @staticmethod
     def _certs_only(result: x509.Certificate | EstReply) -> EstReply:
@@ -484,53 +460,19 @@ class EstService:
             base64=False,
         )
 
-    def _issue(self, outcome: _Outcome, policy: IssuancePolicy, renewal_of: CertificateRecord | None) -> Issued:
-        user = outcome.principal.user if outcome.principal is not None else None
-        spent = user is not None and user.uses_left is not None
-        if spent and user is not None and not self.users.consume_use(user.id, self.clock()):
-            raise PolicyDenied("this credential has no uses left", detail=f"user {user.name!r} used up concurrently")
-        try:
+    def _issue(self, outcome: _Outcome, authorization: Authorization) -> Issued:
+        principal = authorization.principal
+        with spending_use(self.users, principal, self.clock()):
             issued = self.authority.issue(
-                policy,
+                authorization.policy,
                 protocol="est",
-                actor=f"est:{outcome.principal.name if outcome.principal else '-'}",
+                actor=f"est:{principal.name}",
                 requester=outcome.connection.client_address,
-                renewal_of=renewal_of,
+                renewal_of=authorization.renewal_of,
                 enrollment=self._event(outcome, "issued"),
             )
-        except BaseException:
-            if spent and user is not None:
-                self.users.refund_use(user.id)
-            raise
         log.info("EST %s: issued %s to %s", outcome.operation, issued.record.serial_hex, issued.record.subject)
         return issued
-
-    def approve(self, queued_id: int, *, actor: str) -> CertificateRecord:
-        """Issue for a pending EST request; the client's next retry gets the certificate."""
-        pending = pending_approval(
-            self.store, self.profiles, queued_id, self.clock(), protocol="est", message_types=(QUEUE_MESSAGE_TYPE,)
-        )
-        queued = pending.queued
-        user = None
-        if queued.signer_cert_sha256.startswith("user:"):
-            user = self.users.est_user(queued.signer_cert_sha256.removeprefix("user:"))
-        spent = user is not None and user.uses_left is not None
-        if spent and user is not None and not self.users.consume_use(user.id, self.clock()):
-            raise Conflict(f"the EST credential {user.name!r} of request {queued_id} has no uses left")
-        try:
-            issued = self.authority.issue(
-                pending.policy,
-                protocol="est",
-                actor=actor,
-                requester=queued.client_address,
-                enrollment=pending.event("est", self.identity, actor),
-                scep_transaction=CompletePending(queued_id),
-            )
-        except BaseException:
-            if spent and user is not None:
-                self.users.refund_use(user.id)
-            raise
-        return issued.record
 
     def refused_in_transport(self, operation: str, label: str | None, connection: EstConnection, cause: str) -> None:
         """The event of a request the transport refused before any operation ran (unknown label, wrong
@@ -567,7 +509,7 @@ class EstService:
             device_identity=outcome.device_identity,
             client_address=outcome.connection.client_address,
             user_agent=outcome.connection.user_agent,
-            challenge_kind=principal.kind if principal is not None else "none",
+            challenge_kind=_challenge_kind(principal),
             tls_version=outcome.connection.tls_version,
             detail=detail,
         )
@@ -585,20 +527,11 @@ def _csrattrs_body(profile: Profile) -> bytes:
     return wire.encode_base64_body(wire.encode_csr_attrs(oids, attributes), line_length=None)
 
 
-def _principal_ref(principal: EstPrincipal | None) -> str:
-    """Who queued a request, in the queue's 64-character reference column."""
+def _challenge_kind(principal: Principal | None) -> str:
+    """What an EST event records of how the caller authenticated: 'certificate', 'basic' or 'none'."""
     if principal is None:
-        return "-"
-    if principal.certificate is not None:
-        return principal.certificate.record.fingerprint_sha256
-    return ("user:" + principal.name)[:64]
-
-
-def _sans(cert: x509.Certificate) -> list[x509.GeneralName]:
-    try:
-        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        return []
+        return "none"
+    return "certificate" if principal.kind is PrincipalKind.CERTIFICATE else "basic"
 
 
 def _ski(cert: x509.Certificate) -> bytes | None:

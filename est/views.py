@@ -2,9 +2,10 @@
 
 `/.well-known/est/<operation>` serves the default profile; `/.well-known/est/<label>/<operation>`
 the profile named by the label. An unknown label is a 404 and never falls back to the default.
-EST is served on the HTTPS listener only (a request on plain HTTP is a 404), unless it comes from
-a trusted TLS-terminating proxy. What the connection says about the client (TLS facts, client
-certificate, proxy headers) is read by the `est_connection` callable the application provides.
+EST is served over HTTPS only (a request on plain HTTP is a 404): the client's connection, or
+a trusted TLS-terminating proxy that says the client used HTTPS. What the connection says about
+the client (TLS facts, client certificate, proxy headers) is read by the `est_connection` callable
+the application provides.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def _transport_refusal(service: EstService, name: str, operation: str) -> tuple[
     allowed = "GET" if operation in _GET_OPERATIONS else "POST"
     if request.method != allowed:
         return 405, "method not allowed", {"Allow": allowed}
-    if name not in service.profiles:
-        return 404, "unknown EST label", {}
+    if name not in service.profiles or not service.profiles[name].served_over("est"):
+        return 404, "unknown EST label", {}  # a profile EST does not serve (tls-server unless configured)
     if (request.content_length or 0) > MAX_REQUEST_BODY:
         return 413, "request body too large", {}
     return None

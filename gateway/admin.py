@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from flask import Blueprint, Response, abort, jsonify, request
 
 from gateway.admin_common import BEARER_REALM, Refused, check_admin_token, gateway, refusal_response
-from gateway.middleware import LISTENER, REQUEST_ID
+from gateway.middleware import CLIENT_ADDRESS, LISTENER, REQUEST_ID
 from scep.challenges import ndes_style_secret, new_one_time_challenge
 from shared_ca.authority import utcnow
 from shared_ca.ca_material import parse_subject
@@ -53,7 +53,7 @@ def _https_only() -> None:
             request.method,
             request.path,
             request.environ.get(LISTENER),
-            extra={"request_id": request.environ.get(REQUEST_ID), "client": request.remote_addr},
+            extra={"request_id": request.environ.get(REQUEST_ID), "client": request.environ.get(CLIENT_ADDRESS)},
         )
         abort(404)
 
@@ -97,7 +97,29 @@ def _profile_name(requested: str | None) -> str:
     name = requested if requested is not None else str(gw.config["default_profile"])
     if name not in gw.config.profiles:
         raise Refused(404, f"no profile {name!r}", f"unknown profile {name!r}")
+    if not gw.config.profiles[name].served_over("scep"):
+        # A challenge opens its profile over SCEP: none is made for a profile SCEP does not serve.
+        raise Refused(403, f"profile {name!r} is not served over SCEP", f"profile {name!r} is not served over SCEP")
     return name
+
+
+def _unicode_text(document: object) -> bool:
+    """Whether every string (key or value) in a decoded JSON document is encodable Unicode (walked
+    without recursion: the document may be nested as deep as the decoder allowed)."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return True
 
 
 def _json_body() -> dict[str, Any]:
@@ -105,8 +127,13 @@ def _json_body() -> dict[str, Any]:
         body = json.loads(request.get_data(cache=False))
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(400, "the body must be a JSON object", f"body is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[…" nested deeper than the decoder's recursion limit
+        raise Refused(400, "the body must be a JSON object", "body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise Refused(400, "the body must be a JSON object", f"body is JSON {type(body).__name__}, not an object")
+    if not _unicode_text(body):
+        # json.loads turns "\ud800" escapes into lone surrogates, which no database or log can encode.
+        raise Refused(400, "the body must be a JSON object of Unicode text", "body has a lone surrogate escape")
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")

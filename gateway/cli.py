@@ -24,11 +24,11 @@ from gateway.initdir import DEFAULT_CA_SUBJECT, InitOptions, initialise
 from gateway.output import FORMATS, render, render_mapping
 from gateway.runtime import PASSPHRASE_ENV, Gateway, read_passphrase_file
 from shared_ca.authority import fingerprint, parse_reason, utcnow
+from shared_ca.authorization import ADMIN_PROTOCOL, CertificateRequest, Principal
 from shared_ca.ca_material import parse_subject
 from shared_ca.csr import load_csr
 from shared_ca.errors import NotFound
 from shared_ca.keys import KeyType, describe_public_key
-from shared_ca.policy import authorize_csr
 from shared_ca.serials import parse_serial, serial_hex
 from shared_ca.storage.admin import AdminTokenStore, check_token_name
 from shared_ca.storage.db import (
@@ -222,6 +222,8 @@ def config_show(data_dir: Path, config_file: Path | None) -> None:
 def config_check(data_dir: Path, config_file: Path | None) -> None:
     """Validate the configuration and load the keys and database, as `serve` would."""
     gw = open_cli_gateway(data_dir, config_file)
+    for notice in gw.config.deprecations:
+        click.echo(f"warning: {notice}", err=True)
     click.echo(f"ok: {gw.config.source or 'defaults'}; CA {gw.authority.certificate.subject.rfc4514_string()}")
 
 
@@ -355,8 +357,10 @@ def cert_issue(
     except OSError as exc:
         raise click.BadParameter(f"cannot read {csr_file}: {exc.strerror}", param_hint="--csr") from None
     csr = load_csr(data)
-    policy = authorize_csr(profile, csr, utcnow())
-    issued = gw.authority.issue(policy, protocol="cli", actor=actor(), requester=str(csr_file))
+    authorization = gw.authorizer.authorize(
+        Principal.admin(actor()), profile, ADMIN_PROTOCOL, CertificateRequest.from_csr(csr)
+    )
+    issued = gw.authority.issue(authorization.policy, protocol="cli", actor=actor(), requester=str(csr_file))
     serial = issued.record.serial_hex
     try:
         echo_to(issued.certificate.public_bytes(Encoding.PEM).decode("ascii"), out)

@@ -90,7 +90,7 @@ def _row(user: EstUserRecord, now: dt.datetime) -> dict[str, Any]:
         "name": user.name,
         "kind": user.kind,
         "status": user.status(now),
-        "label": user.label,
+        "labels": ",".join(user.labels) or None,
         "device": user.device_identity,
         "uses_left": user.uses_left,
         "expires_at": _time(user.expires_at),
@@ -111,7 +111,12 @@ def est_user() -> None:
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the password (8 characters or more) from one stdin line.")
 @click.option("--generate", is_flag=True, help="Generate a 192-bit secret, print it once, store its hash.")
-@click.option("--label", help="Only this EST label (a profile name) may be used [default: any].")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="An EST label (a profile name) it may use; repeat for several [default: the default label only].",
+)
 @click.option("--uses", help="Number of enrollments allowed [default: unlimited].")
 @click.option("--expires", help="Refused from this time on: YYYY-MM-DD (midnight UTC) or ISO 8601 date and time.")
 @click.option("--device", help="Device identity this credential belongs to (for the migration report).")
@@ -121,7 +126,7 @@ def est_user_add(
     name: str,
     password_stdin: bool,
     generate: bool,
-    label: str | None,
+    labels: tuple[str, ...],
     uses: str | None,
     expires: str | None,
     device: str | None,
@@ -139,8 +144,14 @@ def est_user_add(
     if device is not None and not 1 <= len(device) <= 255:
         raise _refuse("--device", "a device identity has 1-255 characters")
     config = load_cli_config(data_dir, config_file)
-    if label is not None and label not in config.profiles:
-        raise _refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
+    for label in labels:
+        if label not in config.profiles:
+            raise _refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
+        if not config.profiles[label].served_over("est"):
+            raise _refuse(
+                "--label",
+                f"profile {label!r} is not served over EST (its protocols: {list(config.profiles[label].protocols)})",
+            )
     secret = new_generated_secret() if generate else _read_password()
     secret_hash = hash_generated_secret(secret) if generate else hash_password(secret)
     with _est_users(config) as store:
@@ -150,7 +161,7 @@ def est_user_add(
             kind="bootstrap" if generate else "password",
             created_by=actor(),
             now=now,
-            label=label,
+            labels=labels,
             device_identity=device,
             uses_left=uses_left,
             expires_at=expires_at,
@@ -171,7 +182,7 @@ def est_user_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
         users = store.list_est_users()
     now = utcnow()
     rows = [_row(u, now) for u in users]
-    columns = ["name", "kind", "status", "label", "uses_left", "expires_at", "last_used_at"]
+    columns = ["name", "kind", "status", "labels", "uses_left", "expires_at", "last_used_at"]
     if fmt == "csv" and rows:
         columns = list(rows[0])
     click.echo(render(rows, columns, fmt), nl=False)

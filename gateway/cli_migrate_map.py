@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from gateway.cli_support import actor, config_options, load_cli_config, one_line
+from gateway.cli_support import actor, as_ca_error, config_options, load_cli_config, one_line
 from gateway.config import GatewayConfig
 from gateway.output import render, render_mapping
 from migration_tools.mapping import (
@@ -29,7 +29,6 @@ from migration_tools.mapping import (
     map_devices,
 )
 from shared_ca.authority import utcnow
-from shared_ca.errors import CAError
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.device_contacts import MAX_GROUP
 from shared_ca.storage.devices import DeviceStore
@@ -118,6 +117,8 @@ def migrate_map(
     config = load_cli_config(data_dir, config_file)
     if label is not None and label not in config.profiles:
         raise _refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
+    if label is not None and not config.profiles[label].served_over("est"):
+        raise _refuse("--label", f"profile {label!r} is not served over EST")
     request = MapRequest(
         mode=mode,
         est_url=config.est_url,
@@ -130,9 +131,12 @@ def migrate_map(
     with _stores(config) as (devices, users), _export(out, force) as export:
         try:
             summary = map_devices(devices, users, request, utcnow(), export.write if export else _discard)
-        except CAError as exc:
+        except Exception as exc:  # a CAError, or a database error no store translated
+            failure = as_ca_error(exc)
+            if failure is None:
+                raise
             done = f"; {export.rows} devices were mapped before it, their credentials are in {out}" if export else ""
-            raise click.ClickException(f"{one_line(exc)}{done}") from None
+            raise click.ClickException(f"{one_line(failure)}{done}") from None
     click.echo(_map_report(request, summary, out, export.rows if export else 0), nl=False)
 
 

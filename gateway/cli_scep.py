@@ -10,7 +10,6 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from est.service import QUEUE_MESSAGE_TYPE as EST_QUEUE_MESSAGE_TYPE
 from gateway.cli_support import F, actor, config_options, echo_to, open_cli_gateway
 from gateway.output import FORMATS, render
 from scep import client as scep_client
@@ -36,30 +35,28 @@ def requests_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
     gw = open_cli_gateway(data_dir, config_file)
     rows = [
         {
-            "id": t.id,
-            "protocol": "est" if t.message_type == EST_QUEUE_MESSAGE_TYPE else "scep",
-            "profile": t.profile,
-            "subject": t.subject,
-            "client": t.client_address,
-            "transaction_id": t.transaction_id,
-            "received": t.created_at.isoformat(timespec="seconds"),
+            "id": q.id,
+            "protocol": q.protocol,
+            "profile": q.profile,
+            "subject": q.subject,
+            "requester": f"{q.principal_kind}:{q.principal_name}",
+            "device": q.device_identity,
+            "client": q.client_address,
+            "received": q.created_at.isoformat(timespec="seconds"),
         }
-        for t in gw.store.list_pending()
+        for q in gw.approvals.pending()
     ]
-    click.echo(render(rows, ["id", "protocol", "profile", "subject", "client", "received"], fmt), nl=False)
+    columns = ["id", "protocol", "profile", "subject", "requester", "client", "received"]
+    click.echo(render(rows, columns, fmt), nl=False)
 
 
 @requests.command("approve")
 @config_options
 @click.argument("request_id", type=int)
 def requests_approve(data_dir: Path, config_file: Path | None, request_id: int) -> None:
-    """Issue the certificate of a pending request; the device gets it at its next poll."""
+    """Issue the certificate of a pending request; the device gets it at its next poll or retry."""
     gw = open_cli_gateway(data_dir, config_file)
-    queued = gw.store.scep_transaction_by_id(request_id)
-    if queued is not None and queued.message_type == EST_QUEUE_MESSAGE_TYPE:
-        record = gw.est.approve(request_id, actor=actor())
-    else:
-        record = gw.scep.approve(request_id, actor=actor())
+    record = gw.approvals.approve(request_id, actor=actor())
     click.echo(f"approved request {request_id}: issued {record.serial_hex} ({record.subject})")
 
 
@@ -68,9 +65,9 @@ def requests_approve(data_dir: Path, config_file: Path | None, request_id: int) 
 @click.argument("request_id", type=int)
 @click.option("--reason", default="rejected by an administrator", show_default=True)
 def requests_reject(data_dir: Path, config_file: Path | None, request_id: int, reason: str) -> None:
-    """Refuse a pending request; the device gets FAILURE at its next poll."""
+    """Refuse a pending request; the device gets the refusal at its next poll or retry."""
     gw = open_cli_gateway(data_dir, config_file)
-    gw.scep.reject(request_id, reason, actor=actor())
+    gw.approvals.reject(request_id, reason, actor=actor())
     click.echo(f"rejected request {request_id}")
 
 
@@ -96,11 +93,17 @@ def challenge(
     gw = open_cli_gateway(data_dir, config_file)
     if profile_name is not None and profile_name not in gw.config.profiles:
         raise click.BadParameter(f"no profile {profile_name!r}", param_hint="--profile")
+    profile = gw.config.profiles[profile_name] if profile_name else gw.config.default_profile
+    if not profile.served_over("scep"):
+        raise click.BadParameter(
+            f"profile {profile.name!r} is not served over SCEP (its protocols: {list(profile.protocols)})",
+            param_hint="--profile",
+        )
     lifetime = _duration(ttl)
     secret = new_one_time_challenge(
         gw.store,
         device,
-        profile_name or gw.config["default_profile"],
+        profile.name,
         lifetime,
         uses,
         expected_subject,

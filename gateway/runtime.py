@@ -18,11 +18,14 @@ from est.serverkeygen import load_keks
 from est.service import EstService
 from gateway.config import GatewayConfig
 from scep.service import ScepService
+from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
+from shared_ca.authorization import Authorizer
 from shared_ca.crl import CrlPublisher
 from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
+from shared_ca.storage.approvals import ApprovalStore
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.enrollment import EnrollmentStore
@@ -64,6 +67,8 @@ class Gateway:
     ocsp: OcspResponder
     ra_certificate: x509.Certificate
     ra_key: rsa.RSAPrivateKey
+    authorizer: Authorizer
+    approvals: ApprovalQueue
     scep: ScepService
     est: EstService
 
@@ -121,6 +126,23 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
     ocsp = OcspResponder([authority], dt.timedelta(minutes=config["ocsp.validity_minutes"]))
     if not isinstance(ra_key, rsa.RSAPrivateKey):
         raise KeyMaterialError(f"the SCEP RA key {config.path('ra.key')} must be RSA (SCEP envelopes use RSA)")
+    users = EstUserStore(store.engine)
+    authorizer = Authorizer(
+        config.profiles,
+        config.identity_rule,
+        default_profile=config["default_profile"],
+        clock=authority.clock,
+        devices=DeviceStore(store.engine),
+        est_url=config.est_url,
+    )
+    approvals = ApprovalQueue(
+        authority=authority,
+        authorizer=authorizer,
+        approvals=ApprovalStore(store.engine),
+        users=users,
+        profiles=config.profiles,
+        clock=authority.clock,
+    )
     scep = ScepService(
         authority=authority,
         store=store,
@@ -128,22 +150,24 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         ra_key=ra_key,
         ra_certificate=ra_certs[0],
         profiles=config.profiles,
+        authorizer=authorizer,
+        approvals=approvals,
         next_ca_certs=_next_ca_certificates(config, store),
         identity=config.identity_rule,
-        devices=DeviceStore(store.engine),
-        est_url=config.est_url,
     )
     est = EstService(
         authority=authority,
         store=store,
-        users=EstUserStore(store.engine),
+        users=users,
         profiles=config.profiles,
+        authorizer=authorizer,
+        approvals=approvals,
         signer_key=ra_key,
         signer_certificate=ra_certs[0],
         keks=load_keks(config.path("est.kek_dir")),
         identity=config.identity_rule,
     )
-    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, scep, est)
+    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, authorizer, approvals, scep, est)
 
 
 def _next_ca_certificates(config: GatewayConfig, store: Store) -> list[x509.Certificate]:

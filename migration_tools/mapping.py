@@ -221,7 +221,7 @@ def _map_one(
             _disable_quietly(users, username, request.actor, now)  # its secret reached no one
             raise
         credential = username
-    devices.set_mapping(device.identity, request.mode, credential, now)
+    devices.set_mapping(device.identity, request.mode, credential, now, label=request.label)
     return device.est_credential if device.mapping_mode == "bootstrap" and device.est_credential else None
 
 
@@ -237,7 +237,7 @@ def _new_bootstrap_user(users: EstUserStore, request: MapRequest, identity: str,
                 kind="bootstrap",
                 created_by=request.actor,
                 now=now,
-                label=request.label,
+                labels=(request.label,) if request.label else (),
                 device_identity=identity,
                 uses_left=1,
                 expires_at=now + request.expires_in,

@@ -33,32 +33,30 @@ from scep.challenges import (
 )
 from scep.envelope import ContentCipher
 from scep.message import PkiRequest, ReplyContext, ScepDecodeError, ScepMessageError, parse_pki_message
-from shared_ca.approval import pending_approval
+from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority, fingerprint
+from shared_ca.authorization import Authorization, Authorizer, CertificateRequest, Principal, PrincipalKind
 from shared_ca.crl import CrlPublisher
 from shared_ca.csr import challenge_password, load_csr
 from shared_ca.errors import (
     AlgorithmNotAllowed,
     BadSignature,
     CAError,
+    InvalidRequest,
     PolicyDenied,
     Unauthorized,
     Unavailable,
 )
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
-from shared_ca.policy import IssuancePolicy, authorize_csr
 from shared_ca.profiles import Profile
 from shared_ca.serials import serial_hex
-from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
-    CompletePending,
     EnrollmentEvent,
     NewScepTransaction,
     ScepTransactionRecord,
     TransactionExists,
 )
-from shared_ca.storage.repository import CertificateRecord
 from shared_ca.trust import recognise
 
 log = logging.getLogger("scep.service")
@@ -66,6 +64,8 @@ CA_RA_CERT_TYPE = "application/x-x509-ca-ra-cert"
 NEXT_CA_CERT_TYPE = "application/x-x509-next-ca-cert"
 PKI_MESSAGE_TYPE = "application/x-pki-message"
 _FAIL_INFO_BY_NAME = {f.rfc_name: f for f in FailInfo}
+# The CA refusals an enrollment maps to a signed FAILURE (an Unavailable escapes as HTTP 503 instead).
+_REFUSALS = (PolicyDenied, AlgorithmNotAllowed, Unauthorized, BadSignature, InvalidRequest)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _transaction(request: PkiRequest, profile: Profile, client: ScepClient, repl
         signer_cert_sha256=fingerprint(request.signer_certificate),
         message_type=request.message_type.value,
         profile=profile.name,
-        request_der=request.csr_der,
+        request_sha256=hashlib.sha256(request.csr_der).hexdigest() if request.csr_der is not None else None,
         client_address=client.address,
         replaces_id=replaces,
     )
@@ -141,11 +141,16 @@ def _transaction(request: PkiRequest, profile: Profile, client: ScepClient, repl
 class _Admitted:
     """A new enrollment request that passed every check: what issuing (or holding) it needs."""
 
-    policy: IssuancePolicy
+    authorization: Authorization
+    wanted: CertificateRequest
+    device: str | None
     event: EnrollmentEvent
     txn: NewScepTransaction
-    renewing: CertificateRecord | None
-    hold: bool  # manual approval: queue it instead of issuing
+
+    @property
+    def hold(self) -> bool:
+        """Manual approval: queue it instead of issuing."""
+        return self.authorization.policy.profile.approval == "manual"
 
 
 class ScepService:
@@ -160,11 +165,11 @@ class ScepService:
         ra_key: rsa.RSAPrivateKey,
         ra_certificate: x509.Certificate,
         profiles: Mapping[str, Profile],
+        authorizer: Authorizer,
+        approvals: ApprovalQueue,
         nonce: Callable[[], bytes] = lambda: os.urandom(16),
         next_ca_certs: Sequence[x509.Certificate] = (),
         identity: IdentityRule = DEFAULT_IDENTITY,
-        devices: DeviceStore | None = None,
-        est_url: str = "",
     ) -> None:
         self.authority = authority
         self.store = store
@@ -180,15 +185,16 @@ class ScepService:
         self.nonce = nonce
         self.validators = {name: self._validator(profile) for name, profile in profiles.items()}
         self.identity = identity  # names the device in events and one-time challenges (shared_ca.identity)
-        self.devices = devices  # the migration model: sunset and no-downgrade policy (None: not enforced)
-        self.est_url = est_url  # where a device refused by the sunset policy should go
+        self.authorizer = authorizer  # who may obtain what (shared_ca.authorization)
+        self.approvals = approvals  # the manual-approval queue, shared with EST
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
         return self.authority.clock
 
     def _validator(self, profile: Profile) -> ChallengeValidator:
-        """The profile's challenge check: static, one-time and webhook, under a lockout."""
+        """The profile's challenge check: static, one-time and webhook, under a lockout (with the
+        profile-wide guard of its static challenge, when it has one)."""
         validators: list[ChallengeValidator] = []
         if profile.scep_challenge:
             validators.append(StaticChallenge(profile.scep_challenge))
@@ -208,6 +214,7 @@ class ScepService:
             threshold=profile.scep_lockout_threshold,
             window=window,
             lock_for=window,
+            profile_threshold=profile.scep_lockout_profile_threshold if profile.scep_challenge else None,
             clock=self.clock,
         )
 
@@ -236,6 +243,7 @@ class ScepService:
             )
         try:
             self._check_algorithms(request, profile)
+            self._check_signing_time(request, profile)
             if request.message_type.is_enrolment:
                 return self._enroll(request, profile, client)
             if request.message_type is MessageType.CertPoll:
@@ -271,18 +279,34 @@ class ScepService:
             # The reply is enveloped to the signer's key, and SCEP envelopes use RSA key transport.
             raise Refused(FailInfo.BAD_ALG, "sign SCEP requests with an RSA key")
 
+    def _check_signing_time(self, request: PkiRequest, profile: Profile) -> None:
+        """RFC 8894 §3.3.2.2 badTime: a signingTime, when the client sends one, close enough to our clock."""
+        signed_at = request.attributes.signing_time
+        tolerance = profile.scep_signing_time_tolerance_minutes
+        if signed_at is None or not tolerance:
+            return
+        skew = abs(self.clock() - signed_at)
+        if skew > dt.timedelta(minutes=tolerance):
+            raise Refused(
+                FailInfo.BAD_TIME,
+                "the message's signingTime is too far from the server's time",
+                f"signingTime {signed_at.isoformat()} is {skew} from the server's clock (tolerance {tolerance} min)",
+            )
+
     # -- enrollment ---------------------------------------------------------------------------------
 
     def _enroll(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
         signer = request.signer_certificate
         key_sha, cert_sha = spki_sha256(signer), fingerprint(signer)
+        assert request.csr_der is not None
+        request_sha = hashlib.sha256(request.csr_der).hexdigest()
         replaces: int | None = None
         # The look-ups before issuance share one connection; the scope closes before the issuing
         # write, so a lost race (TransactionExists) reads the winner afresh.
         with self.store.reading():
             existing = self.store.scep_transaction(key_sha, request.transaction_id)
             if existing is not None:
-                if existing.is_retransmission(cert_sha, request.message_type.value, request.csr_der):
+                if existing.is_retransmission(cert_sha, request.message_type.value, request_sha):
                     log.info("SCEP %s: retransmission, answered as before", request.transaction_id)
                     self._event(
                         profile, client, request.message_type.name, f"retransmission:{existing.status}", request
@@ -299,38 +323,35 @@ class ScepService:
         return self._issue(request, client, admitted)
 
     def _admit(self, request: PkiRequest, profile: Profile, client: ScepClient, replaces: int | None) -> _Admitted:
-        """Every check of a new enrollment request (Refused when one fails); what issuing it needs."""
+        """Authenticate and authorize a new enrollment request (Refused when either fails); what issuing
+        it needs. The Authorizer decides; this only says who is asking."""
         assert request.csr_der is not None
         try:
             csr = load_csr(request.csr_der)
-        except CAError as exc:
+            wanted = CertificateRequest.from_csr(csr)
+            device = self.identity.of_request(csr)
+            authorization = self.authorizer.authorize(
+                lambda: self._principal(request, csr, device, profile, client), profile, "scep", wanted
+            )
+        except _REFUSALS as exc:
             raise refusal_from(exc) from exc
-        now = self.clock()
-        device = self.identity.of_request(csr)
-        self._check_sunset(device, now)
-        renewing = self._renewal_of(request, csr, profile, now)
-        challenge_kind = "renewal"
-        if renewing is None:
-            challenge_kind = self._check_challenge(request, csr, device, profile, client)
-        try:
-            policy = authorize_csr(profile, csr, now)
-        except (PolicyDenied, AlgorithmNotAllowed) as exc:
-            raise refusal_from(exc) from exc
+        kind = authorization.principal.kind
+        challenge_kind = "renewal" if kind is PrincipalKind.CERTIFICATE else kind.value
         event = self._enrollment_event(profile, client, request, "issued", challenge_kind, device)
         txn = replace(_transaction(request, profile, client, replaces), subject=csr.subject.rfc4514_string())
-        return _Admitted(policy, event, txn, renewing, hold=profile.approval == "manual")
+        return _Admitted(authorization, wanted, device, event, txn)
 
     def _issue(self, request: PkiRequest, client: ScepClient, admitted: _Admitted) -> bytes:
         """Hold the admitted request for approval, or issue and answer with the certificate."""
         if admitted.hold:
-            return self._hold(request, admitted.txn, admitted.event)
+            return self._hold(request, client, admitted)
         try:
             issued = self.authority.issue(
-                admitted.policy,
+                admitted.authorization.policy,
                 protocol="scep",
                 actor=f"scep:{client.address or '-'}",
                 requester=client.address,
-                renewal_of=admitted.renewing,
+                renewal_of=admitted.authorization.renewal_of,
                 enrollment=admitted.event,
                 scep_transaction=admitted.txn,
             )
@@ -339,63 +360,32 @@ class ScepService:
         log.info("SCEP %s: issued %s to %s", request.transaction_id, issued.record.serial_hex, issued.record.subject)
         return self._success(request, [issued.certificate])
 
-    def _check_sunset(self, identity: str | None, now: dt.datetime) -> None:
-        """The migration policy: no SCEP after the device group's sunset date, and none for a device
-        that moved to EST unless its group allows the downgrade."""
-        if self.devices is None or identity is None:
-            return
-        gate = self.devices.scep_gate(identity)
-        if gate is None:
-            return
-        where = f" at {self.est_url}" if self.est_url else ""
-        if gate.sunset_at is not None and gate.sunset_at <= now:
-            raise Refused(
-                FailInfo.BAD_REQUEST,
-                f"SCEP enrollment ended on {gate.sunset_at:%Y-%m-%d} for this device: enroll over EST{where}",
-                f"device {identity!r} of group {gate.group_name!r}: sunset {gate.sunset_at.isoformat()}",
-            )
-        if gate.state == "migrated" and not gate.allow_downgrade:
-            raise Refused(
-                FailInfo.BAD_REQUEST,
-                f"this device has moved to EST and may not enroll over SCEP again: use EST{where}",
-                f"device {identity!r} is migrated; group {gate.group_name!r} does not allow the downgrade",
-            )
-
-    def _renewal_of(
-        self, request: PkiRequest, csr: x509.CertificateSigningRequest, profile: Profile, now: dt.datetime
-    ) -> CertificateRecord | None:
-        """The certificate that signed the request, when this is a renewal (RFC 8894 §3.3.1.2): one we
-        issued, or one a legacy CA issued inside its migration window, valid now."""
-        try:
-            known = recognise(self.store, request.signer_certificate, now)
-        except PolicyDenied as exc:  # ours, but revoked, expired, or its legacy window has ended
-            raise Refused(
-                FailInfo.BAD_REQUEST, f"the signing certificate cannot renew: {exc.public_message}", exc.detail
-            ) from exc
-        if known is None:
-            if request.message_type is not MessageType.PKCSReq:
-                raise Refused(FailInfo.BAD_REQUEST, "renewal must be signed by a certificate issued by this CA")
-            return None
-        if not profile.scep_renewal:
-            raise Refused(FailInfo.BAD_REQUEST, "this profile does not renew over SCEP")
-        if csr.subject != request.signer_certificate.subject:
-            raise Refused(FailInfo.BAD_REQUEST, "a renewal must keep the subject of the certificate it renews")
-        return known.record
-
-    def _check_challenge(
+    def _principal(
         self,
         request: PkiRequest,
         csr: x509.CertificateSigningRequest,
         device: str | None,
         profile: Profile,
         client: ScepClient,
-    ) -> str:
+    ) -> Principal:
+        """Who is asking: the holder of the certificate that signed the request (a renewal, RFC 8894
+        §3.3.1.2: one we issued, or one a legacy CA issued inside its migration window, valid now), or
+        whoever knows a challenge the profile accepts."""
+        try:
+            known = recognise(self.store, request.signer_certificate, self.clock())
+        except PolicyDenied as exc:  # ours, but revoked, expired, or its legacy window has ended
+            cause = f"the signing certificate cannot renew: {exc.public_message}"
+            raise PolicyDenied(cause, detail=exc.detail) from exc
+        if known is not None:
+            return self.authorizer.certificate_principal(known)
+        if request.message_type is not MessageType.PKCSReq:
+            raise Unauthorized("renewal must be signed by a certificate issued by this CA")
         signer_key = request.signer_certificate.public_key()
         if signer_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != csr.public_key().public_bytes(
             Encoding.DER, PublicFormat.SubjectPublicKeyInfo
         ):
             # RFC 8894 §3.3.1: a new enrollment is signed with the key being certified.
-            raise Refused(FailInfo.BAD_MESSAGE_CHECK, "the request must be signed with the key it certifies")
+            raise BadSignature("the request must be signed with the key it certifies")
         assert request.csr_der is not None
         challenge = ChallengeRequest(
             profile=profile.name,
@@ -411,18 +401,25 @@ class ScepService:
         except ChallengeNotVerifiable as exc:
             # Our fault (the webhook is down): HTTP 503 lets the device retry; a FAILURE would be final.
             raise Unavailable("the enrollment check is unavailable", detail=exc.detail) from exc
-        except Unauthorized as exc:
-            raise Refused(FailInfo.BAD_REQUEST, exc.public_message, exc.detail) from exc
-        return accepted.kind.value
+        return Principal.challenge(PrincipalKind(accepted.kind.value), profile.name, accepted.device_id)
 
-    def _hold(self, request: PkiRequest, txn: NewScepTransaction, event: EnrollmentEvent) -> bytes:
+    def _hold(self, request: PkiRequest, client: ScepClient, admitted: _Admitted) -> bytes:
+        new = self.approvals.describe(
+            "scep",
+            admitted.authorization,
+            admitted.wanted,
+            reference=f"scep:{admitted.txn.signer_key_sha256}:{request.transaction_id}",
+            device=admitted.device,
+            client_address=client.address,
+        )
         try:
-            self.store.record_scep_outcome(
-                replace(txn, status="pending"), replace(event, outcome="pending"), self.clock()
-            )
+            pending = replace(admitted.txn, status="pending")
+            held = self.approvals.hold(new, replace(admitted.event, outcome="pending"), scep_transaction=pending)
         except TransactionExists:
             return self._answer_winner(request)
-        log.info("SCEP %s: awaiting approval", request.transaction_id)
+        if not held.new:
+            return self._answer_winner(request)
+        log.info("SCEP %s: awaiting approval (request %d)", request.transaction_id, held.record.id)
         return self._reply(request, PkiStatus.PENDING)
 
     def _record_failed(
@@ -464,25 +461,6 @@ class ScepService:
             return self._reply(request, PkiStatus.PENDING)
         fail_info = _FAIL_INFO_BY_NAME.get(txn.fail_info or "", FailInfo.BAD_REQUEST)
         return self._failure(request, fail_info, txn.fail_info_text or "the request was rejected")
-
-    # -- manual approval ----------------------------------------------------------------------------
-
-    def approve(self, scep_transaction_id: int, *, actor: str) -> CertificateRecord:
-        """Issue for a pending request; the client's next CertPoll gets the certificate."""
-        pending = pending_approval(self.store, self.profiles, scep_transaction_id, self.clock(), protocol="scep")
-        issued = self.authority.issue(
-            pending.policy,
-            protocol="scep",
-            actor=actor,
-            requester=pending.queued.client_address,
-            enrollment=pending.event("scep", self.identity, actor),
-            scep_transaction=CompletePending(scep_transaction_id),
-        )
-        return issued.record
-
-    def reject(self, scep_transaction_id: int, reason: str, *, actor: str) -> ScepTransactionRecord:
-        """Refuse a pending request; the client's next CertPoll gets FAILURE badRequest with `reason`."""
-        return self.store.reject_pending(scep_transaction_id, reason, actor=actor, now=self.clock())
 
     # -- polling and retrieval ----------------------------------------------------------------------
 

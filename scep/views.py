@@ -47,8 +47,9 @@ def _handle(profile_name: str) -> Response:
     if profile_name == DEFAULT:
         profile_name = current_app.extensions["scep_default_profile"]
     profile = service.profiles.get(profile_name)
-    if profile is None:
-        log.info("SCEP request for unknown profile %r", profile_name)
+    if profile is None or not profile.served_over("scep"):
+        # A profile SCEP does not serve (tls-server unless configured) does not exist here.
+        log.info("SCEP request for %s profile %r", "unknown" if profile is None else "unserved", profile_name)
         return _plain(404, "unknown SCEP profile")
     try:
         operation = parse_operation(request.args.get("operation"))
@@ -68,7 +69,9 @@ def _handle(profile_name: str) -> Response:
     except TransportError as exc:
         log.info("SCEP request refused: %s", exc)
         return _plain(400, str(exc))
-    client = ScepClient(request.remote_addr, request.headers.get("User-Agent"))
+    client = ScepClient(
+        request.environ.get("gateway.client_address", request.remote_addr), request.headers.get("User-Agent")
+    )
     reply = service.pki_operation(message, profile, client)
     return Response(reply, mimetype=PKI_MESSAGE_TYPE)
 

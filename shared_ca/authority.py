@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
-from shared_ca.errors import Conflict, KeyMaterialError, NotFound, PolicyDenied
-from shared_ca.keys import PrivateKey, PublicKey, key_matches_certificate
-from shared_ca.policy import IssuancePolicy, authorize_renewal, common_name, san_text
-from shared_ca.profiles import Profile
+from shared_ca.errors import Conflict, KeyMaterialError, NotFound
+from shared_ca.keys import PrivateKey, key_matches_certificate
+from shared_ca.policy import IssuancePolicy, common_name, san_text
 from shared_ca.serials import new_serial, serial_hex
 from shared_ca.storage.enrollment_records import CompletePending, EnrollmentEvent, NewScepTransaction
 from shared_ca.storage.repository import (
@@ -272,35 +271,6 @@ class CertificateAuthority:
                 continue
             return Issued(cert, record)
         raise Conflict("could not allocate a unique serial number", detail="serial collisions exhausted retries")
-
-    def renew(
-        self,
-        current: CertificateRecord,
-        public_key: PublicKey,
-        profile: Profile,
-        *,
-        protocol: str,
-        actor: str,
-        enrollment: EnrollmentEvent | None = None,
-        scep_transaction: NewScepTransaction | CompletePending | None = None,
-    ) -> Issued:
-        """Issue the successor of `current` (same subject and SANs) for `public_key`."""
-        now = self.clock()
-        if current.issuer_id != self.issuer.id:
-            raise PolicyDenied("the certificate to renew was not issued by this CA")
-        status = current.effective_status(now)
-        if status != "valid":
-            raise PolicyDenied(f"the certificate to renew is {status}")
-        old = x509.load_der_x509_certificate(current.der)
-        policy = authorize_renewal(profile, old, public_key, now)
-        return self.issue(
-            policy,
-            protocol=protocol,
-            actor=actor,
-            renewal_of=current,
-            enrollment=enrollment,
-            scep_transaction=scep_transaction,
-        )
 
     # -- revocation -------------------------------------------------------------------------------
 

@@ -11,15 +11,19 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from asn1crypto import core
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from shared_ca.csr import requested_sans
 from shared_ca.errors import PolicyDenied
-from shared_ca.keys import PublicKey, public_key_bytes
+from shared_ca.keys import PublicKey
 from shared_ca.profiles import ATTRIBUTE_NAMES, SUBJECT_ATTRIBUTES, Profile
 
 UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: nothing a name needs,
+# and what forges log lines, splits CSV rows and hides text on terminals.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HOSTNAME = re.compile(
     r"(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}"
     r"[A-Za-z0-9_])?\.?"
@@ -78,7 +82,31 @@ def common_name(subject: x509.Name) -> str | None:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+def _check_text(what: str, value: object) -> None:
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise PolicyDenied(f"{what} contains a control character", detail=f"{what}: {value!r}")
+
+
+def _check_subject_shape(profile: Profile, subject: x509.Name) -> None:
+    """Refuse what relying parties read inconsistently: multi-valued RDNs, an attribute given twice
+    (which CN is the name?), and control characters."""
+    seen: set[ObjectIdentifier] = set()
+    for rdn in subject.rdns:
+        if len(rdn) > 1 and not profile.allow_multi_valued_rdns:
+            raise PolicyDenied(
+                f"the subject has a multi-valued RDN, which profile {profile.name!r} does not allow",
+                detail=f"RDN {rdn.rfc4514_string()!r}",
+            )
+        for attr in rdn:
+            name = attribute_name(attr.oid)
+            _check_text(f"subject attribute {name}", attr.value)
+            if attr.oid in seen and name not in profile.subject_repeatable:
+                raise PolicyDenied(f"the subject names {name} more than once (profile {profile.name!r})")
+            seen.add(attr.oid)
+
+
 def _filter_subject(profile: Profile, subject: x509.Name) -> x509.Name:
+    _check_subject_shape(profile, subject)
     kept: list[x509.RelativeDistinguishedName] = []
     for rdn in subject.rdns:
         attrs = []
@@ -102,6 +130,17 @@ def _filter_subject(profile: Profile, subject: x509.Name) -> x509.Name:
 
 
 def _check_san_value(name: x509.GeneralName) -> None:
+    if isinstance(name, x509.DirectoryName):
+        for attr in name.value:
+            _check_text("a directoryName subjectAltName", attr.value)
+    elif isinstance(name, x509.OtherName):
+        if name.type_id == UPN_OID:
+            try:
+                _check_text("subjectAltName upn", core.UTF8String.load(name.value).native)
+            except ValueError:
+                raise PolicyDenied("subjectAltName upn is not a UTF8String") from None
+    elif not isinstance(name, x509.RegisteredID | x509.IPAddress):
+        _check_text(f"subjectAltName {san_type(name)}", name.value)
     if isinstance(name, x509.DNSName) and (len(name.value) > 253 or not _HOSTNAME.fullmatch(name.value)):
         raise PolicyDenied(f"subjectAltName DNS name {name.value!r} is not a valid host name")
 
@@ -157,16 +196,3 @@ def authorize_request(
 def authorize_csr(profile: Profile, csr: x509.CertificateSigningRequest, now: dt.datetime) -> IssuancePolicy:
     """authorize_request over a verified CSR."""
     return authorize_request(profile, csr.subject, requested_sans(csr), csr.public_key(), now)
-
-
-def authorize_renewal(
-    profile: Profile, current: x509.Certificate, public_key: PublicKey, now: dt.datetime
-) -> IssuancePolicy:
-    """A renewal keeps the current certificate's subject and SANs (RFC 7030 §4.2.2) under `profile`."""
-    if not profile.allow_key_reuse and public_key_bytes(public_key) == public_key_bytes(current.public_key()):
-        raise PolicyDenied(f"profile {profile.name!r} requires a new key on renewal")
-    try:
-        sans = list(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        sans = []
-    return authorize_request(profile, current.subject, sans, public_key, now)

@@ -61,6 +61,7 @@ ATTRIBUTE_NAMES = {oid: name for name, oid in SUBJECT_ATTRIBUTES.items()}
 SAN_TYPES = ("dns", "ip", "email", "uri", "upn", "other", "dirname")
 SCEP_CIPHERS = ("des", "3des", "aes128", "aes192", "aes256", "aes128-gcm", "aes256-gcm")
 SCEP_DIGESTS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
+PROTOCOLS = ("scep", "est")  # the enrollment protocols a profile can be served over
 KEY_TYPES = ("rsa", "ec", "ed25519")
 CURVES = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
 _CURVE_BY_NAME = {name: label for label, name in CURVES.items()}
@@ -93,6 +94,8 @@ class Profile:
     subject_required: tuple[str, ...] = ("CN",)
     subject_allowed: tuple[str, ...] = tuple(SUBJECT_ATTRIBUTES)
     subject_unlisted: str = "refuse"
+    subject_repeatable: tuple[str, ...] = ("OU", "DC")  # attributes that may appear more than once
+    allow_multi_valued_rdns: bool = False  # e.g. CN=a+O=b, which relying parties read inconsistently
     cn_pattern: str = ""
     san_types: tuple[str, ...] = ("dns", "ip", "email", "uri", "upn")
     san_unlisted: str = "refuse"
@@ -101,6 +104,10 @@ class Profile:
     revoke_on_renewal: bool = False
     renewal_grace_hours: int = 24
     allow_key_reuse: bool = True
+    renewal_window_days: int = 0  # a certificate renews only this close to its expiry; 0: at any time
+    # The protocols that may request this profile; the admin CLI always may. See profile_from_mapping
+    # for the default of a profile that makes server certificates.
+    protocols: tuple[str, ...] = PROTOCOLS
     scep_challenge: str = field(default="", repr=False)
     approval: str = "auto"
     scep_ciphers: tuple[str, ...] = ("des", "3des", "aes128", "aes192", "aes256", "aes128-gcm", "aes256-gcm")
@@ -109,13 +116,21 @@ class Profile:
     scep_webhook_url: str = ""
     scep_webhook_secret: str = field(default="", repr=False)
     scep_webhook_timeout_seconds: int = 5
+    scep_signing_time_tolerance_minutes: int = 1440  # badTime beyond this clock skew; 0: not checked
     scep_lockout_threshold: int = 10
     scep_lockout_minutes: int = 15
+    # Wrong challenges on the whole profile (any address, any device) within scep_lockout_minutes that
+    # suspend its static challenge for as long: the bound on untargeted guessing (scep.challenges.Lockout).
+    scep_lockout_profile_threshold: int = 100
     est_pop_linking: bool = False
     est_csrattrs_enforce: bool = False
     est_required_san_types: tuple[str, ...] = ()
     est_serverkeygen: bool = True
     est_retry_after_seconds: int = 60
+
+    def served_over(self, protocol: str) -> bool:
+        """Whether clients of `protocol` ('scep', 'est') may request this profile."""
+        return protocol in self.protocols
 
     # -- key rules --------------------------------------------------------------------------------
 
@@ -227,11 +242,29 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], base: Profile | Non
                 "scep_ciphers": SCEP_CIPHERS,
                 "scep_digests": SCEP_DIGESTS,
                 "est_required_san_types": SAN_TYPES,
+                "subject_repeatable": tuple(SUBJECT_ATTRIBUTES),
+                "protocols": PROTOCOLS,
             }.get(key)
             changes[key] = _string_list(key, value, allowed)
+    if "protocols" not in data and makes_server_certificates(replace(profile, **changes)):
+        # A server certificate from this CA impersonates any host its clients trust it for: a profile
+        # that makes them is served over no protocol until an administrator says which.
+        changes["protocols"] = ()
     profile = replace(profile, **changes)
     _validate(profile)
     return profile
+
+
+def makes_server_certificates(profile: Profile) -> bool:
+    """Whether certificates of `profile` can authenticate TLS servers: serverAuth, anyExtendedKeyUsage, or
+    no extended key usage at all (RFC 5280 §4.2.1.12: then the key may be used for any purpose)."""
+    ekus = set(profile.extended_key_usage)
+    return (
+        not ekus
+        or "server_auth" in ekus
+        or ExtendedKeyUsageOID.SERVER_AUTH.dotted_string in ekus
+        or (ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE.dotted_string in ekus)
+    )
 
 
 def _validate(p: Profile) -> None:
@@ -256,6 +289,8 @@ def _validate(p: Profile) -> None:
         raise ProfileError("subject_required", f"{', '.join(missing)} must also be in subject_allowed")
     if not 0 <= p.max_sans <= 1000:
         raise ProfileError("max_sans", f"must be between 0 and 1000, got {p.max_sans}")
+    if not 0 <= p.renewal_window_days <= 36500:
+        raise ProfileError("renewal_window_days", f"must be between 0 and 36500, got {p.renewal_window_days}")
     if not 0 <= p.renewal_grace_hours <= 24 * 365:
         raise ProfileError("renewal_grace_hours", f"must be between 0 and 8760, got {p.renewal_grace_hours}")
     if p.cn_pattern:
@@ -266,6 +301,13 @@ def _validate(p: Profile) -> None:
     _validate_eku("extended_key_usage", p.extended_key_usage)
     if p.approval not in ("auto", "manual"):
         raise ProfileError("approval", f"must be 'auto' or 'manual', got {p.approval!r}")
+    _validate_scep(p)
+    if not p.key_usage:
+        raise ProfileError("key_usage", "must list at least one key usage")
+    _validate_est(p)
+
+
+def _validate_scep(p: Profile) -> None:
     if not p.scep_ciphers:
         raise ProfileError("scep_ciphers", "must allow at least one envelope cipher")
     if not p.scep_digests:
@@ -278,13 +320,19 @@ def _validate(p: Profile) -> None:
         raise ProfileError(
             "scep_webhook_timeout_seconds", f"must be between 1 and 60, got {p.scep_webhook_timeout_seconds}"
         )
+    if not 0 <= p.scep_signing_time_tolerance_minutes <= 525600:
+        raise ProfileError(
+            "scep_signing_time_tolerance_minutes",
+            f"must be between 0 and 525600, got {p.scep_signing_time_tolerance_minutes}",
+        )
     if not 1 <= p.scep_lockout_threshold <= 10000:
         raise ProfileError("scep_lockout_threshold", f"must be between 1 and 10000, got {p.scep_lockout_threshold}")
     if not 1 <= p.scep_lockout_minutes <= 100000:
         raise ProfileError("scep_lockout_minutes", f"must be between 1 and 100000, got {p.scep_lockout_minutes}")
-    if not p.key_usage:
-        raise ProfileError("key_usage", "must list at least one key usage")
-    _validate_est(p)
+    if not 1 <= p.scep_lockout_profile_threshold <= 1000000:
+        raise ProfileError(
+            "scep_lockout_profile_threshold", f"must be between 1 and 1000000, got {p.scep_lockout_profile_threshold}"
+        )
 
 
 def _validate_est(p: Profile) -> None:
@@ -308,6 +356,7 @@ DEFAULT_PROFILES: dict[str, Profile] = {
         san_types=("dns", "ip"),
         cn_as_dns_san=True,
         validity_days=397,
+        protocols=(),  # served over SCEP or EST only when configured: see profile_from_mapping
     ),
 }
 

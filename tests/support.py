@@ -14,8 +14,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from sqlalchemy import Engine, func, select
 
-from shared_ca.keys import PrivateKey
+from shared_ca.authority import CertificateAuthority, Issued
+from shared_ca.authorization import Authorizer, CertificateRequest
+from shared_ca.errors import PolicyDenied
+from shared_ca.identity import DEFAULT_IDENTITY, certificate_sans
+from shared_ca.keys import PrivateKey, PublicKey
+from shared_ca.profiles import Profile
+from shared_ca.storage.repository import CertificateRecord
+from shared_ca.storage.schema import certificates
+from shared_ca.trust import recognise
 
 
 class SettableClock:
@@ -136,3 +145,32 @@ def multipart_parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
         assert isinstance(payload, bytes)
         parts.append((part.get_content_type(), payload))
     return parts
+
+
+def issued_count(engine: Engine) -> int:
+    """Rows in the certificates table: what a refusal must leave unchanged."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(certificates)).scalar_one())
+
+
+def renew(
+    authority: CertificateAuthority,
+    current: CertificateRecord,
+    public_key: PublicKey,
+    profile: Profile,
+    *,
+    protocol: str = "est",
+    actor: str = "device",
+) -> Issued:
+    """Renew `current` the way a device holding it would: recognised, authorized by the Authorizer (its own
+    profile, subject and SANs, `profile`'s renewal rules), then issued by the CA."""
+    held = x509.load_der_x509_certificate(current.der)
+    recognised = recognise(authority.store, held, authority.clock())
+    if recognised is None:
+        raise PolicyDenied("the certificate to renew was not issued by this CA")
+    authorizer = Authorizer(
+        {profile.name: profile}, DEFAULT_IDENTITY, default_profile=profile.name, clock=authority.clock
+    )
+    request = CertificateRequest(held.subject, tuple(certificate_sans(held)), public_key)
+    authorization = authorizer.authorize(authorizer.certificate_principal(recognised), profile, protocol, request)
+    return authority.issue(authorization.policy, protocol=protocol, actor=actor, renewal_of=authorization.renewal_of)

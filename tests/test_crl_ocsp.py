@@ -26,7 +26,7 @@ from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES, Profile
 from shared_ca.storage.repository import CrlRecord, Store
 from tests.conftest import BASE_URL
-from tests.support import SettableClock, ec_key, subject
+from tests.support import SettableClock, ec_key, renew, subject
 
 DEFAULT = DEFAULT_PROFILES["default"]
 RENEWING = replace(DEFAULT, name="renewing", revoke_on_renewal=True, renewal_grace_hours=2)
@@ -170,7 +170,7 @@ def test_superseded_certificates_appear_after_the_grace_period(
     authority: CertificateAuthority, publisher: CrlPublisher, clock: SettableClock
 ) -> None:
     old = _issue(authority, "renewed", RENEWING)
-    renewed = authority.renew(old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
+    renewed = renew(authority, old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
     renewed_at = clock()
 
     assert len(_load_crl(publisher.publish("tester"))) == 0
@@ -239,7 +239,7 @@ def test_is_due_when_a_grace_period_ends(
     authority: CertificateAuthority, publisher: CrlPublisher, clock: SettableClock
 ) -> None:
     old = _issue(authority, "renewed", RENEWING)
-    authority.renew(old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
+    renew(authority, old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
     clock.advance(hours=1)
     crl = publisher.publish("tester")
     clock.advance(minutes=59)
@@ -460,7 +460,7 @@ def test_ocsp_superseded_after_grace(
     authority: CertificateAuthority, responder: OcspResponder, clock: SettableClock
 ) -> None:
     old = _issue(authority, "renewed", RENEWING)
-    authority.renew(old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
+    renew(authority, old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
     supersede_at = clock() + dt.timedelta(hours=2)
     request = _request(old.certificate, authority.certificate, SHA1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +17,7 @@ from shared_ca.authority import CertificateAuthority, Issued
 from shared_ca.errors import Conflict, InvalidRequest, NotFound
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES
+from shared_ca.storage.approvals import ApprovalExists, ApprovalRecord, ApprovalStore, NewApproval
 from shared_ca.storage.db import MIGRATIONS_DIR, current_revision, head_revision, migrate_to_head
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
@@ -38,7 +38,7 @@ TXN = NewScepTransaction(
     signer_cert_sha256="b" * 64,
     message_type="19",
     profile="default",
-    request_der=b"\x30\x03csr",
+    request_sha256="c" * 64,
     subject="CN=device1",
     client_address="192.0.2.7",
 )
@@ -169,10 +169,11 @@ def test_issuance_records_certificate_transaction_and_event_together(
         issued.record.id,
         issued.record.der,
     )
-    assert (found.signer_cert_sha256, found.message_type, found.request_der) == ("b" * 64, "19", b"\x30\x03csr")
-    assert found.is_retransmission("b" * 64, "19", b"\x30\x03csr")
-    assert not found.is_retransmission("c" * 64, "19", b"\x30\x03csr")  # certmonger resubmit: new signer cert
-    assert not found.is_retransmission("b" * 64, "17", b"\x30\x03csr")  # scepclient RenewalReq
+    assert (found.signer_cert_sha256, found.message_type, found.request_sha256) == ("b" * 64, "19", "c" * 64)
+    assert found.is_retransmission("b" * 64, "19", "c" * 64)
+    assert not found.is_retransmission("c" * 64, "19", "c" * 64)  # certmonger resubmit: new signer cert
+    assert not found.is_retransmission("b" * 64, "17", "c" * 64)  # scepclient RenewalReq
+    assert not found.is_retransmission("b" * 64, "19", "d" * 64)  # another CSR
     [recorded] = enrollments.enrollment_events()
     assert (recorded.certificate_id, recorded.serial_hex) == (issued.record.id, issued.record.serial_hex)
     assert enrollments.scep_transaction(SIGNER, "other") is None
@@ -276,44 +277,73 @@ def test_failed_and_pending_outcomes_are_recorded_once(enrollments: EnrollmentSt
         enrollments.record_scep_outcome(TXN, event(), clock())
 
 
+def _held(approvals: ApprovalStore, clock: SettableClock) -> ApprovalRecord:
+    new = NewApproval(
+        protocol="scep",
+        profile="default",
+        request_key="k" * 64,
+        principal_kind="static",
+        principal_name="static challenge",
+        subject="CN=device1",
+        subject_der=subject("device1").public_bytes(),
+        public_key_der=b"\x30\x00",
+        sans_der=None,
+        device_identity="device1",
+        client_address="192.0.2.7",
+    )
+    return approvals.hold(new, event("pending"), clock(), scep_transaction=replace(TXN, status="pending"))
+
+
 def test_approving_a_pending_request_issues_once(
     authority: CertificateAuthority, enrollments: EnrollmentStore, clock: SettableClock
 ) -> None:
-    pending = enrollments.record_scep_outcome(replace(TXN, status="pending"), event("pending"), clock())
-    assert enrollments.list_pending() == [pending]
-    assert enrollments.list_pending(profile="other") == []
+    approvals = ApprovalStore(enrollments.engine)
+    pending = _held(approvals, clock)
+    waiting = enrollments.scep_transaction(SIGNER, TXN.transaction_id)
+    assert waiting is not None and (waiting.status, waiting.approval_id) == ("pending", pending.id)
+    assert approvals.list_approvals() == [pending]
+    assert approvals.list_approvals(profile="other") == []
+    with pytest.raises(ApprovalExists):
+        _held(approvals, clock)  # the same request key: one row
     clock.advance(minutes=5)
-    approve = CompletePending(pending.id)
+    approve = CompletePending(pending.id, "admin")
     results, errors = run_together(
         8, lambda i: issue(authority, enrollment=event(operation="approve"), scep_transaction=approve)
     )
     assert len(results) == 1 and len(errors) == 7
     assert all(isinstance(e, Conflict) and "not pending" in str(e) for e in errors), errors
-    done = enrollments.scep_transaction_by_id(pending.id)
     [issued] = results
-    assert isinstance(issued, Issued) and done is not None
-    assert (done.status, done.certificate_der, done.updated_at) == ("issued", issued.record.der, clock())
-    assert done.created_at == clock() - dt.timedelta(minutes=5)
-    assert enrollments.list_pending() == []
+    assert isinstance(issued, Issued)
+    done = approvals.approval(pending.id)
+    assert done is not None
+    assert (done.status, done.certificate_der, done.decided_at, done.decided_by) == (
+        "issued",
+        issued.record.der,
+        clock(),
+        "admin",
+    )
+    polled = enrollments.scep_transaction(SIGNER, TXN.transaction_id)  # what the device's CertPoll reads
+    assert polled is not None and (polled.status, polled.certificate_der) == ("issued", issued.record.der)
+    assert approvals.list_approvals() == []
     assert counts(authority, enrollments) == (1, 1, 2, 1)
 
 
 def test_rejecting_a_pending_request(
     authority: CertificateAuthority, enrollments: EnrollmentStore, clock: SettableClock
 ) -> None:
-    pending = enrollments.record_scep_outcome(replace(TXN, status="pending"), event("pending"), clock())
-    rejected = enrollments.reject_pending(pending.id, "not a known router", actor="admin", now=clock())
-    assert (rejected.status, rejected.fail_info, rejected.fail_info_text) == (
-        "rejected",
-        "badRequest",
-        "not a known router",
-    )
-    [audit] = enrollments.audit_events(action="scep.request.rejected")
+    approvals = ApprovalStore(enrollments.engine)
+    pending = _held(approvals, clock)
+    rejected = approvals.reject(pending.id, "not a known router", actor="admin", now=clock())
+    assert (rejected.status, rejected.reason, rejected.decided_by) == ("rejected", "not a known router", "admin")
+    polled = enrollments.scep_transaction(SIGNER, TXN.transaction_id)
+    assert polled is not None
+    assert (polled.status, polled.fail_info, polled.fail_info_text) == ("rejected", "badRequest", "not a known router")
+    [audit] = enrollments.audit_events(action="request.rejected")
     assert (audit.actor, audit.detail) == ("admin", {"request": pending.id, "reason": "not a known router"})
     with pytest.raises(Conflict, match="not pending"):
-        enrollments.reject_pending(pending.id, "again", actor="admin", now=clock())
+        approvals.reject(pending.id, "again", actor="admin", now=clock())
     with pytest.raises(Conflict, match="not pending"):
-        issue(authority, scep_transaction=CompletePending(pending.id))
+        issue(authority, scep_transaction=CompletePending(pending.id, "admin"))
     with pytest.raises(NotFound):
-        enrollments.reject_pending(pending.id + 100, "who", actor="admin", now=clock())
+        approvals.reject(pending.id + 100, "who", actor="admin", now=clock())
     assert authority.store.count_certificates() == 0

@@ -301,11 +301,9 @@ class World:
             PublicUrls("http://legacy.example"), self.clock,
         )  # fmt: skip
 
-    def login(
-        self, basic: tuple[str, str] | None = None, cert: x509.Certificate | None = None, label: str = "default"
-    ) -> EstPrincipal:
+    def login(self, basic: tuple[str, str] | None = None, cert: x509.Certificate | None = None) -> EstPrincipal:
         credentials = EstCredentials(basic=basic, client_certificate=cert, certificate_source="tls" if cert else "none")
-        return self.auth.authenticate(credentials, label)
+        return self.auth.authenticate(credentials)
 
 
 @pytest.fixture
@@ -322,7 +320,7 @@ def refused(world: World, expected: type[CAError], public: str, detail: str, **l
 
 
 def test_basic_user_is_authenticated_without_spending_a_use(world: World) -> None:
-    user = world.user("alice", uses_left=1, label="default")
+    user = world.user("alice", uses_left=1, labels=("default",))
     principal = world.login(basic=("alice", PASSWORD))
     assert (principal.kind, principal.name, principal.user and principal.user.id, principal.certificate) == (
         "basic",
@@ -344,7 +342,6 @@ def test_basic_refusals(world: World) -> None:
     world.user("brief", expires_at=world.clock() + dt.timedelta(hours=1))
     spent = world.user("spent", uses_left=1)
     assert world.users.consume_use(spent.id, world.clock())
-    world.user("routers-only", label="routers")
     world.clock.advance(hours=2)
     wrong = "wrong user name or password"
     refused(world, Unauthorized, "authentication required", "no Basic credentials", basic=None)
@@ -356,17 +353,9 @@ def test_basic_refusals(world: World) -> None:
     refused(world, PolicyDenied, "the EST user is expired", "'brief' is expired", basic=("brief", PASSWORD))
     refused(world, PolicyDenied, "the EST user is used up", "'spent' is used up", basic=("spent", PASSWORD))
     collecting = EstCredentials(basic=("spent", PASSWORD))  # a retry that spends nothing may pass
-    assert world.auth.authenticate(collecting, "default", used_up_ok=True).name == "spent"
+    assert world.auth.authenticate(collecting, used_up_ok=True).name == "spent"
     with pytest.raises(PolicyDenied, match="expired"):
-        world.auth.authenticate(EstCredentials(basic=("brief", PASSWORD)), "default", used_up_ok=True)
-    refused(
-        world,
-        PolicyDenied,
-        "the EST user may not enroll under this label",
-        "restricted to label 'routers', the request is for 'default'",
-        basic=("routers-only", PASSWORD),
-    )
-    assert world.login(basic=("routers-only", PASSWORD), label="routers").name == "routers-only"
+        world.auth.authenticate(EstCredentials(basic=("brief", PASSWORD)), used_up_ok=True)
 
 
 def test_client_certificate_is_the_identity(world: World) -> None:

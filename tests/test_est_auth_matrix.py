@@ -8,9 +8,10 @@ body that says nothing of the internals, no certificate, and one enrollment even
 A few positive controls (200) show that each refusal is for the reason tested and not a broken path.
 
 One initialised data directory (P-256 CA) and one server for the module; a second server on the
-same data directory with `est.trusted_proxies = "127.0.0.1"` (its own config file) covers the
-TLS-terminating-proxy path. Traffic stays on 127.0.0.1. Python's `http.client`/`ssl` drive most
-cases (through tests.test_serve.fetch), curl the rest.
+same data directory with `est.trusted_proxies = "127.0.0.1"` (its own config file; the deprecated
+name of `listen.trusted_proxies`, kept working) covers the TLS-terminating-proxy path. Traffic
+stays on 127.0.0.1. Python's `http.client`/`ssl` drive most cases (through tests.test_serve.fetch),
+curl the rest.
 """
 
 from __future__ import annotations
@@ -122,8 +123,11 @@ def post(
     plain_http: bool = False,
 ) -> Answer:
     """POST to an EST operation with http.client: over TLS (optionally with a client certificate), or
-    over the plain-HTTP listener, as a TLS-terminating proxy would forward it."""
+    over the plain-HTTP listener, as a TLS-terminating proxy would forward it (saying the client's
+    connection was HTTPS)."""
     sent = {"Content-Type": "application/pkcs10", **(headers or {})}
+    if plain_http:
+        sent.setdefault("X-Forwarded-Proto", "https")
     if auth is not None:
         sent["Authorization"] = basic(*auth)
     if plain_http:
@@ -486,7 +490,7 @@ def test_user_bound_to_another_label_is_403_on_the_default_label(
         answer,
         status=403,
         operation="simpleenroll",
-        message="may not enroll under this label",
+        message="may not enroll under this profile",
         server=server,
     )
     assert event.profile == "default"
@@ -644,6 +648,25 @@ def test_our_client_certificate_through_a_trusted_proxy_renews(
     assert event.client_address == "192.0.2.10"  # the trusted proxy's X-Forwarded-For
 
 
+def test_a_trusted_proxy_that_does_not_say_https_gets_no_est(
+    proxy_server: Server, store: EnrollmentStore, client_a: ClientCredentials
+) -> None:
+    """Trusting a proxy is believing what it says: a request it says came over plain HTTP is not EST."""
+    before = ledger(store)
+    for said in ({"X-Forwarded-Proto": "http"}, {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"}):
+        answer = post(
+            proxy_server,
+            "simplereenroll",
+            csr_body(ec_key(), "matrix-a"),
+            headers={**proxy_headers(client_a[0], "SUCCESS"), **said},
+            plain_http=True,
+        )
+        assert answer.status == 404, said
+    assert issued_since(store, before) == set()
+    assert events_since(store, before) == []
+    assert "est.trusted_proxies is deprecated" in proxy_server.stderr_text()  # the old name still works
+
+
 def test_revoked_client_certificate_is_403(
     server: Server, store: EnrollmentStore, workdir: Path, module_state: Module
 ) -> None:
@@ -722,7 +745,13 @@ def test_renewing_another_subject_is_403(server: Server, store: EnrollmentStore,
     before = ledger(store)
     answer = post(server, "simplereenroll", csr_body(ec_key(), "matrix-b"), client=client_a)
     event = assert_refused(
-        store, before, answer, status=403, operation="simplereenroll", message="must equal", server=server
+        store,
+        before,
+        answer,
+        status=403,
+        operation="simplereenroll",
+        message="the subject must stay the same",
+        server=server,
     )
     assert event.device_identity == "matrix-a"
 
@@ -736,7 +765,7 @@ def test_basic_credentials_alone_cannot_simplereenroll_403(server: Server, store
         answer,
         status=403,
         operation="simplereenroll",
-        message="needs the TLS client certificate",
+        message="a renewal is authenticated by the certificate it renews",
         server=server,
     )
 

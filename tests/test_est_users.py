@@ -61,8 +61,8 @@ def test_migration_0004_adds_est_users_and_the_tls_version_column(store: Store) 
     inspector = inspect(store.engine)
     assert "tls_version" in {c["name"] for c in inspector.get_columns("enrollment_events")}
     columns = {c["name"]: c for c in inspector.get_columns("est_users")}
-    assert {"name", "secret_hash", "kind", "label", "device_identity", "uses_left", "expires_at"} <= set(columns)
-    assert columns["uses_left"]["nullable"] and columns["label"]["nullable"]
+    assert {"name", "secret_hash", "kind", "labels", "device_identity", "uses_left", "expires_at"} <= set(columns)
+    assert columns["uses_left"]["nullable"] and columns["labels"]["nullable"]
     assert {c["name"] for c in inspector.get_check_constraints("est_users")} == {
         "ck_est_users_uses_left",
         "ck_est_users_kind",
@@ -101,8 +101,13 @@ def test_enrollment_events_carry_the_tls_version(store: Store, clock: SettableCl
 
 def test_add_and_look_up(users: EstUserStore, store: Store, clock: SettableClock) -> None:
     expires = clock() + dt.timedelta(days=7)
-    added = add(users, clock, label="default", device_identity="dev-1", uses_left=3, expires_at=expires)
-    assert (added.name, added.kind, added.label, added.device_identity) == ("alice", "bootstrap", "default", "dev-1")
+    added = add(users, clock, labels=("default", "wifi"), device_identity="dev-1", uses_left=3, expires_at=expires)
+    assert (added.name, added.kind, added.labels, added.device_identity) == (
+        "alice",
+        "bootstrap",
+        ("default", "wifi"),
+        "dev-1",
+    )
     assert (added.uses_left, added.expires_at, added.created_at, added.created_by) == (3, expires, clock(), "test")
     assert (added.disabled_at, added.last_used_at, added.status(clock())) == (None, None, "active")
     assert FAST_HASH not in repr(added)
@@ -111,7 +116,13 @@ def test_add_and_look_up(users: EstUserStore, store: Store, clock: SettableClock
     add(users, clock, "bob", kind="password", secret_hash=hash_password("correct horse"))
     assert [u.name for u in users.list_est_users()] == ["alice", "bob"]
     [event] = [e for e in store.audit_events() if e.action == "est_user.created" and e.detail["name"] == "alice"]
-    assert event.detail == {"est_user": added.id, "name": "alice", "kind": "bootstrap", "label": "default", "uses": 3}
+    assert event.detail == {
+        "est_user": added.id,
+        "name": "alice",
+        "kind": "bootstrap",
+        "labels": ["default", "wifi"],
+        "uses": 3,
+    }
 
 
 @pytest.mark.parametrize(
@@ -124,7 +135,8 @@ def test_add_and_look_up(users: EstUserStore, store: Store, clock: SettableClock
         pytest.param({"kind": "token"}, "kind must be one of", id="fail/kind"),
         pytest.param({"secret_hash": "hunter22"}, "secret_hash must be a stored hash", id="fail/plaintext-secret"),
         pytest.param({"uses_left": 0}, "uses_left must be at least 1", id="fail/zero-uses"),
-        pytest.param({"label": "x" * 65}, "label must have 1-64", id="fail/long-label"),
+        pytest.param({"labels": ("x" * 65,)}, "must have 1-64 characters", id="fail/long-label"),
+        pytest.param({"labels": ("a,b",)}, "and no ','", id="fail/comma-in-label"),
         pytest.param({"device_identity": ""}, "device_identity must have", id="fail/empty-device"),
         pytest.param({"expires_at": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)}, "expires_at must be", id="fail/past"),
     ],
@@ -235,7 +247,7 @@ def test_cli_add_list_disable(runner: CliRunner, data_dir: Path) -> None:
     try:
         alice, device = store.est_user("alice"), store.est_user("dev-1")
         assert alice is not None and alice.kind == "password" and alice.secret_hash.startswith("scrypt$14$8$1$")
-        assert check_secret(alice.secret_hash, "correct horse") and alice.label == "default"
+        assert check_secret(alice.secret_hash, "correct horse") and alice.labels == ("default",)
         assert device is not None and device.kind == "bootstrap" and device.secret_hash.startswith("sha256$")
         assert check_secret(device.secret_hash, secret) and device.uses_left == 1
         assert device.expires_at == dt.datetime(2999, 1, 1, tzinfo=dt.UTC)
@@ -272,6 +284,12 @@ def test_cli_add_list_disable(runner: CliRunner, data_dir: Path) -> None:
             ["bob", "--generate", "--password-stdin"], "long enough\n", ["exactly one"], id="fail/both-secrets"
         ),
         pytest.param(["bob", "--generate", "--label", "nope"], None, ["--label", "no profile 'nope'"], id="fail/label"),
+        pytest.param(
+            ["bob", "--generate", "--label", "tls-server"],
+            None,
+            ["--label", "profile 'tls-server' is not served over EST"],
+            id="fail/label-not-served-over-est",
+        ),
         pytest.param(["bob", "--generate", "--uses", "0"], None, ["--uses", "'0'"], id="fail/zero-uses"),
         pytest.param(["bob", "--generate", "--uses", "many"], None, ["--uses", "'many'"], id="fail/uses-word"),
         pytest.param(

@@ -65,8 +65,11 @@ def est_app(data_dir: Path) -> Iterator[Flask]:
     gw: Gateway = application.extensions["gateway"]
     users = EstUserStore(gw.store.engine)
     now = dt.datetime.now(dt.UTC)
-    users.add_est_user("alice", hash_password(PASSWORD), kind="password", created_by="test", now=now)
-    users.add_est_user("once", hash_password(PASSWORD), kind="password", created_by="test", now=now, uses_left=1)
+    labels = ("default", "manual", "linked", "strict", "nokeygen")
+    users.add_est_user("alice", hash_password(PASSWORD), kind="password", created_by="test", now=now, labels=labels)
+    users.add_est_user(
+        "once", hash_password(PASSWORD), kind="password", created_by="test", now=now, uses_left=1, labels=labels
+    )
     users.add_est_user(
         "boot-dev9", hash_password(PASSWORD), kind="bootstrap", created_by="test", now=now, device_identity="dev9"
     )
@@ -412,13 +415,15 @@ def test_manual_approval_answers_202_then_the_certificate(est: FlaskClient, est_
     again = post(est, "simpleenroll", body, label="manual", headers=basic("once"))
     assert again.status_code == 202
     gw = gateway_of(est_app)
-    (queued,) = gw.store.list_pending()
-    assert queued.message_type == "est"
-    record = gw.est.approve(queued.id, actor="test")
+    (queued,) = gw.approvals.pending()
+    assert (queued.protocol, queued.principal_name, queued.subject) == ("est", "once", "CN=waiting")
+    record = gw.approvals.approve(queued.id, actor="test")
     done = post(est, "simpleenroll", body, label="manual", headers=basic("once"))
     assert done.status_code == 200
     (cert,) = certs_of(done.get_data())
-    assert format(cert.serial_number, "x") == record.serial_hex.lstrip("0") or record.serial_hex
+    # The certificate delivered is the very one the approval issued: same serial, same DER.
+    assert int(record.serial_hex, 16) == cert.serial_number
+    assert record.fingerprint_sha256 == cert.fingerprint(hashes.SHA256()).hex()
     assert EstUserStore(gw.store.engine).est_user("once").uses_left == 0  # type: ignore[union-attr]
 
 
@@ -426,8 +431,8 @@ def test_a_rejected_request_is_403(est: FlaskClient, est_app: Flask) -> None:
     body = b64_csr(make_csr(ec_key(), subject("rejected")))
     assert post(est, "simpleenroll", body, label="manual", headers=basic()).status_code == 202
     gw = gateway_of(est_app)
-    (queued,) = gw.store.list_pending()
-    gw.scep.reject(queued.id, "not on the inventory", actor="test")
+    (queued,) = gw.approvals.pending()
+    gw.approvals.reject(queued.id, "not on the inventory", actor="test")
     refused = post(est, "simpleenroll", body, label="manual", headers=basic())
     assert refused.status_code == 403 and "not on the inventory" in refused.get_data(as_text=True)
 
@@ -541,13 +546,15 @@ def test_fullcmc_failures_are_signed_cmc_responses(est: FlaskClient) -> None:
 
 def test_approval_refusals(est: FlaskClient, est_app: Flask) -> None:
     gw = gateway_of(est_app)
-    with pytest.raises(NotFound, match="no EST request 999"):
-        gw.est.approve(999, actor="test")
-    with pytest.raises(NotFound, match="no SCEP request 999"):
-        gw.scep.approve(999, actor="test")
+    with pytest.raises(NotFound, match="no request 999"):
+        gw.approvals.approve(999, actor="test")
+    with pytest.raises(NotFound, match="no request 999"):
+        gw.approvals.reject(999, "no", actor="test")
     body = b64_csr(make_csr(ec_key(), subject("twice")))
     assert post(est, "simpleenroll", body, label="manual", headers=basic()).status_code == 202
-    (queued,) = gw.store.list_pending()
-    gw.est.approve(queued.id, actor="test")
+    (queued,) = gw.approvals.pending()
+    gw.approvals.approve(queued.id, actor="test")
     with pytest.raises(Conflict, match="is not pending"):
-        gw.est.approve(queued.id, actor="test")
+        gw.approvals.approve(queued.id, actor="test")
+    with pytest.raises(Conflict, match="is not pending"):
+        gw.approvals.reject(queued.id, "too late", actor="test")

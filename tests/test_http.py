@@ -215,6 +215,8 @@ def unreachable_app(app: Flask, database_url: str, tmp_path: Path) -> Iterator[F
             ra_key=gw.ra_key,
             ra_certificate=gw.ra_certificate,
             profiles=gw.config.profiles,
+            authorizer=gw.authorizer,
+            approvals=gw.approvals,
         ),
     )
     try:

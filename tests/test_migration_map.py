@@ -181,23 +181,23 @@ def test_legacy_certificate_is_skipped_once_its_window_closed(fleet: Fleet, cloc
 def test_bootstrap_mode_gives_each_device_a_one_time_credential_stored_hashed(
     fleet: Fleet, clock: SettableClock
 ) -> None:
-    summary = fleet.map("bootstrap", group="lab", label="tls-server")
+    summary = fleet.map("bootstrap", group="lab", label="wifi")
     lab = ["own-1", "legacy-1", "revoked-1", "untrusted-1", "no-cert-1"]
     assert summary.mapped == lab and summary.skipped == []
     assert [r.device_id for r in fleet.rows] == lab
     text = database_text(fleet.devices)
     for row in fleet.rows:
-        assert row.mode == "bootstrap" and row.est_url == f"{BASE}/tls-server"
+        assert row.mode == "bootstrap" and row.est_url == f"{BASE}/wifi"
         assert row.username is not None and row.password is not None
         assert row.username.startswith(f"boot-{row.device_id}-")
         assert len(row.password) == 32  # 192 bits, URL-safe base64
         user = fleet.users.est_user(row.username)
         assert user is not None
-        assert (user.kind, user.device_identity, user.uses_left, user.label) == (
+        assert (user.kind, user.device_identity, user.uses_left, user.labels) == (
             "bootstrap",
             row.device_id,
             1,
-            "tls-server",
+            ("wifi",),
         )
         assert user.expires_at == clock() + dt.timedelta(days=30)
         assert user.secret_hash.startswith("sha256$")
@@ -207,6 +207,7 @@ def test_bootstrap_mode_gives_each_device_a_one_time_credential_stored_hashed(
         device = fleet.devices.device(row.device_id)
         assert device is not None
         assert (device.state, device.mapping_mode, device.est_credential) == ("mapped", "bootstrap", row.username)
+        assert fleet.devices.mapped_label(row.device_id) == "wifi"  # what its legacy certificate renews into
     assert fleet.devices.audit_events(action="devices.mapped")[0].detail["mapped"] == len(lab)
 
 

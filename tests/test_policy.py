@@ -17,7 +17,6 @@ from shared_ca.keys import public_key_bytes
 from shared_ca.policy import (
     UPN_OID,
     authorize_csr,
-    authorize_renewal,
     authorize_request,
     common_name,
     san_text,
@@ -433,49 +432,3 @@ def test_authorize_csr_uses_the_requested_sans() -> None:
     policy = authorize_csr(PROFILE, load_csr(csr_der(csr)), NOW)
     assert [san_text(n) for n in policy.sans] == ["dns:dev9.example", "ip:192.0.2.9", "email:dev9@example.com"]
     assert public_key_bytes(policy.public_key) == public_key_bytes(KEY.public_key())
-
-
-# -- authorize_renewal ---------------------------------------------------------------------------
-
-
-def _current(authority: CertificateAuthority, name: x509.Name, sans: list[x509.GeneralName]) -> x509.Certificate:
-    profile = replace(PROFILE, subject_required=())
-    policy = authorize_request(profile, name, sans, KEY.public_key(), authority.clock())
-    return authority.issue(policy, protocol="est", actor="test").certificate
-
-
-def test_renewal_keeps_subject_and_sans(authority: CertificateAuthority) -> None:
-    current = _current(authority, subject("dev1", O="Org"), [*_dns("dev1.example"), IP])
-    new_key = ec_key()
-    policy = authorize_renewal(PROFILE, current, new_key.public_key(), authority.clock())
-    assert policy.subject == current.subject
-    assert policy.sans == (x509.DNSName("dev1.example"), IP)
-    assert policy.public_key == new_key.public_key()
-
-
-def test_renewal_of_a_san_only_certificate(authority: CertificateAuthority) -> None:
-    current = _current(authority, x509.Name([]), _dns("only.example"))
-    policy = authorize_renewal(replace(PROFILE, subject_required=()), current, ec_key().public_key(), authority.clock())
-    assert policy.subject == x509.Name([])
-    assert policy.sans == (x509.DNSName("only.example"),)
-
-
-def test_renewal_without_sans(authority: CertificateAuthority) -> None:
-    current = _current(authority, subject("plain"), [])
-    assert authorize_renewal(PROFILE, current, KEY.public_key(), authority.clock()).sans == ()
-
-
-def test_renewal_key_reuse(authority: CertificateAuthority) -> None:
-    current = _current(authority, subject("dev1"), [])
-    assert authorize_renewal(PROFILE, current, KEY.public_key(), authority.clock()).public_key == KEY.public_key()
-    strict = replace(PROFILE, allow_key_reuse=False)
-    with pytest.raises(PolicyDenied, match="requires a new key on renewal"):
-        authorize_renewal(strict, current, KEY.public_key(), authority.clock())
-    assert authorize_renewal(strict, current, ec_key().public_key(), authority.clock()).subject == current.subject
-
-
-def test_renewal_applies_the_profile_rules(authority: CertificateAuthority) -> None:
-    """A profile tightened since issuance refuses the renewal."""
-    current = _current(authority, subject("dev1", O="Org"), [])
-    with pytest.raises(PolicyDenied, match="subject attribute O"):
-        authorize_renewal(replace(PROFILE, subject_allowed=("CN",)), current, ec_key().public_key(), authority.clock())

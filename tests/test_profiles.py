@@ -31,9 +31,11 @@ from tests.support import ec_key, ed_key, rsa_key
         pytest.param("backdate_minutes", 0, 0, id="ok/backdate_minutes"),
         pytest.param("key_usage", ["digital_signature"], ("digital_signature",), id="ok/key_usage"),
         pytest.param(
-            "extended_key_usage", ["server_auth", "1.3.6.1.4.1.99.1"], ("server_auth", "1.3.6.1.4.1.99.1"), id="ok/eku"
+            "extended_key_usage",
+            ["code_signing", "1.3.6.1.4.1.99.1"],
+            ("code_signing", "1.3.6.1.4.1.99.1"),
+            id="ok/eku",
         ),
-        pytest.param("extended_key_usage", [], (), id="ok/eku-empty"),
         pytest.param("key_types", ["ed25519"], ("ed25519",), id="ok/key_types"),
         pytest.param("rsa_min_bits", 3072, 3072, id="ok/rsa_min_bits"),
         pytest.param("rsa_max_bits", 4096, 4096, id="ok/rsa_max_bits"),
@@ -49,6 +51,11 @@ from tests.support import ec_key, ed_key, rsa_key
         pytest.param("revoke_on_renewal", True, True, id="ok/revoke_on_renewal"),
         pytest.param("renewal_grace_hours", 0, 0, id="ok/renewal_grace_hours"),
         pytest.param("allow_key_reuse", False, False, id="ok/allow_key_reuse"),
+        pytest.param("renewal_window_days", 30, 30, id="ok/renewal_window_days"),
+        pytest.param("protocols", ["est"], ("est",), id="ok/protocols"),
+        pytest.param("subject_repeatable", ["OU"], ("OU",), id="ok/subject_repeatable"),
+        pytest.param("allow_multi_valued_rdns", True, True, id="ok/allow_multi_valued_rdns"),
+        pytest.param("scep_signing_time_tolerance_minutes", 0, 0, id="ok/scep_signing_time_tolerance_minutes"),
         pytest.param("scep_challenge", "s3cret", "s3cret", id="ok/scep_challenge"),
         pytest.param("approval", "manual", "manual", id="ok/approval"),
         pytest.param("scep_ciphers", ["aes256"], ("aes256",), id="ok/scep_ciphers"),
@@ -57,6 +64,7 @@ from tests.support import ec_key, ed_key, rsa_key
         pytest.param("scep_webhook_timeout_seconds", 2, 2, id="ok/scep_webhook_timeout_seconds"),
         pytest.param("scep_lockout_threshold", 3, 3, id="ok/scep_lockout_threshold"),
         pytest.param("scep_lockout_minutes", 60, 60, id="ok/scep_lockout_minutes"),
+        pytest.param("scep_lockout_profile_threshold", 500, 500, id="ok/scep_lockout_profile_threshold"),
         pytest.param("est_pop_linking", True, True, id="ok/est_pop_linking"),
         pytest.param("est_csrattrs_enforce", True, True, id="ok/est_csrattrs_enforce"),
         pytest.param("est_required_san_types", ["dns"], ("dns",), id="ok/est_required_san_types"),
@@ -81,10 +89,12 @@ def test_every_setting_has_a_case_above() -> None:
         "description", "validity_days", "backdate_minutes", "key_usage", "extended_key_usage", "key_types",
         "rsa_min_bits", "rsa_max_bits", "ec_curves", "subject_required", "subject_allowed", "subject_unlisted",
         "cn_pattern", "san_types", "san_unlisted", "max_sans", "cn_as_dns_san", "revoke_on_renewal",
-        "renewal_grace_hours", "allow_key_reuse", "scep_challenge", "approval", "scep_ciphers", "scep_digests",
+        "renewal_grace_hours", "allow_key_reuse", "renewal_window_days", "protocols", "subject_repeatable",
+        "allow_multi_valued_rdns", "scep_signing_time_tolerance_minutes", "scep_challenge", "approval",
+        "scep_ciphers", "scep_digests",
         "scep_renewal", "scep_webhook_url", "scep_webhook_secret", "scep_webhook_timeout_seconds",
-        "scep_lockout_threshold", "scep_lockout_minutes", "est_pop_linking", "est_csrattrs_enforce",
-        "est_required_san_types", "est_serverkeygen", "est_retry_after_seconds",
+        "scep_lockout_threshold", "scep_lockout_minutes", "scep_lockout_profile_threshold", "est_pop_linking",
+        "est_csrattrs_enforce", "est_required_san_types", "est_serverkeygen", "est_retry_after_seconds",
     }  # fmt: skip
     assert set(Profile.__dataclass_fields__) - {"name"} == covered
 
@@ -152,6 +162,19 @@ def test_profiles_are_immutable() -> None:
         pytest.param({"ec_curves": ["P-192"]}, "ec_curves", "unknown value 'P-192'", id="fail/p192"),
         pytest.param({"ec_curves": []}, "ec_curves", "at least one curve", id="fail/no-curve-with-ec"),
         pytest.param({"san_types": ["x400"]}, "san_types", "unknown value 'x400'", id="fail/unknown-san-type"),
+        pytest.param({"protocols": ["cmp"]}, "protocols", "unknown value 'cmp'", id="fail/unknown-protocol"),
+        pytest.param(
+            {"subject_repeatable": ["X"]}, "subject_repeatable", "unknown value 'X'", id="fail/unknown-repeat"
+        ),
+        pytest.param(
+            {"renewal_window_days": -1}, "renewal_window_days", "between 0 and 36500", id="fail/renewal-window-negative"
+        ),
+        pytest.param(
+            {"scep_signing_time_tolerance_minutes": -5},
+            "scep_signing_time_tolerance_minutes",
+            "between 0 and 525600",
+            id="fail/signing-time-tolerance-negative",
+        ),
         pytest.param(
             {"subject_allowed": ["CN", "pseudonym"]}, "subject_allowed", "unknown value", id="fail/unknown-attribute"
         ),
@@ -217,6 +240,12 @@ def test_profiles_are_immutable() -> None:
         ),
         pytest.param({"scep_lockout_threshold": 0}, "scep_lockout_threshold", "between 1", id="fail/lockout-0"),
         pytest.param({"scep_lockout_minutes": 0}, "scep_lockout_minutes", "between 1", id="fail/lockout-minutes-0"),
+        pytest.param(
+            {"scep_lockout_profile_threshold": 0},
+            "scep_lockout_profile_threshold",
+            "between 1",
+            id="fail/lockout-profile-threshold-0",
+        ),
     ],
 )
 def test_profile_from_mapping_refuses(data: dict[str, Any], key: str, message: str) -> None:

@@ -27,6 +27,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from gateway.app import create_app
 from gateway.cli import cli
 from gateway.config import GatewayConfig, load_config
 from scep.asn1 import (
@@ -163,6 +164,7 @@ def request(
     transaction_id: str | None = None,
     nonce: bytes | None = None,
     recipient: x509.Certificate | None = None,
+    signing_time: dt.datetime | None = None,
 ) -> Sent:
     key = key or device_key()
     signer = signer or self_signed_signer(key, name("device1"))
@@ -178,6 +180,7 @@ def request(
         sender_nonce=nonce,
         digest=digest,
         content_cipher=cipher,
+        signing_time=signing_time,
     )
     return Sent(der, key, signer, transaction_id, nonce, digest, cipher)
 
@@ -945,3 +948,38 @@ def test_hostile_input_never_500(client: FlaskClient, build: Callable[[Ctx], Pro
 def test_hostile_table_is_large_enough() -> None:
     assert len(HOSTILE) >= 30
     assert len({case_id for case_id, _, _ in HOSTILE}) == len(HOSTILE)
+
+
+TOLERANCE_VARIABLE = "GATEWAY_PROFILES_DEFAULT_SCEP_SIGNING_TIME_TOLERANCE_MINUTES"
+
+
+@pytest.mark.parametrize(
+    ("skew", "tolerance_minutes", "issued"),
+    [
+        pytest.param(dt.timedelta(hours=-1), None, True, id="ok/an-hour-behind"),
+        pytest.param(dt.timedelta(hours=23), None, True, id="ok/within-a-day-ahead"),
+        pytest.param(dt.timedelta(days=-2), None, False, id="fail/two-days-behind"),
+        pytest.param(dt.timedelta(hours=25), None, False, id="fail/a-day-ahead"),
+        pytest.param(dt.timedelta(minutes=-11), 10, False, id="fail/beyond-the-profile-tolerance"),
+        pytest.param(dt.timedelta(days=-5 * 365), 0, True, id="ok/not-checked-when-zero"),
+    ],
+)
+def test_signing_time_must_be_close_to_the_server_clock(
+    data_dir: Path, skew: dt.timedelta, tolerance_minutes: int | None, issued: bool
+) -> None:
+    """RFC 8894 badTime: a signingTime, when sent, within the profile's tolerance (24 h by default)."""
+    environ = {} if tolerance_minutes is None else {TOLERANCE_VARIABLE: str(tolerance_minutes)}
+    app = create_app(load_config(data_dir, environ=environ))
+    try:
+        client = app.test_client()
+        ra = get_ca(client)
+        sent = enrollment(ra, "timed", signing_time=dt.datetime.now(dt.UTC) + skew)
+        reply = reply_of(post(client, sent.der), ra, sent)
+        if issued:
+            issued_cert(reply, sent.key)
+        else:
+            assert (reply.status, reply.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_TIME)
+            assert reply.fail_info_text == "the message's signingTime is too far from the server's time"
+        assert len(certs_for(app, "timed")) == (1 if issued else 0)
+    finally:
+        app.extensions["gateway"].store.engine.dispose()

@@ -46,7 +46,7 @@ from shared_ca.storage.repository import (
     Store,
 )
 from shared_ca.storage.schema import certificates
-from tests.support import SettableClock, ec_key, subject
+from tests.support import SettableClock, ec_key, renew, subject
 
 DEFAULT = DEFAULT_PROFILES["default"]
 KEY = ec_key()
@@ -371,7 +371,7 @@ def test_list_certificates_status_filters(authority: CertificateAuthority, clock
     expired = _issue(authority, "expired", Profile(name="short", validity_days=1))
     expired_revoked = _issue(authority, "expired-revoked", Profile(name="short", validity_days=1))
     superseded = _issue(authority, "superseded", renewing)
-    successor = authority.renew(superseded.record, ec_key().public_key(), renewing, protocol="est", actor="d")
+    successor = renew(authority, superseded.record, ec_key().public_key(), renewing, protocol="est", actor="d")
     authority.revoke(revoked.record.serial_hex, x509.ReasonFlags.key_compromise, actor="admin")
     authority.revoke(expired_revoked.record.serial_hex, x509.ReasonFlags.key_compromise, actor="admin")
 
@@ -474,7 +474,7 @@ def test_revoked_entries_revision_and_due_supersessions(authority: CertificateAu
 
     renewing = Profile(name="renewing", revoke_on_renewal=True, renewal_grace_hours=1)
     old = _issue(authority, "b", renewing)
-    authority.renew(old.record, ec_key().public_key(), renewing, protocol="est", actor="d")
+    renew(authority, old.record, ec_key().public_key(), renewing, protocol="est", actor="d")
     supersede_at = clock() + dt.timedelta(hours=1)
     assert store.due_supersessions(issuer_id, clock()) == 0  # the grace period has not ended
     clock.advance(hours=2)

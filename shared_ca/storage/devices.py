@@ -156,8 +156,11 @@ class DeviceStore(Store):
             changed = conn.execute(update(devices).where(devices.c.identity == identity).values(**values)).rowcount
         return bool(changed)
 
-    def set_mapping(self, identity: str, mode: str, est_credential: str | None, now: dt.datetime) -> DeviceRecord:
-        """Record the EST credential a device was given; a `legacy` device becomes `mapped`."""
+    def set_mapping(
+        self, identity: str, mode: str, est_credential: str | None, now: dt.datetime, *, label: str | None = None
+    ) -> DeviceRecord:
+        """Record the EST credential a device was given (for EST label `label`; None: the default label);
+        a `legacy` device becomes `mapped`."""
         if mode not in MAPPING_MODES:
             raise InvalidRequest(f"mode: must be one of {', '.join(MAPPING_MODES)}")
         d = devices.c
@@ -169,6 +172,7 @@ class DeviceStore(Store):
                     .values(
                         mapping_mode=mode,
                         est_credential=est_credential,
+                        est_label=label,
                         mapped_at=now,
                         updated_at=now,
                         state=_mapped_state(),
@@ -181,6 +185,11 @@ class DeviceStore(Store):
         if row is None:
             raise NotFound(f"no device {identity!r}")
         return _device(row)
+
+    def mapped_label(self, identity: str) -> str | None:
+        """The EST label the device was mapped to; None when unmapped or mapped to the default label."""
+        with self._read() as conn:
+            return conn.execute(select(devices.c.est_label).where(devices.c.identity == identity)).scalar()
 
     def scep_gate(self, identity: str) -> ScepGate | None:
         """The device's state and its group's sunset policy, in one query; None for an unknown device."""

@@ -1,4 +1,4 @@
-"""The enrollment repository: events, SCEP transactions and approvals, one-time challenges, lockout.
+"""The enrollment repository: events, SCEP transactions, one-time challenges, lockout.
 
 Every rule that must hold across workers and hosts is settled by one statement or one database
 transaction: a one-time challenge is spent by a single conditional UPDATE, failures are counted by
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from shared_ca.errors import Conflict, NotFound
+from shared_ca.errors import Conflict
 from shared_ca.storage.enrollment_records import (
     EnrollmentEvent,
     EnrollmentRecord,
@@ -79,16 +79,32 @@ _TRANSACTION_BY_SIGNER = PreparedStatement(
         )
     )
 )  # read on every SCEP enrollment
-# A request counts against at most two keys (its challenge and its address): a fixed pair of binds
-# keeps the compiled statement cached, where an expanding IN is rendered again on every call.
-_LOCKED = PreparedStatement(
-    select(func.max(challenge_failures.c.locked_until).label("until")).where(
+# A SCEP request counts against at most four lockout keys (challenge, device, address, profile): a
+# fixed set of binds keeps the compiled statement cached, where an expanding IN is rendered again on
+# every call. One row: for each bound key, when its lock lifts if it is locked at `now` (else NULL).
+LOCK_KEYS = 4  # keys `locks` reads in one statement (a SCEP request counts against at most four)
+_LOCK_BINDS = [f"key{i}" for i in range(1, LOCK_KEYS + 1)]
+_LOCKS = PreparedStatement(
+    select(
+        *(
+            func.max(case((challenge_failures.c.key == bindparam(name), challenge_failures.c.locked_until))).label(name)
+            for name in _LOCK_BINDS
+        )
+    ).where(
         and_(
-            challenge_failures.c.key.in_([bindparam("key1"), bindparam("key2")]),
+            challenge_failures.c.key.in_([bindparam(name) for name in _LOCK_BINDS]),
             challenge_failures.c.locked_until > bindparam("now"),
         )
     )
 )
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    """A lockout counter after one more failure: failures in its window, and its lock (if any)."""
+
+    failures: int
+    locked_until: dt.datetime | None
 
 
 class EnrollmentStore(Store):
@@ -162,52 +178,13 @@ class EnrollmentStore(Store):
             certificate_der=None,
             fail_info=txn.fail_info,
             fail_info_text=txn.fail_info_text,
-            request_der=txn.request_der,
+            request_sha256=txn.request_sha256,
+            approval_id=txn.approval_id,
             subject=txn.subject,
             client_address=txn.client_address,
             created_at=now,
             updated_at=now,
         )
-
-    # -- manual approval --------------------------------------------------------------------------
-
-    def list_pending(self, *, profile: str | None = None) -> list[ScepTransactionRecord]:
-        """SCEP requests waiting for approval, oldest first.
-
-        Approve one by issuing with `scep_transaction=CompletePending(id)`: the transaction turns
-        'issued' in the issuance's own database transaction, so a request is approved once.
-        """
-        t = scep_transactions.c
-        query = _transactions_query().where(t.status == "pending").order_by(t.id)
-        if profile is not None:
-            query = query.where(t.profile == profile)
-        with self._read() as conn:
-            return [_scep_transaction(r) for r in conn.execute(query).mappings().all()]
-
-    def reject_pending(
-        self, scep_transaction_id: int, reason: str, *, actor: str, now: dt.datetime
-    ) -> ScepTransactionRecord:
-        """Refuse a pending request: its next CertPoll gets FAILURE badRequest with `reason`."""
-        t = scep_transactions.c
-        with self._write() as conn:
-            changed = conn.execute(
-                update(scep_transactions)
-                .where(and_(t.id == scep_transaction_id, t.status == "pending"))
-                .values(status="rejected", fail_info="badRequest", fail_info_text=reason, updated_at=now)
-            ).rowcount
-            if changed != 1:
-                exists = conn.execute(select(t.id).where(t.id == scep_transaction_id)).first()
-                if exists is None:
-                    raise NotFound(f"no SCEP request {scep_transaction_id}")
-                raise Conflict(f"SCEP request {scep_transaction_id} is not pending")
-            self._audit(
-                conn,
-                AuditEvent(actor, "scep.request.rejected", detail={"request": scep_transaction_id, "reason": reason}),
-                now,
-            )
-        record = self.scep_transaction_by_id(scep_transaction_id)
-        assert record is not None
-        return record
 
     # -- one-time challenges ----------------------------------------------------------------------
 
@@ -312,31 +289,45 @@ class EnrollmentStore(Store):
         Failures count within `window` of a key's first failure; the `threshold`-th locks the key
         for `lock_for`. One atomic upsert per key, so concurrent failures are all counted.
         """
-        if threshold < 1:
+        counts = self.count_failures(dict.fromkeys(keys, threshold), now, window=window, lock_for=lock_for)
+        locks = [c.locked_until for c in counts.values() if c.locked_until is not None and c.locked_until > now]
+        return max(locks, default=None)
+
+    def count_failures(
+        self, thresholds: Mapping[str, int], now: dt.datetime, *, window: dt.timedelta, lock_for: dt.timedelta
+    ) -> dict[str, FailureCount]:
+        """Count one failure against each key, each with its own threshold, in one transaction; every
+        key's count and lock afterwards (a key whose count equals its threshold locked just now)."""
+        if any(threshold < 1 for threshold in thresholds.values()):
             raise ValueError("the lockout threshold is at least 1")
         lock_until = now + lock_for
         window_start = now - window
-        locks = []
+        counts = {}
         with self._write() as conn:
-            for key in sorted(set(keys)):  # one order for every writer: no deadlock on PostgreSQL
-                _count, locked_until = _upsert_failure(conn, key, now, window_start, threshold, lock_until)
-                if locked_until is not None and locked_until > now:
-                    locks.append(locked_until)
-        return max(locks, default=None)
+            for key in sorted(thresholds):  # one order for every writer: no deadlock on PostgreSQL
+                count, locked_until = _upsert_failure(conn, key, now, window_start, thresholds[key], lock_until)
+                counts[key] = FailureCount(count, locked_until)
+        return counts
 
     def locked(self, keys: Iterable[str], now: dt.datetime) -> dt.datetime | None:
         """When the longest lock on any of `keys` lifts, or None when none is locked at `now`."""
+        return max(self.locks(keys, now).values(), default=None)
+
+    def locks(self, keys: Iterable[str], now: dt.datetime) -> dict[str, dt.datetime]:
+        """The keys of `keys` locked at `now`, with when each lock lifts (one statement per four keys)."""
         wanted = sorted(set(keys))
+        found: dict[str, dt.datetime] = {}
         if not wanted:
-            return None
-        locks = []
+            return found
         with self._read() as conn:
-            for i in range(0, len(wanted), 2):
-                pair = wanted[i : i + 2]
-                found = _LOCKED.first(conn, {"key1": pair[0], "key2": pair[-1], "now": now})
-                if found is not None and found["until"] is not None:
-                    locks.append(found["until"])
-        return max(locks, default=None)
+            for i in range(0, len(wanted), LOCK_KEYS):
+                batch = wanted[i : i + LOCK_KEYS]
+                batch += [batch[-1]] * (LOCK_KEYS - len(batch))  # a fixed set of binds: compiled once
+                row = _LOCKS.first(conn, {**dict(zip(_LOCK_BINDS, batch, strict=True)), "now": now})
+                for name, key in zip(_LOCK_BINDS, batch, strict=True):
+                    if row is not None and row[name] is not None:
+                        found[key] = row[name]
+        return found
 
     def clear_failures(self, keys: Iterable[str]) -> int:
         """Forget the failures (and locks) of `keys`; how many keys had any."""

@@ -19,7 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from shared_ca.errors import Conflict, InvalidRequest
 from shared_ca.storage.device_contacts import DeviceContact, touch_device
 from shared_ca.storage.prepared import PreparedStatement
-from shared_ca.storage.schema import SCEP_TRANSACTION_STATUSES, enrollment_events, scep_transactions
+from shared_ca.storage.schema import (
+    SCEP_TRANSACTION_STATUSES,
+    approval_requests,
+    enrollment_events,
+    scep_transactions,
+)
 
 PROTOCOLS = ("scep", "est")
 REFUSED_OUTCOMES = ("refused", "failure", "failed")
@@ -116,13 +121,16 @@ class NewScepTransaction:
     signer_cert_sha256: str  # hex SHA-256 of the signer certificate itself
     message_type: str  # the wire value, e.g. "19" for PKCSReq
     profile: str
-    request_der: bytes | None  # the PKCS#10 (kept for approval and to recognise retransmissions)
+    # SHA-256 of the PKCS#10, to recognise a retransmission; never the request, whose challengePassword
+    # is a secret. None for messages without one (CertPoll, GetCert).
+    request_sha256: str | None
     subject: str | None = None
     client_address: str | None = None
     status: str = "issued"
     fail_info: str | None = None  # the failInfo name, e.g. 'badRequest'
     fail_info_text: str | None = None
     replaces_id: int | None = None
+    approval_id: int | None = None  # the approval request of a 'pending' transaction
 
     def __post_init__(self) -> None:
         if self.status not in SCEP_TRANSACTION_STATUSES:
@@ -132,9 +140,11 @@ class NewScepTransaction:
 
 @dataclass(frozen=True)
 class CompletePending:
-    """Issue for a pending SCEP transaction: it turns 'issued' in the issuance's own transaction."""
+    """Issue for a pending approval request: it, and the SCEP transaction waiting on it, turn 'issued' in
+    the issuance's own transaction."""
 
-    scep_transaction_id: int  # the row id (ScepTransactionRecord.id), not the transactionID
+    approval_id: int  # ApprovalRecord.id
+    actor: str
 
 
 @dataclass(frozen=True)
@@ -150,13 +160,14 @@ class ScepTransactionRecord:
     certificate_der: bytes | None  # joined from certificates when issued
     fail_info: str | None
     fail_info_text: str | None
-    request_der: bytes | None
+    request_sha256: str | None
+    approval_id: int | None
     subject: str | None
     client_address: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
 
-    def is_retransmission(self, signer_cert_sha256: str, message_type: str, request_der: bytes | None) -> bool:
+    def is_retransmission(self, signer_cert_sha256: str, message_type: str, request_sha256: str | None) -> bool:
         """True when a request is this transaction sent again (same signer certificate, type and CSR).
 
         A request that shares only the (signer key, transactionID) pair is a new enrollment.
@@ -164,7 +175,7 @@ class ScepTransactionRecord:
         return (
             self.signer_cert_sha256 == signer_cert_sha256
             and self.message_type == message_type
-            and self.request_der == request_der
+            and self.request_sha256 == request_sha256
         )
 
 
@@ -262,7 +273,8 @@ def write_scep_transaction(
             "certificate_id": certificate_id,
             "fail_info": txn.fail_info,
             "fail_info_text": txn.fail_info_text,
-            "request_der": txn.request_der,
+            "request_sha256": txn.request_sha256,
+            "approval_id": txn.approval_id,
             "subject": txn.subject,
             "client_address": txn.client_address,
             "created_at": now,
@@ -272,15 +284,22 @@ def write_scep_transaction(
 
 
 def complete_pending(conn: Connection, pending: CompletePending, certificate_id: int, now: dt.datetime) -> None:
-    """Turn a pending transaction 'issued' inside the issuance's transaction; Conflict unless it is pending."""
-    t = scep_transactions.c
+    """Turn a pending approval request 'issued' inside the issuance's transaction, with the SCEP transaction
+    waiting on it (its client's next CertPoll gets the certificate); Conflict unless it is pending."""
+    a = approval_requests.c
     changed = conn.execute(
-        update(scep_transactions)
-        .where(t.id == pending.scep_transaction_id, t.status == "pending")
-        .values(status="issued", certificate_id=certificate_id, updated_at=now)
+        update(approval_requests)
+        .where(a.id == pending.approval_id, a.status == "pending")
+        .values(status="issued", certificate_id=certificate_id, decided_at=now, decided_by=pending.actor[:255])
     ).rowcount
     if changed != 1:
-        raise Conflict(f"SCEP request {pending.scep_transaction_id} is not pending")
+        raise Conflict(f"request {pending.approval_id} is not pending")
+    t = scep_transactions.c
+    conn.execute(
+        update(scep_transactions)
+        .where(t.approval_id == pending.approval_id, t.status == "pending")
+        .values(status="issued", certificate_id=certificate_id, updated_at=now)
+    )
 
 
 def enrollment_record(row: RowMapping) -> EnrollmentRecord:

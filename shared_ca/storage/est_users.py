@@ -139,7 +139,7 @@ class EstUserRecord:
     name: str
     secret_hash: str = field(repr=False)
     kind: str
-    label: str | None  # None: any EST label (path segment) may be used
+    labels: tuple[str, ...]  # the EST labels (profile names) it may use; empty: the default label only
     device_identity: str | None
     uses_left: int | None  # None: unlimited
     expires_at: dt.datetime | None
@@ -160,7 +160,13 @@ class EstUserRecord:
 
 
 def _record(row: Mapping[Any, Any]) -> EstUserRecord:
-    return EstUserRecord(**{name: row[name] for name in EstUserRecord.__dataclass_fields__})
+    fields = {name: row[name] for name in EstUserRecord.__dataclass_fields__ if name != "labels"}
+    return EstUserRecord(**fields, labels=split_labels(row["labels"]))
+
+
+def split_labels(stored: str | None) -> tuple[str, ...]:
+    """The labels of the `labels` column (comma-separated; NULL: none)."""
+    return tuple(label for label in (stored or "").split(",") if label)
 
 
 _u = est_users.c
@@ -193,7 +199,7 @@ class EstUserStore(Store):
         kind: str,
         created_by: str,
         now: dt.datetime,
-        label: str | None = None,
+        labels: tuple[str, ...] = (),
         device_identity: str | None = None,
         uses_left: int | None = None,
         expires_at: dt.datetime | None = None,
@@ -207,8 +213,9 @@ class EstUserStore(Store):
             raise ValueError(f"kind must be one of {', '.join(EST_USER_KINDS)}, not {kind!r}")
         if secret_scheme(secret_hash) not in ("scrypt", "sha256") or "$" not in secret_hash:
             raise ValueError("secret_hash must be a stored hash (scrypt$... or sha256$...), never the secret itself")
-        if label is not None and not 1 <= len(label) <= MAX_LABEL:
-            raise ValueError(f"label must have 1-{MAX_LABEL} characters, not {len(label)}")
+        for label in labels:
+            if not 1 <= len(label) <= MAX_LABEL or "," in label:
+                raise ValueError(f"label {label!r} must have 1-{MAX_LABEL} characters and no ','")
         if device_identity is not None and not 1 <= len(device_identity) <= MAX_DEVICE_IDENTITY:
             raise ValueError(f"device_identity must have 1-{MAX_DEVICE_IDENTITY} characters")
         if uses_left is not None and uses_left < 1:
@@ -224,7 +231,7 @@ class EstUserStore(Store):
                             name=name,
                             secret_hash=secret_hash,
                             kind=kind,
-                            label=label,
+                            labels=",".join(dict.fromkeys(labels)) or None,
                             device_identity=device_identity,
                             uses_left=uses_left,
                             expires_at=expires_at,
@@ -236,7 +243,7 @@ class EstUserStore(Store):
                     .mappings()
                     .one()
                 )
-                detail = {"est_user": row["id"], "name": name, "kind": kind, "label": label, "uses": uses_left}
+                detail = {"est_user": row["id"], "name": name, "kind": kind, "labels": list(labels), "uses": uses_left}
                 self._audit(conn, AuditEvent(created_by, "est_user.created", detail=detail), now)
         except IntegrityError as exc:
             raise Conflict(f"an EST user named {name!r} already exists") from exc
@@ -246,6 +253,11 @@ class EstUserStore(Store):
         """The user named `name`, whatever its state; None when there is none."""
         with self._read() as conn:
             row = _BY_NAME.first(conn, {"name": name})
+        return _record(row) if row else None
+
+    def est_user_by_id(self, user_id: int) -> EstUserRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(est_users).where(_u.id == user_id)).mappings().first()
         return _record(row) if row else None
 
     def list_est_users(self) -> list[EstUserRecord]:

@@ -117,6 +117,41 @@ crl_publications = Table(
     Column("der", LargeBinary, nullable=True),
 )
 
+# -- manual approval (revision 0006) ---------------------------------------------------------------
+
+APPROVAL_STATUSES = ("pending", "issued", "rejected")
+
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("protocol", String(8), nullable=False),
+    Column("profile", String(64), nullable=False),
+    # SHA-256 over what is asked (key, subject, subjectAltNames, profile, principal): the same request sent
+    # again, even re-signed, finds its row (RFC 7030 §4.2.3).
+    Column("request_key", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("principal_kind", String(16), nullable=False),
+    Column("principal_name", String(255), nullable=False),
+    Column("est_user_id", Id, ForeignKey("est_users.id"), nullable=True),
+    Column("renewal_of_id", Id, ForeignKey("certificates.id"), nullable=True),
+    Column("device_identity", String(255), nullable=True),
+    Column("subject", Text, nullable=False),
+    Column("subject_der", LargeBinary, nullable=False),
+    Column("public_key_der", LargeBinary, nullable=False),
+    Column("sans_der", LargeBinary, nullable=True),
+    Column("client_address", String(64), nullable=True),
+    Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("decided_by", String(255), nullable=True),
+    UniqueConstraint("protocol", "request_key", name="uq_approval_requests_protocol_key"),
+    CheckConstraint("status IN ('pending', 'issued', 'rejected')", name="ck_approval_requests_status"),
+    CheckConstraint("protocol IN ('scep', 'est')", name="ck_approval_requests_protocol"),
+    Index("ix_approval_requests_status", "status"),
+)
+
 # -- enrollment (revision 0002) -------------------------------------------------------------------
 
 enrollment_events = Table(
@@ -159,7 +194,10 @@ scep_transactions = Table(
     Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
     Column("fail_info", String(32), nullable=True),
     Column("fail_info_text", Text, nullable=True),
-    Column("request_der", LargeBinary, nullable=True),
+    # revision 0006: SHA-256 of the PKCS#10 (not the request itself, whose challengePassword is a secret),
+    # to recognise retransmissions; a request held for approval is in approval_requests.
+    Column("request_sha256", String(64), nullable=True),
+    Column("approval_id", Id, ForeignKey("approval_requests.id"), nullable=True),
     Column("subject", Text, nullable=True),
     Column("client_address", String(64), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -220,7 +258,7 @@ est_users = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("secret_hash", Text, nullable=False),  # self-describing: 'scrypt$...' or 'sha256$...'
     Column("kind", String(16), nullable=False),
-    Column("label", String(64), nullable=True),  # None: any EST label
+    Column("labels", Text, nullable=True),  # revision 0006: comma-separated EST labels; None: the default label
     Column("device_identity", String(255), nullable=True),
     Column("uses_left", Integer, nullable=True),  # None: unlimited
     Column("expires_at", UTCDateTime, nullable=True),
@@ -270,6 +308,7 @@ devices = Table(
     Column("mapping_mode", String(16), nullable=True),
     Column("est_credential", String(128), nullable=True),
     Column("mapped_at", UTCDateTime, nullable=True),
+    Column("est_label", String(64), nullable=True),  # revision 0006: the EST label it was mapped to
     Column("migrated_at", UTCDateTime, nullable=True),
     Column("retired_at", UTCDateTime, nullable=True),
     CheckConstraint("state IN ('legacy', 'mapped', 'migrated', 'retired')", name="ck_devices_state"),
