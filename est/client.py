@@ -2,9 +2,10 @@
 
 Written from the RFCs, not from our server, so it works against any conforming EST server. One
 EstClient keeps one TLS connection alive between requests (it is not thread-safe: one client per
-thread). Every failure is an EstClientError with one line of text, the HTTP status and the server's
-text/plain message; a request still awaiting approval when the wait budget is spent is an
-EstPendingError.
+thread); a request that finds that connection closed by the server is sent once more on a new one.
+After a 202 the same CSR is sent again (RFC 7030 §4.2.3; see RequestCsr). Every failure is an
+EstClientError with one line of text, the HTTP status and the server's text/plain message; a
+request still awaiting approval when the wait budget is spent is an EstPendingError.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from est.client_messages import (
     EnrollResult,
     EstClientError,
     EstPendingError,
+    RequestCsr,
     ServerKeygenResult,
     build_csr,
     decode_base64_reply,
@@ -51,8 +53,10 @@ __all__ = [
     "EstClientError",
     "EstPendingError",
     "HttpReply",
+    "RequestCsr",
     "ServerKeygenResult",
     "build_csr",
+    "closed_by_peer",
     "tls_context",
 ]
 
@@ -67,6 +71,7 @@ MULTIPART_TYPES = frozenset({"multipart/mixed"})
 
 _LABEL = re.compile(r"[A-Za-z0-9._~-]+")  # one path segment of unreserved characters (RFC 7030 §3.2.2)
 _TAGS = re.compile(rb"<[^>]*>")
+_SSL_SOURCE = re.compile(r" \(_ssl\.c:\d+\)$")  # where in CPython the error was raised: noise for a user
 
 BodyFactory = Callable[[bytes | None], bytes]
 """Builds a request body given the connection's tls-unique value (None unless channel binding)."""
@@ -205,11 +210,12 @@ class EstClient:
         link_channel: bool = False,
         reenroll: bool = False,
     ) -> EnrollResult:
-        """simpleenroll (or simplereenroll) of a CSR built here for `key`. With `link_channel`, the CSR is
-        built on the open connection (TLS 1.2 forced) with its tls-unique value, base64, as the
-        challengePassword (RFC 7030 §3.5); every new connection gets a new CSR."""
+        """simpleenroll (or simplereenroll) of a CSR built here for `key`, once: every retry after a 202
+        sends the same CSR. With `link_channel`, the CSR is built on the open connection (TLS 1.2
+        forced) with its tls-unique value, base64, as the challengePassword (RFC 7030 §3.5); a new
+        connection gets a new CSR (see RequestCsr)."""
         operation = "simplereenroll" if reenroll else "simpleenroll"
-        reply = self._call("POST", operation, _csr_body(key, subject, sans), linking=link_channel)
+        reply = self._call("POST", operation, _csr_body(RequestCsr(key, subject, sans)), linking=link_channel)
         return issued_for(self._certs(reply, operation), key.public_key())
 
     def serverkeygen_with_key(
@@ -221,7 +227,8 @@ class EstClient:
         link_channel: bool = False,
     ) -> ServerKeygenResult:
         """serverkeygen of a CSR built here and signed by `key` (its key type is a hint to the server)."""
-        reply = self._call("POST", "serverkeygen", _csr_body(key, subject, sans), linking=link_channel)
+        request = RequestCsr(key, subject, sans)
+        reply = self._call("POST", "serverkeygen", _csr_body(request), linking=link_channel)
         return self._serverkeygen_result(reply)
 
     def _enroll(self, operation: str, csr: bytes) -> EnrollResult:
@@ -311,27 +318,36 @@ class EstClient:
         if body is not None:
             headers["Content-Type"] = "application/pkcs10"
             headers["Content-Transfer-Encoding"] = "base64"  # meaningless since RFC 8951, wanted by old servers
-        for attempt in range(2):
+        for attempt in (1, 2):
             if linked is None and self._conn is None:
                 self._conn = self._new_connection(self._context)
             conn = linked or self._conn
             assert conn is not None
-            fresh = conn.sock is None
+            reused = conn.sock is not None  # kept alive from an earlier request
+            handshaking = not reused
             try:
-                if fresh:
+                if not reused:
                     conn.connect()
+                    handshaking = False
                 payload = body(_tls_unique(conn, url) if linked else None) if callable(body) else body
                 conn.request(method, path, body=payload, headers=headers)
                 response = conn.getresponse()
                 data = response.read(MAX_REPLY_BYTES + 1)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                if fresh or attempt:
-                    raise self._transport_error(url, exc) from None
-                continue  # the server closed the kept-alive connection while it was idle: once more, anew
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise self._transport_error(url, exc) from None
+                if reused and attempt == 1 and closed_by_peer(exc):
+                    # The server closed the kept-alive connection while it was idle (gunicorn does
+                    # after 15 s; a 202's Retry-After is often longer), so no answer came: send the
+                    # request once more on a new connection, as xmlrpc.client does for a cached
+                    # connection gone cold (urllib3 checks a pooled one before reusing it). Only a
+                    # reused connection, and only once: a failure on a new one is the server's
+                    # answer. Sending again is safe here: our requests are a GET or a CSR, and the
+                    # same CSR again is exactly what RFC 7030 §4.2.3 has a client send after a 202,
+                    # which a server recognises as the same request. Had the server read the
+                    # request before it closed, the worst is a second certificate for the same key
+                    # and names, the same as running the command again.
+                    continue
+                raise self._transport_error(url, exc, handshaking=handshaking, retried=attempt > 1) from None
             if len(data) > MAX_REPLY_BYTES or response.will_close:
                 conn.close()
             if len(data) > MAX_REPLY_BYTES:
@@ -339,16 +355,37 @@ class EstClient:
             return HttpReply(response.status, response.reason, response.headers, data)
         raise AssertionError("unreachable")
 
-    def _transport_error(self, url: str, exc: BaseException) -> EstClientError:
+    def _transport_error(self, url: str, exc: BaseException, *, handshaking: bool, retried: bool) -> EstClientError:
+        """One line for a failed exchange: what went wrong, with which URL, without internals."""
         if isinstance(exc, ssl.SSLCertVerificationError):
             return EstClientError(f"cannot verify the TLS server of {url}: {exc.verify_message or exc.reason}")
+        if closed_by_peer(exc):
+            if handshaking:
+                return EstClientError(f"the server closed the connection during the TLS handshake for {url}")
+            again = " (again, on a new connection after the kept-alive one had been closed)" if retried else ""
+            return EstClientError(f"the server closed the connection without answering {url}{again}")
         if isinstance(exc, ssl.SSLError):
-            return EstClientError(f"TLS with {url} failed: {exc.reason or exc}")
+            return EstClientError(f"TLS with {url} failed: {exc.reason or _SSL_SOURCE.sub('', str(exc))}")
         if isinstance(exc, TimeoutError):
             return EstClientError(f"no answer from {url} within {self.timeout:g} s")
         if isinstance(exc, OSError):
             return EstClientError(f"cannot reach {url}: {exc.strerror or exc}")
         return EstClientError(f"bad HTTP reply from {url}: {type(exc).__name__} {exc}")
+
+
+_PEER_CLOSED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+def closed_by_peer(exc: BaseException) -> bool:
+    """Whether `exc` means the server had closed the connection before any answer was read.
+
+    That is: the TLS layer saw the end of the connection (SSLEOFError: closed without close_notify,
+    as gunicorn closes an idle kept-alive connection; SSLZeroReturnError: closed with it), the
+    socket was reset or the pipe broken, or the first read of the status line found the end of the
+    stream (http.client's RemoteDisconnected, both a ConnectionResetError and a BadStatusLine). A
+    status line that holds text but is not HTTP came from a live peer and is not this case, nor is
+    a reply cut short (IncompleteRead): the server answered something."""
+    return isinstance(exc, _PEER_CLOSED)
 
 
 def _tls_unique(conn: http.client.HTTPSConnection, url: str) -> bytes:
@@ -360,13 +397,8 @@ def _tls_unique(conn: http.client.HTTPSConnection, url: str) -> bytes:
     return binding
 
 
-def _csr_body(key: PrivateKey, subject: x509.Name, sans: Sequence[x509.GeneralName] | None) -> BodyFactory:
-    def body(binding: bytes | None) -> bytes:
-        password = base64.b64encode(binding).decode("ascii") if binding is not None else None
-        csr = build_csr(key, subject, sans, challenge_password=password)
-        return encode_base64_body(csr.public_bytes(Encoding.DER))
-
-    return body
+def _csr_body(request: RequestCsr) -> BodyFactory:
+    return lambda binding: encode_base64_body(request.der(binding))
 
 
 def _http_error(url: str, reply: HttpReply) -> EstClientError:

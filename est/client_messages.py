@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime as dt
 import email.policy
@@ -19,6 +20,7 @@ from email.parser import BytesParser
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -103,7 +105,42 @@ def build_csr(
     if challenge_password is not None:
         tag = _ASN1Type.PrintableString if _PRINTABLE.fullmatch(challenge_password) else _ASN1Type.UTF8String
         builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode(), _tag=tag)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        # RFC 6979 deterministic ECDSA: the same key, names and password always give the same CSR
+        # bytes (RSA PKCS#1 v1.5 and EdDSA are deterministic anyway), so even the command run again
+        # after a 202 sends the very request the server queued. Needs OpenSSL >= 3.2 under cryptography.
+        with contextlib.suppress(UnsupportedAlgorithm):
+            return builder.sign(key, signature_hash(key), ecdsa_deterministic=True)
     return builder.sign(key, signature_hash(key))
+
+
+class RequestCsr:
+    """The CSR of one request, built on first use and then sent unchanged on every retry.
+
+    RFC 7030 §4.2.3: after a 202 the client sends *the same* request again, and a server may
+    recognise its queued request by the CSR's bytes. The one exception is a CSR linked to the TLS
+    channel (RFC 7030 §3.5): its challengePassword is the connection's tls-unique value, which the
+    server compares with the value of the connection the request arrives on. tls-unique is the
+    first Finished message of the handshake, so every new connection (the server closed the
+    kept-alive one while the client waited, or answered `Connection: close`) has another value; a
+    CSR made for the old connection would be refused on the new one, and because the CSR's
+    signature covers the challengePassword it has to be built and signed again. On the same
+    connection the value does not change and the CSR is re-sent as it was.
+    """
+
+    def __init__(self, key: PrivateKey, subject: x509.Name, sans: Sequence[x509.GeneralName] | None = None) -> None:
+        self.key = key
+        self.subject = subject
+        self.sans = tuple(sans or ())
+        self._built: tuple[bytes | None, bytes] | None = None
+
+    def der(self, binding: bytes | None) -> bytes:
+        """The CSR (DER) for a connection whose tls-unique is `binding` (None: not linked)."""
+        if self._built is None or self._built[0] != binding:
+            password = base64.b64encode(binding).decode("ascii") if binding is not None else None
+            csr = build_csr(self.key, self.subject, self.sans, challenge_password=password)
+            self._built = (binding, csr.public_bytes(serialization.Encoding.DER))
+        return self._built[1]
 
 
 def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:

@@ -187,8 +187,9 @@ def _key_path(key_out: Path | None, out: Path | None) -> Path:
 
 
 def _load_or_create_key(path: Path, key_type: str) -> tuple[PrivateKey, bool]:
-    """The key in `path` (a re-run after a 202 must certify the same key), or a new one written there
-    (0600) before the request is sent; True when new."""
+    """The key in `path` (a re-run after a 202 must send the same request: the same key, and as CSR
+    signatures are deterministic, the same CSR), or a new one written there (0600) before the
+    request is sent; True when new."""
     if path.exists():
         click.echo(f"using the existing key {path}", err=True)
         return load_private_key(path, None), False

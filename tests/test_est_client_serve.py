@@ -34,8 +34,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = workdir / "data"
     done = gateway_command("init", "--data-dir", str(data_dir), "--ca-key-type", "p256")
     assert done.returncode == 0, done.stderr
+    with (data_dir / "config.toml").open("a") as config:  # a label whose CSRs must carry tls-unique
+        config.write("\n[profiles.linked]\nest_pop_linking = true\n")
+    labels = ["--label", "default", "--label", "linked"]  # a user opens only the labels it is given
     added = subprocess.run(
-        [sys.executable, "-m", "gateway", "est-user", "add", USER, "--data-dir", str(data_dir), "--password-stdin"],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "est-user",
+            "add",
+            USER,
+            *labels,
+            "--data-dir",
+            str(data_dir),
+            "--password-stdin",
+        ],
         input=PASSWORD + "\n",
         cwd=REPO,
         env=child_env(),
@@ -45,8 +59,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         check=False,
     )
     assert added.returncode == 0, added.stderr
-    with (data_dir / "config.toml").open("a") as config:  # a label whose CSRs must carry tls-unique
-        config.write("\n[profiles.linked]\nest_pop_linking = true\n")
     running = start_server(data_dir, workdir)
     yield running
     assert stop_server(running) == 0, running.stderr_text()
