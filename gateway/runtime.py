@@ -128,7 +128,6 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         raise KeyMaterialError(f"the SCEP RA key {config.path('ra.key')} must be RSA (SCEP envelopes use RSA)")
     users = EstUserStore(store.engine)
     authorizer = Authorizer(
-        config.profiles,
         config.identity_rule,
         default_profile=config["default_profile"],
         clock=authority.clock,

@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from cryptography import x509
 
 from shared_ca.csr import requested_sans
-from shared_ca.errors import NotFound, PolicyDenied
+from shared_ca.errors import PolicyDenied
 from shared_ca.identity import IdentityRule, certificate_sans
 from shared_ca.keys import PublicKey, public_key_bytes
 from shared_ca.policy import IssuancePolicy, authorize_request
@@ -88,9 +88,10 @@ class Principal:
 
     def with_user(self, user: Principal) -> Principal:
         """A certificate holder that also logged in as an EST user: the certificate stays the identity,
-        and the request must be allowed to both."""
-        profiles = user.profiles if self.profiles is None else self.profiles & (user.profiles or self.profiles)
-        return replace(self, profiles=profiles, device=self.device or user.device, user=user.user)
+        and the request must be allowed to both (the profiles both open, the device either binds)."""
+        if self.profiles is None or user.profiles is None:
+            raise ValueError("only a certificate holder logs in as an EST user as well")
+        return replace(self, profiles=self.profiles & user.profiles, device=self.device or user.device, user=user.user)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,6 @@ class Authorizer:
 
     def __init__(
         self,
-        profiles: Mapping[str, Profile],
         identity: IdentityRule,
         *,
         default_profile: str,
@@ -133,7 +133,6 @@ class Authorizer:
         devices: DeviceStore | None = None,
         est_url: str = "",
     ) -> None:
-        self.profiles = profiles
         self.identity = identity
         self.default_profile = default_profile
         self.clock = clock
@@ -322,10 +321,3 @@ def spending_use(users: EstUserStore, principal: Principal, now: dt.datetime) ->
         users.refund_use(user.id)
         raise
 
-
-def profile_named(profiles: Mapping[str, Profile], name: str) -> Profile:
-    """The configured profile `name`; NotFound when there is none."""
-    profile = profiles.get(name)
-    if profile is None:
-        raise NotFound(f"no profile {name!r}")
-    return profile

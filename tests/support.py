@@ -168,9 +168,7 @@ def renew(
     recognised = recognise(authority.store, held, authority.clock())
     if recognised is None:
         raise PolicyDenied("the certificate to renew was not issued by this CA")
-    authorizer = Authorizer(
-        {profile.name: profile}, DEFAULT_IDENTITY, default_profile=profile.name, clock=authority.clock
-    )
+    authorizer = Authorizer(DEFAULT_IDENTITY, default_profile=profile.name, clock=authority.clock)
     request = CertificateRequest(held.subject, tuple(certificate_sans(held)), public_key)
     authorization = authorizer.authorize(authorizer.certificate_principal(recognised), profile, protocol, request)
     return authority.issue(authorization.policy, protocol=protocol, actor=actor, renewal_of=authorization.renewal_of)

@@ -93,7 +93,7 @@ class World:
 def world(authority: CertificateAuthority, clock: SettableClock) -> World:
     devices = DeviceStore(authority.store.engine)
     authorizer = Authorizer(
-        PROFILES, DEFAULT_IDENTITY, default_profile="default", clock=clock, devices=devices, est_url="https://gw/est"
+        DEFAULT_IDENTITY, default_profile="default", clock=clock, devices=devices, est_url="https://gw/est"
     )
     return World(authority, authorizer, devices, EstUserStore(authority.store.engine), clock)
 

@@ -151,7 +151,7 @@ def test_0006_moves_the_queue_and_drops_every_stored_request(
     assert users.est_user("wifi-only").labels == ("wifi",)  # type: ignore[union-attr]
 
     # The moved EST request is found by what it asks, even re-signed, and can still be approved.
-    authorizer = Authorizer(PROFILES, DEFAULT_IDENTITY, default_profile="default", clock=clock)
+    authorizer = Authorizer(DEFAULT_IDENTITY, default_profile="default", clock=clock)
     queue = ApprovalQueue(
         authority=authority, authorizer=authorizer, approvals=approvals, users=users, profiles=PROFILES, clock=clock
     )
