@@ -54,6 +54,7 @@ from urllib.parse import unquote
 from cryptography import x509
 
 from shared_ca.authority import fingerprint
+from shared_ca.csr import UNDECODABLE
 from shared_ca.errors import PolicyDenied, Unauthorized
 from shared_ca.storage.est_users import (
     EstUserRecord,
@@ -272,6 +273,15 @@ def certificate_from_proxy(
         ) from None
 
 
+def _subject_text(certificate: x509.Certificate) -> str:
+    """The certificate's subject for the log; a placeholder when a hostile one cannot be decoded
+    (cryptography decodes names lazily, so a certificate that loaded may still fail here)."""
+    try:
+        return certificate.subject.rfc4514_string()
+    except UNDECODABLE:
+        return "<undecodable subject>"
+
+
 # -- the authenticator ----------------------------------------------------------------------------
 
 
@@ -289,7 +299,7 @@ class EstCredentials:
 
     def __repr__(self) -> str:  # never the password
         user = self.basic[0] if self.basic else None
-        subject = self.client_certificate.subject.rfc4514_string() if self.client_certificate else None
+        subject = _subject_text(self.client_certificate) if self.client_certificate else None
         return f"EstCredentials(user={user!r}, certificate={subject!r}, source={self.certificate_source!r})"
 
 
@@ -331,7 +341,7 @@ class EstAuthenticator:
         raise Unauthorized("authentication required", detail="no Basic credentials and no client certificate")
 
     def _certificate(self, certificate: x509.Certificate, source: str, now: dt.datetime) -> RecognisedCertificate:
-        described = f"client certificate {certificate.subject.rfc4514_string()!r} serial {certificate.serial_number:x}"
+        described = f"client certificate {_subject_text(certificate)!r} serial {certificate.serial_number:x}"
         try:
             recognised = recognise(self.store, certificate, now)
         except PolicyDenied as exc:

@@ -459,7 +459,7 @@ def _find_signer(
             break
     if holder is None and sid.name == "subject_key_identifier":
         for part, der in requests:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, x509.InvalidVersion):  # a request that names no key
                 csr = x509.load_der_x509_csr(der)
                 if sid.chosen.native in _key_identifiers(csr):
                     holder, request_id = csr, part

@@ -33,7 +33,7 @@ from shared_ca.authorization import (
     PrincipalKind,
     spending_use,
 )
-from shared_ca.csr import challenge_password, load_csr
+from shared_ca.csr import challenge_password, load_csr, readable_csr
 from shared_ca.errors import CAError, InvalidRequest, KeyMaterialError, PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.keys import PrivateKey
@@ -163,9 +163,10 @@ class EstService:
         except CAError as exc:
             outcome.detail["cause"] = exc.detail
             if outcome.device_identity is None:
-                with contextlib.suppress(CAError, ValueError):
-                    requested = x509.load_der_x509_csr(wire.decode_request_body(body, content_type))
-                    outcome.device_identity = self.identity.of_request(requested)
+                with contextlib.suppress(CAError):
+                    requested = readable_csr(wire.decode_request_body(body, content_type))
+                    if requested is not None:
+                        outcome.device_identity = self.identity.of_request(requested)
             self._record(outcome, f"refused:{exc.kind.value}")
             raise
 
@@ -195,9 +196,9 @@ class EstService:
             if basic is None:
                 return False
             reference = f"user:{basic[0]}"
-        try:
-            wanted = CertificateRequest.from_csr(x509.load_der_x509_csr(wire.decode_request_body(body, content_type)))
-        except (CAError, ValueError):
+        try:  # the whole check of load_csr: this CSR is read before anyone authenticated
+            wanted = CertificateRequest.from_csr(load_csr(wire.decode_request_body(body, content_type)))
+        except CAError:
             return False
         return self.approvals.find_request("est", outcome.profile.name, wanted, reference) is not None
 

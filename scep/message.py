@@ -39,6 +39,7 @@ from scep.envelope import (
     UnsupportedEnvelopeAlgorithm,
     open_envelope,
 )
+from shared_ca.csr import UNDECODABLE
 from shared_ca.errors import CAError, ErrorKind, InvalidRequest
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -193,11 +194,22 @@ def _signer_certificate(data: bytes, certificates: der.Tlv, sid: der.Tlv) -> x50
         else:  # RFC 5280 §4.2.1.2, read by asn1crypto: few signers name themselves so
             found = der.octets(data, sid) == asn1_x509.Certificate.load(encoded).key_identifier
         if found:
-            try:
-                return x509.load_der_x509_certificate(encoded)
-            except (ValueError, x509.InvalidVersion):
-                return None
+            return _readable_certificate(encoded)
     return None
+
+
+def _readable_certificate(encoded: bytes) -> x509.Certificate | None:
+    """The certificate when every part the service reads decodes; cryptography decodes names and
+    extensions only when first asked, so a certificate with, say, a subject whose string tag is a SET
+    loads and then fails in the middle of a refusal. Such a signer counts as absent."""
+    try:
+        certificate = x509.load_der_x509_certificate(encoded)
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        list(certificate.extensions)
+    except UNDECODABLE:
+        return None
+    return certificate
 
 
 def _verify_signature(
@@ -302,15 +314,10 @@ def parse_pki_message(
     """
     message = decode_signed_message(data, max_bytes=max_bytes)
     attrs = message.attributes
-    if not attrs.transaction_id:
-        raise ScepDecodeError("the message has no transactionID")
-    if not attrs.sender_nonce or len(attrs.sender_nonce) > MAX_NONCE_BYTES:
-        raise ScepDecodeError("the message has no usable senderNonce")
-    if attrs.message_type is None:
-        raise ScepDecodeError("the message has no messageType")
+    transaction_id, sender_nonce, message_type_value = _reply_attributes(attrs)
     # An unsupported digest is answered badAlg, signed with SHA-256 since the requester's is unusable.
-    reply = ReplyContext(attrs.transaction_id, attrs.sender_nonce, message.digest or Digest.SHA256)
-    message_type = _request_type(attrs.message_type)
+    reply = ReplyContext(transaction_id, sender_nonce, message.digest or Digest.SHA256)
+    message_type = _request_type(message_type_value)
 
     def refuse(fail_info: FailInfo, text: str, detail: str | None = None) -> NoReturn:
         if message_type is None:
@@ -350,8 +357,8 @@ def parse_pki_message(
     assert message.digest is not None  # verify() refused the message otherwise
     request = PkiRequest(
         message_type=message_type,
-        transaction_id=attrs.transaction_id,
-        sender_nonce=attrs.sender_nonce,
+        transaction_id=transaction_id,
+        sender_nonce=sender_nonce,
         signer_certificate=signer,
         digest=message.digest,
         signature_algorithm=message.signature_algorithm,
@@ -361,9 +368,28 @@ def parse_pki_message(
     )
     try:
         return _with_content(request, opened.plaintext)
-    except (ValueError, TypeError, KeyError, IndexError, x509.InvalidVersion) as exc:
+    except (*UNDECODABLE, KeyError, IndexError) as exc:
         text = f"the {message_type.name} content is malformed"
         raise ScepMessageError(FailInfo.BAD_REQUEST, text, reply, detail=repr(exc)) from None
+
+
+def _reply_attributes(attrs: SignedAttributes) -> tuple[str, bytes, str]:
+    """transactionID, senderNonce and messageType: what any reply needs; ScepDecodeError without them."""
+    if not attrs.transaction_id:
+        raise ScepDecodeError("the message has no transactionID")
+    if not _echoable(attrs.transaction_id):
+        # The CertRep echoes it as a PrintableString (scep.asn1 encodes those as latin-1 octets).
+        raise ScepDecodeError("the transactionID is not a printable string", detail=repr(attrs.transaction_id[:80]))
+    if not attrs.sender_nonce or len(attrs.sender_nonce) > MAX_NONCE_BYTES:
+        raise ScepDecodeError("the message has no usable senderNonce")
+    if attrs.message_type is None:
+        raise ScepDecodeError("the message has no messageType")
+    return attrs.transaction_id, attrs.sender_nonce, attrs.message_type
+
+
+def _echoable(transaction_id: str) -> bool:
+    """Whether a CertRep can carry the transactionID back: one octet a character, no control characters."""
+    return all(" " <= character <= "\xff" and character != "\x7f" for character in transaction_id)
 
 
 def _request_type(value: str) -> MessageType | None:
@@ -378,8 +404,11 @@ def _request_type(value: str) -> MessageType | None:
 def _with_content(request: PkiRequest, plaintext: bytes) -> PkiRequest:
     """Decode the decrypted content by message type (RFC 8894 §3.3)."""
     if request.message_type.is_enrolment:
-        # The CSR's own signature is checked by shared_ca.csr.load_csr, not here.
+        # The CSR's own signature is checked by shared_ca.csr.load_csr, not here; the names and
+        # extensions it carries are decoded now, so the service never meets one that cannot be read.
         csr = x509.load_der_x509_csr(plaintext)
+        csr.subject.rfc4514_string()
+        list(csr.extensions)
         return dataclasses.replace(request, csr_der=plaintext, csr=csr)
     if request.message_type is MessageType.CertPoll:
         ias = IssuerAndSubject.load(plaintext, strict=True)

@@ -15,6 +15,11 @@ CHALLENGE_PASSWORD_OID = "1.2.840.113549.1.9.7"  # noqa: S105 - an OID, not a se
 _PEM_CSR = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----")
 
 
+# What cryptography raises for a request it cannot decode, besides ValueError and TypeError: a version
+# other than v1 (0), the same extension twice, a SAN of a type it does not model.
+UNDECODABLE = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     """Decode a CSR given as PEM or DER and check its signature; each failure is a CAError."""
     try:
@@ -26,12 +31,22 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         csr.subject.rfc4514_string()
         csr.public_key()
         list(csr.extensions)
-    except (ValueError, TypeError) as exc:
+    except UNDECODABLE as exc:
         raise InvalidRequest("the request is not a PKCS#10 certificate request", detail=str(exc)) from exc
     except UnsupportedAlgorithm as exc:
         raise AlgorithmNotAllowed("the request uses an unsupported key algorithm", detail=str(exc)) from exc
     verify_csr_signature(csr)
     return csr
+
+
+def readable_csr(data: bytes) -> x509.CertificateSigningRequest | None:
+    """The CSR in `data` (DER) when cryptography can decode it, its signature not checked; None otherwise.
+
+    For naming the device of a request that is refused anyway; issuance always goes through load_csr."""
+    try:
+        return x509.load_der_x509_csr(data)
+    except UNDECODABLE:
+        return None
 
 
 # Digests a CSR self-signature may use. SHA-1 stays accepted: legacy SCEP clients sign with it, and
@@ -74,11 +89,14 @@ def verify_csr_signature(csr: x509.CertificateSigningRequest) -> str:
 
 
 def requested_sans(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
-    """The subjectAltName entries the request asks for (from its extensionRequest)."""
+    """The subjectAltName entries the request asks for (from its extensionRequest); InvalidRequest when
+    the extensions cannot be decoded (a request that did not go through load_csr may be read here)."""
     try:
         ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
+    except UNDECODABLE as exc:
+        raise InvalidRequest("the request's extensions cannot be decoded", detail=str(exc)) from exc
     return list(ext.value)
 
 

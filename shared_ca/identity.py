@@ -21,7 +21,8 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from shared_ca.csr import requested_sans
+from shared_ca.csr import UNDECODABLE, requested_sans
+from shared_ca.errors import InvalidRequest
 from shared_ca.policy import UPN_OID, common_name, san_type
 
 MAX_IDENTITY = 255
@@ -92,10 +93,18 @@ class IdentityRule:
         return match.group(1) if self.pattern.groups else match.group(0)
 
     def of_certificate(self, certificate: x509.Certificate) -> str | None:
-        return self.identify(certificate.subject, certificate_sans(certificate))
+        """The identity a certificate names; None when the rule finds nothing or it cannot be decoded."""
+        try:
+            return self.identify(certificate.subject, certificate_sans(certificate) if self.kind == "san" else ())
+        except UNDECODABLE:  # a hostile signer certificate: cryptography decodes names and extensions lazily
+            return None
 
     def of_request(self, csr: x509.CertificateSigningRequest) -> str | None:
-        return self.identify(csr.subject, requested_sans(csr))
+        """The identity a request names; None when the rule finds nothing or it cannot be decoded."""
+        try:
+            return self.identify(csr.subject, requested_sans(csr) if self.kind == "san" else ())
+        except (*UNDECODABLE, InvalidRequest):  # read on refusal paths too, before (or without) load_csr
+            return None
 
 
 DEFAULT_IDENTITY = IdentityRule("cn")

@@ -240,9 +240,11 @@ def test_multi_valued_rdn_keeps_only_allowed_members() -> None:
     rdn = x509.RelativeDistinguishedName(
         [x509.NameAttribute(NameOID.COMMON_NAME, "d"), x509.NameAttribute(NameOID.PSEUDONYM, "p")]
     )
-    profile = replace(PROFILE, subject_unlisted="drop")
+    profile = replace(PROFILE, subject_unlisted="drop", allow_multi_valued_rdns=True)
     policy = authorize_request(profile, x509.Name([rdn]), [], KEY.public_key(), NOW)
     assert policy.subject == subject("d")
+    with pytest.raises(PolicyDenied, match="multi-valued RDN"):  # refused unless the profile allows them
+        authorize_request(replace(profile, allow_multi_valued_rdns=False), x509.Name([rdn]), [], KEY.public_key(), NOW)
 
 
 # -- authorize_request: SANs ---------------------------------------------------------------------
