@@ -715,12 +715,18 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
+def listener_of(cmdline: str) -> str | None:
+    """The listener an arbiter serves, by its command line: `python -m gateway.server https`, or what
+    gunicorn renames it to when setproctitle is installed, `gunicorn: master [gateway-https]`."""
+    match = re.search(r"gateway\.server (https?)\b|\[gateway-(https?)\]", cmdline)
+    return (match.group(1) or match.group(2)) if match else None
+
+
 def listener_family(server: Server) -> tuple[list[ProcessId], list[ProcessId]]:
     """The server's two gunicorn arbiters and their workers, checked against what `--workers 1` means."""
     family = descendants(server.process.pid)
     arbiters = [p for p in family if p.parent == server.process.pid]
-    assert sorted(p.cmdline.split()[-1] for p in arbiters) == ["http", "https"], family
-    assert all("gateway.server" in p.cmdline for p in arbiters), family
+    assert sorted(listener_of(p.cmdline) or "?" for p in arbiters) == ["http", "https"], family
     workers = [p for p in family if p.parent in {a.pid for a in arbiters}]
     assert len(workers) == 2, family  # one worker on each listener
     return arbiters, workers
@@ -768,7 +774,7 @@ def test_one_listener_dying_stops_the_other(server: Server, workdir: Path) -> No
     own = start_server(server.data_dir, workdir)
     try:
         arbiters, workers = listener_family(own)
-        (https_arbiter,) = [p for p in arbiters if p.cmdline.endswith("https")]
+        (https_arbiter,) = [p for p in arbiters if listener_of(p.cmdline) == "https"]
         os.kill(https_arbiter.pid, signal.SIGKILL)  # a grandchild of this test: the server it started
         code = own.process.wait(timeout=STOP_SECONDS)
         assert code != 0
