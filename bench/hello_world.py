@@ -3,11 +3,11 @@
 `python bench/hello_world.py http|https` is the twin of `python -m gateway.server http|https`: it
 reads the same configuration from the environment (GATEWAY_DATA_DIR, GATEWAY_LISTEN_*; see
 `gateway.server.child_environment`) and runs one gunicorn arbiter through a subclass of the
-gateway's own `ListenerApplication`, so bind, gthread workers and threads (listen.workers,
-listen.threads), keepalive, timeouts and the request-line limit are the gateway's by construction.
-For the HTTPS listener the SSLContext is the gateway's too (`build_ssl_context`: TLS >= 1.2, the
-data directory's server certificate, client certificates optional with our CA as the accepted
-issuer), built once per worker in gunicorn's `ssl_context` hook. Only the WSGI app differs:
+gateway's own `ListenerApplication`, so the gevent worker (gateway.worker: TLS, deadlines, the
+per-address cap), listen.workers, keepalive, timeouts and the request-line limit are the gateway's
+by construction. For the HTTPS listener the SSLContext is the gateway's too (`build_ssl_context`:
+TLS >= 1.2, the data directory's server certificate, client certificates optional with our CA as the
+accepted issuer), built once in the arbiter. Only the WSGI app differs:
 
 - `GET /` answers `ok` (text/plain);
 - `POST` to any path answers with the request body (echo, same content type).
@@ -18,19 +18,17 @@ Flask alone on this machine.
 
 from __future__ import annotations
 
-import datetime as dt
 import ssl
 import sys
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from flask import Flask, Response, request
 
 from gateway.app import config_from_environment
-from gateway.config import GatewayConfig
 from gateway.logs import configure_logging
-from gateway.runtime import Gateway
-from gateway.server import LISTENERS, ListenerApplication, build_ssl_context
+from gateway.server import ListenerApplication, build_ssl_context
+from gateway.supervisor import LISTENERS
 
 
 def create_hello_app() -> Flask:
@@ -49,23 +47,14 @@ def create_hello_app() -> Flask:
     return app
 
 
-class _TlsMaterial:
-    """The two things `build_ssl_context` reads of a Gateway, without opening one (no database, no CA key)."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
-        self._ca = x509.load_pem_x509_certificate((config.data_dir / "ca.pem").read_bytes())
-
-    def trusted_client_issuers(self, _now: dt.datetime) -> list[x509.Certificate]:
-        return [self._ca]  # a freshly initialised gateway trusts exactly its own CA
-
-
 class HelloApplication(ListenerApplication):
     """`ListenerApplication` with the hello-world app: same gunicorn configuration, same TLS context."""
 
     def _arbiter_ssl_context(self) -> ssl.SSLContext:
         """Built once in the arbiter before the fork, as the gateway's (no database here)."""
-        return build_ssl_context(cast(Gateway, _TlsMaterial(self.gateway_config)))
+        config = self.gateway_config
+        own_ca = x509.load_pem_x509_certificate((config.data_dir / "ca.pem").read_bytes())
+        return build_ssl_context(config, [own_ca])  # a freshly initialised gateway trusts exactly its CA
 
     def _post_worker_init(self, _worker: Any) -> None:
         """The gateway starts its CRL timer here; the hello world has nothing to start."""

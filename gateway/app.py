@@ -11,8 +11,8 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.config import GatewayConfig, load_config
 from gateway.middleware import REQUEST_ID, GatewayMiddleware
-from gateway.runtime import Gateway, open_gateway
-from shared_ca.errors import CAError, ErrorKind
+from gateway.runtime import Gateway, GatewayLoader, open_gateway
+from shared_ca.errors import CAError, ErrorKind, Unavailable
 
 log = logging.getLogger("gateway.app")
 
@@ -27,6 +27,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.UNAVAILABLE: 503,
 }
 MAX_REQUEST_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = 5  # while the gateway cannot be opened
 
 
 def config_from_environment() -> GatewayConfig:
@@ -36,28 +37,49 @@ def config_from_environment() -> GatewayConfig:
     return load_config(data_dir, Path(config_file) if config_file else None, require_file=not config_file)
 
 
-def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = None) -> Flask:
-    """Build the WSGI app over a configured gateway (loaded from the environment when not given)."""
-    if gateway is None:
-        gateway = open_gateway(config or config_from_environment())
+def create_app(
+    config: GatewayConfig | None = None, gateway: Gateway | None = None, *, loader: GatewayLoader | None = None
+) -> Flask:
+    """Build the WSGI app over a configured gateway: `gateway`, or one opened now from `config` (or the
+    environment); with `loader`, opened on the first request and again after a failure (the gunicorn
+    workers: they start, and answer 503, while the database is unreachable)."""
+    if loader is None:
+        loader = GatewayLoader.ready(gateway or open_gateway(config or config_from_environment()))
+    config = loader.config
     app = Flask("gateway")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    app.extensions["gateway"] = gateway
+    app.extensions["gateway_loader"] = loader
 
     from est import views as est_views
     from gateway import admin, dashboard, views
     from gateway.est_transport import est_connection_facts
     from scep import views as scep_views
 
-    app.extensions["scep"] = gateway.scep
-    app.extensions["scep_default_profile"] = gateway.config["default_profile"]
+    @app.before_request
+    def _gateway_ready() -> Response | None:
+        """Every endpoint but liveness and readiness needs the gateway open."""
+        if request.endpoint in views.ANSWERED_WITHOUT_GATEWAY:
+            return None
+        try:
+            opened = loader.get()
+        except Unavailable as exc:
+            log.warning("%s %s refused (503): %s", request.method, request.path, exc.detail)
+            response = Response(exc.public_message + "\n", status=503, mimetype="text/plain")
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        if app.extensions.get("gateway") is not opened:
+            app.extensions.update(gateway=opened, scep=opened.scep, est=opened.est)
+        return None
+
+    if loader.loaded is not None:
+        app.extensions.update(gateway=loader.loaded, scep=loader.loaded.scep, est=loader.loaded.est)
+    app.extensions["scep_default_profile"] = config["default_profile"]
+    app.extensions["est_default_label"] = config["default_profile"]
+    app.extensions["est_connection"] = est_connection_facts(config)
     app.register_blueprint(views.bp)
     app.register_blueprint(scep_views.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(dashboard.bp)
-    app.extensions["est"] = gateway.est
-    app.extensions["est_default_label"] = gateway.config["default_profile"]
-    app.extensions["est_connection"] = est_connection_facts(gateway.config)
     app.register_blueprint(est_views.bp)
 
     @app.errorhandler(CAError)
@@ -71,7 +93,10 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
             exc.detail,
             extra={"request_id": request.environ.get(REQUEST_ID)},
         )
-        return Response(exc.public_message + "\n", status=status, mimetype="text/plain")
+        response = Response(exc.public_message + "\n", status=status, mimetype="text/plain")
+        if status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -89,5 +114,7 @@ def create_app(config: GatewayConfig | None = None, gateway: Gateway | None = No
         return Response(f"internal error (request id {request_id})\n", status=500, mimetype="text/plain")
 
     # Scheme and client address come from the socket, or from the forwarding headers of trusted proxies.
-    app.wsgi_app = GatewayMiddleware(app.wsgi_app, gateway.config.trusted_proxies)  # type: ignore[method-assign]
+    app.wsgi_app = GatewayMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, config.trusted_proxies, float(config["listen.body_timeout_seconds"])
+    )
     return app

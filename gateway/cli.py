@@ -170,8 +170,8 @@ def serve(
 ) -> None:
     """Run the HTTP and HTTPS listeners until SIGTERM or SIGINT."""
     from gateway.logs import configure_logging
-    from gateway.server import child_environment
-    from gateway.server import serve as run_servers
+    from gateway.supervisor import ServeError, child_environment
+    from gateway.supervisor import serve as run_servers
 
     overrides = {
         "listen.http": http_bind,
@@ -181,7 +181,10 @@ def serve(
     }
     config = load_cli_config(data_dir, config_file, overrides)
     configure_logging(config["log.format"], config["log.level"])
-    code = run_servers(config, child_environment(config, dict(os.environ)), click.echo)
+    try:
+        code = run_servers(config, child_environment(config, dict(os.environ)), click.echo)
+    except ServeError as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 

@@ -64,7 +64,54 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen.http", "hostport", "127.0.0.1:8080", "Plain-HTTP listener (SCEP, CRL, OCSP, CA certificate)"),
     Setting("listen.https", "hostport", "127.0.0.1:8443", "HTTPS listener (EST, SCEP, admin, CRL, OCSP)"),
     Setting("listen.workers", "int", 2, "gunicorn worker processes per listener", minimum=1, maximum=64),
-    Setting("listen.threads", "int", 4, "threads per worker", minimum=1, maximum=256),
+    Setting(
+        "listen.threads",
+        "int",
+        4,
+        "Deprecated and ignored: each connection is a greenlet of the gevent worker, not a thread",
+        minimum=1,
+        maximum=256,
+    ),
+    Setting(
+        "listen.connections",
+        "int",
+        2000,
+        "Connections one worker holds at once (idle and slow ones included)",
+        minimum=10,
+        maximum=100000,
+    ),
+    Setting(
+        "listen.max_connections_per_address",
+        "int",
+        128,
+        "Connections one client address may hold per worker (trusted proxies exempt)",
+        minimum=1,
+        maximum=100000,
+    ),
+    Setting(
+        "listen.tls_handshake_timeout_seconds",
+        "int",
+        10,
+        "A TLS handshake not finished within this is dropped",
+        minimum=1,
+        maximum=300,
+    ),
+    Setting(
+        "listen.header_timeout_seconds",
+        "int",
+        15,
+        "A request head not received in full within this (and a kept-alive connection idle this long) is closed",
+        minimum=1,
+        maximum=300,
+    ),
+    Setting(
+        "listen.body_timeout_seconds",
+        "int",
+        30,
+        "A request body not received in full within this gets 408; also the limit of any single read or write",
+        minimum=1,
+        maximum=3600,
+    ),
     Setting("listen.timeout_seconds", "int", 30, "a worker silent for this long is restarted", minimum=5, maximum=3600),
     Setting(
         "listen.trusted_proxies",
@@ -394,7 +441,9 @@ def load_config(
     file_values, file_profiles = _flatten(read_config_file(source), str(source)) if source else ({}, {})
 
     values: dict[str, Any] = {}
+    given: set[str] = set()  # the keys set anywhere but the defaults
     for setting in SETTINGS:
+        given.add(setting.key)
         if overrides and overrides.get(setting.key) is not None:
             values[setting.key] = _convert(setting, overrides[setting.key], "command line")
         elif setting.env in env:
@@ -403,6 +452,7 @@ def load_config(
             values[setting.key] = _convert(setting, file_values[setting.key], str(source))
         else:
             values[setting.key] = setting.default
+            given.discard(setting.key)
 
     profiles = _load_profiles(file_profiles, env, str(source))
     if values["default_profile"] not in profiles:
@@ -427,13 +477,22 @@ def load_config(
             "but tls.min_version is 1.3"
         )
     return GatewayConfig(
-        data_dir=data_dir, values=values, profiles=profiles, source=source, deprecations=_deprecations(values)
+        data_dir=data_dir,
+        values=values,
+        profiles=profiles,
+        source=source,
+        deprecations=_deprecations(values, given),
     )
 
 
-def _deprecations(values: Mapping[str, Any]) -> tuple[str, ...]:
+def _deprecations(values: Mapping[str, Any], given: set[str]) -> tuple[str, ...]:
     """What the configuration uses that a later version will drop, and what to do instead."""
     found = []
+    if "listen.threads" in given:
+        found.append(
+            "listen.threads is deprecated and ignored: a connection is a greenlet of the gevent worker, not a "
+            "thread (see listen.connections and listen.max_connections_per_address)"
+        )
     if values["est.trusted_proxies"] and values["listen.trusted_proxies"]:
         found.append("est.trusted_proxies is deprecated and ignored: listen.trusted_proxies is set")
     elif values["est.trusted_proxies"]:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import ssl
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+import gevent
+from werkzeug.exceptions import RequestTimeout
 
 from est.auth import ProxyNetwork
 from gateway.proxies import resolve
@@ -95,16 +100,76 @@ class _Logged:
             self._finish(self._sent)
 
 
+# Connections whose request body was not read in full (a 408): the worker closes them after the response
+# instead of reading on for a next request (gateway.worker.GatewayWorker.handle_request).
+CLOSE_AFTER_RESPONSE: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+class DeadlineInput:
+    """wsgi.input that never waits past the request's body deadline: a read still waiting when the
+    deadline passes ends in a 408, so a client trickling its body a byte at a time cannot hold the
+    request open longer than the deadline. Under the gevent worker the deadline is a gevent.Timeout
+    around each read (one read may take many receives); without a gunicorn socket (in-process test
+    clients) only the time before each read is checked."""
+
+    def __init__(self, stream: Any, sock: socket.socket | None, deadline: float) -> None:
+        self._stream = stream
+        self._sock = sock
+        self._deadline = deadline
+
+    def _call(self, read: Callable[..., Any], *args: Any) -> Any:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self._late()
+        if self._sock is None:
+            return read(*args)
+        timer = gevent.Timeout(left)
+        timer.start()
+        try:
+            return read(*args)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._late()
+        finally:
+            timer.close()
+
+    def _late(self) -> NoReturn:
+        if self._sock is not None:
+            CLOSE_AFTER_RESPONSE.add(self._sock)  # the rest of the body is still on the wire
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+    def read(self, size: int | None = None) -> bytes:
+        data: bytes = self._call(self._stream.read, *(() if size is None else (size,)))
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        line: bytes = self._call(self._stream.readline, *(() if size is None else (size,)))
+        return line
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        lines: list[bytes] = self._call(self._stream.readlines, *(() if hint is None else (hint,)))
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
 class GatewayMiddleware:
-    """Request id, transport facts and the access log around the Flask app.
+    """Request id, transport facts, the body deadline and the access log around the Flask app.
 
     `trusted`: the networks of the trusted proxies (`listen.trusted_proxies`), whose forwarding
-    headers are believed; empty: nobody's.
+    headers are believed; empty: nobody's. `body_seconds`: the whole request body must arrive within
+    this (`listen.body_timeout_seconds`; None: no deadline).
     """
 
-    def __init__(self, app: WSGIApp, trusted: Sequence[ProxyNetwork] = ()) -> None:
+    def __init__(
+        self, app: WSGIApp, trusted: Sequence[ProxyNetwork] = (), body_seconds: float | None = None
+    ) -> None:
         self.app = app
         self.trusted = tuple(trusted)
+        self.body_seconds = body_seconds
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -112,6 +177,13 @@ class GatewayMiddleware:
         request_id = offered if _REQUEST_ID_OK.fullmatch(offered) else uuid.uuid4().hex[:16]
         environ[REQUEST_ID] = request_id
         transport_facts(environ, self.trusted)
+        if self.body_seconds is not None and "wsgi.input" in environ:
+            sock = environ.get("gunicorn.socket")
+            environ["wsgi.input"] = DeadlineInput(
+                environ["wsgi.input"],
+                sock if isinstance(sock, socket.socket) else None,
+                time.monotonic() + self.body_seconds,
+            )
         status_holder: list[str] = ["000"]
 
         def _start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -6,8 +6,11 @@ Built once per process (per gunicorn worker) and immutable afterwards.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.authorization import Authorizer
 from shared_ca.crl import CrlPublisher
-from shared_ca.errors import KeyMaterialError
+from shared_ca.errors import KeyMaterialError, Unavailable
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.approvals import ApprovalStore
@@ -33,6 +36,8 @@ from shared_ca.storage.est_users import EstUserStore
 from shared_ca.storage.repository import IssuerRecord, Store
 
 PASSPHRASE_ENV = "GATEWAY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+RETRY_SECONDS = 2.0  # how often a worker tries again to open a gateway whose database did not answer
+log = logging.getLogger("gateway.runtime")
 
 
 def read_passphrase_file(path: Path) -> bytes:
@@ -196,3 +201,63 @@ def _issuer_for(store: Store, name: str, cert: x509.Certificate) -> IssuerRecord
             f"(database {issuer.fingerprint_sha256[:16]}…, file {fingerprint(cert)[:16]}…)"
         )
     return issuer
+
+
+class GatewayLoader:
+    """The gateway of one worker, opened on first use and again after a failure, so a worker starts and
+    answers (503, not-ready) while the database is unreachable, and serves once it is back.
+
+    A failure to open is kept for `retry_seconds`: requests meanwhile fail at once with the same
+    Unavailable instead of each waiting for a connection attempt. Key material that does not load is
+    no outage: it raises KeyMaterialError every time, like open_gateway.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        opener: Callable[[GatewayConfig], Gateway] = open_gateway,
+        retry_seconds: float = RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._opener = opener
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._gateway: Gateway | None = None
+        self._failure: Unavailable | None = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def ready(cls, gateway: Gateway) -> GatewayLoader:
+        """A loader holding a gateway opened already (the in-process app of tests and tools)."""
+        loader = cls(gateway.config)
+        loader._gateway = gateway
+        return loader
+
+    @property
+    def loaded(self) -> Gateway | None:
+        return self._gateway
+
+    def get(self) -> Gateway:
+        """The gateway; Unavailable while it cannot be opened (the cause in its detail)."""
+        if self._gateway is not None:
+            return self._gateway
+        with self._lock:
+            if self._gateway is not None:
+                return self._gateway
+            if self._failure is not None and self._clock() < self._retry_at:
+                raise self._failure
+            try:
+                self._gateway = self._opener(self.config)
+            except Unavailable as exc:
+                if self._failure is None:
+                    log.error("cannot open the gateway: %s; answering 503 until it can", exc.detail)
+                self._failure = exc
+                self._retry_at = self._clock() + self._retry_seconds
+                raise
+            if self._failure is not None:
+                log.warning("the gateway is open again: serving")
+            self._failure = None
+            return self._gateway

@@ -1,44 +1,46 @@
-"""`gateway serve`: two gunicorn arbiters (plain HTTP and TLS) started and stopped together.
+"""One listener's gunicorn arbiter (`python -m gateway.server LISTENER`), started by gateway.supervisor.
 
-gunicorn applies one TLS setting to all of its binds, so each listener is its own arbiter, run in
-its own process by `python -m gateway.server LISTENER`. The parent supervises both: a signal to the
-parent stops both; one arbiter dying stops the other.
+The arbiter serves the gateway app with gateway.worker's gevent worker on the socket the supervisor
+bound, builds the HTTPS listener's TLS context once before it forks (so every worker shares one
+session-ticket key), and runs the CRL timer in each worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
 import random
-import signal
 import ssl
-import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+from gevent import ssl as gevent_ssl
 from gunicorn.app.base import BaseApplication
 
 from gateway.app import config_from_environment, create_app
 from gateway.config import GatewayConfig
 from gateway.logs import GunicornLogger, configure_logging
-from gateway.runtime import Gateway, key_passphrase, open_gateway
-from shared_ca.errors import CAError
-from shared_ca.keys import certificates_pem
+from gateway.runtime import GatewayLoader, key_passphrase, open_gateway
+from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
+from gateway.worker import ConnectionLimits, server_tls_context
+from shared_ca.errors import CAError, Unavailable
+from shared_ca.keys import certificates_pem, load_certificates
 
 log = logging.getLogger("gateway.server")
-LISTENERS = ("http", "https")
 CRL_CHECK_SECONDS = 60
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python's ssl.VerifyFlags does not name it
 
 
-def build_ssl_context(gateway: Gateway) -> ssl.SSLContext:
-    """The HTTPS listener's context: TLS >= 1.2, optional client certificates from every trusted issuer."""
-    config = gateway.config
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def build_ssl_context(config: GatewayConfig, trusted: list[x509.Certificate]) -> ssl.SSLContext:
+    """The HTTPS listener's context: TLS >= 1.2, optional client certificates from the `trusted` issuers.
+
+    A gevent context (the worker's greenlets do the handshakes) whose sockets send close_notify."""
+    context = server_tls_context(gevent_ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if config["tls.min_version"] == "1.3" else ssl.TLSVersion.TLSv1_2
     passphrase = key_passphrase(config)
     context.load_cert_chain(str(config.path("tls.cert")), str(config.path("tls.key")), password=passphrase)
@@ -50,7 +52,6 @@ def build_ssl_context(gateway: Gateway) -> ssl.SSLContext:
         log.info("HTTPS listener limited to TLS 1.2: profiles %s bind CSRs to tls-unique", ", ".join(linking))
     if config["tls.client_certificates"] == "optional":
         context.verify_mode = ssl.CERT_OPTIONAL
-        trusted = gateway.trusted_client_issuers(dt.datetime.now(dt.UTC))
         context.load_verify_locations(cadata=certificates_pem(trusted).decode("ascii"))
         # The handshake checks the chain; validity in time, revocation and whether the certificate is
         # one we know are checked per request (shared_ca.trust), so an expired or revoked certificate
@@ -62,13 +63,31 @@ def build_ssl_context(gateway: Gateway) -> ssl.SSLContext:
     return context
 
 
-def start_crl_timer(gateway: Gateway, stop: threading.Event) -> threading.Thread:
+def trusted_client_issuers(config: GatewayConfig) -> list[x509.Certificate]:
+    """The issuers whose client certificates the HTTPS listener accepts: our CA and the legacy CAs in
+    their window, from the database; our CA alone (from its file) while the database does not answer."""
+    try:
+        gateway = open_gateway(config)
+    except Unavailable as exc:
+        log.warning(
+            "HTTPS listener: the database is unavailable (%s); accepting client certificates of this CA only "
+            "until the listener restarts with the database answering",
+            exc.detail,
+        )
+        return load_certificates(config.path("ca.cert"))[:1]
+    try:
+        return gateway.trusted_client_issuers(dt.datetime.now(dt.UTC))
+    finally:
+        gateway.store.engine.dispose()  # no database connection may cross the fork
+
+
+def start_crl_timer(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
     """Publish the CRL when it is due (refresh interval or revocations), checked about once a minute."""
 
     def _run() -> None:
         while not stop.wait(CRL_CHECK_SECONDS * random.uniform(0.8, 1.2)):  # noqa: S311 - jitter only
             try:
-                gateway.crl.current(actor="crl-timer")
+                loader.get().crl.current(actor="crl-timer")
             except CAError as exc:
                 log.error("CRL publication failed: %s", exc.detail)
             except Exception:
@@ -82,48 +101,62 @@ def start_crl_timer(gateway: Gateway, stop: threading.Event) -> threading.Thread
 class ListenerApplication(BaseApplication):  # type: ignore[misc]
     """One gunicorn arbiter serving the gateway app on one listener."""
 
-    def __init__(self, listener: str, config: GatewayConfig) -> None:
+    def __init__(self, listener: str, config: GatewayConfig, *, inherited_fd: str | None = None) -> None:
         self.listener = listener
+        self.inherited_fd = inherited_fd  # the socket the supervisor bound; None: bind listen.<listener> here
         self.gateway_config = config
-        self._gateway: Gateway | None = None
+        self._loader: GatewayLoader | None = None
         self._context: ssl.SSLContext | None = None
         super().__init__()
 
-    def _loaded(self) -> Gateway:
-        if self._gateway is None:
-            self._gateway = open_gateway(self.gateway_config)
-        return self._gateway
+    def _worker_loader(self) -> GatewayLoader:
+        """The worker's gateway, opened on first use: a worker starts even while the database is away."""
+        if self._loader is None:
+            self._loader = GatewayLoader(self.gateway_config)
+        return self._loader
 
-    def _ssl_context(self, _conf: Any, _default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        # gunicorn calls this for every connection: hand out the one built by the arbiter.
-        if self._context is None:  # not built before the fork (cannot happen under load_config)
-            self._context = build_ssl_context(self._loaded())
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context the worker wraps connections in (gateway.worker): the arbiter's, on HTTPS."""
         return self._context
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        config = self.gateway_config
+        return ConnectionLimits(
+            handshake_seconds=config["listen.tls_handshake_timeout_seconds"],
+            header_seconds=config["listen.header_timeout_seconds"],
+            body_seconds=config["listen.body_timeout_seconds"],
+            per_address=config["listen.max_connections_per_address"],
+            exempt=config.trusted_proxies,
+        )
 
     def _arbiter_ssl_context(self) -> ssl.SSLContext:
         """The HTTPS context, built once in the arbiter before it forks its workers: every worker then
         holds the same session-ticket key, so a client resumes its TLS session whichever worker its
         next connection lands on (one context per worker resumed about one connection in three)."""
-        gateway = open_gateway(self.gateway_config)
-        try:
-            return build_ssl_context(gateway)
-        finally:
-            gateway.store.engine.dispose()  # no database connection may cross the fork
+        config = self.gateway_config
+        return build_ssl_context(config, trusted_client_issuers(config))
 
     def _post_worker_init(self, _worker: Any) -> None:
+        loader = self._worker_loader()
+        with contextlib.suppress(Unavailable):  # open now when the database answers; on first use if not
+            loader.get()
         if self.listener == "https":
-            start_crl_timer(self._loaded(), threading.Event())
+            start_crl_timer(loader, threading.Event())
 
     def load_config(self) -> None:
         config = self.gateway_config
         cfg = self.cfg
-        cfg.set("bind", [config[f"listen.{self.listener}"]])
+        bind = f"fd://{self.inherited_fd}" if self.inherited_fd else config[f"listen.{self.listener}"]
+        cfg.set("bind", [bind])
         cfg.set("workers", config["listen.workers"])
-        cfg.set("threads", config["listen.threads"])
-        cfg.set("worker_class", "gthread")
+        # One greenlet per connection (gateway.worker): a slow or idle client holds no thread.
+        cfg.set("worker_class", "gateway.worker.GatewayWorker")
+        cfg.set("worker_connections", config["listen.connections"])
         cfg.set("timeout", config["listen.timeout_seconds"])
         cfg.set("graceful_timeout", 10)
-        cfg.set("keepalive", 15)
+        cfg.set("keepalive", config["listen.header_timeout_seconds"])
         # SCEP PKIOperation by GET carries the whole pkiMessage in the query: certmonger's renewals
         # signed by an issued certificate make request lines above gunicorn's default 4094 bytes.
         cfg.set("limit_request_line", MAX_REQUEST_LINE)
@@ -143,79 +176,18 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         if "control_socket_disable" in cfg.settings:  # gunicorn >= 24: both arbiters would share one socket
             cfg.set("control_socket_disable", True)
         if self.listener == "https":
+            # TLS is the worker's, not gunicorn's: its handshakes run under a deadline (gateway.worker).
             self._context = self._arbiter_ssl_context()
-            cfg.set("certfile", str(config.path("tls.cert")))
-            cfg.set("keyfile", str(config.path("tls.key")))
-            cfg.set("ssl_context", self._ssl_context)
 
     def load(self) -> Any:
-        return create_app(gateway=self._loaded())
+        return create_app(loader=self._worker_loader())
 
 
 def run_listener(listener: str) -> None:
-    """Entry of one arbiter process (`python -m gateway.server LISTENER`)."""
+    """Entry of one arbiter process (`python -m gateway.server LISTENER`), started by gateway.supervisor."""
     config = config_from_environment()
     configure_logging(config["log.format"], config["log.level"])
-    ListenerApplication(listener, config).run()
-
-
-def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[str], None]) -> int:
-    """Start both arbiters, print where they listen, and supervise them until a signal or a death."""
-    open_gateway(config).store.engine.dispose()  # fail here, in one line, rather than in every worker
-    for notice in config.deprecations:
-        log.warning("configuration: %s", notice)
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stopping = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        stopping.set()
-
-    # Handlers before the first child: a SIGTERM during start-up must stop the arbiters already started.
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    base_http = f"http://{config['listen.http']}"
-    base_https = f"https://{config['listen.https']}"
-    exit_code = 0
-    try:
-        for listener in LISTENERS:
-            children[listener] = subprocess.Popen([sys.executable, "-m", "gateway.server", listener], env=environ)
-        announce(f"SCEP   {base_http}/scep  and  {base_https}/scep")
-        announce(f"EST    {base_https}/.well-known/est")
-        announce(f"health {base_http}/healthz  and  {base_https}/healthz")
-        announce(f"CRL    {base_http}/crl/{config['ca.name']}.crl   OCSP {base_http}/ocsp")
-        announce(f"CA certificate (trust this): {config.data_dir / 'ca.pem'}  (also {base_http}/ca.pem)")
-        while not stopping.is_set():
-            for listener, child in children.items():
-                code = child.poll()
-                if code is not None:
-                    log.error("the %s listener exited with status %s; stopping the other", listener, code)
-                    exit_code = code or 1
-                    stopping.set()
-            stopping.wait(0.5)
-    finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for child in children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return exit_code
-
-
-def child_environment(config: GatewayConfig, base: dict[str, str]) -> dict[str, str]:
-    """What an arbiter process needs to load the same configuration as the parent."""
-    env = dict(base)
-    env["GATEWAY_DATA_DIR"] = str(config.data_dir)
-    if config.source is not None:
-        env["GATEWAY_CONFIG"] = str(config.source)
-    for key in ("listen.http", "listen.https", "listen.workers", "log.format", "log.level"):
-        env["GATEWAY_" + key.replace(".", "_").upper()] = str(config[key])
-    return env
+    ListenerApplication(listener, config, inherited_fd=os.environ.get(LISTEN_FD_ENV)).run()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import socket
 from urllib.parse import unquote
 
 from cryptography import x509
@@ -12,8 +13,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.ocsp import OCSPResponseStatus
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from gateway.config import parse_hostport
 from gateway.middleware import LISTENER
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, GatewayLoader
 from shared_ca.errors import NotFound, Unavailable
 from shared_ca.keys import certificates_pem
 from shared_ca.ocsp import unsuccessful
@@ -21,6 +23,7 @@ from shared_ca.ocsp import unsuccessful
 log = logging.getLogger("gateway.ca")
 bp = Blueprint("ca", __name__)
 OCSP_MAX_REQUEST = 16 * 1024
+LISTENER_CHECK_SECONDS = 2.0
 
 
 def gateway() -> Gateway:
@@ -34,17 +37,72 @@ def _plain(status: int, text: str) -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    gw = gateway()
-    body = {"status": "ok", "database": "ok", "ca": gw.authority.name, "listener": request.environ.get(LISTENER)}
+    """Liveness: the process answers. It does not touch the database (a load balancer should not
+    restart a node because its database is away; /readyz says whether to send it traffic)."""
+    return jsonify({"status": "alive", "listener": request.environ.get(LISTENER)})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: the gateway is open (its keys loaded), its database answers a read and would take a
+    write (a read-only SQLite file or a PostgreSQL in recovery is not ready), and both listeners accept
+    connections. 503 with a JSON reason when any fails."""
+    loader: GatewayLoader = current_app.extensions["gateway_loader"]
+    checks: dict[str, str] = {}
+    try:
+        gw = loader.get()
+    except Unavailable as exc:
+        log.warning("readiness: gateway not open: %s", exc.detail)
+        checks["keys"] = checks["database"] = "not loaded: the database did not answer"
+    else:
+        checks["keys"] = "ok"
+        checks["database"] = _database_state(gw)
+    for listener in ("http", "https"):
+        checks[f"listener_{listener}"] = _listener_state(loader.config[f"listen.{listener}"])
+    failed = {name: state for name, state in checks.items() if state != "ok"}
+    body: dict[str, object] = {"status": "ready" if not failed else "not ready", "checks": checks}
+    if failed:
+        body["reason"] = "; ".join(f"{name}: {state}" for name, state in failed.items())
+    response = jsonify(body)
+    if failed:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+ANSWERED_WITHOUT_GATEWAY = frozenset({"ca.healthz", "ca.readyz"})
+"""Endpoints the app answers while the gateway cannot be opened (gateway.app)."""
+
+
+def _database_state(gw: Gateway) -> str:
     try:
         gw.store.ping()
     except Unavailable as exc:
-        log.error("health check: %s", exc.detail)
-        body.update(status="unavailable", database="unreachable")
-        response = jsonify(body)
-        response.status_code = 503
-        return response
-    return jsonify(body)
+        log.warning("readiness: database read failed: %s", exc.detail)
+        return "unreachable"
+    try:
+        gw.store.check_writable()
+    except Unavailable as exc:
+        log.warning("readiness: database write check failed: %s", exc.detail)
+        return "read-only" if _says_read_only(exc.detail) else "not writable"
+    return "ok"
+
+
+def _says_read_only(detail: str) -> bool:
+    lowered = detail.lower()
+    return any(marker in lowered for marker in ("readonly", "read-only", "read only", "recovery"))
+
+
+def _listener_state(hostport: str) -> str:
+    host, port = parse_hostport(hostport)
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - reading the configuration, not binding
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"  # noqa: S104
+    try:
+        with socket.create_connection((host, port), timeout=LISTENER_CHECK_SECONDS):
+            return "ok"
+    except OSError as exc:
+        log.warning("readiness: listener %s does not accept connections: %s", hostport, exc)
+        return "not accepting connections"
 
 
 def _crl_der(name: str) -> bytes:

@@ -76,6 +76,11 @@ PRECEDENCE: dict[str, tuple[Any, str, Any]] = {
     "listen.https": ("0.0.0.0:443", "[::]:8443", "127.0.0.1:9443"),
     "listen.workers": (3, "5", 7),
     "listen.threads": (8, "16", 32),
+    "listen.connections": (500, "800", 1200),
+    "listen.max_connections_per_address": (10, "20", 30),
+    "listen.tls_handshake_timeout_seconds": (4, "5", 6),
+    "listen.header_timeout_seconds": (7, "8", 9),
+    "listen.body_timeout_seconds": (40, "50", 60),
     "listen.timeout_seconds": (60, "90", 120),
     "listen.trusted_proxies": ("10.0.0.2", "10.2.0.0/16, ::1", "192.168.1.6"),
     "tls.cert": ("file/tls.crt", "env/tls.crt", "cli/tls.crt"),
@@ -609,3 +614,14 @@ def test_admin_fingerprints_must_be_sha256(tmp_path: Path) -> None:
         load_config(tmp_path, environ={"GATEWAY_ADMIN_CLIENT_CERT_FINGERPRINTS": "abc"})
     colons = ":".join(["AB"] * 32)
     assert load_config(tmp_path, environ={"GATEWAY_ADMIN_CLIENT_CERT_FINGERPRINTS": colons})
+
+
+def test_listen_threads_is_deprecated_only_when_set(tmp_path: Path, runner: CliRunner, data_dir: Path) -> None:
+    assert load_config(tmp_path, environ={}).deprecations == ()
+    from_env = load_config(tmp_path, environ={"GATEWAY_LISTEN_THREADS": "4"})  # even set to its default
+    assert len(from_env.deprecations) == 1 and "listen.threads is deprecated and ignored" in from_env.deprecations[0]
+    with (data_dir / "config.toml").open("a") as config:
+        config.write("\n[listen]\nthreads = 8\n")
+    checked = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)])
+    assert checked.exit_code == 0, checked.output
+    assert "warning: listen.threads is deprecated and ignored" in checked.stderr

@@ -178,11 +178,21 @@ def closed_port() -> int:
 # -- health -----------------------------------------------------------------------------------------
 
 
-def test_healthz_reports_ok_as_json(client: FlaskClient) -> None:
+def test_healthz_is_liveness_as_json(client: FlaskClient) -> None:
     reply = client.get("/healthz")
     assert reply.status_code == 200
     assert reply.mimetype == "application/json"
-    assert reply.json == {"status": "ok", "database": "ok", "ca": "ca", "listener": "http"}
+    assert reply.json == {"status": "alive", "listener": "http"}
+
+
+def test_readyz_checks_the_database_keys_and_listeners(client: FlaskClient) -> None:
+    reply = client.get("/readyz")
+    assert reply.mimetype == "application/json" and reply.json is not None
+    assert reply.json["checks"]["database"] == "ok" and reply.json["checks"]["keys"] == "ok"
+    # In process nothing listens on listen.http / listen.https: not ready, and it says so.
+    assert reply.json["checks"]["listener_http"] == "not accepting connections"
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "5"
+    assert reply.json["status"] == "not ready" and "listener_http" in reply.json["reason"]
 
 
 @pytest.fixture
@@ -225,11 +235,13 @@ def unreachable_app(app: Flask, database_url: str, tmp_path: Path) -> Iterator[F
         engine.dispose()
 
 
-def test_healthz_is_503_json_when_the_database_is_unreachable(unreachable_app: Flask) -> None:
-    reply = unreachable_app.test_client().get("/healthz")
-    assert reply.status_code == 503
-    assert reply.mimetype == "application/json"
-    assert reply.json == {"status": "unavailable", "database": "unreachable", "ca": "ca", "listener": "http"}
+def test_readyz_is_503_and_healthz_200_when_the_database_is_unreachable(unreachable_app: Flask) -> None:
+    client = unreachable_app.test_client()
+    assert client.get("/healthz").status_code == 200  # the process answers: liveness
+    reply = client.get("/readyz")
+    assert reply.status_code == 503 and reply.json is not None
+    assert reply.json["checks"]["database"] == "unreachable"
+    assert "database: unreachable" in reply.json["reason"]
 
 
 def test_database_outage_is_503_never_500(unreachable_app: Flask, app: Flask) -> None:
@@ -257,22 +269,27 @@ def test_ocsp_during_an_outage_says_try_later_in_ocsp(unreachable_app: Flask, ap
     assert ocsp.load_der_ocsp_response(reply.data).response_status == ocsp.OCSPResponseStatus.TRY_LATER
 
 
-def test_healthz_follows_the_sqlite_file_going_away_and_coming_back(tmp_path: Path) -> None:
+def test_readyz_follows_the_sqlite_file_going_away_and_coming_back(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     initialise(InitOptions(data_dir=data_dir, ca_key_type=KeyType.P256))
     app = create_app(load_config(data_dir, environ={}))
     engine = gateway_of(app).store.engine
     try:
         client = app.test_client()
-        assert client.get("/healthz").status_code == 200
+
+        def database() -> str:
+            reply = client.get("/readyz")
+            assert reply.json is not None
+            state: str = reply.json["checks"]["database"]
+            return state
+
+        assert database() == "ok"
         moved = data_dir.rename(tmp_path / "elsewhere")
         engine.dispose()  # pooled connections would still hold the old file open
-        down = client.get("/healthz")
-        assert down.status_code == 503
-        assert down.json is not None
-        assert down.json["database"] == "unreachable"
-        moved.rename(data_dir)
+        assert database() == "unreachable"
         assert client.get("/healthz").status_code == 200
+        moved.rename(data_dir)
+        assert database() == "ok"
     finally:
         engine.dispose()
 

@@ -301,12 +301,16 @@ def _migrate_to_head(engine: Engine) -> None:
                 conn.commit()
 
 
+class SchemaNotCurrent(Unavailable):
+    """The database answers, but its schema is not the one this code expects: no retry mends it."""
+
+
 def require_schema_at_head(engine: Engine) -> None:
     """Refuse to serve from a database that `gateway init` (or an upgrade) has not migrated."""
     current = current_revision(engine)
     head = head_revision()
     if current != head:
-        raise Unavailable(
+        raise SchemaNotCurrent(
             "database schema is not current",
             detail=f"database is at revision {current or 'none'}, code expects {head}: run `gateway db upgrade`",
         )

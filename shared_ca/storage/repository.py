@@ -176,6 +176,15 @@ def _unavailable(exc: DBAPIError | PoolTimeout) -> Unavailable:
     return Unavailable("the certificate store is unavailable", detail=f"database error: {describe_database_error(exc)}")
 
 
+def _drop_if_read_only(conn: Connection, exc: DBAPIError) -> None:
+    """Discard a connection that found its database read-only: SQLite keeps that state for the life of
+    the connection even once the file or its directory is writable again, so the next checkout opens a
+    new one and sees the database as it is then."""
+    message = str(exc.orig).lower()
+    if "readonly" in message or "read-only" in message:
+        conn.invalidate()
+
+
 class Store:
     """Repository over one Engine. Thread-safe; holds no state but the engine.
 
@@ -231,7 +240,11 @@ class Store:
     def _write(self) -> Iterator[Connection]:
         try:
             with self._writers, self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                yield conn
+                try:
+                    yield conn
+                except DBAPIError as exc:
+                    _drop_if_read_only(conn, exc)
+                    raise
         except IntegrityError:
             raise
         except (DBAPIError, PoolTimeout) as exc:
@@ -241,6 +254,13 @@ class Store:
         """Raise Unavailable unless the database answers."""
         with self._read() as conn:
             conn.execute(text("SELECT 1"))
+
+    def check_writable(self) -> None:
+        """Raise Unavailable unless the database takes a write now (not a read-only SQLite file or
+        directory, not a PostgreSQL standby or read-only session). The write is real, or a read-only
+        file system would only show at the next commit: one row rewritten with its own value."""
+        with self._write() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
 
     @staticmethod
     def _audit(conn: Connection, event: AuditEvent, now: dt.datetime) -> None:

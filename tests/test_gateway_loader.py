@@ -1,0 +1,103 @@
+"""A worker's gateway opened on first use and again after a failure (gateway.runtime.GatewayLoader), and
+the app over it: 503 with Retry-After while it cannot be opened, liveness and readiness regardless."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig
+from gateway.runtime import Gateway, GatewayLoader, open_gateway
+from shared_ca.errors import KeyMaterialError, Unavailable
+
+
+class Opener:
+    """open_gateway that fails while `down`, counting its attempts."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.failure = failure
+        self.attempts = 0
+        self.opened: list[Gateway] = []
+
+    def __call__(self, config: GatewayConfig) -> Gateway:
+        self.attempts += 1
+        if self.failure is not None:
+            raise self.failure
+        gateway = open_gateway(config)
+        self.opened.append(gateway)
+        return gateway
+
+    def close(self) -> None:
+        for gateway in self.opened:
+            gateway.store.engine.dispose()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loader_for(config: GatewayConfig, opener: Callable[[GatewayConfig], Gateway], clock: Clock) -> GatewayLoader:
+    return GatewayLoader(config, opener=opener, retry_seconds=2.0, clock=clock)
+
+
+def test_a_failure_is_kept_for_the_retry_interval_then_tried_again(gateway_config: GatewayConfig) -> None:
+    opener, clock = Opener(Unavailable("the database is unavailable", detail="connection refused")), Clock()
+    loader = loader_for(gateway_config, opener, clock)
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable, match="unavailable"):
+                loader.get()
+        assert opener.attempts == 1 and loader.loaded is None  # answered from the kept failure
+        clock.now += 2.0
+        opener.failure = None  # the database is back
+        gateway = loader.get()
+        assert opener.attempts == 2 and loader.loaded is gateway and loader.get() is gateway
+        assert opener.attempts == 2  # opened once, kept
+    finally:
+        opener.close()
+
+
+def test_key_material_that_does_not_load_is_no_outage(gateway_config: GatewayConfig) -> None:
+    opener, clock = Opener(KeyMaterialError("the CA key cannot be read")), Clock()
+    loader = loader_for(gateway_config, opener, clock)
+    for _ in range(2):
+        with pytest.raises(KeyMaterialError):
+            loader.get()
+    assert opener.attempts == 2  # no retry interval: it is a configuration error, said every time
+
+
+@pytest.fixture
+def lazy_app(gateway_config: GatewayConfig) -> tuple[Flask, Opener, Clock]:
+    opener, clock = Opener(Unavailable("the database is unavailable", detail="connection refused")), Clock()
+    return create_app(loader=loader_for(gateway_config, opener, clock)), opener, clock
+
+
+def test_the_app_answers_503_with_retry_after_until_the_gateway_opens(
+    lazy_app: tuple[Flask, Opener, Clock],
+) -> None:
+    app, opener, clock = lazy_app
+    client = app.test_client()
+    try:
+        for path in ("/scep?operation=GetCACaps", "/ca.pem", "/crl/ca.crl"):
+            reply = client.get(path)
+            assert reply.status_code == 503 and reply.headers["Retry-After"] == "5", path
+            assert reply.get_data(as_text=True) == "the database is unavailable\n"  # no cause for the client
+        est = client.get("/.well-known/est/cacerts", base_url="https://localhost")
+        assert est.status_code == 503
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json is not None
+        assert ready.json["checks"]["keys"].startswith("not loaded")
+        opener.failure = None
+        clock.now += 2.0
+        assert client.get("/scep?operation=GetCACaps").status_code == 200  # open now: served
+        assert client.get("/readyz").json["checks"]["database"] == "ok"  # type: ignore[index]
+    finally:
+        opener.close()
