@@ -11,10 +11,16 @@ be written, is in tests/test_http_errors_serve.py.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
+import os
+import signal
 import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -24,7 +30,18 @@ from shared_ca.storage.db import create_store_engine
 from tests.conftest import PG_URL, pg_schema_url
 from tests.support import ec_key, issued_count
 from tests.test_est_auth_matrix import PASSWORD, add_est_user, certificate_of, csr_body, post
-from tests.test_serve import Server, child_env, free_ports, gateway_command, start_server, stop_server
+from tests.test_serve import (
+    Server,
+    child_env,
+    children_of,
+    fetch,
+    free_ports,
+    gateway_command,
+    spawn_server,
+    start_server,
+    stop_server,
+)
+from tests.test_stays_up_serve import arbiter, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # collected only with PostgreSQL (tests/conftest.py)
 
@@ -42,6 +59,8 @@ class Relay:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        if self._listener is not None:
+            return  # running already
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -104,16 +123,24 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 
 @pytest.fixture(scope="module")
-def schema() -> Iterator[str]:
-    """A PostgreSQL schema of the module's own, dropped at the end."""
+def role() -> str:
+    """The PostgreSQL role the gateway logs in as: its own, so a test can make its sessions read-only."""
+    return f"gw_outage_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def schema(role: str) -> Iterator[str]:
+    """A PostgreSQL schema of the module's own, owned by `role`; both dropped at the end."""
     name = f"t_outage_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
     try:
         with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{name}"'))
+            conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+            conn.execute(text(f'CREATE SCHEMA "{name}" AUTHORIZATION "{role}"'))
         yield name
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
     finally:
         admin.dispose()
 
@@ -131,11 +158,11 @@ def relay() -> Iterator[Relay]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, schema: str, relay: Relay) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, schema: str, role: str, relay: Relay) -> Iterator[Server]:
     """`gateway serve` on a data directory whose database is PostgreSQL, reached through the relay."""
     workdir = tmp_path_factory.mktemp("outage")
     data_dir = workdir / "data"
-    through_relay = make_url(pg_schema_url(schema)).set(host="127.0.0.1", port=relay.port)
+    through_relay = make_url(pg_schema_url(schema)).set(username=role, host="127.0.0.1", port=relay.port)
     (http_port,) = free_ports(1)
     done = gateway_command(
         "init",
@@ -181,3 +208,91 @@ def test_est_is_503_while_the_database_is_down_and_serves_again_when_it_is_back(
         assert issued_count(direct) == before + 1
     finally:
         direct.dispose()
+
+
+# -- issue 12: not ready, a worker killed, started while away, read-only sessions -------------------
+
+
+def _readyz(server: Server) -> dict[str, Any]:
+    reply = fetch(server.http_port, "/readyz", timeout=10)
+    body: dict[str, Any] = json.loads(reply.body)
+    body["http_status"] = reply.status
+    return body
+
+
+def test_a_worker_killed_during_the_outage_comes_back_answering_503(server: Server, relay: Relay) -> None:
+    https = arbiter(server, "https")
+    assert https is not None
+    relay.stop()
+    try:
+        eventually(lambda: _readyz(server)["http_status"] == 503, "not ready")
+        assert _readyz(server)["checks"]["database"] == "unreachable"
+        workers = children_of(https)
+        os.kill(workers[0], signal.SIGKILL)
+        eventually(lambda: len(children_of(https)) == 1 and workers[0] not in children_of(https), "a new worker")
+        answer = post(server, "simpleenroll", csr_body(ec_key(), "killed-during"), auth=(USER, PASSWORD))
+        assert answer.status == 503 and answer.headers.get("retry-after"), answer
+        assert fetch(server.http_port, "/healthz").status == 200
+    finally:
+        relay.start()
+    eventually(lambda: _readyz(server)["status"] == "ready", "ready once the database is back")
+    # The new worker tries its database again at most every 2 s: whichever worker answers, soon 200.
+    eventually(lambda: _enroll(server, "killed-after") == 200, "enrollments again")
+    assert server.process.poll() is None and arbiter(server, "https") == https  # no restart
+
+
+def test_a_node_started_while_its_database_is_away_serves_once_it_is_back(
+    tmp_path: Path, schema: str, relay: Relay, server: Server
+) -> None:
+    relay.stop()  # `server` made the schema and its data directory; this node shares them
+    node = spawn_server(server.data_dir, tmp_path)
+    try:
+        eventually(lambda: _status(node.http_port, "/healthz") == 200, "the node answers while the database is away")
+        assert _readyz(node)["http_status"] == 503
+        answer = post(node, "simpleenroll", csr_body(ec_key(), "started-away"), auth=(USER, PASSWORD))
+        assert answer.status == 503 and answer.headers.get("retry-after"), answer
+        assert "the database is unavailable (" in node.stderr_text()  # the supervisor said so, and went on
+        relay.start()
+        eventually(lambda: _readyz(node)["status"] == "ready", "ready once the database is back")
+        eventually(lambda: _enroll(node, "started-back") == 200, "enrollments once the database is back")
+        assert node.process.poll() is None
+    finally:
+        relay.start()
+        stop_server(node)
+
+
+def test_read_only_sessions_are_not_ready(server: Server, relay: Relay, role: str) -> None:
+    """What a PostgreSQL in recovery refuses (any write in a read-only transaction), here by making every
+    new session of the gateway's role read-only: not ready, 503, and ready again when writable."""
+    admin = create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'ALTER ROLE "{role}" SET default_transaction_read_only = on'))
+        relay.stop()  # cut the pooled sessions: the next ones are read-only
+        relay.start()
+        eventually(lambda: _readyz(server)["checks"]["database"] == "read-only", "read-only")
+        assert _readyz(server)["http_status"] == 503
+        answer = post(server, "simpleenroll", csr_body(ec_key(), "read-only"), auth=(USER, PASSWORD))
+        assert answer.status == 503, answer
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'ALTER ROLE "{role}" RESET default_transaction_read_only'))
+        admin.dispose()
+        relay.stop()
+        relay.start()
+    eventually(lambda: _readyz(server)["status"] == "ready", "ready once writable")
+    eventually(lambda: _enroll(server, "writable") == 200, "enrollments once writable")
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        return fetch(port, path, timeout=3).status
+    except (OSError, http.client.HTTPException):
+        return 0
+
+
+def _enroll(server: Server, cn: str) -> int:
+    answer = post(server, "simpleenroll", csr_body(ec_key(), cn), auth=(USER, PASSWORD))
+    if answer.status == 200:
+        certificate_of(answer)
+    return answer.status
