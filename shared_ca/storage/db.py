@@ -8,7 +8,10 @@ import sqlite3
 import threading
 import time
 import weakref
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,15 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from shared_ca.errors import CAError, Conflict, Unavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE = {"gateway_write": True}
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POOL_SIZE = 5  # connections a worker keeps open; twice as many more while busy (create_store_engine)
+POOL_TIMEOUT_SECONDS = 30.0  # how long a statement waits for a connection before the store is unavailable
 _PG_MIGRATION_LOCK = 0x5CE9E57  # advisory lock key: one node migrates at a time
 
 
@@ -130,29 +135,35 @@ def database_failure(exc: BaseException, public_message: str = "the database is 
     return Unavailable(public_message, detail=detail)
 
 
-def create_store_engine(url: str, *, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
-    """An Engine configured for concurrent use by several threads and processes.
+def create_store_engine(
+    url: str,
+    *,
+    pool_size: int = POOL_SIZE,
+    pool_timeout: float = POOL_TIMEOUT_SECONDS,
+    connect_args: dict[str, Any] | None = None,
+) -> Engine:
+    """An Engine configured for concurrent use by several threads, greenlets and processes.
 
-    Its errors never show the statement's parameters (password hashes, secrets, client text), even in
-    a traceback of an error nobody translated: SQLAlchemy's `hide_parameters`.
+    Its pool keeps `pool_size` connections and opens twice as many more while busy; its ConnectionGate
+    (engine_gates) lets `pool_size` scopes use them at once, so no checkout waits on itself. Its errors
+    never show the statement's parameters (password hashes, secrets, client text), even in a traceback
+    of an error nobody translated: SQLAlchemy's `hide_parameters`.
     """
     parsed = make_url(url)
+    pool = {"pool_size": pool_size, "max_overflow": pool_size * 2, "pool_timeout": pool_timeout}
     if parsed.get_backend_name() == "sqlite":
+        in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **(connect_args or {})},
             hide_parameters=True,
+            **({} if in_memory else pool),  # one connection per thread in memory: SQLAlchemy's own pool
         )
         _configure_sqlite(engine)
-        return engine
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size * 2,
-        pool_pre_ping=True,
-        connect_args=connect_args or {},
-        hide_parameters=True,
-    )
+    else:
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args or {}, hide_parameters=True, **pool)
+    _register_gates(engine, pool_timeout)
+    return engine
 
 
 def _enable_wal(cursor: sqlite3.Cursor) -> None:
@@ -246,11 +257,72 @@ class SqliteWriterGate:
             self._threads.release()
 
 
-def writer_gate(engine: Engine) -> AbstractContextManager[None]:
-    """What write transactions on `engine` pass through: a SqliteWriterGate for SQLite, nothing else."""
-    if engine.dialect.name == "sqlite":
-        return SqliteWriterGate(engine.url.database)
-    return nullcontext()
+class ConnectionGate:
+    """Bounds the database work of one engine that may run at once in this process, so that a pool
+    checkout never waits on itself.
+
+    A request can hold two connections at once (a `Store.reading()` scope, and a write inside it). In a
+    gevent worker a hundred requests reach the database together; once each holds its first connection
+    and waits for a second, none finishes, and all of them wait for the pool timeout (30 s) before
+    failing. The gate admits at most `permits` outermost scopes; the scopes nested in one (the same
+    thread or greenlet) pass freely. With `permits` equal to the pool's size and the pool allowed
+    twice as many overflow connections, every admitted scope can hold three connections.
+    """
+
+    def __init__(self, permits: int, timeout: float) -> None:
+        self._permits = threading.BoundedSemaphore(permits)
+        self._timeout = timeout
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        held = _GATES_HELD.get()
+        if self in held:
+            yield
+            return
+        if not self._permits.acquire(timeout=self._timeout):
+            raise PoolTimeout("no database connection became free in time")
+        token = _GATES_HELD.set(held | {self})
+        try:
+            yield
+        finally:
+            _GATES_HELD.reset(token)
+            self._permits.release()
+
+
+_GATES_HELD: ContextVar[frozenset[ConnectionGate]] = ContextVar("gateway_connection_gates", default=frozenset())
+
+
+@dataclass(frozen=True)
+class EngineGates:
+    """What the Stores of one engine share: the writer queue and the connection gate."""
+
+    writers: AbstractContextManager[None]
+    connections: Callable[[], AbstractContextManager[None]]
+
+
+_ENGINE_GATES: weakref.WeakKeyDictionary[Engine, EngineGates] = weakref.WeakKeyDictionary()
+_ENGINE_GATES_LOCK = threading.Lock()
+
+
+def _register_gates(engine: Engine, timeout: float) -> EngineGates:
+    writers: AbstractContextManager[None] = (
+        SqliteWriterGate(engine.url.database) if engine.dialect.name == "sqlite" else nullcontext()
+    )
+    pool = engine.pool
+    connections: Callable[[], AbstractContextManager[None]] = (
+        ConnectionGate(pool.size(), timeout) if isinstance(pool, QueuePool) else nullcontext
+    )
+    gates = EngineGates(writers, connections)
+    with _ENGINE_GATES_LOCK:
+        return _ENGINE_GATES.setdefault(engine, gates)
+
+
+def engine_gates(engine: Engine) -> EngineGates:
+    """The gates every Store on `engine` passes (one set per engine, however many Stores use it): a
+    SqliteWriterGate for SQLite writers, and a ConnectionGate sized to a queue pool."""
+    with _ENGINE_GATES_LOCK:
+        gates = _ENGINE_GATES.get(engine)
+    return gates if gates is not None else _register_gates(engine, POOL_TIMEOUT_SECONDS)
 
 
 def _alembic_config() -> Config:

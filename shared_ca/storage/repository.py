@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared_ca.errors import Conflict, Unavailable
-from shared_ca.storage.db import WRITE, describe_database_error, writer_gate
+from shared_ca.storage.db import WRITE, describe_database_error, engine_gates
 from shared_ca.storage.enrollment_records import (
     CompletePending,
     EnrollmentEvent,
@@ -194,7 +194,9 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._writers = writer_gate(engine)  # SQLite: writers queue instead of polling (see SqliteWriterGate)
+        gates = engine_gates(engine)  # shared by every Store on this engine
+        self._writers = gates.writers  # SQLite: writers queue instead of polling (see SqliteWriterGate)
+        self._connections = gates.connections  # no pool checkout waits on itself (see ConnectionGate)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class Store:
                 raise _unavailable(exc) from None
             return
         try:
-            with self.engine.connect() as conn:
+            with self._connections(), self.engine.connect() as conn:
                 yield conn
         except IntegrityError:
             raise
@@ -239,7 +241,12 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         try:
-            with self._writers, self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            with (
+                self._connections(),
+                self._writers,
+                self.engine.connect().execution_options(**WRITE) as conn,
+                conn.begin(),
+            ):
                 try:
                     yield conn
                 except DBAPIError as exc:
