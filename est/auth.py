@@ -19,7 +19,7 @@ Precedence (`EstAuthenticator.authenticate`):
 3. Basic credentials alone: an unknown user or a wrong password is 401 with one public message for
    both (no user enumeration; an unknown user costs one scrypt, like a wrong password). Only once
    the password proved who is asking does a 403 say which rule refused it: the user is disabled,
-   expired or used up. (`used_up_ok=True` lets a used-up user through for a request that spends no
+   expired or used up. (`used_up_ok`, asked of a used-up user, lets it through for a request that spends no
    use, such as collecting an approved certificate.) Which labels and device a user may enroll is
    not decided here but by shared_ca.authorization, like every other "may they have it".
 4. Neither: 401 "authentication required" (sent with `WWW-Authenticate: Basic realm="EST"`).
@@ -321,10 +321,12 @@ class EstAuthenticator:
         self.clock = clock
         self.users = users if users is not None else EstUserStore(store.engine)
 
-    def authenticate(self, credentials: EstCredentials, *, used_up_ok: bool = False) -> EstPrincipal:
+    def authenticate(
+        self, credentials: EstCredentials, *, used_up_ok: Callable[[], bool] | None = None
+    ) -> EstPrincipal:
         """Who presented `credentials`; see the module docstring.
 
-        `used_up_ok` lets a user with no uses left through, for a request that spends none: the
+        `used_up_ok`, asked only of a user with no uses left, lets it through for a request that spends none: the
         retry that collects a certificate whose use was spent when it was approved.
         """
         now = self.clock()
@@ -356,7 +358,7 @@ class EstAuthenticator:
             )
         return recognised
 
-    def _basic(self, basic: tuple[str, str], now: dt.datetime, used_up_ok: bool) -> EstUserRecord:
+    def _basic(self, basic: tuple[str, str], now: dt.datetime, used_up_ok: Callable[[], bool] | None) -> EstUserRecord:
         name, password = basic
         user = self.users.est_user(name)
         if user is None:
@@ -365,6 +367,6 @@ class EstAuthenticator:
         if not verify_secret(user.secret_hash, password):
             raise Unauthorized("wrong user name or password", detail=f"wrong password for EST user {name!r}")
         status = user.status(now)
-        if status != "active" and not (used_up_ok and status == "used up"):
+        if status != "active" and not (status == "used up" and used_up_ok is not None and used_up_ok()):
             raise PolicyDenied(f"the EST user is {status}", detail=f"EST user {name!r} is {status}")
         return user

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from est import cmc, csrattrs, serverkeygen, wire
 from est.auth import EstAuthenticator, EstCredentials, parse_basic
 from est.serverkeygen import KeyEncryptionRequest
+from shared_ca.admission import Admission
 from shared_ca.approval import ApprovalQueue, principal_ref
 from shared_ca.authority import CertificateAuthority, Issued, fingerprint
 from shared_ca.authorization import (
@@ -34,7 +35,7 @@ from shared_ca.authorization import (
     spending_use,
 )
 from shared_ca.csr import challenge_password, load_csr, readable_csr
-from shared_ca.errors import CAError, InvalidRequest, KeyMaterialError, PolicyDenied
+from shared_ca.errors import CAError, InvalidRequest, KeyMaterialError, PolicyDenied, TooManyRequests, Unavailable
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.keys import PrivateKey
 from shared_ca.profiles import Profile
@@ -44,6 +45,7 @@ from shared_ca.storage.enrollment_records import EnrollmentEvent
 from shared_ca.storage.est_users import EstUserStore
 
 log = logging.getLogger("est.service")
+BUSY = "the gateway is busy; try again later"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class EstConnection:
     user_agent: str | None = None
     tls_version: str | None = None
     tls_unique: bytes | None = None
+    waited: float = 0.0  # seconds the request waited behind others for its worker (admission control)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class _Outcome:
     principal: Principal | None = None
     device_identity: str | None = None
     detail: dict[str, str] = field(default_factory=dict)
+    deferred: bool = False  # no slot within the queue wait (shared_ca.admission): defer or shed
 
 
 Operation = Callable[["_Outcome", bytes, str | None], "EstReply"]
@@ -97,6 +101,7 @@ class EstService:
         profiles: Mapping[str, Profile],
         authorizer: Authorizer,
         approvals: ApprovalQueue,
+        admission: Admission | None = None,
         signer_key: PrivateKey,
         signer_certificate: x509.Certificate,
         keks: Mapping[bytes, bytes] | None = None,
@@ -113,6 +118,7 @@ class EstService:
         self.identity = identity  # names the device in events (shared_ca.identity)
         self.authorizer = authorizer  # who may obtain what (shared_ca.authorization)
         self.approvals = approvals  # the manual-approval queue, shared with SCEP
+        self.admission = admission or Admission.unlimited()  # in-flight cap, deferral, rate limits
         self.clock = clock or authority.clock
         self.authenticator = EstAuthenticator(store, self.clock, users)
         self.cacerts_body = wire.encode_base64_body(wire.certs_only(list(authority.chain)))
@@ -157,8 +163,18 @@ class EstService:
         return self._run(_Outcome("serverkeygen", profile, connection), self._serverkeygen, body, content_type)
 
     def _run(self, outcome: _Outcome, operation: Operation, body: bytes, content_type: str | None) -> EstReply:
-        """Run `operation`; a refusal writes its event (naming the device when the CSR says who) and re-raises."""
+        """Run `operation` in a slot of the worker (or deferred: shared_ca.admission); a refusal writes its
+        event (naming the device when the CSR says who) and re-raises."""
+        with self.admission.enter("est", waited=outcome.connection.waited) as admitted:
+            outcome.deferred = not admitted
+            return self._refusals_recorded(outcome, operation, body, content_type)
+
+    def _refusals_recorded(
+        self, outcome: _Outcome, operation: Operation, body: bytes, content_type: str | None
+    ) -> EstReply:
         try:
+            if not self.admission.allow_address(outcome.connection.client_address):
+                raise self._too_many(f"client address {outcome.connection.client_address}")
             return operation(outcome, body, content_type)
         except CAError as exc:
             outcome.detail["cause"] = exc.detail
@@ -176,13 +192,32 @@ class EstService:
         csr_der = wire.decode_request_body(body, content_type)
         csr = load_csr(csr_der)  # BadSignature (400) when its signature does not verify
         outcome.device_identity = outcome.device_identity or self.identity.of_request(csr)
+        self._limit_device(outcome)
         return csr_der, csr
 
+    def _limit_device(self, outcome: _Outcome) -> None:
+        if not self.admission.allow_device(outcome.device_identity):
+            raise self._too_many(f"device {outcome.device_identity!r}")
+
+    def _too_many(self, who: str) -> TooManyRequests:
+        self.admission.count("rate-limited", "est")
+        return TooManyRequests(
+            "too many requests; try again later",
+            detail=f"{who} is over its rate limit (admission.device_rate_per_minute, address_rate_per_minute)",
+            retry_after=self.admission.retry_after,
+        )
+
+    def _shed(self, outcome: _Outcome) -> None:
+        """At capacity, what cannot be deferred is refused: 503 with Retry-After."""
+        if outcome.deferred:
+            self.admission.count("shed", "est")
+            raise Unavailable(BUSY, detail=f"{outcome.operation} at capacity", retry_after=self.admission.retry_after)
+
     def _collecting(self, outcome: _Outcome, body: bytes, content_type: str | None) -> bool:
-        """Whether this is the retry of a request already queued for approval (RFC 7030 §4.2.3): it spends
-        no use, so a one-use credential whose use the approval spent may still collect its certificate.
-        Found by who claims to ask (the presented certificate or Basic user name), before authentication
-        proves it; authentication still runs in full."""
+        """Whether this is the retry of a request queued for approval (RFC 7030 §4.2.3): it spends no use,
+        so a one-use credential whose use the approval spent may still collect its certificate. Asked only
+        of a used-up user; found by who claims to ask (the presented certificate or Basic user name),
+        before authentication proves it; authentication still runs in full."""
         if outcome.profile.approval != "manual":
             return False
         connection = outcome.connection
@@ -210,7 +245,7 @@ class EstService:
             return self.store.reading()
         return contextlib.nullcontext()
 
-    def _authenticate(self, outcome: _Outcome, *, used_up_ok: bool = False) -> Principal:
+    def _authenticate(self, outcome: _Outcome, *, used_up_ok: Callable[[], bool] | None = None) -> Principal:
         """Who is asking (est.auth), as the Authorizer's principal: a certificate holder (with the EST user
         it also logged in as, if any) or an EST user."""
         connection = outcome.connection
@@ -260,7 +295,7 @@ class EstService:
 
     def _enroll(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
         with self._look_ups(outcome):  # closed before any write: _issue_or_hold reads the queue afresh
-            principal = self._authenticate(outcome, used_up_ok=self._collecting(outcome, body, content_type))
+            principal = self._authenticate(outcome, used_up_ok=lambda: self._collecting(outcome, body, content_type))
         csr_der, csr = self._csr(outcome, body, content_type)
         return self._certs_only(self._enroll_csr(outcome, principal, csr_der, csr))
 
@@ -290,6 +325,7 @@ class EstService:
 
     def _serverkeygen(self, outcome: _Outcome, body: bytes, content_type: str | None) -> EstReply:
         profile = outcome.profile
+        self._shed(outcome)  # a generated key is never stored: no deferral, no queue
         principal = self._authenticate(outcome)
         if not profile.est_serverkeygen:
             raise PolicyDenied(f"server-side key generation is not enabled for label {profile.name!r}")
@@ -333,6 +369,7 @@ class EstService:
         (tagged,) = request.certification_requests
         csr = load_csr(tagged.der)
         outcome.device_identity = outcome.device_identity or self.identity.of_request(csr)
+        self._limit_device(outcome)
         result = self._enroll_csr(outcome, principal, tagged.der, csr)
         if isinstance(result, EstReply):
             return result
@@ -344,6 +381,7 @@ class EstService:
     ) -> EstReply:
         """RFC 5272 §6.11, for a device's own certificate: the TLS client certificate is the one named."""
         outcome.operation = "fullcmc-revoke"
+        self._shed(outcome)
         target = self.authorizer.authorize_revocation(
             principal, revoke.serial_number, revoke.issuer_der, self.authority.issuer.id
         )
@@ -416,8 +454,16 @@ class EstService:
     def _issue_or_hold(
         self, outcome: _Outcome, authorization: Authorization, wanted: CertificateRequest
     ) -> x509.Certificate | EstReply:
-        """The issued certificate, or (manual approval) the 202 reply while the request waits."""
+        """The issued certificate, or the 202 reply while the request waits. At capacity (shared_ca.admission)
+        an authorized request is answered 202 with Retry-After and only its event is written, not the
+        request: the client sends the same request again (RFC 7030 §4.2.3) and a free slot issues it then,
+        so nothing can be issued twice. Under manual approval the request is queued for an administrator,
+        and its retry (even re-signed) is answered from the queue."""
         if outcome.profile.approval != "manual":
+            if outcome.deferred:
+                self.admission.count("deferred", "est")
+                self._record(outcome, "deferred")
+                return self._pending(outcome.profile, deferred=True)
             return self._issue(outcome, authorization).certificate
         new = self.approvals.describe(
             "est",
@@ -432,7 +478,7 @@ class EstService:
             held = self.approvals.hold(new, self._event(outcome, "pending"))
             if held.new:
                 log.info("EST %s: awaiting approval (request %d)", outcome.operation, held.record.id)
-                return self._pending(outcome.profile)
+                return self._pending(outcome.profile, deferred=False)
             queued = held.record
         return self._queued_answer(outcome, queued)
 
@@ -442,7 +488,7 @@ class EstService:
             return x509.load_der_x509_certificate(queued.certificate_der)
         if queued.status == "pending":
             self._record(outcome, "pending")
-            return self._pending(outcome.profile)
+            return self._pending(outcome.profile, deferred=False)
         raise PolicyDenied(queued.reason or "the request was rejected", detail=f"queued request {queued.id}")
 
     @staticmethod
@@ -451,15 +497,11 @@ class EstService:
             return result
         return EstReply(wire.encode_base64_body(wire.certs_only([result])), wire.CERTS_ONLY)
 
-    def _pending(self, profile: Profile) -> EstReply:
+    def _pending(self, profile: Profile, *, deferred: bool) -> EstReply:
         # RFC 7030 §4.2.3: 202 with Retry-After; the client sends the same request again.
-        return EstReply(
-            b"the request awaits approval\n",
-            "text/plain",
-            status=202,
-            headers=(("Retry-After", str(profile.est_retry_after_seconds)),),
-            base64=False,
-        )
+        retry_after = self.admission.retry_after if deferred else profile.est_retry_after_seconds
+        text = b"the request is queued: the gateway is busy\n" if deferred else b"the request awaits approval\n"
+        return EstReply(text, "text/plain", status=202, headers=(("Retry-After", str(retry_after)),), base64=False)
 
     def _issue(self, outcome: _Outcome, authorization: Authorization) -> Issued:
         principal = authorization.principal

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, request
 from est.auth import BASIC_REALM
 from est.service import EstConnection, EstReply, EstService
 from est.wire import MAX_REQUEST_BODY
-from shared_ca.errors import CAError, ErrorKind
+from shared_ca.errors import CAError, ErrorKind, TooManyRequests, Unavailable
 
 log = logging.getLogger("est.views")
 bp = Blueprint("est", __name__)
@@ -35,8 +35,10 @@ _STATUS = {
     ErrorKind.POLICY: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
+    ErrorKind.TOO_MANY_REQUESTS: 429,
     ErrorKind.UNAVAILABLE: 503,
 }
+DEFAULT_RETRY_AFTER = 30  # seconds, for a 503 that does not say (a database outage)
 _GET_OPERATIONS = frozenset({"cacerts", "csrattrs"})
 _POST_OPERATIONS = frozenset({"simpleenroll", "simplereenroll", "serverkeygen", "fullcmc"})
 _OPERATIONS = _GET_OPERATIONS | _POST_OPERATIONS
@@ -109,8 +111,8 @@ def _handle(label: str | None, operation: str) -> Response:
             extra={"client": connection.client_address},
         )
         headers = {"WWW-Authenticate": BASIC_REALM} if status == 401 else {}
-        if status == 503:
-            headers["Retry-After"] = "30"
+        if isinstance(exc, Unavailable | TooManyRequests):
+            headers["Retry-After"] = str(exc.retry_after or DEFAULT_RETRY_AFTER)
         return _plain(status, exc.public_message, headers)
 
 

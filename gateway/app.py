@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.config import GatewayConfig, load_config
 from gateway.middleware import REQUEST_ID, GatewayMiddleware
 from gateway.runtime import Gateway, GatewayLoader, open_gateway
-from shared_ca.errors import CAError, ErrorKind, Unavailable
+from shared_ca.errors import CAError, ErrorKind, TooManyRequests, Unavailable
 
 log = logging.getLogger("gateway.app")
 
@@ -24,6 +24,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.POLICY: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
+    ErrorKind.TOO_MANY_REQUESTS: 429,
     ErrorKind.UNAVAILABLE: 503,
 }
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -94,8 +95,8 @@ def create_app(
             extra={"request_id": request.environ.get(REQUEST_ID)},
         )
         response = Response(exc.public_message + "\n", status=status, mimetype="text/plain")
-        if status == 503:
-            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        if isinstance(exc, Unavailable | TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after or RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(HTTPException)

@@ -120,6 +120,57 @@ SETTINGS: tuple[Setting, ...] = (
         "Reverse proxies and load balancers (comma-separated addresses or CIDRs) whose Forwarded / "
         "X-Forwarded-For / X-Forwarded-Proto headers are believed, on both listeners; empty: nobody's",
     ),
+    Setting(
+        "admission.max_in_flight",
+        "int",
+        16,
+        "Protocol operations one worker runs at once; more wait for a slot (0 would refuse all: at least 1)",
+        minimum=1,
+        maximum=10000,
+    ),
+    Setting(
+        "admission.queue_wait_ms",
+        "int",
+        2000,
+        "How long a request waits for a slot; then a SCEP enrollment is deferred (PENDING), an EST one gets "
+        "202, anything else 503, all with Retry-After",
+        minimum=0,
+        maximum=600000,
+    ),
+    Setting(
+        "admission.retry_after_seconds",
+        "int",
+        10,
+        "Retry-After of a deferred or shed request, and of a rate-limited one",
+        minimum=1,
+        maximum=86400,
+    ),
+    Setting(
+        "admission.device_rate_per_minute",
+        "int",
+        60,
+        "Requests per minute one device may make per worker (0: no limit); over it EST answers 429 and SCEP a "
+        "signed FAILURE",
+        minimum=0,
+        maximum=1000000,
+    ),
+    Setting(
+        "admission.address_rate_per_minute",
+        "int",
+        0,
+        "Requests per minute one client address may make per worker (0: no limit). Off by default: a fleet "
+        "behind one NAT or balancer shares an address",
+        minimum=0,
+        maximum=1000000,
+    ),
+    Setting(
+        "admission.burst",
+        "int",
+        30,
+        "Requests one device, or one client address, may make at once before its rate applies",
+        minimum=1,
+        maximum=1000000,
+    ),
     Setting("tls.cert", "path", "tls/server.crt", "HTTPS server certificate chain (PEM), relative to the data dir"),
     Setting("tls.key", "path", "tls/server.key", "HTTPS server private key (PEM)"),
     Setting("tls.min_version", "choice", "1.2", "Lowest TLS version accepted", choices=("1.2", "1.3")),

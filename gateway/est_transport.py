@@ -20,7 +20,7 @@ from est.auth import certificate_from_proxy
 from est.service import EstConnection
 from est.views import ConnectionFacts
 from gateway.config import GatewayConfig
-from gateway.middleware import CLIENT_ADDRESS, CLIENT_CERT_DER, LISTENER, TLS_UNIQUE, TLS_VERSION, VIA_PROXY
+from gateway.middleware import CLIENT_ADDRESS, CLIENT_CERT_DER, LISTENER, LOOP_LAG, TLS_UNIQUE, TLS_VERSION, VIA_PROXY
 from shared_ca.errors import CAError
 
 log = logging.getLogger("gateway.est")
@@ -70,6 +70,7 @@ def est_connection_facts(config: GatewayConfig) -> ConnectionFacts:
             tls_version=environ.get(TLS_VERSION),
             # tls-unique binds only TLS 1.2 (RFC 9266 §3); through a proxy it would be the proxy's channel.
             tls_unique=environ.get(TLS_UNIQUE) if not proxied and environ.get(TLS_VERSION) == "TLSv1.2" else None,
+            waited=float(environ.get(LOOP_LAG, 0.0)),
         )
 
     return facts

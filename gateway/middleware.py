@@ -35,6 +35,7 @@ LISTENER = "gateway.listener"  # "https" or "http": the client's own connection,
 CLIENT_ADDRESS = "gateway.client_address"  # the client's IP address, as resolved (None: unknown)
 VIA_PROXY = "gateway.via_proxy"  # True when the socket peer is a trusted proxy
 REQUEST_ID = "gateway.request_id"
+LOOP_LAG = "gateway.loop_lag"  # seconds the request waited behind others for its worker (gateway.worker)
 
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.proxies")
@@ -164,9 +165,7 @@ class GatewayMiddleware:
     this (`listen.body_timeout_seconds`; None: no deadline).
     """
 
-    def __init__(
-        self, app: WSGIApp, trusted: Sequence[ProxyNetwork] = (), body_seconds: float | None = None
-    ) -> None:
+    def __init__(self, app: WSGIApp, trusted: Sequence[ProxyNetwork] = (), body_seconds: float | None = None) -> None:
         self.app = app
         self.trusted = tuple(trusted)
         self.body_seconds = body_seconds

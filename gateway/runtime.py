@@ -21,6 +21,7 @@ from est.serverkeygen import load_keks
 from est.service import EstService
 from gateway.config import GatewayConfig
 from scep.service import ScepService
+from shared_ca.admission import Admission, AdmissionSettings
 from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.authorization import Authorizer
@@ -74,6 +75,7 @@ class Gateway:
     ra_key: rsa.RSAPrivateKey
     authorizer: Authorizer
     approvals: ApprovalQueue
+    admission: Admission
     scep: ScepService
     est: EstService
 
@@ -89,6 +91,18 @@ class Gateway:
                 continue
             certs.append(x509.load_der_x509_certificate(issuer.cert_der))
         return certs
+
+
+def admission_settings(config: GatewayConfig) -> AdmissionSettings:
+    """The admission.* settings (shared_ca.admission) of one worker."""
+    return AdmissionSettings(
+        max_in_flight=config["admission.max_in_flight"],
+        queue_wait_seconds=config["admission.queue_wait_ms"] / 1000,
+        retry_after_seconds=config["admission.retry_after_seconds"],
+        device_rate_per_minute=config["admission.device_rate_per_minute"],
+        address_rate_per_minute=config["admission.address_rate_per_minute"],
+        burst=config["admission.burst"],
+    )
 
 
 def open_store(config: GatewayConfig) -> EnrollmentStore:
@@ -147,6 +161,7 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         profiles=config.profiles,
         clock=authority.clock,
     )
+    admission = Admission(admission_settings(config))
     scep = ScepService(
         authority=authority,
         store=store,
@@ -156,6 +171,7 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         profiles=config.profiles,
         authorizer=authorizer,
         approvals=approvals,
+        admission=admission,
         next_ca_certs=_next_ca_certificates(config, store),
         identity=config.identity_rule,
     )
@@ -166,12 +182,15 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         profiles=config.profiles,
         authorizer=authorizer,
         approvals=approvals,
+        admission=admission,
         signer_key=ra_key,
         signer_certificate=ra_certs[0],
         keks=load_keks(config.path("est.kek_dir")),
         identity=config.identity_rule,
     )
-    return Gateway(config, store, authority, crl, ocsp, ra_certs[0], ra_key, authorizer, approvals, scep, est)
+    return Gateway(
+        config, store, authority, crl, ocsp, ra_certs[0], ra_key, authorizer, approvals, admission, scep, est
+    )
 
 
 def _next_ca_certificates(config: GatewayConfig, store: Store) -> list[x509.Certificate]:

@@ -15,6 +15,7 @@ import random
 import ssl
 import sys
 import threading
+import time
 from typing import Any
 
 from cryptography import x509
@@ -27,11 +28,14 @@ from gateway.logs import GunicornLogger, configure_logging
 from gateway.runtime import GatewayLoader, key_passphrase, open_gateway
 from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
 from gateway.worker import ConnectionLimits, server_tls_context
+from shared_ca.admission import LAG_FLOOR_SECONDS
+from shared_ca.approval import drain_deferred
 from shared_ca.errors import CAError, Unavailable
 from shared_ca.keys import certificates_pem, load_certificates
 
 log = logging.getLogger("gateway.server")
 CRL_CHECK_SECONDS = 60
+DEFERRED_CHECK_SECONDS = 1.0
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python's ssl.VerifyFlags does not name it
 
@@ -98,6 +102,33 @@ def start_crl_timer(loader: GatewayLoader, stop: threading.Event) -> threading.T
     return thread
 
 
+def _clients_waiting() -> bool:
+    """Let every request that is ready run (under gevent, time.sleep(0) yields to them), and say whether
+    that took long enough that clients were waiting: then deferred requests wait for the next round."""
+    started = time.monotonic()
+    time.sleep(0)
+    return time.monotonic() - started > LAG_FLOOR_SECONDS
+
+
+def start_deferred_issuer(loader: GatewayLoader, stop: threading.Event, actor: str) -> threading.Thread:
+    """Issue the requests admission control deferred (shared_ca.admission) whenever this worker has a slot
+    to spare, looking about once a second; any worker of any node may issue any of them."""
+
+    def _run() -> None:
+        while not stop.wait(DEFERRED_CHECK_SECONDS * random.uniform(0.5, 1.5)):  # noqa: S311 - jitter only
+            try:
+                gateway = loader.get()
+                drain_deferred(gateway.approvals, gateway.admission, actor=actor, busy=_clients_waiting)
+            except CAError as exc:
+                log.warning("issuing deferred requests: %s", exc.detail)
+            except Exception:
+                log.exception("issuing deferred requests failed")
+
+    thread = threading.Thread(target=_run, name="deferred-issuer", daemon=True)
+    thread.start()
+    return thread
+
+
 class ListenerApplication(BaseApplication):  # type: ignore[misc]
     """One gunicorn arbiter serving the gateway app on one listener."""
 
@@ -142,6 +173,7 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         loader = self._worker_loader()
         with contextlib.suppress(Unavailable):  # open now when the database answers; on first use if not
             loader.get()
+        start_deferred_issuer(loader, threading.Event(), f"admission:{self.listener}:{os.getpid()}")
         if self.listener == "https":
             start_crl_timer(loader, threading.Event())
 

@@ -16,6 +16,11 @@ thread, and every wait ends:
   proxies exempt), so one client cannot exhaust the worker's connection pool.
 
 TLS connections end with close_notify (strict clients report UNEXPECTED_EOF without it).
+
+The worker also measures how long a ready greenlet waits for the one thread (the event loop's lag):
+a request's CPU work and SQLite calls never yield, so under a storm requests queue there, before the
+app sees them. Each request carries the lag in its environ (`LOOP_LAG`), and admission control
+(shared_ca.admission) defers or sheds a request that waited longer than its queue-wait budget.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from gevent import ssl as gevent_ssl
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
-from gateway.middleware import CLOSE_AFTER_RESPONSE
+from gateway.middleware import CLOSE_AFTER_RESPONSE, LOOP_LAG
 
 log = logging.getLogger("gateway.worker")
+LAG_PROBE_SECONDS = 0.05  # how often the worker measures its event loop's lag
 CLOSE_NOTIFY_SECONDS = 0.5  # how long a closing TLS connection waits to send its close_notify
 LINGER_SECONDS = 1.0  # how long a failed handshake's connection waits for the client's EOF
 _REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about one refused address
@@ -89,6 +95,27 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
         self.limits: ConnectionLimits = self.app.connection_limits
         self._open: collections.Counter[str] = collections.Counter()
         self._refusal_logged: dict[str, float] = {}
+        self.loop_lag = 0.0  # seconds a ready greenlet last waited for the thread
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app: Any = getattr(self, "wsgi")  # noqa: B009 - set by gunicorn's load_wsgi, untyped
+
+        def with_lag(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[LOOP_LAG] = self.loop_lag
+            return app(environ, start_response)
+
+        setattr(self, "wsgi", with_lag)  # noqa: B010 - gunicorn's attribute, untyped
+
+    def run(self) -> None:
+        gevent.spawn(self._watch_lag)
+        super().run()
+
+    def _watch_lag(self) -> None:
+        while self.alive:
+            started = time.monotonic()
+            gevent.sleep(LAG_PROBE_SECONDS)
+            self.loop_lag = max(0.0, time.monotonic() - started - LAG_PROBE_SECONDS)
 
     def timeout_ctx(self) -> gevent.Timeout:
         # gunicorn reads each request head (and waits between kept-alive requests) under this.

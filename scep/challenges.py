@@ -67,7 +67,7 @@ class ChallengeRequest:
 @dataclass(frozen=True)
 class ChallengeAccepted:
     kind: ChallengeKind
-    challenge_id: int | None = None  # the one-time challenge that was spent
+    challenge_id: int | None = None  # the one-time challenge that fits: its use is spent when the request is recorded
     device_id: str | None = None  # the device that challenge was issued for
 
 
@@ -114,7 +114,10 @@ class StaticChallenge:
 class OneTimeChallenge:
     """A stored, hashed challenge bound to a profile, optionally a device and an expected subject.
 
-    Accepting spends one use, atomically in the database (one use per use, across hosts).
+    Accepting checks that the challenge has a use left; the use is spent in the database transaction
+    that records the request (NewScepTransaction.spends_challenge): one conditional UPDATE, so one use
+    goes to one request across workers and hosts, and a request cut off before it was recorded (a worker
+    killed, the database gone) spends nothing and can be sent again.
     """
 
     def __init__(self, store: EnrollmentStore, clock: Clock = utcnow) -> None:
@@ -127,7 +130,7 @@ class OneTimeChallenge:
             raise Unauthorized(REFUSED, detail="no challenge password")
         digest = challenge_sha256(request.challenge_password)
         now = self.clock()
-        record = self.store.consume_challenge(
+        record = self.store.usable_challenge(
             digest, now, profile=request.profile, device_id=request.device_id, subject=request.subject
         )
         if record is None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from scep.asn1 import FailInfo, MessageType, PkiStatus
 from scep.builder import RaIdentity, build_cert_rep, build_failure, build_next_ca_reply, degenerate_certs_only
+from scep.challenges import REFUSED as CHALLENGE_REFUSED
 from scep.challenges import (
     AnyOf,
     ChallengeNotVerifiable,
@@ -33,6 +34,7 @@ from scep.challenges import (
 )
 from scep.envelope import ContentCipher
 from scep.message import PkiRequest, ReplyContext, ScepDecodeError, ScepMessageError, parse_pki_message
+from shared_ca.admission import Admission
 from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority, fingerprint
 from shared_ca.authorization import Authorization, Authorizer, CertificateRequest, Principal, PrincipalKind
@@ -44,6 +46,7 @@ from shared_ca.errors import (
     CAError,
     InvalidRequest,
     PolicyDenied,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -52,6 +55,7 @@ from shared_ca.profiles import Profile
 from shared_ca.serials import serial_hex
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
+    ChallengeSpent,
     EnrollmentEvent,
     NewScepTransaction,
     ScepTransactionRecord,
@@ -65,7 +69,9 @@ NEXT_CA_CERT_TYPE = "application/x-x509-next-ca-cert"
 PKI_MESSAGE_TYPE = "application/x-pki-message"
 _FAIL_INFO_BY_NAME = {f.rfc_name: f for f in FailInfo}
 # The CA refusals an enrollment maps to a signed FAILURE (an Unavailable escapes as HTTP 503 instead).
-_REFUSALS = (PolicyDenied, AlgorithmNotAllowed, Unauthorized, BadSignature, InvalidRequest)
+_REFUSALS = (PolicyDenied, AlgorithmNotAllowed, Unauthorized, BadSignature, InvalidRequest, TooManyRequests)
+BUSY = "the gateway is busy; try again later"
+AT_CAPACITY = "at capacity: no slot within the queue wait (admission.max_in_flight, admission.queue_wait_ms)"
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,21 @@ class ScepClient:
 
     address: str | None
     user_agent: str | None
+    waited: float = 0.0  # seconds the request waited behind others for its worker (admission control)
 
 
 class Refused(Exception):
     """A refusal answered by a signed FAILURE: `text` goes to the client, `detail` to the log."""
 
-    def __init__(self, fail_info: FailInfo, text: str, detail: str | None = None) -> None:
+    def __init__(self, fail_info: FailInfo, text: str, detail: str | None = None, *, store: bool = True) -> None:
         super().__init__(text)
         self.fail_info = fail_info
         self.text = text
         self.detail = detail or text
         self.recorded = False  # its enrollment event is written already
+        # Kept as the transaction's answer (a retransmission gets it again); a rate limit is not: the
+        # same request sent later is judged afresh.
+        self.store = store
 
 
 _CA_ERROR_FAIL_INFO = {AlgorithmNotAllowed: FailInfo.BAD_ALG, BadSignature: FailInfo.BAD_MESSAGE_CHECK}
@@ -93,7 +103,7 @@ _CA_ERROR_FAIL_INFO = {AlgorithmNotAllowed: FailInfo.BAD_ALG, BadSignature: Fail
 def refusal_from(exc: CAError) -> Refused:
     """The FAILURE a CA refusal maps to (DESIGN.md error table)."""
     fail_info = _CA_ERROR_FAIL_INFO.get(type(exc), FailInfo.BAD_REQUEST)
-    return Refused(fail_info, exc.public_message, exc.detail)
+    return Refused(fail_info, exc.public_message, exc.detail, store=not isinstance(exc, TooManyRequests))
 
 
 def spki_sha256(cert: x509.Certificate) -> str:
@@ -167,6 +177,7 @@ class ScepService:
         profiles: Mapping[str, Profile],
         authorizer: Authorizer,
         approvals: ApprovalQueue,
+        admission: Admission | None = None,
         nonce: Callable[[], bytes] = lambda: os.urandom(16),
         next_ca_certs: Sequence[x509.Certificate] = (),
         identity: IdentityRule = DEFAULT_IDENTITY,
@@ -187,6 +198,7 @@ class ScepService:
         self.identity = identity  # names the device in events and one-time challenges (shared_ca.identity)
         self.authorizer = authorizer  # who may obtain what (shared_ca.authorization)
         self.approvals = approvals  # the manual-approval queue, shared with EST
+        self.admission = admission or Admission.unlimited()  # in-flight cap, deferral, rate limits
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -221,7 +233,14 @@ class ScepService:
     # -- the PKIOperation ---------------------------------------------------------------------------
 
     def pki_operation(self, message: bytes, profile: Profile, client: ScepClient) -> bytes:
-        """Answer one pkiMessage with a CertRep; ScepDecodeError (HTTP 400) when it cannot be read."""
+        """Answer one pkiMessage with a CertRep; ScepDecodeError (HTTP 400) when it cannot be read.
+
+        At capacity (shared_ca.admission) a new enrollment is deferred (PENDING, issued in the background)
+        and anything else is Unavailable (HTTP 503 with Retry-After)."""
+        with self.admission.enter("scep", waited=client.waited) as admitted:
+            return self._operation(message, profile, client, admitted)
+
+    def _operation(self, message: bytes, profile: Profile, client: ScepClient, admitted: bool) -> bytes:
         try:
             request = parse_pki_message(message, ra_key=self.ra_key, ra_cert=self.ra_certificate)
         except ScepDecodeError as exc:
@@ -244,10 +263,16 @@ class ScepService:
         try:
             self._check_algorithms(request, profile)
             self._check_signing_time(request, profile)
+            if not self.admission.allow_address(client.address):
+                self.admission.count("rate-limited", "scep")
+                raise refusal_from(self._too_many(f"client address {client.address}"))
             if request.message_type.is_enrolment:
-                return self._enroll(request, profile, client)
-            if request.message_type is MessageType.CertPoll:
+                return self._enroll(request, profile, client, defer=not admitted)
+            if request.message_type is MessageType.CertPoll:  # how a deferred request is delivered: always
                 return self._poll(request, profile, client)
+            if not admitted:
+                self.admission.count("shed", "scep")
+                raise Unavailable(BUSY, detail=AT_CAPACITY, retry_after=self.admission.retry_after)
             if request.message_type is MessageType.GetCert:
                 return self._get_cert(request, profile, client)
             return self._get_crl(request, profile, client)
@@ -279,6 +304,13 @@ class ScepService:
             # The reply is enveloped to the signer's key, and SCEP envelopes use RSA key transport.
             raise Refused(FailInfo.BAD_ALG, "sign SCEP requests with an RSA key")
 
+    def _too_many(self, who: str) -> TooManyRequests:
+        return TooManyRequests(
+            "too many requests; try again later",
+            detail=f"{who} is over its rate limit (admission.device_rate_per_minute, address_rate_per_minute)",
+            retry_after=self.admission.retry_after,
+        )
+
     def _check_signing_time(self, request: PkiRequest, profile: Profile) -> None:
         """RFC 8894 §3.3.2.2 badTime: a signingTime, when the client sends one, close enough to our clock."""
         signed_at = request.attributes.signing_time
@@ -295,7 +327,7 @@ class ScepService:
 
     # -- enrollment ---------------------------------------------------------------------------------
 
-    def _enroll(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
+    def _enroll(self, request: PkiRequest, profile: Profile, client: ScepClient, *, defer: bool = False) -> bytes:
         signer = request.signer_certificate
         key_sha, cert_sha = spki_sha256(signer), fingerprint(signer)
         assert request.csr_der is not None
@@ -318,9 +350,17 @@ class ScepService:
             try:
                 admitted = self._admit(request, profile, client, replaces)
             except Refused as refusal:
-                self._record_failed(request, profile, client, refusal, replaces)
+                if refusal.store:
+                    self._record_failed(request, profile, client, refusal, replaces)
                 raise
-        return self._issue(request, client, admitted)
+        try:
+            return self._issue(request, client, admitted, defer=defer)
+        except ChallengeSpent as exc:  # its last use went to a concurrent request since it was checked
+            log.info("SCEP %s: %s", request.transaction_id, exc.detail)
+            lost = refusal_from(Unauthorized(CHALLENGE_REFUSED, detail=exc.detail))
+            if lost.store:
+                self._record_failed(request, profile, client, lost, replaces)
+            raise lost from exc
 
     def _admit(self, request: PkiRequest, profile: Profile, client: ScepClient, replaces: int | None) -> _Admitted:
         """Authenticate and authorize a new enrollment request (Refused when either fails); what issuing
@@ -330,6 +370,9 @@ class ScepService:
             csr = load_csr(request.csr_der)
             wanted = CertificateRequest.from_csr(csr)
             device = self.identity.of_request(csr)
+            if not self.admission.allow_device(device):
+                self.admission.count("rate-limited", "scep")
+                raise self._too_many(f"device {device!r}")
             authorization = self.authorizer.authorize(
                 lambda: self._principal(request, csr, device, profile, client), profile, "scep", wanted
             )
@@ -338,13 +381,18 @@ class ScepService:
         kind = authorization.principal.kind
         challenge_kind = "renewal" if kind is PrincipalKind.CERTIFICATE else kind.value
         event = self._enrollment_event(profile, client, request, "issued", challenge_kind, device)
-        txn = replace(_transaction(request, profile, client, replaces), subject=csr.subject.rfc4514_string())
+        txn = replace(
+            _transaction(request, profile, client, replaces),
+            subject=csr.subject.rfc4514_string(),
+            spends_challenge=authorization.principal.challenge_id,  # taken when the request is recorded
+        )
         return _Admitted(authorization, wanted, device, event, txn)
 
-    def _issue(self, request: PkiRequest, client: ScepClient, admitted: _Admitted) -> bytes:
-        """Hold the admitted request for approval, or issue and answer with the certificate."""
-        if admitted.hold:
-            return self._hold(request, client, admitted)
+    def _issue(self, request: PkiRequest, client: ScepClient, admitted: _Admitted, *, defer: bool) -> bytes:
+        """Hold the admitted request for approval or, at capacity, for the background (PENDING either way);
+        or issue and answer with the certificate."""
+        if admitted.hold or defer:
+            return self._hold(request, client, admitted, deferred=not admitted.hold)
         try:
             issued = self.authority.issue(
                 admitted.authorization.policy,
@@ -401,9 +449,11 @@ class ScepService:
         except ChallengeNotVerifiable as exc:
             # Our fault (the webhook is down): HTTP 503 lets the device retry; a FAILURE would be final.
             raise Unavailable("the enrollment check is unavailable", detail=exc.detail) from exc
-        return Principal.challenge(PrincipalKind(accepted.kind.value), profile.name, accepted.device_id)
+        return Principal.challenge(
+            PrincipalKind(accepted.kind.value), profile.name, accepted.device_id, challenge_id=accepted.challenge_id
+        )
 
-    def _hold(self, request: PkiRequest, client: ScepClient, admitted: _Admitted) -> bytes:
+    def _hold(self, request: PkiRequest, client: ScepClient, admitted: _Admitted, *, deferred: bool) -> bytes:
         new = self.approvals.describe(
             "scep",
             admitted.authorization,
@@ -411,6 +461,7 @@ class ScepService:
             reference=f"scep:{admitted.txn.signer_key_sha256}:{request.transaction_id}",
             device=admitted.device,
             client_address=client.address,
+            deferred=deferred,
         )
         try:
             pending = replace(admitted.txn, status="pending")
@@ -419,7 +470,11 @@ class ScepService:
             return self._answer_winner(request)
         if not held.new:
             return self._answer_winner(request)
-        log.info("SCEP %s: awaiting approval (request %d)", request.transaction_id, held.record.id)
+        if deferred:
+            self.admission.count("deferred", "scep")
+            log.info("SCEP %s: deferred at capacity (request %d)", request.transaction_id, held.record.id)
+        else:
+            log.info("SCEP %s: awaiting approval (request %d)", request.transaction_id, held.record.id)
         return self._reply(request, PkiStatus.PENDING)
 
     def _record_failed(

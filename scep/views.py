@@ -70,7 +70,9 @@ def _handle(profile_name: str) -> Response:
         log.info("SCEP request refused: %s", exc)
         return _plain(400, str(exc))
     client = ScepClient(
-        request.environ.get("gateway.client_address", request.remote_addr), request.headers.get("User-Agent")
+        request.environ.get("gateway.client_address", request.remote_addr),
+        request.headers.get("User-Agent"),
+        float(request.environ.get("gateway.loop_lag", 0.0)),  # gateway.middleware.LOOP_LAG
     )
     reply = service.pki_operation(message, profile, client)
     return Response(reply, mimetype=PKI_MESSAGE_TYPE)

@@ -10,6 +10,7 @@ and marks the request (and the SCEP transaction waiting on it) issued in the sam
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from shared_ca.admission import Admission
 from shared_ca.authority import CertificateAuthority
 from shared_ca.authorization import (
     Authorization,
@@ -37,6 +39,7 @@ from shared_ca.storage.est_users import EstUserStore
 from shared_ca.storage.repository import CertificateRecord
 from shared_ca.trust import recognise
 
+DEFERRED_LEASE = dt.timedelta(minutes=2)  # a worker issuing a deferred request holds it this long at most
 _CHALLENGE_KINDS = (PrincipalKind.STATIC_CHALLENGE, PrincipalKind.ONE_TIME_CHALLENGE, PrincipalKind.WEBHOOK)
 
 
@@ -120,6 +123,7 @@ class ApprovalQueue:
         reference: str,
         device: str | None,
         client_address: str | None,
+        deferred: bool = False,
     ) -> NewApproval:
         """The queue row of an authorized request; `reference` tells its key apart (principal_ref for EST,
         the SCEP signer key and transactionID for SCEP)."""
@@ -146,6 +150,7 @@ class ApprovalQueue:
             renewal_of_id=authorization.renewal_of.id if authorization.renewal_of is not None else None,
             device_identity=device,
             client_address=client_address,
+            deferred=deferred,
         )
 
     def find(self, new: NewApproval) -> ApprovalRecord | None:
@@ -185,6 +190,25 @@ class ApprovalQueue:
             raise NotFound(f"no request {approval_id}")
         if queued.status != "pending":
             raise Conflict(f"request {approval_id} is not pending (it is {queued.status})")
+        return self._issue(queued, actor)
+
+    def issue_deferred(self, *, actor: str, lease: dt.timedelta = DEFERRED_LEASE) -> ApprovalRecord | None:
+        """Issue the oldest request admission control deferred (shared_ca.admission), re-authorized now like
+        an approval; None when there is none. A request it may no longer have is rejected with the reason,
+        so the client's next retry or CertPoll gets the refusal; an outage leaves it for a later try."""
+        now = self.clock()
+        queued = self.approvals.claim_deferred(now, now + lease)
+        if queued is None:
+            return None
+        try:
+            self._issue(queued, actor)
+        except (PolicyDenied, Conflict, NotFound) as exc:
+            with contextlib.suppress(Conflict, NotFound):  # decided meanwhile: nothing to reject
+                self.approvals.reject(queued.id, exc.public_message, actor=actor, now=self.clock())
+        return queued
+
+    def _issue(self, queued: ApprovalRecord, actor: str) -> CertificateRecord:
+        approval_id = queued.id
         profile = self.profiles.get(queued.profile)
         if profile is None:
             raise PolicyDenied(f"profile {queued.profile!r} of request {approval_id} no longer exists")
@@ -192,12 +216,14 @@ class ApprovalQueue:
         authorization = self.authorizer.authorize(principal, profile, queued.protocol, queued_request(queued))
         event = EnrollmentEvent(
             protocol=queued.protocol,
-            operation="approval",
+            operation="deferred" if queued.deferred else "approval",
             outcome="issued",
             profile=profile.name,
             device_identity=queued.device_identity,
             client_address=queued.client_address,
-            challenge_kind="manual",
+            # A deferred request keeps how its client authenticated (the migration report reads it); an
+            # approved one was admitted by an administrator.
+            challenge_kind=_event_kind(queued) if queued.deferred else "manual",
             detail={"approved_by": actor, "request": approval_id, "principal": principal.name},
         )
         with spending_use(self.users, principal, self.clock()):
@@ -243,3 +269,26 @@ class ApprovalQueue:
         if principal is None:
             raise PolicyDenied(f"request {queued.id} names no principal that can be re-established")
         return principal
+
+
+def _event_kind(queued: ApprovalRecord) -> str:
+    """How the client of a queued request authenticated, as its protocol's events say it."""
+    if queued.protocol == "scep" and queued.principal_kind == PrincipalKind.CERTIFICATE.value:
+        return "renewal"
+    return queued.principal_kind
+
+
+def drain_deferred(
+    queue: ApprovalQueue, admission: Admission, *, actor: str, busy: Callable[[], bool] = lambda: False
+) -> int:
+    """Issue deferred requests while this worker has a slot to spare and is not `busy` (clients' requests
+    go first); how many were taken. Called by each worker's background loop (gateway.server), whose `busy`
+    lets waiting requests run between two issuances and says whether any did."""
+    taken = 0
+    while True:
+        with admission.spare_slot() as spare:
+            if not spare or queue.issue_deferred(actor=actor) is None:
+                return taken
+            taken += 1
+        if busy():
+            return taken

@@ -65,7 +65,8 @@ class Principal:
 
     `profiles` is None only for the administrator (any profile). `device` is the one device identity
     the credential may enroll, when it is bound to one. `certificate` is the presented certificate
-    of a certificate holder; `user` the EST user whose uses an issuance spends.
+    of a certificate holder; `user` the EST user whose uses an issuance spends; `challenge_id` the
+    one-time challenge whose use recording the request spends.
     """
 
     kind: PrincipalKind
@@ -74,13 +75,18 @@ class Principal:
     device: str | None = None
     certificate: RecognisedCertificate | None = None
     user: EstUserRecord | None = None
+    challenge_id: int | None = None
 
     @classmethod
-    def challenge(cls, kind: PrincipalKind, profile: str, device: str | None = None) -> Principal:
+    def challenge(
+        cls, kind: PrincipalKind, profile: str, device: str | None = None, *, challenge_id: int | None = None
+    ) -> Principal:
         """A SCEP challenge (static, one-time or webhook) accepted for `profile` (and `device`)."""
         if kind not in (PrincipalKind.STATIC_CHALLENGE, PrincipalKind.ONE_TIME_CHALLENGE, PrincipalKind.WEBHOOK):
             raise ValueError(f"{kind} is not a challenge")
-        return cls(kind, f"{kind.value} challenge", frozenset({profile}), device)
+        if challenge_id is not None and kind is not PrincipalKind.ONE_TIME_CHALLENGE:
+            raise ValueError(f"a {kind.value} challenge has no stored challenge to spend")
+        return cls(kind, f"{kind.value} challenge", frozenset({profile}), device, challenge_id=challenge_id)
 
     @classmethod
     def admin(cls, actor: str) -> Principal:
@@ -320,4 +326,3 @@ def spending_use(users: EstUserStore, principal: Principal, now: dt.datetime) ->
     except BaseException:
         users.refund_use(user.id)
         raise
-

@@ -18,7 +18,8 @@ class ErrorKind(enum.Enum):
     POLICY = "policy"  # refused by the issuance policy
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
-    UNAVAILABLE = "unavailable"  # our own fault: database down, key unavailable
+    TOO_MANY_REQUESTS = "too_many_requests"  # a client over its rate limit (shared_ca.admission)
+    UNAVAILABLE = "unavailable"  # our own fault: database down, key unavailable; or over capacity
 
 
 class CAError(Exception):
@@ -63,8 +64,24 @@ class Conflict(CAError):
     kind = ErrorKind.CONFLICT
 
 
+class TooManyRequests(CAError):
+    """A client over its rate limit; `retry_after` seconds until it may try again."""
+
+    kind = ErrorKind.TOO_MANY_REQUESTS
+
+    def __init__(self, public_message: str, *, detail: str | None = None, retry_after: int) -> None:
+        super().__init__(public_message, detail=detail)
+        self.retry_after = retry_after
+
+
 class Unavailable(CAError):
+    """Our own fault, or the node at capacity: try again (after `retry_after` seconds, when known)."""
+
     kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self, public_message: str, *, detail: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(public_message, detail=detail)
+        self.retry_after = retry_after
 
 
 class KeyMaterialError(CAError):

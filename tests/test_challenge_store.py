@@ -16,6 +16,7 @@ from sqlalchemy import select
 from shared_ca.errors import Conflict
 from shared_ca.storage.db import create_store_engine
 from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore
+from shared_ca.storage.enrollment_records import ChallengeSpent, spend_challenge_use
 from shared_ca.storage.repository import Store
 from shared_ca.storage.schema import challenge_failures
 from tests.support import SettableClock, run_together
@@ -37,9 +38,19 @@ def create(enrollments: EnrollmentStore, clock: SettableClock, secret_sha256: st
 def consume(
     enrollments: EnrollmentStore, now: dt.datetime, secret_sha256: str = "1" * 64, **kw: Any
 ) -> ChallengeRecord | None:
+    """What an accepted request does: find the challenge that fits, then spend its use in a transaction
+    of its own (recording the request's transaction does it there). The challenge after, or None."""
     fields: dict[str, Any] = {"profile": "default", "device_id": "device1", "subject": "CN=device1"}
     fields.update(kw)
-    return enrollments.consume_challenge(secret_sha256, now, **fields)
+    fits = enrollments.usable_challenge(secret_sha256, now, **fields)
+    if fits is None:
+        return None
+    try:
+        with enrollments.engine.begin() as conn:
+            spend_challenge_use(conn, fits.id, now)
+    except ChallengeSpent:
+        return None
+    return enrollments.challenge(secret_sha256)
 
 
 # -- one-time challenges -------------------------------------------------------------------------
@@ -54,6 +65,26 @@ def test_a_single_use_challenge_is_spent_once(enrollments: EnrollmentStore, cloc
     assert enrollments.challenge("1" * 64) == spent
     [audit] = enrollments.audit_events(action="scep.challenge.created")
     assert audit.detail == {"challenge": challenge_id, "device": "device1", "profile": "default", "uses": 1}
+
+
+def test_finding_a_challenge_spends_nothing(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    challenge_id = create(enrollments, clock)
+    fields: dict[str, Any] = {"profile": "default", "device_id": "device1", "subject": "CN=device1"}
+    for _ in range(3):
+        found = enrollments.usable_challenge("1" * 64, clock(), **fields)
+        assert found is not None and (found.id, found.uses_left) == (challenge_id, 1)
+    with enrollments.engine.begin() as conn:
+        spend_challenge_use(conn, challenge_id, clock())
+    assert enrollments.usable_challenge("1" * 64, clock(), **fields) is None
+    with pytest.raises(ChallengeSpent, match="no use left"), enrollments.engine.begin() as conn:
+        spend_challenge_use(conn, challenge_id, clock())
+
+
+def test_an_expired_challenge_cannot_be_spent(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+    challenge_id = create(enrollments, clock)
+    with pytest.raises(ChallengeSpent), enrollments.engine.begin() as conn:
+        spend_challenge_use(conn, challenge_id, clock() + HOUR)
+    assert (enrollments.challenge("1" * 64) or pytest.fail("gone")).uses_left == 1
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from scep.challenges import (
 )
 from shared_ca.errors import ErrorKind, Unauthorized
 from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment_records import ChallengeSpent, spend_challenge_use
 from shared_ca.storage.repository import Store
 from shared_ca.storage.schema import scep_challenges
 from tests.support import SettableClock, run_together
@@ -100,6 +101,10 @@ def test_one_time_challenge_is_spent_by_its_device(enrollments: EnrollmentStore,
     accepted = validator.validate(request)
     assert (accepted.kind, accepted.device_id) == (ChallengeKind.ONE_TIME, "device1")
     assert accepted.challenge_id is not None
+    # Accepting spends nothing: the request's recorded transaction does (NewScepTransaction.spends_challenge).
+    assert validator.validate(request) == accepted
+    with enrollments.engine.begin() as conn:
+        spend_challenge_use(conn, accepted.challenge_id, clock())
     assert (
         refused(validator, request).detail
         == f"one-time challenge refused: challenge {accepted.challenge_id} has no use left"
@@ -157,9 +162,17 @@ def test_64_concurrent_requests_spend_a_single_use_challenge_once(
 ) -> None:
     request = replace(REQUEST, challenge_password=one_time(enrollments, clock))
     validator = OneTimeChallenge(enrollments, clock)
-    results, errors = run_together(64, lambda i: validator.validate(request))
+
+    def accept_and_record(_: int) -> int:
+        accepted = validator.validate(request)  # refused once another request's use is recorded
+        assert accepted.challenge_id is not None
+        with enrollments.engine.begin() as conn:  # the spend the request's recorded transaction makes
+            spend_challenge_use(conn, accepted.challenge_id, clock())
+        return accepted.challenge_id
+
+    results, errors = run_together(64, accept_and_record)
     assert len(results) == 1
-    assert len(errors) == 63 and all(type(e) is Unauthorized for e in errors)
+    assert len(errors) == 63 and all(type(e) in (Unauthorized, ChallengeSpent) for e in errors)
 
 
 # -- AnyOf ---------------------------------------------------------------------------------------
@@ -183,7 +196,10 @@ def test_any_of_takes_the_first_that_accepts(enrollments: EnrollmentStore, clock
     secret = one_time(enrollments, clock)
     either = AnyOf([StaticChallenge("s3cret"), OneTimeChallenge(enrollments, clock)])
     assert either.validate(REQUEST).kind is ChallengeKind.STATIC
-    assert either.validate(replace(REQUEST, challenge_password=secret)).kind is ChallengeKind.ONE_TIME
+    accepted = either.validate(replace(REQUEST, challenge_password=secret))
+    assert accepted.kind is ChallengeKind.ONE_TIME and accepted.challenge_id is not None
+    with enrollments.engine.begin() as conn:
+        spend_challenge_use(conn, accepted.challenge_id, clock())
     error = refused(either, replace(REQUEST, challenge_password=secret))
     assert type(error) is Unauthorized and "wrong static challenge; one-time challenge refused" in error.detail
     with pytest.raises(ValueError, match="at least one"):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, NotFound
@@ -63,6 +63,7 @@ class NewApproval:
     renewal_of_id: int | None = None
     device_identity: str | None = None
     client_address: str | None = None
+    deferred: bool = False  # held by admission control (issued in the background), not for an administrator
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class ApprovalRecord:
     created_at: dt.datetime
     decided_at: dt.datetime | None
     decided_by: str | None
+    deferred: bool = False
+    claimed_until: dt.datetime | None = None
 
 
 class ApprovalExists(Conflict):
@@ -175,16 +178,37 @@ class ApprovalStore(Store):
             row = conn.execute(query).mappings().first()
         return _record(row) if row else None
 
-    def list_approvals(self, *, status: str | None = "pending", profile: str | None = None) -> list[ApprovalRecord]:
-        """Queued requests (pending ones unless `status` says otherwise; None: all), oldest first."""
+    def list_approvals(
+        self, *, status: str | None = "pending", profile: str | None = None, deferred: bool | None = False
+    ) -> list[ApprovalRecord]:
+        """Queued requests (pending ones unless `status` says otherwise; None: all), oldest first; those
+        waiting for an administrator unless `deferred` says otherwise (True: admission's; None: both)."""
         a = approval_requests.c
         query = _query().order_by(a.id)
+        if deferred is not None:
+            query = query.where(a.deferred.is_(deferred))
         if status is not None:
             query = query.where(a.status == status)
         if profile is not None:
             query = query.where(a.profile == profile)
         with self._read() as conn:
             return [_record(r) for r in conn.execute(query).mappings().all()]
+
+    def claim_deferred(self, now: dt.datetime, lease_until: dt.datetime) -> ApprovalRecord | None:
+        """The oldest deferred request nobody is issuing now, leased to the caller until `lease_until`; None
+        when there is none. One conditional UPDATE settles a race: of workers and nodes claiming at once,
+        one gets each request; a claim that lapsed (its worker died) is claimed again."""
+        a = approval_requests.c
+        free = and_(a.deferred.is_(True), a.status == "pending", or_(a.claimed_until.is_(None), a.claimed_until < now))
+        with self._read() as conn:  # most polls find nothing: no write transaction for them (SQLite's one writer)
+            candidate = conn.execute(select(a.id).where(free).order_by(a.id).limit(1)).scalar()
+        if candidate is None:
+            return None
+        with self._write() as conn:
+            claimed = conn.execute(
+                update(approval_requests).where(and_(a.id == candidate, free)).values(claimed_until=lease_until)
+            ).rowcount
+        return self.approval(candidate) if claimed == 1 else None
 
     def reject(self, approval_id: int, reason: str, *, actor: str, now: dt.datetime) -> ApprovalRecord:
         """Refuse a pending request: EST's next retry gets 403 with `reason`, SCEP's next CertPoll FAILURE

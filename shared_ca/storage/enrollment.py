@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, delete, func, insert, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -229,32 +229,28 @@ class EnrollmentStore(Store):
             raise Conflict("this challenge secret is already stored") from exc
         return _challenge(row)
 
-    def consume_challenge(
+    def usable_challenge(
         self, secret_sha256: str, now: dt.datetime, *, profile: str, device_id: str | None, subject: str | None
     ) -> ChallengeRecord | None:
-        """Spend one use of the challenge, if it is unexpired, has a use left and fits the request.
+        """The challenge, if it is unexpired, has a use left and fits the request; None otherwise.
 
-        One conditional UPDATE ... RETURNING: concurrent attempts on the last use yield exactly one
-        record, on any number of workers. None when nothing matched (nothing is spent then).
+        Nothing is spent here: the use is taken when the request is recorded, in the transaction that
+        issues or holds it (NewScepTransaction.spends_challenge), so a request cut off before then
+        leaves the challenge as it was.
         """
         c = scep_challenges.c
-        statement = (
-            update(scep_challenges)
-            .where(
-                and_(
-                    c.secret_sha256 == secret_sha256,
-                    c.uses_left > 0,
-                    c.expires_at > now,
-                    c.profile == profile,
-                    or_(c.device_id.is_(None), c.device_id == device_id),
-                    or_(c.expected_subject.is_(None), c.expected_subject == subject),
-                )
+        query = select(scep_challenges).where(
+            and_(
+                c.secret_sha256 == secret_sha256,
+                c.uses_left > 0,
+                c.expires_at > now,
+                c.profile == profile,
+                or_(c.device_id.is_(None), c.device_id == device_id),
+                or_(c.expected_subject.is_(None), c.expected_subject == subject),
             )
-            .values(uses_left=c.uses_left - 1)
-            .returning(*scep_challenges.c)
         )
-        with self._write() as conn:
-            row = conn.execute(statement).mappings().first()
+        with self._read() as conn:
+            row = conn.execute(query).mappings().first()
         return _challenge(row) if row else None
 
     def challenge(self, secret_sha256: str) -> ChallengeRecord | None:

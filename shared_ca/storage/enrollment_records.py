@@ -23,6 +23,7 @@ from shared_ca.storage.schema import (
     SCEP_TRANSACTION_STATUSES,
     approval_requests,
     enrollment_events,
+    scep_challenges,
     scep_transactions,
 )
 
@@ -107,6 +108,18 @@ class EnrollmentRecord:
     tls_version: str | None = None
 
 
+class ChallengeSpent(Conflict):
+    """The one-time challenge a SCEP transaction spends had no use left when the transaction was
+    written (a concurrent request took the last one, or it expired meanwhile); nothing was kept."""
+
+    def __init__(self, challenge_id: int) -> None:
+        super().__init__(
+            "the challenge has no use left",
+            detail=f"one-time challenge {challenge_id} had no use left when the transaction was written",
+        )
+        self.challenge_id = challenge_id
+
+
 @dataclass(frozen=True)
 class NewScepTransaction:
     """A SCEP transaction to record: 'issued' with a certificate, or 'pending' | 'failed' | 'rejected'.
@@ -131,10 +144,16 @@ class NewScepTransaction:
     fail_info_text: str | None = None
     replaces_id: int | None = None
     approval_id: int | None = None  # the approval request of a 'pending' transaction
+    # The one-time challenge (its id) the request presented: one use is taken in the database transaction
+    # that writes this one, so a request that is cut off before it is recorded (a worker killed, the
+    # database gone) spends nothing, and its retransmission is accepted. Only 'issued' and 'pending' spend.
+    spends_challenge: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in SCEP_TRANSACTION_STATUSES:
             raise ValueError(f"unknown SCEP transaction status {self.status!r}")
+        if self.spends_challenge is not None and self.status not in ("issued", "pending"):
+            raise ValueError(f"a {self.status!r} SCEP transaction spends no challenge")
         _check_client_values(self.transaction_id)
 
 
@@ -241,13 +260,29 @@ def write_enrollment_event(
     )
 
 
+def spend_challenge_use(conn: Connection, challenge_id: int, now: dt.datetime) -> None:
+    """Take one use of a one-time challenge inside the caller's transaction: one conditional UPDATE, so
+    concurrent requests on its last use get exactly one success, on any number of workers and nodes
+    (PostgreSQL re-checks the condition once the winner commits). ChallengeSpent when none is left."""
+    c = scep_challenges.c
+    taken = conn.execute(
+        update(scep_challenges)
+        .where(c.id == challenge_id, c.uses_left > 0, c.expires_at > now)
+        .values(uses_left=c.uses_left - 1)
+    ).rowcount
+    if taken != 1:
+        raise ChallengeSpent(challenge_id)
+
+
 def write_scep_transaction(
     conn: Connection, txn: NewScepTransaction, now: dt.datetime, *, certificate_id: int | None = None
 ) -> int:
-    """Insert a SCEP transaction inside the caller's transaction; its row id.
+    """Insert a SCEP transaction inside the caller's transaction (and spend the challenge it presented);
+    its row id.
 
-    Raises TransactionExists when `replaces_id` no longer names a finished transaction of the same
-    pair; a duplicate pair surfaces as IntegrityError for the caller to translate.
+    Raises ChallengeSpent when that challenge has no use left, TransactionExists when `replaces_id` no
+    longer names a finished transaction of the same pair; a duplicate pair surfaces as IntegrityError
+    for the caller to translate.
     """
     t = scep_transactions.c
     if txn.replaces_id is not None:
@@ -261,6 +296,8 @@ def write_scep_transaction(
         ).rowcount
         if removed != 1:
             raise TransactionExists(txn.signer_key_sha256, txn.transaction_id)
+    if txn.spends_challenge is not None:
+        spend_challenge_use(conn, txn.spends_challenge, now)
     return _INSERT_SCEP_TRANSACTION.inserted_id(
         conn,
         {

@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
@@ -146,10 +147,15 @@ approval_requests = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("decided_at", UTCDateTime, nullable=True),
     Column("decided_by", String(255), nullable=True),
+    # revision 0007: held because its worker was at capacity (issued in the background), and the lease
+    # of the worker issuing it.
+    Column("deferred", Boolean, nullable=False, server_default=false()),
+    Column("claimed_until", UTCDateTime, nullable=True),
     UniqueConstraint("protocol", "request_key", name="uq_approval_requests_protocol_key"),
     CheckConstraint("status IN ('pending', 'issued', 'rejected')", name="ck_approval_requests_status"),
     CheckConstraint("protocol IN ('scep', 'est')", name="ck_approval_requests_protocol"),
     Index("ix_approval_requests_status", "status"),
+    Index("ix_approval_requests_deferred", "deferred", "status"),
 )
 
 # -- enrollment (revision 0002) -------------------------------------------------------------------
