@@ -7,14 +7,20 @@ namespace. The parts, one after the other:
 
 1. **Ceiling**: `bench/hello_world.py` (a Flask app that answers `GET /` with `ok` and echoes a
    POST body) served by gunicorn with `gateway serve`'s own settings (it subclasses the gateway's
-   `ListenerApplication`: gthread, listen.workers = 2 and listen.threads = 4 per listener,
-   keepalive 15 s, the gateway's SSLContext cached in the `ssl_context` hook). Loaded, from a
+   `ListenerApplication`: its gevent worker, listen.workers = 2 per listener, keepalive 15 s,
+   the gateway's SSLContext built once before the fork). Loaded, from a
    separate client process, with the two benches' own load generators and bodies of the same size
    as theirs (one real PKCSReq, one real base64 CSR, echoed back): plain HTTP keep-alive with
    bench/scep_bench.py's thread-per-connection `send_all`; HTTPS keep-alive and HTTPS with a new
    TLS connection per request with bench/est_bench.py's process-per-client `run_level`.
 2. **SCEP**: `bench/scep_bench.py --json` (gateway and micromdm side by side in the same run).
 3. **EST**: `bench/est_bench.py --json` (simpleenroll, kept-alive and new TLS connection per request).
+With `--baseline REV` (a commit, tag or branch), parts 2 and 3 also run the gateway at REV, checked out
+into a temporary git worktree that uses this .venv, right after this revision's part in every run
+(gateway only for SCEP: micromdm is measured once); a second table shows both and the ratio
+after/before per cell. That is how a change is shown not to cost throughput: e.g.
+`bench/run --baseline b97f298 --runs 3` (the last revision on gthread workers).
+
 4. **Migration**: `bench/migration --json FILE` when that file exists and is executable (import of
    100,000 certificates, report over 1,000,000 devices, SQLite and PostgreSQL); otherwise a row
    saying it was not found. Its figures are printed as it reports them.
@@ -45,6 +51,7 @@ Usage (as root, from anywhere):
     bench/run --json FILE       # also write the whole result as JSON
     bench/run --skip-migration  # do not run bench/migration
     bench/run --skip-micromdm   # gateway only (no network namespace; root not needed)
+    bench/run --baseline REV    # also the gateway at REV (git worktree), before/after table
     bench/run --workers W --concurrency 1,4,8 --max-seconds S --keep
 """
 
@@ -82,7 +89,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from run_table import FULL_MIGRATION, HELLO_MODES, highest_load, markdown, medians, partial_notes
 
 from gateway.config import load_config
-from gateway.server import child_environment
+from gateway.supervisor import child_environment
 from scep.asn1 import Digest
 from scep.envelope import ContentCipher
 
@@ -493,29 +500,67 @@ def _part(
     return cpu_meter(load, phase)
 
 
-def bench_commands(args: argparse.Namespace, requests: dict[str, int], tmp: Path) -> dict[str, list[str]]:
-    """The command lines of bench/scep_bench.py and bench/est_bench.py for this run."""
+def bench_commands(
+    args: argparse.Namespace, requests: dict[str, int], tmp: Path, baseline: Path | None
+) -> dict[str, list[str]]:
+    """The command lines of bench/scep_bench.py and bench/est_bench.py for this run, each followed by the
+    baseline's (its own scripts, run from its worktree) when there is one."""
     bound = ["--max-seconds", str(args.max_seconds)] if args.max_seconds else []
-    scep = [str(PYTHON), str(BENCH / "scep_bench.py"), "--requests", str(requests["scep"])]
-    scep += ["--json", str(tmp / "scep.json"), "--levels", args.concurrency, *bound]
-    scep += ["--gateway-workers", str(args.workers)] if args.workers else []
-    scep += ["--skip-micromdm"] if args.skip_micromdm else []
-    est = [str(PYTHON), str(BENCH / "est_bench.py"), "--requests", str(requests["est"])]
-    est += ["--json", str(tmp / "est.json"), "--concurrency", args.concurrency, *bound]
-    est += ["--workers", str(args.workers)] if args.workers else []
-    return {"scep": scep, "est": est}
+    commands: dict[str, list[str]] = {}
+    for part, bench in (("scep", BENCH), ("baseline_scep", baseline), ("est", BENCH), ("baseline_est", baseline)):
+        if bench is None:
+            continue
+        if part.endswith("scep"):
+            command = [str(PYTHON), str(bench / "scep_bench.py"), "--requests", str(requests["scep"])]
+            command += ["--json", str(tmp / f"{part}.json"), "--levels", args.concurrency, *bound]
+            command += ["--gateway-workers", str(args.workers)] if args.workers else []
+            command += ["--skip-micromdm"] if args.skip_micromdm or part.startswith("baseline") else []
+        else:
+            command = [str(PYTHON), str(bench / "est_bench.py"), "--requests", str(requests["est"])]
+            command += ["--json", str(tmp / f"{part}.json"), "--concurrency", args.concurrency, *bound]
+            command += ["--workers", str(args.workers)] if args.workers else []
+        commands[part] = command
+    return commands
+
+
+@contextlib.contextmanager
+def baseline_worktree(revision: str | None, tmp: Path) -> Iterator[Path | None]:
+    """The repository at `revision` in a temporary git worktree sharing this .venv (None without one)."""
+    if not revision:
+        yield None
+        return
+    where = tmp / "baseline"
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), revision],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: {done.stderr.strip()}")
+    (where / ".venv").symlink_to(REPO / ".venv")
+    try:
+        yield where / "bench"
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)], capture_output=True, check=False
+        )
 
 
 def run_once(
-    args: argparse.Namespace, result: dict[str, Any], tmp: Path, sampler: RssSampler, number: int
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    tmp: Path,
+    sampler: RssSampler,
+    number: int,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """Run `number`: hello world, SCEP and EST, each part's rows (None when it failed) and CPU load."""
+    """Run `number`: hello world, SCEP and EST (each followed by the baseline's), each part's rows (None
+    when it failed) and CPU load."""
     run: dict[str, Any] = {"hello": None, "scep": None, "est": None, "load": {}}
     sampler.run_number = number
     requests = result["settings"]["requests"]
     with _part(run["load"], sampler, "hello"):
         run["hello"] = run_hello(args, tmp, requests["hello"])
-    for part, command in bench_commands(args, requests, tmp).items():
+    for part, command in bench_commands(args, requests, tmp, baseline).items():
         with _part(run["load"], sampler, part):
             code = run_part(command, tmp / f"{part}.log")
         if code == 0:
@@ -527,13 +572,14 @@ def run_once(
 
 
 def run_parts(args: argparse.Namespace, result: dict[str, Any], tmp: Path, sampler: RssSampler) -> None:
-    """Hello world, SCEP and EST `args.runs` times, then migration once, into `result`."""
-    for number in range(1, args.runs + 1):
-        if args.runs > 1:
-            print(f"# bench/run: run {number} of {args.runs}", file=sys.stderr)
-        run_dir = tmp / f"run-{number}"
-        run_dir.mkdir()
-        result["runs"].append(run_once(args, result, run_dir, sampler, number))
+    """Hello world, SCEP and EST `args.runs` times (and the baseline's), then migration once, into `result`."""
+    with baseline_worktree(args.baseline, tmp) as baseline:
+        for number in range(1, args.runs + 1):
+            if args.runs > 1:
+                print(f"# bench/run: run {number} of {args.runs}", file=sys.stderr)
+            run_dir = tmp / f"run-{number}"
+            run_dir.mkdir()
+            result["runs"].append(run_once(args, result, run_dir, sampler, number, baseline))
     load: dict[str, dict[str, float]] = result["load"]
     load.update(highest_load([run["load"] for run in result["runs"]]))
     result["notes"] += partial_notes(result["runs"])
@@ -563,7 +609,8 @@ def main_run(args: argparse.Namespace) -> None:
             "requests": requests,
             "concurrency": args.concurrency,
             "workers": args.workers or defaults["listen.workers"],
-            "threads": defaults["listen.threads"],
+            "worker_kind": "gevent",
+            "baseline": _short_revision(args.baseline) if args.baseline else None,
             "runs": args.runs,
         },
         "load": {},
@@ -602,6 +649,15 @@ def main_run(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _short_revision(revision: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline: {revision!r} is not a revision of {REPO}")
+    return done.stdout.strip()
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -634,6 +690,7 @@ def main() -> None:
     parser.add_argument("--skip-migration", action="store_true", help="do not run bench/migration")
     parser.add_argument("--skip-micromdm", action="store_true", help="gateway only: no micromdm, no namespace")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    parser.add_argument("--baseline", help="also measure the gateway at this git revision: a before/after table")
     parser.add_argument("--hello-client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--http-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--https-port", type=int, default=0, help=argparse.SUPPRESS)

@@ -23,10 +23,17 @@ EST_MODE_TEXT = {"keep-alive": "HTTPS keep-alive", "new-conn": "new TLS connecti
 EST_CEILING = {"keep-alive": "https-keep-alive", "new-conn": "https-new-conn"}
 FULL_MIGRATION = {"certificates": 100_000, "devices": 1_000_000}  # issue 6's sizes
 PARTS = ("hello", "scep", "est")
-PART_KEY = {"hello": "mode", "scep": "server", "est": "mode"}
-PART_RATE = {"hello": "requests_per_s", "scep": "enrollments_per_s", "est": "enrollments_per_s"}
+PART_KEY = {"hello": "mode", "scep": "server", "est": "mode", "baseline_scep": "server", "baseline_est": "mode"}
+PART_RATE = {
+    "hello": "requests_per_s",
+    "scep": "enrollments_per_s",
+    "est": "enrollments_per_s",
+    "baseline_scep": "enrollments_per_s",
+    "baseline_est": "enrollments_per_s",
+}
+BASELINE_PARTS = {"scep": "baseline_scep", "est": "baseline_est"}  # this revision's part -> the baseline's
 PART_TITLE = {"hello": "hello world", "scep": "SCEP", "est": "EST"}
-REPEATED_PHASES = PARTS  # the CPU-load phases measured once per run
+REPEATED_PHASES = (*PARTS, *BASELINE_PARTS.values())  # the CPU-load phases measured once per run
 DASH = "\u2013"  # en dash, between the ends of a range
 
 
@@ -391,6 +398,8 @@ def load_rows(load: dict[str, dict[str, float]], nproc: int, runs: int) -> list[
         "hello": "CPUs used by other processes during the hello-world part",
         "scep": "CPUs used by other processes during the SCEP part",
         "est": "CPUs used by other processes during the EST part",
+        "baseline_scep": "CPUs used by other processes during the baseline's SCEP part",
+        "baseline_est": "CPUs used by other processes during the baseline's EST part",
         "migration": "CPUs used by other processes during the migration part (PostgreSQL counts as other)",
     }
     rows = []
@@ -435,6 +444,62 @@ def failure_notes(runs: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def versus_baseline(runs: list[dict[str, Any]], part: str, name: str, level: int) -> list[float]:
+    """This revision / the baseline's enrollments per second of one cell, one ratio per run that measured both."""
+    ratios = []
+    for run in runs:
+        now = {(row[PART_KEY[part]], row["concurrency"]): row for row in run.get(part) or []}
+        before = {(row[PART_KEY[part]], row["concurrency"]): row for row in run.get(BASELINE_PARTS[part]) or []}
+        current, baseline = now.get((name, level)), before.get((name, level))
+        if current and baseline and baseline["enrollments_per_s"]:
+            ratios.append(current["enrollments_per_s"] / baseline["enrollments_per_s"])
+    return ratios
+
+
+def baseline_markdown(result: dict[str, Any]) -> str:
+    """The before/after table of `bench/run --baseline REV` ('' without a baseline): the gateway at REV and
+    at this revision, measured in the same run(s), one after the other."""
+    baseline = result["settings"].get("baseline")
+    runs = result["runs"]
+    if not baseline:
+        return ""
+    header = [
+        "part",
+        "variant",
+        "conc",
+        f"before ({baseline}) /s",
+        "after /s",
+        "after/before",
+        "p99 ms before",
+        "after",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 6) + "|"]
+    for part, title in (("scep", "SCEP PKCSReq"), ("est", "EST simpleenroll")):
+        after = cells(runs, part)
+        before = cells(runs, BASELINE_PARTS[part])
+        for key, cell in sorted(after.items()):
+            old = before.get(key)
+            if old is None or key[0] == "micromdm":
+                continue
+            ratio = spread(versus_baseline(runs, part, *key), _ratio, "x")
+            variant = EST_MODE_TEXT.get(cell.name, "HTTP keep-alive") if part == "est" else "HTTP keep-alive"
+            lines.append(
+                f"| {title} | {variant} | {cell.concurrency} | {spread(old.rates, _per_second, '')} | "
+                f"{spread(cell.rates, _per_second, '')} | {ratio} | {statistics.median(old.p99_ms):.1f} | "
+                f"{statistics.median(cell.p99_ms):.1f} |"
+            )
+    return "\n".join(
+        [
+            f"#### Before and after: gateway at {baseline} and at this revision, same run",
+            "",
+            "Both served with their own `gateway serve` defaults, SQLite, RSA-2048 CA, the same load generators "
+            "and request counts, one after the other in every run (this revision first).",
+            "",
+            *lines,
+        ]
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The heading, the machine, the settings and the table (bench/run's result, rss and load filled in)."""
     m = result["machine"]
@@ -453,9 +518,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"revision {m['revision']}. Load average at the start {' / '.join(m['loadavg_start'])}; other processes "
         f"used up to {heaviest:.2f} of {m['nproc']} CPUs during a part (rows `machine`).",
         "",
-        f"Servers: gateway serve and the hello world with the same gunicorn settings ({s['workers']} gthread "
-        f"workers x {s['threads']} threads per listener, keepalive 15 s, one SSLContext built before the fork), "
-        "SQLite, "
+        f"Servers: gateway serve and the hello world with the same gunicorn settings ({s['workers']} "
+        f"{s.get('worker_kind', 'gthread')} workers per listener, keepalive 15 s, one SSLContext built before the "
+        "fork), SQLite, "
         f"RSA-2048 CA. Requests per level: SCEP {s['requests']['scep']} per server, EST {s['requests']['est']} per "
         f"mode, hello world {s['requests']['hello']} per mode; all built before the timed section. result = "
         "verified enrollments (hello world: correct echoes) per second of wall time; % of ceiling = that figure "
@@ -468,4 +533,7 @@ def markdown(result: dict[str, Any]) -> str:
     notes = failure_notes(result["runs"])
     if notes:
         lines += ["", *notes]
+    before_after = baseline_markdown(result)
+    if before_after:
+        lines += ["", before_after]
     return "\n".join(lines)

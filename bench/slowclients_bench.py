@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules, run 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from est_bench import PYTHON, REPO, child_env, free_ports, gateway, stop, wait_healthy
+from slow_clients import KINDS, Probe, est_probe, healthz_probe, scep_probe, slow_clients
 
-from bench.slow_clients import KINDS, Probe, est_probe, healthz_probe, scep_probe, slow_clients
 from scep.client import ScepHttpClient
 
 CHALLENGE = "bench-slow-clients"

@@ -6,6 +6,7 @@ from typing import Any
 
 from bench.run_table import (
     Row,
+    baseline_markdown,
     failure_notes,
     highest_load,
     medians,
@@ -86,3 +87,20 @@ def test_load_is_the_highest_run_per_phase_and_rss_the_highest_worker() -> None:
     ]
     (row,) = rss_rows(peaks, 2)
     assert (row.variant, row.value) == ("gateway HTTP listener (SCEP part), max of 4 workers in 2 runs", "80.0 MiB")
+
+
+def test_a_baseline_gets_a_before_after_table_with_per_run_ratios() -> None:
+    runs = [_run(300.0, 200.0, 1000.0), _run(330.0, 300.0, 1200.0), _run(280.0, 140.0, 800.0)]
+    for run, before in zip(runs, (150.0, 300.0, 200.0), strict=True):
+        run["baseline_scep"] = [_row("server", "gateway", 4, before, p50=before / 10)]
+        run["baseline_est"] = None  # the baseline's EST part failed in every run: no row
+    result: dict[str, Any] = {"settings": {"baseline": "b97f298"}, "runs": runs}
+    table = baseline_markdown(result)
+    (line,) = [line for line in table.splitlines() if line.startswith("| SCEP")]
+    # before 200 (150-300), after 300 (280-330); per-run ratios 2.0, 1.1, 1.4: median 1.4, not 300 / 200
+    assert line == (
+        "| SCEP PKCSReq | HTTP keep-alive | 4 | 200.0 (150.0\u2013300.0) | 300.0 (280.0\u2013330.0) | "
+        "1.40x (1.10\u20132.00) | 40.0 | 60.0 |"
+    )
+    assert "EST" not in table.split("|---", 1)[1]
+    assert baseline_markdown({"settings": {"baseline": None}, "runs": runs}) == ""
