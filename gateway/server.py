@@ -16,6 +16,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -85,21 +86,29 @@ def trusted_client_issuers(config: GatewayConfig) -> list[x509.Certificate]:
         gateway.store.engine.dispose()  # no database connection may cross the fork
 
 
-def start_crl_timer(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
-    """Publish the CRL when it is due (refresh interval or revocations), checked about once a minute."""
+def _every(
+    seconds: float, jitter: float, stop: threading.Event, name: str, job: Callable[[], object]
+) -> threading.Thread:
+    """Run `job` about every `seconds` (± `jitter` of it, so the workers of a node spread out) in a
+    daemon thread until `stop`; a failure is logged (a CAError by its cause) and the next round comes."""
 
     def _run() -> None:
-        while not stop.wait(CRL_CHECK_SECONDS * random.uniform(0.8, 1.2)):  # noqa: S311 - jitter only
+        while not stop.wait(seconds * random.uniform(1 - jitter, 1 + jitter)):  # noqa: S311 - jitter only
             try:
-                loader.get().crl.current(actor="crl-timer")
+                job()
             except CAError as exc:
-                log.error("CRL publication failed: %s", exc.detail)
+                log.warning("%s: %s", name, exc.detail)
             except Exception:
-                log.exception("CRL publication failed")
+                log.exception("%s failed", name)
 
-    thread = threading.Thread(target=_run, name="crl-timer", daemon=True)
+    thread = threading.Thread(target=_run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def start_crl_timer(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
+    """Publish the CRL when it is due (refresh interval or revocations), checked about once a minute."""
+    return _every(CRL_CHECK_SECONDS, 0.2, stop, "crl-timer", lambda: loader.get().crl.current(actor="crl-timer"))
 
 
 def _clients_waiting() -> bool:
@@ -114,19 +123,11 @@ def start_deferred_issuer(loader: GatewayLoader, stop: threading.Event, actor: s
     """Issue the requests admission control deferred (shared_ca.admission) whenever this worker has a slot
     to spare, looking about once a second; any worker of any node may issue any of them."""
 
-    def _run() -> None:
-        while not stop.wait(DEFERRED_CHECK_SECONDS * random.uniform(0.5, 1.5)):  # noqa: S311 - jitter only
-            try:
-                gateway = loader.get()
-                drain_deferred(gateway.approvals, gateway.admission, actor=actor, busy=_clients_waiting)
-            except CAError as exc:
-                log.warning("issuing deferred requests: %s", exc.detail)
-            except Exception:
-                log.exception("issuing deferred requests failed")
+    def _drain() -> None:
+        gateway = loader.get()
+        drain_deferred(gateway.approvals, gateway.admission, actor=actor, busy=_clients_waiting)
 
-    thread = threading.Thread(target=_run, name="deferred-issuer", daemon=True)
-    thread.start()
-    return thread
+    return _every(DEFERRED_CHECK_SECONDS, 0.5, stop, "deferred-issuer", _drain)
 
 
 class ListenerApplication(BaseApplication):  # type: ignore[misc]

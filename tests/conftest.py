@@ -33,7 +33,7 @@ BACKENDS = [
 ]
 BASE_URL = "http://127.0.0.1:8080"
 # Tests that need PostgreSQL itself (not a backend choice): collected in CI's PostgreSQL pass (.ci/run).
-collect_ignore = [] if PG_URL else ["test_database_outage_serve.py"]
+collect_ignore = [] if PG_URL else ["test_database_outage_serve.py", "test_kill9_pg_serve.py"]
 
 
 def pg_schema_url(schema: str) -> str:

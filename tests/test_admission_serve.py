@@ -28,7 +28,7 @@ from scep.envelope import ContentCipher
 from shared_ca.storage.db import create_store_engine
 from tests.support import issued_count
 from tests.test_est_auth_matrix import PASSWORD, add_est_user
-from tests.test_serve import Server, child_env, free_ports, gateway_command, start_server, stop_server
+from tests.test_serve import Server, child_env, free_ports, init_data_dir, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("admission")
     data_dir = workdir / "data"
     (http_port,) = free_ports(1)
-    done = gateway_command(
-        "init", "--data-dir", str(data_dir), "--ca-key-type", "rsa2048", "--scep-challenge", CHALLENGE,
-        "--public-base-url", f"http://127.0.0.1:{http_port}", env=child_env(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    init_data_dir(data_dir, http_port, child_env(), key_type="rsa2048", extra=("--scep-challenge", CHALLENGE))
     add_est_user(data_dir, USER)
     env = child_env(
         GATEWAY_ADMISSION_MAX_IN_FLIGHT="1",

@@ -43,7 +43,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Connection, Engine, delete, select, text
+from sqlalchemy import Connection, Engine, delete, select
 
 from gateway.config import load_config
 from scep.asn1 import Digest, MessageType, PkiStatus
@@ -64,10 +64,8 @@ from shared_ca.storage.schema import (
     approval_requests,
     certificates,
     enrollment_events,
-    scep_challenges,
     scep_transactions,
 )
-from tests.conftest import PG_URL
 from tests.support import ec_key, subject
 from tests.test_est_auth_matrix import PASSWORD, add_est_user, certificate_of, csr_body, post
 from tests.test_serve import (
@@ -77,7 +75,7 @@ from tests.test_serve import (
     descendants,
     fetch,
     free_ports,
-    gateway_command,
+    init_data_dir,
     listener_of,
     start_server,
     still_running,
@@ -109,12 +107,10 @@ def serving(tmp_path: Path, database_url: str, **env: str) -> Iterator[Server]:
     or the test's PostgreSQL schema), with the static SCEP challenge and an EST user."""
     data_dir = tmp_path / "data"
     (http_port,) = free_ports(1)
-    args = ["init", "--data-dir", str(data_dir), "--ca-key-type", "p256", "--scep-challenge", CHALLENGE]
-    args += ["--public-base-url", f"http://127.0.0.1:{http_port}"]
+    extra = ["--scep-challenge", CHALLENGE]
     if not database_url.startswith("sqlite"):
-        args += ["--database-url", database_url]
-    done = gateway_command(*args)
-    assert done.returncode == 0, done.stderr
+        extra += ["--database-url", database_url]
+    init_data_dir(data_dir, http_port, extra=extra)
     add_est_user(data_dir, USER)
     node = start_server(data_dir, tmp_path, env=child_env(**env), http_port=http_port, workers=WORKERS)
     try:
@@ -560,72 +556,3 @@ def test_kill9_with_deferred_requests_waiting_issues_each_once_and_delivers_it_b
                 assert serial_hex(fleet.polled[row.transaction_id]) == row.serial_hex, row
         assert any(row.transaction_id in fleet.polled for row in deferred)
         print(f"{len(deferred)} deferred requests, {len(set(waiting))} waiting at the kill")
-
-
-# -- a one-time challenge and a worker killed while issuing -------------------------------------------
-
-PG_ONLY = [
-    pytest.param(
-        "postgresql",
-        id="postgresql",
-        marks=[pytest.mark.postgres, pytest.mark.skipif(not PG_URL, reason="needs GATEWAY_TEST_DATABASE_URL")],
-    )
-]
-
-
-@pytest.mark.parametrize("database_url", PG_ONLY, indirect=True)
-def test_a_worker_killed_while_issuing_for_a_one_time_challenge_leaves_the_challenge_unspent(
-    tmp_path: Path, database_url: str
-) -> None:
-    """A SCEP device whose PKCSReq with a one-time challenge died with its worker sends the transaction
-    again, as after any broken connection, and gets its certificate: nothing was issued, so nothing of
-    the request may be kept, its challenge's use included (the use is spent in the transaction that
-    issues: scep.challenges.OneTimeChallenge, NewScepTransaction.spends_challenge).
-
-    The worker is killed at a known point: the challenge was accepted and the issuing transaction waits
-    on a lock the test holds on the certificates table (PostgreSQL only: SQLite's one writer lock would
-    hold the request back before it writes anything, though the window is the same there)."""
-    with serving(tmp_path, database_url) as node:
-        fleet = Fleet(node)
-        made = gateway_command("challenge", "new", "--device", "kill9-one-time", "--data-dir", str(node.data_dir))
-        assert made.returncode == 0, made.stderr
-        device = fleet.device("kill9-one-time", challenge=made.stdout.strip())
-        engine = create_store_engine(database_url)
-        try:
-
-            def uses_left() -> int:
-                with engine.connect() as conn:
-                    return int(conn.execute(select(scep_challenges.c.uses_left)).scalar_one())
-
-            def waiting_for_the_lock() -> bool:
-                with engine.connect() as conn:
-                    waiting = conn.execute(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                            " AND query ILIKE 'INSERT INTO certificates%'"
-                        )
-                    )
-                    return int(waiting.scalar_one()) > 0
-
-            with engine.connect() as locker, ThreadPoolExecutor(1) as pool, locker.begin():
-                locker.execute(text("LOCK TABLE certificates IN EXCLUSIVE MODE"))  # reads go on, inserts wait
-                sent = pool.submit(fleet.pki_operation, device, MessageType.PKCSReq, device.csr_der)
-                eventually(waiting_for_the_lock, "the issuing transaction waiting on the lock")
-                gone = kill_workers(node, "http")
-                assert sent.result() is None, "the request was answered, not cut off by the kill"
-                locker.rollback()
-            eventually(lambda: at_full_strength(node, gone), "the killed workers replaced")
-            with engine.connect() as conn:  # the kill left nothing issued and the challenge's use unspent
-                issued = conn.execute(select(certificates.c.id).where(certificates.c.common_name == "kill9-one-time"))
-                assert issued.all() == []
-            assert uses_left() == 1
-            deadline = time.monotonic() + EVENTUALLY
-            while (reply := fleet.pki_operation(device, MessageType.PKCSReq, device.csr_der)) is None:
-                assert time.monotonic() < deadline, "no answer to the retransmission"
-            left = uses_left()
-        finally:
-            engine.dispose()
-        assert reply.status is PkiStatus.SUCCESS, (
-            f"the retransmitted transaction got {reply.status.name} ({reply.fail_info_text!r}), uses left: {left}"
-        )
-        assert left == 0  # the issuance spent it

@@ -41,7 +41,7 @@ from scep.client import make_csr as scep_csr
 from scep.client_messages import build_pki_request, parse_cert_rep, self_signed_signer
 from scep.envelope import ContentCipher
 from shared_ca.storage.schema import certificates, enrollment_events
-from tests.test_serve import Server, child_env, free_ports, gateway_command, start_server, stop_server
+from tests.test_serve import Server, child_env, free_ports, gateway_command, init_data_dir, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -107,12 +107,10 @@ def nodes(tmp_path: Path, database_url: str) -> Iterator[list[Node]]:
     """Two `gateway serve` processes on one data directory (shared keys) and one database."""
     data_dir = tmp_path / "data"
     (http_port,) = free_ports(1)
-    args = ["init", "--data-dir", str(data_dir), "--ca-key-type", "rsa2048", "--scep-challenge", STATIC]
-    args += ["--public-base-url", f"http://127.0.0.1:{http_port}"]
+    extra = ["--scep-challenge", STATIC]
     if not database_url.startswith("sqlite"):
-        args += ["--database-url", database_url]
-    done = gateway_command(*args)
-    assert done.returncode == 0, done.stderr
+        extra += ["--database-url", database_url]
+    init_data_dir(data_dir, http_port, key_type="rsa2048", extra=extra)
     added = subprocess.run(
         [sys.executable, "-m", "gateway", "est-user", "add", USER, "--password-stdin", "--data-dir", str(data_dir)],
         input=PASSWORD + "\n",

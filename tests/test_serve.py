@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,17 +86,17 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def init_data_dir(data_dir: Path, http_port: int, env: Mapping[str, str] | None = None) -> None:
-    done = gateway_command(
-        "init",
-        "--data-dir",
-        str(data_dir),
-        "--ca-key-type",
-        "p256",
-        "--public-base-url",
-        f"http://127.0.0.1:{http_port}",
-        env=env,
-    )
+def init_data_dir(
+    data_dir: Path,
+    http_port: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    key_type: str = "p256",
+    extra: Sequence[str] = (),
+) -> None:
+    """`gateway init` for a node whose HTTP listener will be on `http_port`; `extra` arguments appended."""
+    args = ["init", "--data-dir", str(data_dir), "--ca-key-type", key_type]
+    done = gateway_command(*args, "--public-base-url", f"http://127.0.0.1:{http_port}", *extra, env=env)
     assert done.returncode == 0, done.stderr
 
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bench.slow_clients import est_probe, healthz_probe, scep_probe, slow_clients
 from scep.client import ScepHttpClient
 from tests.test_est_auth_matrix import PASSWORD, add_est_user
-from tests.test_serve import Server, child_env, free_ports, gateway_command, start_server, stop_server
+from tests.test_serve import Server, child_env, free_ports, init_data_dir, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("slow-clients")
     data_dir = workdir / "data"
     (http_port,) = free_ports(1)
-    done = gateway_command(
-        "init", "--data-dir", str(data_dir), "--ca-key-type", "rsa2048", "--scep-challenge", CHALLENGE,
-        "--public-base-url", f"http://127.0.0.1:{http_port}", env=child_env(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    init_data_dir(data_dir, http_port, child_env(), key_type="rsa2048", extra=("--scep-challenge", CHALLENGE))
     env = child_env(
         GATEWAY_LISTEN_HEADER_TIMEOUT_SECONDS=str(DEADLINE),
         GATEWAY_LISTEN_TLS_HANDSHAKE_TIMEOUT_SECONDS=str(DEADLINE),
@@ -177,4 +173,3 @@ def test_tls_connections_end_with_close_notify(server: Server) -> None:
         while chunk := sock.recv(4096):  # SSLEOFError here means the server left without close_notify
             received += chunk
     assert received.startswith(b"HTTP/1.1 200 ")
-
