@@ -241,9 +241,8 @@ def migrate_sunset(
         waiting = states["legacy"] + states["mapped"]
         facts["cut off"] = f"{waiting} devices not on EST yet (legacy {states['legacy']}, mapped {states['mapped']})"
         facts["told"] = f"enroll over EST at {config.est_url}"
+    on_est = f"{states['migrated']} migrated and {states['native']} native devices"
     facts["downgrade"] = (
-        "allowed: migrated devices may still use SCEP"
-        if policy.allow_downgrade
-        else f"refused: {states['migrated']} migrated devices may not use SCEP again"
+        f"allowed: {on_est} may still use SCEP" if policy.allow_downgrade else f"refused: {on_est} may not use SCEP"
     )
     click.echo(render_mapping(facts, "table"), nl=False)

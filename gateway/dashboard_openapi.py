@@ -70,7 +70,7 @@ _DEVICE = {
         "items": {"type": "string", "enum": ["DES", "SHA-1", "MD5", "static challenge"]},
         "description": "the weak choices of the device's SCEP client",
     },
-    "next_action": _nullable("string", description="the first of actions; null for migrated and retired devices"),
+    "next_action": _nullable("string", description="the first of actions; null unless still to move"),
     "actions": {"type": "array", "items": {"type": "string"}, "description": "what to do, most pressing first"},
 }
 assert {*DEVICE_COLUMNS} - {"user_agent", "cipher", "digest", "challenge"} <= set(_DEVICE)

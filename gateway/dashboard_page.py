@@ -32,7 +32,7 @@ SCRIPT = r"""
 "use strict";
 (() => {
   const KEY = "gateway.adminToken";
-  const STATES = ["legacy", "mapped", "migrated", "retired"];
+  const STATES = ["legacy", "mapped", "migrated", "native", "retired"];
   const COLOURS = {legacy: "#c0392b", mapped: "#d68910", migrated: "#1e8449"};
   const SVG = "http://www.w3.org/2000/svg";
   const PAGE = 100;
@@ -212,9 +212,10 @@ _CARDS = "".join(
         ("legacy", "total-legacy"),
         ("mapped", "total-mapped"),
         ("migrated", "total-migrated"),
+        ("native (on EST from the start)", "total-native"),
         ("retired", "total-retired"),
         ("total", "total-total"),
-        ("migrated (of active)", "percent-migrated"),
+        ("migrated (of the SCEP fleet)", "percent-migrated"),
         ("still to move", "to-move-total"),
         ("silent on EST", "silent-total"),
     )
@@ -226,6 +227,7 @@ _STATE_OPTIONS = "".join(
         ("legacy", "legacy"),
         ("mapped", "mapped"),
         ("migrated", "migrated"),
+        ("native", "native"),
         ("retired", "retired"),
         ("", "every state"),
     )
@@ -243,7 +245,7 @@ PAGE = f"""<!DOCTYPE html>
 <p>Numbers of <span id="generated-at">-</span>; the page refreshes every {REFRESH_SECONDS} s.</p></section>
 <section><h2>Trend per day</h2><div id="chart"></div></section>
 <section><h2>Groups and their SCEP sunset</h2><table id="groups"><thead><tr><th>group</th><th>legacy</th>
-<th>mapped</th><th>migrated</th><th>retired</th><th>total</th><th>% migrated</th><th>sunset</th>
+<th>mapped</th><th>migrated</th><th>native</th><th>retired</th><th>total</th><th>% migrated</th><th>sunset</th>
 <th>cut off</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Devices</h2><form id="filters"><label>State <select id="filter-state">{_STATE_OPTIONS}</select></label>
 <label>Group <select id="filter-group"><option value="">every group</option></select></label>

@@ -23,7 +23,7 @@ from migration_tools.report import DeviceEntry, GroupSummary, MigrationReport, S
 
 FORMATS = ("table", "csv", "json", "html")
 LIST_SEPARATOR = "; "
-STATES = ("legacy", "mapped", "migrated", "retired")
+STATES = ("legacy", "mapped", "migrated", "native", "retired")
 TOTAL_FIELDS = (*STATES, "total", "to_move", "percent_migrated")
 GROUP_COLUMNS = ("group", *TOTAL_FIELDS, "sunset_at", "allow_downgrade", "cut_off")
 DEVICE_COLUMNS = (

@@ -61,16 +61,19 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class StateTotals:
-    """Devices per state; `percent_migrated` counts the devices not retired (None when there are none)."""
+    """Devices per state. `percent_migrated` is the share of the devices that were on SCEP and are not
+    retired which moved to EST: migrated / (legacy + mapped + migrated), None when there are none.
+    Native devices (on EST from the start) are counted apart and never in the percentage."""
 
     legacy: int = 0
     mapped: int = 0
     migrated: int = 0
+    native: int = 0
     retired: int = 0
 
     @property
     def total(self) -> int:
-        return self.legacy + self.mapped + self.migrated + self.retired
+        return self.legacy + self.mapped + self.migrated + self.native + self.retired
 
     @property
     def to_move(self) -> int:
@@ -126,7 +129,7 @@ class ClientFingerprint:
 
 @dataclass(frozen=True)
 class DeviceEntry:
-    """A device as the report lists it; `actions` is empty for migrated and retired devices."""
+    """A device as the report lists it; `actions` is empty for migrated, native and retired devices."""
 
     id: int
     identity: str
@@ -188,7 +191,7 @@ def _day(moment: dt.datetime) -> str:
 
 
 def next_actions(device: DeviceStanding, now: dt.datetime, silent_days: int) -> tuple[str, ...]:
-    """What to do about a device still on SCEP, most pressing first; () for migrated and retired ones."""
+    """What to do about a device still on SCEP, most pressing first; () for migrated, native and retired ones."""
     if device.state not in TO_MOVE_STATES:
         return ()
     actions: list[str] = []

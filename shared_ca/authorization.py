@@ -266,7 +266,7 @@ class Authorizer:
 
     def _check_scep_gate(self, device: str | None, now: dt.datetime) -> None:
         """The migration policy: no SCEP after the device group's sunset date, and none for a device
-        that moved to EST unless its group allows the downgrade."""
+        that moved to EST, or was on EST from the start (native), unless its group allows the downgrade."""
         if self.devices is None or device is None:
             return
         gate = self.devices.scep_gate(device)
@@ -278,10 +278,15 @@ class Authorizer:
                 f"SCEP enrollment ended on {gate.sunset_at:%Y-%m-%d} for this device: enroll over EST{where}",
                 detail=f"device {device!r} of group {gate.group_name!r}: sunset {gate.sunset_at.isoformat()}",
             )
-        if gate.state == "migrated" and not gate.allow_downgrade:
+        if gate.state in ("migrated", "native") and not gate.allow_downgrade:
+            moved = (
+                "has moved to EST and may not enroll over SCEP again"
+                if gate.state == "migrated"
+                else "enrolls over EST and may not enroll over SCEP"
+            )
             raise PolicyDenied(
-                f"this device has moved to EST and may not enroll over SCEP again: use EST{where}",
-                detail=f"device {device!r} is migrated; group {gate.group_name!r} does not allow the downgrade",
+                f"this device {moved}: use EST{where}",
+                detail=f"device {device!r} is {gate.state}; group {gate.group_name!r} does not allow the downgrade",
             )
 
     # -- revocation -------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ DAY = dt.timedelta(days=1)
 
 
 def fill_fleet(app: Flask) -> None:
-    """Eight devices: legacy with weak clients, mapped (one silent), migrated, retired, two groups."""
+    """Nine devices: legacy with weak clients, mapped (one silent), migrated, native, retired, two groups."""
     gateway = app.extensions["gateway"]
     devices = DeviceStore(gateway.store.engine)
     now = utcnow()
@@ -53,7 +53,8 @@ def fill_fleet(app: Flask) -> None:
     enroll(gateway.authority, "kiosk-2", "scep", digest="md5")
     enroll(gateway.authority, "laptop-1", "scep")
     enroll(gateway.authority, "laptop-2", "scep")
-    enroll(gateway.authority, "laptop-3", "est")
+    enroll(gateway.authority, "laptop-3", "scep")
+    enroll(gateway.authority, "laptop-3", "est")  # moved from SCEP: migrated
     devices.add_devices(
         [
             NewDevice("old-1", "import:test", group_name="kiosks", first_seen_at=now - 60 * DAY),
@@ -62,6 +63,7 @@ def fill_fleet(app: Flask) -> None:
         ],
         now - 40 * DAY,
     )
+    enroll(gateway.authority, "tablet-1", "est")  # on EST from the start: native, not migrated
     for identity, group in [("kiosk-1", "kiosks"), ("kiosk-2", "kiosks"), ("laptop-1", "laptops")]:
         devices.annotate(identity, group=group, owner="it", tags=(), now=now)
     devices.annotate("laptop-2", group="laptops", owner=None, tags=(), now=now)
@@ -113,7 +115,8 @@ def test_summary_agrees_with_the_report(client: FlaskClient, fleet: Flask, token
     expected.pop("generated_at")
     assert summary == expected
     assert summary["totals"] == {
-        "legacy": 4, "mapped": 2, "migrated": 1, "retired": 1, "total": 8, "to_move": 6, "percent_migrated": 14.3,
+        "legacy": 4, "mapped": 2, "migrated": 1, "native": 1, "retired": 1, "total": 9, "to_move": 6,
+        "percent_migrated": 14.3,
     }  # fmt: skip
     assert (summary["to_move_total"], summary["silent_total"], summary["to_move"]) == (6, 1, [])
     kiosks = get(client, SUMMARY, token, query_string={"group": "kiosks", "days": "7"}).get_json()
@@ -140,6 +143,7 @@ def test_device_pages_agree_with_the_report(client: FlaskClient, fleet: Flask, t
     ("query", "identities"),
     [
         pytest.param({"state": "migrated"}, ["laptop-3"], id="migrated"),
+        pytest.param({"state": "native"}, ["tablet-1"], id="native"),
         pytest.param({"state": "retired"}, ["gone-1"], id="retired"),
         pytest.param({"group": "kiosks"}, ["kiosk-1", "kiosk-2", "old-1"], id="group"),
         pytest.param({"group": "laptops", "state": "mapped"}, ["laptop-1", "laptop-2"], id="group-and-state"),
@@ -147,7 +151,7 @@ def test_device_pages_agree_with_the_report(client: FlaskClient, fleet: Flask, t
         pytest.param({"silent": "true", "state": "legacy"}, [], id="silent-legacy"),
         pytest.param(
             {},
-            ["kiosk-1", "kiosk-2", "laptop-1", "laptop-2", "laptop-3", "old-1", "gone-1", "printer-1"],
+            ["kiosk-1", "kiosk-2", "laptop-1", "laptop-2", "laptop-3", "old-1", "gone-1", "printer-1", "tablet-1"],
             id="every-device",
         ),
     ],

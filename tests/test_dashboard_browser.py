@@ -231,7 +231,7 @@ def test_the_rendered_dashboard_shows_the_reports_numbers(browser: DevTools, ser
     page = RenderedPage(browser.dom())
 
     totals = summary["totals"]
-    for state in ("legacy", "mapped", "migrated", "retired", "total"):
+    for state in ("legacy", "mapped", "migrated", "native", "retired", "total"):
         assert page.text[f"total-{state}"] == str(totals[state]), state
     assert page.text["percent-migrated"] == f"{totals['percent_migrated']:.1f} %"
     assert (page.text["to-move-total"], page.text["silent-total"]) == (
@@ -243,7 +243,7 @@ def test_the_rendered_dashboard_shows_the_reports_numbers(browser: DevTools, ser
         drawn = [(c["data-day"], int(str(c["data-value"]))) for c in page.circles if c["data-series"] == series]
         assert drawn == [(p["day"], p[series]) for p in summary["trend"]], series
     groups = {row[0]: row for row in page.rows["groups"]}
-    assert groups["kiosks"][1] == "3" and groups["kiosks"][8] == "3"  # legacy; cut off by the sunset
+    assert groups["kiosks"][1] == "3" and groups["kiosks"][9] == "3"  # legacy; cut off by the sunset
     devices = served.api("/admin/api/devices?state=legacy,mapped")["devices"]
     assert [row[0] for row in page.rows["devices"]] == [d["identity"] for d in devices]
     kiosk = next(row for row in page.rows["devices"] if row[0] == "kiosk-1")

@@ -18,6 +18,7 @@ from shared_ca.storage.devices import DeviceStore, NewDevice
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentEvent
 from shared_ca.storage.repository import Store
+from shared_ca.storage.schema import devices
 from tests.support import SettableClock, make_csr, subject
 
 # -- the identity rule ------------------------------------------------------------------------------
@@ -130,9 +131,48 @@ def test_est_issuance_migrates_the_device(store: Store, authority: CertificateAu
     assert device.scep_cipher == "aes256"  # the SCEP fingerprint stays for the report
 
 
-def test_a_device_first_seen_on_est_is_migrated(store: Store, authority: CertificateAuthority) -> None:
+def test_a_device_first_seen_on_est_is_native_and_stays_so_on_est(
+    store: Store, authority: CertificateAuthority, clock: SettableClock
+) -> None:
     issue(authority, "new-on-est", "est")
-    assert devices_of(store).device("new-on-est").state == "migrated"  # type: ignore[union-attr]
+    device = devices_of(store).device("new-on-est")
+    assert device is not None and (device.state, device.source, device.migrated_at) == ("native", "est", None)
+    clock.advance(days=30)
+    issue(authority, "new-on-est", "est")  # a renewal over EST: still native, never "migrated"
+    device = devices_of(store).device("new-on-est")
+    assert device is not None and (device.state, device.migrated_at, device.last_est_at) == ("native", None, clock())
+
+
+def test_a_native_device_issued_over_scep_becomes_a_scep_device_still_to_move(
+    store: Store, authority: CertificateAuthority, clock: SettableClock
+) -> None:
+    issue(authority, "both", "est")
+    clock.advance(days=1)
+    issue(authority, "both", "scep", cipher="aes256")  # its group allowed the downgrade
+    device = devices_of(store).device("both")
+    assert device is not None and (device.state, device.source) == ("legacy", "scep")
+    clock.advance(days=1)
+    issue(authority, "both", "est")  # and moving it to EST again is a migration
+    device = devices_of(store).device("both")
+    assert device is not None and (device.state, device.migrated_at) == ("migrated", clock())
+
+
+def test_a_retired_native_device_back_on_est_is_native(
+    store: Store, authority: CertificateAuthority, clock: SettableClock
+) -> None:
+    issue(authority, "gone", "est")
+    with store.engine.begin() as conn:
+        conn.execute(devices.update().where(devices.c.identity == "gone").values(state="retired", retired_at=clock()))
+    issue(authority, "gone", "est")
+    device = devices_of(store).device("gone")
+    assert device is not None and (device.state, device.migrated_at, device.retired_at) == ("native", None, None)
+
+
+def test_an_imported_device_cannot_be_native() -> None:
+    with pytest.raises(InvalidRequest, match="not native"):
+        NewDevice("imp", "import:pem", state="native")
+    with pytest.raises(InvalidRequest, match="not native"):
+        NewDevice("imp", "est")
 
 
 def test_refused_requests_move_no_device(store: Store, authority: CertificateAuthority, clock: SettableClock) -> None:

@@ -157,8 +157,8 @@ def by_identity(report: MigrationReport) -> dict[str, Any]:
 
 def test_totals_and_groups(report: MigrationReport, fleet: Fleet) -> None:
     t = report.totals
-    assert (t.legacy, t.mapped, t.migrated, t.retired, t.total, t.to_move) == (4, 3, 2, 1, 10, 7)
-    assert t.percent_migrated == 22.2  # 2 of the 9 devices not retired
+    assert (t.legacy, t.mapped, t.migrated, t.native, t.retired, t.total, t.to_move) == (4, 3, 1, 1, 1, 10, 7)
+    assert t.percent_migrated == 12.5  # 1 of the 8 SCEP devices not retired; est-native was never on SCEP
     groups = {g.name: g for g in report.groups}
     assert list(groups) == ["empty", "kiosks", "laptops", "printers", None]
     kiosks, laptops, printers = groups["kiosks"], groups["laptops"], groups["printers"]
@@ -166,11 +166,8 @@ def test_totals_and_groups(report: MigrationReport, fleet: Fleet) -> None:
     assert (laptops.totals.mapped, laptops.totals.migrated, laptops.totals.percent_migrated) == (3, 1, 25.0)
     assert (laptops.sunset_at, laptops.cut_off) == (None, 0)
     assert (printers.totals.legacy, printers.cut_off) == (1, 1)
-    assert (groups[None].totals.migrated, groups[None].totals.retired, groups[None].totals.percent_migrated) == (
-        1,
-        1,
-        100.0,
-    )
+    no_group = groups[None].totals
+    assert (no_group.migrated, no_group.native, no_group.retired, no_group.percent_migrated) == (0, 1, 1, None)
     assert (groups["empty"].totals.total, groups["empty"].totals.percent_migrated, groups["empty"].allow_downgrade) == (
         0,
         None,
@@ -274,8 +271,8 @@ def test_trend_per_day(store: Store, report: MigrationReport, fleet: Fleet) -> N
     assert points[base + 4 * DAY] == (8, 0, 0)
     assert points[base + 6 * DAY] == (6, 2, 0)  # scep-strong and migrated-1 mapped
     assert points[base + 8 * DAY] == (6, 1, 1)  # migrated-1 enrolled over EST
-    assert points[base + 20 * DAY] == (5, 2, 2)  # est-native: first seen and migrated the same day
-    assert points[today - 2 * DAY] == (5, 3, 2)  # mapped-fresh mapped
+    assert points[base + 20 * DAY] == (5, 2, 1)  # est-native, first seen that day, is native: not in the trend
+    assert points[today - 2 * DAY] == (5, 3, 1)  # mapped-fresh mapped
     assert points[today] == (report.totals.legacy, report.totals.mapped, report.totals.migrated)  # retired-1 gone
     short = build_report(MigrationReportStore(store.engine), fleet.now, settings=ReportSettings(trend_days=3))
     assert short.trend == report.trend[-3:]
@@ -321,7 +318,9 @@ def test_device_pages_follow_the_keyset(store: Store, fleet: Fleet) -> None:
         after = page.next_after
     assert seen == [d.identity for d in build_report(reports, fleet.now).to_move]
     migrated = device_page(reports, fleet.now, states=("migrated",), limit=10)
-    assert [(d.identity, d.actions) for d in migrated.devices] == [("migrated-1", ()), ("est-native", ())]
+    assert [(d.identity, d.actions) for d in migrated.devices] == [("migrated-1", ())]
+    native = device_page(reports, fleet.now, states=("native",), limit=10)
+    assert [(d.identity, d.actions, d.migrated_at) for d in native.devices] == [("est-native", (), None)]
     silent = device_page(reports, fleet.now, silent_only=True, group="laptops", limit=10)
     assert [d.identity for d in silent.devices] == ["scep-strong"] and silent.next_after is None
     assert device_page(reports, fleet.now, silent_only=True, states=("legacy",)).devices == ()
@@ -489,7 +488,8 @@ def test_the_four_formats_agree_on_every_number(report: MigrationReport) -> None
     }
     assert table == projected
     assert expected["totals"][0] == {"state": "legacy", "devices": "4"}
-    assert {"state": "percent_migrated", "devices": "22.2"} in expected["totals"]
+    assert {"state": "percent_migrated", "devices": "12.5"} in expected["totals"]
+    assert {"state": "native", "devices": "1"} in expected["totals"]
     # the chart: one point per day and series, carrying the trend's numbers
     assert len(circles) == 3 * len(report.trend)
     for series in ("legacy", "mapped", "migrated"):

@@ -15,6 +15,7 @@ from gateway.cli import cli
 from scep.asn1 import FailInfo, PkiStatus
 from shared_ca.storage.devices import DeviceStore
 from tests.test_migration_map import add_device, facts, gateway_of, run
+from tests.test_migration_report import enroll
 from tests.test_scep_service import Ra, device_key, enrollment, failure, get_ca, issued_cert, post, reply_of
 
 
@@ -72,13 +73,13 @@ def test_a_migrated_device_is_refused_scep_unless_the_group_allows_the_downgrade
     reply = failure(client, ra, enrollment(ra, "moved-1", key=device_key(1)))  # no policy row: no downgrade
     assert reply.fail_info_text is not None and "has moved to EST" in reply.fail_info_text
     output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(30), "--allow-downgrade")
-    assert facts(output)["downgrade"] == "allowed: migrated devices may still use SCEP"
+    assert facts(output)["downgrade"] == "allowed: 1 migrated and 0 native devices may still use SCEP"
     assert scep_enroll(client, ra, "moved-1", 2) is PkiStatus.SUCCESS
     output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--clear")  # keeps the downgrade setting
     group = devices.group("lab")
     assert group is not None and group.allow_downgrade and group.sunset_at is None
     output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--clear", "--no-allow-downgrade")
-    assert facts(output)["downgrade"] == "refused: 1 migrated devices may not use SCEP again"
+    assert facts(output)["downgrade"] == "refused: 1 migrated and 0 native devices may not use SCEP"
     assert scep_enroll(client, ra, "moved-1", 3) is PkiStatus.FAILURE
     run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(-1), "--allow-downgrade")
     assert scep_enroll(client, ra, "moved-1", 4) is PkiStatus.FAILURE  # past the sunset: no SCEP at all
@@ -124,3 +125,22 @@ def test_sunset_errors_name_the_option(
     assert result.exit_code != 0
     assert message in result.output
     assert devices_of(app).group("lab") is None
+
+
+def test_a_native_device_is_refused_scep_unless_the_group_allows_it_and_then_is_a_scep_device(
+    app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path
+) -> None:
+    devices = devices_of(app)
+    enroll(gateway_of(app).authority, "native-1", "est")  # on EST from the start
+    assert devices.annotate("native-1", group="lab", owner=None, tags=(), now=dt.datetime.now(dt.UTC))
+    ra = get_ca(client)
+    reply = failure(client, ra, enrollment(ra, "native-1", key=device_key(1)))
+    assert (
+        reply.fail_info_text
+        == f"this device enrolls over EST and may not enroll over SCEP: use EST at {gateway_of(app).config.est_url}"
+    )
+    output = run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", day(30), "--allow-downgrade")
+    assert facts(output)["downgrade"] == "allowed: 0 migrated and 1 native devices may still use SCEP"
+    assert scep_enroll(client, ra, "native-1", 2) is PkiStatus.SUCCESS
+    device = devices.device("native-1")
+    assert device is not None and (device.state, device.source) == ("legacy", "scep")  # still to move now

@@ -43,6 +43,8 @@ class NewDevice:
         check_device_fields(self.identity, self.group_name, self.owner, self.tags)
         if self.state not in DEVICE_STATES:
             raise InvalidRequest(f"state: unknown device state {self.state!r}")
+        if self.state == "native" or self.source == "est":  # native: first seen over EST, never imported
+            raise InvalidRequest("state: an imported device is not native")
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,19 @@ def _contact_values(protocol: str, issued: bool) -> dict[str, object]:
             certificate_not_after=bindparam("not_after", type_=UTCDateTime()),
             retired_at=None,
         )
-        if protocol == "est":
+        native = d.source == "est"  # first seen over EST and never issued over SCEP (retired or not)
+        if protocol == "est":  # moved from SCEP, or native all along
             values.update(
-                state="migrated", migrated_at=func.coalesce(d.migrated_at, bindparam("now", type_=UTCDateTime()))
+                state=case((native, "native"), else_="migrated"),
+                migrated_at=case(
+                    (native, None), else_=func.coalesce(d.migrated_at, bindparam("now", type_=UTCDateTime()))
+                ),
             )
-        else:  # a retired device enrolling again over SCEP is back in the fleet, still to move
-            values["state"] = case((d.state == "retired", "legacy"), else_=d.state)
+        else:  # a retired device enrolling again over SCEP, or a native one, is a SCEP device still to move
+            values.update(
+                state=case((d.state == "retired", "legacy"), (native, "legacy"), else_=d.state),
+                source=case((native, "scep"), else_=d.source),
+            )
     return values
 
 
@@ -156,7 +165,7 @@ def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> Clause
     row: dict[str, object] = {
         "identity": bindparam("device_identity", type_=_TEXT),
         "tags": "[]",
-        "state": "legacy" if scep else "migrated",
+        "state": "legacy" if scep else "native",
         "source": protocol,
         "first_seen_at": now,
         "updated_at": now,
@@ -168,7 +177,7 @@ def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> Clause
         "scep_challenge": bindparam("challenge", type_=_TEXT) if scep else None,
         "certificate_id": bindparam("cert_id", type_=Id),
         "certificate_not_after": bindparam("not_after", type_=UTCDateTime()),
-        "migrated_at": None if scep else now,
+        "migrated_at": None,
     }
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(devices).values(**row)

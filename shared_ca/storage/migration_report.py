@@ -10,6 +10,8 @@ The trend is rebuilt from the dates a device row keeps (first_seen_at, mapped_at
 retired_at): a device is `legacy` from its first sighting, `mapped` from its mapping (if that came
 before its migration), `migrated` from its first EST certificate, and gone when retired. A row keeps
 only the latest of each date, so a device that went back and forth is counted at its latest moves.
+Native devices (first seen over EST, `source = 'est'`, retired or not) never were on SCEP: the trend
+leaves them out, as the percentage does.
 """
 
 from __future__ import annotations
@@ -189,9 +191,11 @@ class MigrationReportStore(Store):
         mapped = day_of(d.mapped_at, mapped_counts)
         migrated = day_of(d.migrated_at, migrated_counts)
         retired = day_of(d.retired_at, d.retired_at.is_not(None))
-        sightings = select(seen, func.count()).group_by(seen)
+        ever_on_scep = d.source != "est"  # native devices, retired or not, have no place in the trend
+        sightings = select(seen, func.count()).where(ever_on_scep).group_by(seen)
         moves = (
             select(mapped, migrated, retired, func.count())
+            .where(ever_on_scep)
             .where(or_(d.mapped_at.is_not(None), d.migrated_at.is_not(None), d.retired_at.is_not(None)))
             .group_by(mapped, migrated, retired)
         )

@@ -279,7 +279,7 @@ est_users = Table(
 
 # -- migration model (revision 0005) ----------------------------------------------------------------
 
-DEVICE_STATES = ("legacy", "mapped", "migrated", "retired")
+DEVICE_STATES = ("legacy", "mapped", "migrated", "native", "retired")
 MAPPING_MODES = ("certificate", "bootstrap")
 
 device_groups = Table(
@@ -300,7 +300,7 @@ devices = Table(
     Column("owner", String(255), nullable=True),
     Column("tags", Text, nullable=False),
     Column("state", String(16), nullable=False),
-    Column("source", String(32), nullable=False),
+    Column("source", String(32), nullable=False),  # 'est' only while native (or retired as such): 0008
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("last_scep_at", UTCDateTime, nullable=True),
@@ -317,7 +317,7 @@ devices = Table(
     Column("est_label", String(64), nullable=True),  # revision 0006: the EST label it was mapped to
     Column("migrated_at", UTCDateTime, nullable=True),
     Column("retired_at", UTCDateTime, nullable=True),
-    CheckConstraint("state IN ('legacy', 'mapped', 'migrated', 'retired')", name="ck_devices_state"),
+    CheckConstraint("state IN ('legacy', 'mapped', 'migrated', 'native', 'retired')", name="ck_devices_state"),
     CheckConstraint(
         "mapping_mode IS NULL OR mapping_mode IN ('certificate', 'bootstrap')", name="ck_devices_mapping_mode"
     ),
