@@ -24,9 +24,12 @@ from migration_tools.mapping import (
     ExportFile,
     MapRequest,
     MapSummary,
+    UnreadableExport,
     export_format,
     group_exposure,
     map_devices,
+    read_export,
+    unused_credentials,
 )
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
@@ -79,7 +82,11 @@ def _check_group(group: str | None) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Export file for the MDM, FILE.csv or FILE.json (created 0600; required with --mode bootstrap).",
 )
-@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing --out file (refused while it holds bootstrap credentials not used yet).",
+)
 @click.option("--rotate", is_flag=True, help="Also give devices mapped before a new credential (old ones disabled).")
 @click.option(
     "--expires-days",
@@ -128,7 +135,32 @@ def migrate_map(
         rotate=rotate,
         expires_in=dt.timedelta(days=expires_days),
     )
-    with _stores(config) as (devices, users), _export(out, force) as export:
+    with _stores(config) as (devices, users):
+        if group is not None and devices.group(group) is None and not devices.devices(group=group, limit=1):
+            raise _refuse("--group", f"no device is in group {group!r}")
+        if out is not None and force and (out.exists() or out.is_symlink()):
+            _refuse_to_drop_credentials(out, users)
+        _run_map(devices, users, request, out, force)
+
+
+def _refuse_to_drop_credentials(out: Path, users: EstUserStore) -> None:
+    """--force never replaces a file holding bootstrap passwords that can still enroll: they exist
+    nowhere else (only their hashes are stored). Nor one it cannot read, which might hold some."""
+    try:
+        unused = unused_credentials(read_export(out), users, utcnow())
+    except UnreadableExport as exc:
+        raise _refuse("--force", f"{out} is not an export file this command can read: {exc}; move it away") from None
+    if unused:
+        first = unused[0].device_id
+        raise _refuse(
+            "--force",
+            f"{out} holds {len(unused)} bootstrap credentials not used yet (the first for device {first!r}); "
+            "their passwords exist nowhere else: push the file to the devices or move it away first",
+        )
+
+
+def _run_map(devices: DeviceStore, users: EstUserStore, request: MapRequest, out: Path | None, force: bool) -> None:
+    with _export(out, force) as export:
         try:
             summary = map_devices(devices, users, request, utcnow(), export.write if export else _discard)
         except Exception as exc:  # a CAError, or a database error no store translated

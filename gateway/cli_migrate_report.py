@@ -3,7 +3,8 @@
 Needs the database and the configuration only, never the CA's keys. It first retires the devices
 whose certificate is revoked or long expired (`migration.retire_after_days`), so they are not
 counted as still to move, then builds the report (migration_tools.report) and prints it
-(migration_tools.render) as a table, CSV, JSON or a self-contained HTML page.
+(migration_tools.render) as a table, CSV (one section per file: --section), JSON or a
+self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from gateway.cli_support import config_options, echo_to, load_cli_config
-from migration_tools.render import FORMATS, render
+from migration_tools.render import CSV_DEFAULT_SECTION, FORMATS, SECTIONS, render
 from migration_tools.report import DEFAULT_LIST_LIMIT, DEFAULT_TREND_DAYS, MAX_TREND_DAYS, ReportSettings, build_report
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
@@ -27,6 +28,11 @@ from shared_ca.storage.migration_report import MigrationReportStore
 @config_options
 @click.option("--group", help="Only this device group.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--section",
+    type=click.Choice(SECTIONS),
+    help=f"The one table a CSV file holds [default: {CSV_DEFAULT_SECTION}]; with table, only this section.",
+)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the report to FILE.")
 @click.option(
     "--limit",
@@ -47,6 +53,7 @@ def report(
     config_file: Path | None,
     group: str | None,
     fmt: str,
+    section: str | None,
     out: Path | None,
     limit: int,
     trend_days: int,
@@ -54,6 +61,10 @@ def report(
     """Report the migration: totals, devices still to move with their next action, sunsets, trend."""
     if group is not None and not 1 <= len(group) <= MAX_GROUP:
         raise click.BadParameter(f"a group name has 1-{MAX_GROUP} characters", param_hint="--group")
+    if section is not None and fmt not in ("csv", "table"):
+        raise click.BadParameter(
+            f"a {fmt} report holds every section; use it with csv or table", param_hint="--section"
+        )
     if out is not None and not out.parent.is_dir():
         raise click.BadParameter(f"no directory {str(out.parent)!r} to write into", param_hint="--out")
     config = load_cli_config(data_dir, config_file)
@@ -71,11 +82,12 @@ def report(
     finally:
         engine.dispose()
     try:
-        echo_to(render(built, fmt), out)
+        echo_to(render(built, fmt, section), out)
     except OSError as exc:
         raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
     if out is not None:
-        click.echo(f"report written to {out} ({fmt})", err=True)
+        what = f"{fmt}, section {section or CSV_DEFAULT_SECTION}" if fmt == "csv" else fmt
+        click.echo(f"report written to {out} ({what})", err=True)
     if len(built.to_move) < built.to_move_total:
         click.echo(
             f"listed {len(built.to_move)} of the {built.to_move_total} devices still to move; --limit 0 lists them all",

@@ -327,6 +327,60 @@ class ExportFile:
         self.close()
 
 
+class UnreadableExport(ValueError):
+    """A file that is not an export this module wrote (so what it holds cannot be told)."""
+
+
+def read_export(path: Path) -> list[MappedDevice]:
+    """The rows of an export file (CSV or JSON, as ExportFile writes them). UnreadableExport when the
+    file is not one: another header, broken CSV or JSON, a row without a device, an unknown mode."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnreadableExport(f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    rows: list[dict[str, Any]]
+    if export_format(path) == "json":
+        try:
+            loaded = json.loads(text) if text.strip() else []  # a run cut off before its first row
+        except ValueError as exc:
+            raise UnreadableExport(f"not JSON ({exc})") from None
+        if not isinstance(loaded, list) or not all(isinstance(row, dict) for row in loaded):
+            raise UnreadableExport("not a JSON array of export rows")
+        rows = loaded
+    else:
+        try:
+            records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+        except csv.Error as exc:
+            raise UnreadableExport(f"broken CSV ({exc})") from None
+        if records and tuple(records[0]) != EXPORT_COLUMNS:
+            raise UnreadableExport(f"its header is not {','.join(EXPORT_COLUMNS)}")
+        if any(len(record) != len(EXPORT_COLUMNS) for record in records[1:]):
+            raise UnreadableExport(f"a row has not {len(EXPORT_COLUMNS)} fields")
+        rows = [dict(zip(EXPORT_COLUMNS, record, strict=True)) for record in records[1:]]
+    found = []
+    for number, row in enumerate(rows, start=1):
+        values: dict[str, Any] = {column: row.get(column) or None for column in EXPORT_COLUMNS}
+        if not isinstance(values["device_id"], str) or values["mode"] not in MAPPING_MODES:
+            raise UnreadableExport(f"row {number} names no device or no known mode")
+        if not all(value is None or isinstance(value, str) for value in values.values()):
+            raise UnreadableExport(f"row {number} holds a value that is not text")
+        found.append(MappedDevice(**{**values, "est_url": values["est_url"] or ""}))
+    return found
+
+
+def unused_credentials(rows: list[MappedDevice], users: EstUserStore, now: dt.datetime) -> list[MappedDevice]:
+    """The bootstrap rows whose EST user can still enroll (active: not disabled, expired or used up).
+    Their passwords exist only in the file the rows came from."""
+    unused = []
+    for row in rows:
+        if row.mode != "bootstrap" or row.username is None:
+            continue
+        user = users.est_user(row.username)
+        if user is not None and user.status(now) == "active":
+            unused.append(row)
+    return unused
+
+
 def _csv_line(values: Any) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)

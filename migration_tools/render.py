@@ -1,6 +1,7 @@
 """The migration report as a terminal table, CSV, JSON, or a self-contained HTML page.
 
-Every format shows the same numbers, written from one set of rows. The HTML page needs no network:
+Every format shows the same numbers, written from one set of rows. A CSV file holds one section as
+one table (a spreadsheet loads it as it is); the others hold them all. The HTML page needs no network:
 its style is inline and its trend chart is an inline SVG (no script at all).
 
 Device identities and User-Agent strings come from clients, so each format defuses them: HTML
@@ -22,6 +23,8 @@ from typing import Any
 from migration_tools.report import DeviceEntry, GroupSummary, MigrationReport, StateTotals, TrendPoint
 
 FORMATS = ("table", "csv", "json", "html")
+SECTIONS = ("report", "totals", "groups", "silent", "to_move", "trend")  # in the order the formats show them
+CSV_DEFAULT_SECTION = "to_move"
 LIST_SEPARATOR = "; "
 STATES = ("legacy", "mapped", "migrated", "native", "retired")
 TOTAL_FIELDS = (*STATES, "total", "to_move", "percent_migrated")
@@ -196,7 +199,7 @@ def _sections(report: MigrationReport, device_columns: Sequence[str]) -> list[tu
     def devices(entries: Sequence[DeviceEntry]) -> list[list[str]]:
         return [[row[c] for c in device_columns] for row in map(device_row, entries)]
 
-    return [
+    return [  # SECTIONS, in its order
         ("report", ["field", "value"], _heading(report)),
         ("totals", ["state", "devices"], _totals_rows(report.totals)),
         ("groups", list(GROUP_COLUMNS), _group_rows(report.groups)),
@@ -215,15 +218,14 @@ def _csv_cell(value: str) -> str:
     return value
 
 
-def render_csv(report: MigrationReport) -> str:
-    """Sections one after another: a `section,NAME` row, the header row, the rows, an empty row."""
+def render_csv(report: MigrationReport, section: str = CSV_DEFAULT_SECTION) -> str:
+    """One section as one table (a header row, then its rows), so a spreadsheet loads the file as it is."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for name, header, rows in _sections(report, DEVICE_COLUMNS):
-        writer.writerow(["section", name])
-        writer.writerow(header)
-        writer.writerows([_csv_cell(cell) for cell in row] for row in rows)
-        writer.writerow([])
+        if name == section:
+            writer.writerow(header)
+            writer.writerows([_csv_cell(cell) for cell in row] for row in rows)
     return buffer.getvalue()
 
 
@@ -242,10 +244,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def render_table(report: MigrationReport) -> str:
+def render_table(report: MigrationReport, section: str | None = None) -> str:
+    """Every section (or only `section`), each under its `== name ==` title."""
     lines: list[str] = []
     for name, header, rows in _sections(report, TABLE_DEVICE_COLUMNS):
-        lines += [f"== {name.replace('_', ' ')} ==", *(_table(header, rows) if rows else ["(none)"]), ""]
+        if section in (None, name):
+            lines += [f"== {name.replace('_', ' ')} ==", *(_table(header, rows) if rows else ["(none)"]), ""]
     return "\n".join(lines)
 
 
@@ -355,9 +359,17 @@ def render_html(report: MigrationReport) -> str:
     )
 
 
-def render(report: MigrationReport, fmt: str) -> str:
-    """The report in one of FORMATS."""
-    renderers = {"table": render_table, "csv": render_csv, "json": render_json, "html": render_html}
-    if fmt not in renderers:
+def render(report: MigrationReport, fmt: str, section: str | None = None) -> str:
+    """The report in one of FORMATS. CSV holds one of SECTIONS (default CSV_DEFAULT_SECTION), a table
+    every section or the one named; JSON and HTML always hold them all (ValueError for a section)."""
+    if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (known: {', '.join(FORMATS)})")
-    return renderers[fmt](report)
+    if section is not None and section not in SECTIONS:
+        raise ValueError(f"unknown report section {section!r} (known: {', '.join(SECTIONS)})")
+    if fmt == "csv":
+        return render_csv(report, section or CSV_DEFAULT_SECTION)
+    if fmt == "table":
+        return render_table(report, section)
+    if section is not None:
+        raise ValueError(f"a {fmt} report holds every section; --section is for csv and table")
+    return render_json(report) if fmt == "json" else render_html(report)

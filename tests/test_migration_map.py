@@ -32,10 +32,12 @@ from migration_tools.mapping import (
     ExportFile,
     MappedDevice,
     MapRequest,
+    UnreadableExport,
     bootstrap_username,
     device_est_url,
     export_format,
     map_devices,
+    read_export,
 )
 from shared_ca.authority import CertificateAuthority, Issued, PublicUrls
 from shared_ca.ca_material import create_root_ca, register_issuer
@@ -461,6 +463,91 @@ def test_map_with_rotate_through_the_command(app: Flask, runner: CliRunner, data
     old_user, new_user = users.est_user(old["username"]), users.est_user(new["username"])
     assert old_user is not None and old_user.disabled_at is not None
     assert new_user is not None and new_user.disabled_at is None
+
+
+def test_force_never_replaces_a_file_holding_credentials_not_used_yet(
+    app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path, tmp_path: Path
+) -> None:
+    devices = DeviceStore(gateway_of(app).store.engine)
+    add_device(devices, "kiosk-1")
+    add_device(devices, "kiosk-2")
+    out = tmp_path / "kiosks.json"
+    run(runner, data_dir, "migrate", "map", "--mode", "bootstrap", "--out", str(out))
+    kept = out.read_bytes()
+    refused = run(runner, data_dir, "migrate", "map", "--mode", "bootstrap", "--out", str(out), "--force", code=1)
+    assert "--force: " in refused and "holds 2 bootstrap credentials not used yet" in refused
+    assert out.read_bytes() == kept  # both passwords still where they are, and only there
+    # One device enrolls with its credential, the other's is disabled: nothing left to lose.
+    first, second = json.loads(kept)
+    body = b64_csr(make_csr(ec_key(), subject(first["device_id"])))
+    enrolled = post(client, "simpleenroll", body, headers=basic(first["username"], first["password"]))
+    assert enrolled.status_code == 200, enrolled.get_data(as_text=True)
+    refused = run(runner, data_dir, "migrate", "map", "--mode", "bootstrap", "--out", str(out), "--force", code=1)
+    assert "holds 1 bootstrap credentials not used yet (the first for device 'kiosk-2')" in refused
+    run(runner, data_dir, "est-user", "disable", second["username"])
+    output = run(runner, data_dir, "migrate", "map", "--mode", "bootstrap", "--out", str(out), "--force")
+    assert facts(output)["mapped"] == "0" and json.loads(out.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param("precious", id="fail/not-an-export"),
+        pytest.param('device_id,est_url,mode,username,password\n"kiosk-1,x', id="fail/broken-quote"),
+        pytest.param("device_id,est_url,mode,username,password\nkiosk-1,u,magic,,\n", id="fail/unknown-mode"),
+        pytest.param("device_id,est_url,mode,username,password\nkiosk-1,u\n", id="fail/short-row"),
+    ],
+)
+def test_force_never_replaces_a_file_it_cannot_read(
+    runner: CliRunner, data_dir: Path, tmp_path: Path, content: str
+) -> None:
+    out = tmp_path / "old.csv"
+    out.write_text(content, encoding="utf-8")
+    refused = run(runner, data_dir, "migrate", "map", "--out", str(out), "--force", code=1)
+    assert "--force: " in refused and "is not an export file this command can read" in refused
+    assert out.read_text(encoding="utf-8") == content
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "rows"),
+    [
+        pytest.param("a.csv", "device_id,est_url,mode,username,password\nd1,u,certificate,,\n", 1, id="csv"),
+        pytest.param("a.csv", "", 0, id="empty-csv"),
+        pytest.param(
+            "a.json", '[\n  {"device_id": "d1", "est_url": "u", "mode": "bootstrap", "username": "b"}\n]', 1, id="json"
+        ),
+        pytest.param("a.json", "", 0, id="empty-json"),
+    ],
+)
+def test_read_export_reads_what_export_file_writes(tmp_path: Path, name: str, content: str, rows: int) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert len(read_export(path)) == rows
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "cause"),
+    [
+        pytest.param("a.json", "[", "not JSON", id="fail/cut-json"),
+        pytest.param("a.json", '{"device_id": "d1"}', "not a JSON array", id="fail/object"),
+        pytest.param("a.json", '[{"device_id": 1, "mode": "certificate"}]', "row 1 names no device", id="fail/number"),
+        pytest.param(
+            "a.json", '[{"device_id": "d", "mode": "certificate", "username": 5}]', "not text", id="fail/type"
+        ),
+        pytest.param("a.csv", "a,b\n", "its header is not", id="fail/header"),
+        pytest.param("a.csv", b"\xff\xfe".decode("latin-1"), "header", id="fail/bytes"),
+    ],
+)
+def test_read_export_refuses_what_it_cannot_tell(tmp_path: Path, name: str, content: str, cause: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UnreadableExport, match=cause):
+        read_export(path)
+
+
+def test_map_refuses_an_unknown_group(runner: CliRunner, data_dir: Path) -> None:
+    refused = run(runner, data_dir, "migrate", "map", "--group", "nosuch", code=1)
+    assert "--group: no device is in group 'nosuch'" in refused
 
 
 @pytest.mark.parametrize(

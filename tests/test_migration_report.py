@@ -23,7 +23,7 @@ from sqlalchemy import event, insert
 from gateway.cli import cli
 from gateway.config import load_config
 from gateway.runtime import open_gateway
-from migration_tools.render import DEVICE_COLUMNS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS, render
+from migration_tools.render import DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS, render
 from migration_tools.report import (
     ACTION_MAP,
     ACTION_PUSH,
@@ -401,17 +401,15 @@ def sections_of_json(text: str) -> Sections:
     }
 
 
-def sections_of_csv(text: str) -> Sections:
-    rows, index = list(csv.reader(io.StringIO(text))), 0
-    found: Sections = {}
-    while index < len(rows):
-        assert rows[index][0] == "section", rows[index]
-        name, header, index = rows[index][1], rows[index + 1], index + 2
-        found[name] = []
-        while rows[index]:
-            found[name].append(dict(zip(header, rows[index], strict=True)))
-            index += 1
-        index += 1
+def table_of_csv(text: str) -> list[dict[str, str]]:
+    """A CSV report file: exactly one table, a header row and its rows, as a spreadsheet reads it."""
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def sections_of_csv(report: MigrationReport) -> Sections:
+    """Every section, one CSV file each (--section)."""
+    found = {name: table_of_csv(render(report, "csv", name)) for name in SECTIONS}
+    assert render(report, "csv") == render(report, "csv", "to_move")  # the default section
     return found
 
 
@@ -478,7 +476,7 @@ def sections_of_table(text: str) -> Sections:
 
 def test_the_four_formats_agree_on_every_number(report: MigrationReport) -> None:
     expected = sections_of_json(render(report, "json"))
-    assert sections_of_csv(render(report, "csv")) == expected
+    assert sections_of_csv(report) == expected
     html, circles = sections_of_html(render(report, "html"))
     assert html == expected
     table = sections_of_table(render(report, "table"))
@@ -514,7 +512,7 @@ def test_client_supplied_text_is_defused_in_every_format(store: Store, clock: Se
     )  # fmt: skip
     events.record_event(hostile, clock())
     report = build_report(MigrationReportStore(store.engine), clock())
-    rows = sections_of_csv(render(report, "csv"))["to_move"]
+    rows = table_of_csv(render(report, "csv"))
     assert rows[0]["identity"] == '\'=HYPERLINK("http://x")'
     assert rows[0]["weak"] == "DES; MD5; static challenge"
     page = render(report, "html")
@@ -531,6 +529,10 @@ def test_an_empty_fleet(store: Store, clock: SettableClock) -> None:
     assert "(none)" in render(report, "table")
     with pytest.raises(ValueError, match="unknown report format 'xml'"):
         render(report, "xml")
+    with pytest.raises(ValueError, match="unknown report section 'everything'"):
+        render(report, "csv", "everything")
+    with pytest.raises(ValueError, match="holds every section"):
+        render(report, "html", "totals")
 
 
 # -- gateway migrate report ---------------------------------------------------------------------------
@@ -562,7 +564,11 @@ def test_cli_report_retires_stale_devices_first(runner: CliRunner, data_dir: Pat
     table = run(runner, data_dir)
     assert "== totals ==" in table and "router-1" in table and "retired 1" not in table
     csv_text = run(runner, data_dir, "--format", "csv", "--limit", "0")
-    assert sections_of_csv(csv_text)["to_move"][0]["identity"] == "router-1"
+    assert table_of_csv(csv_text)[0]["identity"] == "router-1"
+    totals = table_of_csv(run(runner, data_dir, "--format", "csv", "--section", "totals"))
+    assert {"state": "legacy", "devices": "1"} in totals and list(totals[0]) == ["state", "devices"]
+    only = run(runner, data_dir, "--section", "groups")
+    assert only.startswith("== groups ==") and "== totals ==" not in only
     page = run(runner, data_dir, "--format", "html", "--trend-days", "7")
     assert (
         page.startswith("<!DOCTYPE html>") and page.count('data-series="legacy" data-day') == 1
@@ -577,6 +583,8 @@ def test_cli_report_retires_stale_devices_first(runner: CliRunner, data_dir: Pat
         pytest.param(["--format", "xml"], 2, "'xml' is not one of", id="fail/format"),
         pytest.param(["--out", "/nonexistent/dir/r.html"], 2, "no directory '/nonexistent/dir'", id="fail/out-dir"),
         pytest.param(["--limit", "-1"], 2, "-1 is not in the range x>=0", id="fail/limit"),
+        pytest.param(["--format", "json", "--section", "totals"], 2, "holds every section", id="fail/json-section"),
+        pytest.param(["--format", "csv", "--section", "all"], 2, "'all' is not one of", id="fail/section"),
     ],
 )
 def test_cli_report_errors_are_one_line(
