@@ -96,6 +96,7 @@ def _result(summary: ImportSummary) -> dict[str, Any]:
             for i in summary.issuers
         ],
         "restart_needed": summary.restart_needed,
+        "warnings": summary.warnings,
     }
 
 
@@ -191,6 +192,8 @@ def _print(summary: ImportSummary, fmt: str) -> None:
         click.echo(render(summary.rows(), ["result", "count"], fmt), nl=False)
     else:
         click.echo(render_mapping(_result(summary), "json"), nl=False)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if summary.dry_run:
         click.echo("dry run: nothing written", err=True)
     if summary.restart_needed:

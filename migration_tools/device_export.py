@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import csv
 import datetime as dt
-import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,38 +80,49 @@ def _export_row(cells: dict[str, str], where: str, line: int, has_tags: bool) ->
 
 def parse_device_export(text: str, source: str) -> list[ExportRow | Problem]:
     """The rows of an MDM export with a header row; comma-separated, or `;` / tab when the header
-    has no comma (spreadsheet exports in some locales). Bad rows are Problems with their line."""
-    text = text.removeprefix("\ufeff")
-    header = text.split("\n", 1)[0]
+    has no comma (spreadsheet exports in some locales). Bad rows are Problems with their line.
+
+    One row per line: a quoted field never spans lines (no device identity, serial or tag holds a
+    line break), so a quote left open is that line's problem alone, named by its line number, and
+    the lines after it are read as they are (Python's csv would take the rest of the file into that
+    one field).
+    """
+    lines = text.removeprefix("\ufeff").splitlines()
+    if not lines or not lines[0].strip():
+        raise InventoryError("PATH", f"{source} is empty: expected a header row")
+    header = lines[0]
     delimiter = "," if "," in header else ";" if ";" in header else "\t" if "\t" in header else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        names = [name.strip().lower() for name in next(reader)]
-    except StopIteration:
-        raise InventoryError("PATH", f"{source} is empty: expected a header row") from None
+        (names,) = [[name.strip().lower() for name in record] for record in _records(header, delimiter)]
+    except csv.Error as exc:
+        raise InventoryError("PATH", f"{source}:1: the header row is malformed ({exc})") from None
     if not {"device_id", "serial", "sha256"} & set(names):
         raise InventoryError("PATH", f"{source}: the header has none of the columns device_id, serial, sha256")
     rows: list[ExportRow | Problem] = []
-    line = reader.line_num + 1
-    while True:
+    for line, physical in enumerate(lines[1:], start=2):
+        where = f"{source}:{line}"
         try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:  # a NUL byte, an unterminated quote at the end
-            rows.append(Problem(f"{source}:{line}", "malformed export row", f"malformed row: {exc}"))
-            line = reader.line_num + 1
+            records = _records(physical, delimiter)
+        except csv.Error as exc:  # a quote left open, or text after a closing quote
+            cause = "a quoted field is not closed on this line" if "end of data" in str(exc) else str(exc)
+            rows.append(Problem(where, "malformed export row", f"malformed row: {cause}"))
             continue
-        if any(value.strip() for value in record):
-            try:
-                if len(record) > len(names):
-                    raise ValueError(f"{len(record)} fields, but the header names {len(names)}")
-                cells = dict(zip(names, record, strict=False))
-                rows.append(_export_row(cells, f"{source}:{line}", line, "tags" in names))
-            except ValueError as exc:
-                rows.append(Problem(f"{source}:{line}", "malformed export row", f"malformed row: {exc}"))
-        line = reader.line_num + 1
+        if not records or not any(value.strip() for value in records[0]):
+            continue
+        (record,) = records
+        try:
+            if len(record) > len(names):
+                raise ValueError(f"{len(record)} fields, but the header names {len(names)}")
+            cells = dict(zip(names, record, strict=False))
+            rows.append(_export_row(cells, where, line, "tags" in names))
+        except ValueError as exc:
+            rows.append(Problem(where, "malformed export row", f"malformed row: {exc}"))
     return rows
+
+
+def _records(line: str, delimiter: str) -> list[list[str]]:
+    """The CSV records of one physical line (none or one); csv.Error when it is malformed."""
+    return list(csv.reader([line], delimiter=delimiter, strict=True))
 
 
 def read_device_export(path: Path) -> list[ExportRow | Problem]:

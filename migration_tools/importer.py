@@ -75,6 +75,7 @@ class ImportSummary:
     devices_added: int = 0
     devices_present: int = 0
     issuers: list[IssuerOutcome] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the run did that the operator may not mean
 
     @property
     def restart_needed(self) -> bool:
@@ -367,6 +368,13 @@ def import_inventory(
         run.take(item, issuers)
     run.flush()
     _add_devices(store, run.devices, options, now, run.summary)
+    if inventory.ca_certificates and run.summary.read == 0:
+        trusted = "would be trusted" if options.dry_run else "are trusted"
+        run.summary.warnings.append(
+            f"the inventory holds CA certificates only ({len(inventory.ca_certificates)}) and no device "
+            f"certificate: they {trusted} as legacy issuers, but no device was imported "
+            "(give the certificates the legacy CA issued, or the CA's depot or index)"
+        )
     if not options.dry_run:
         store.record_audit(AuditEvent(options.actor, "inventory.imported", detail=_audit_detail(run.summary)), now)
     return run.summary
@@ -406,4 +414,5 @@ def _audit_detail(summary: ImportSummary) -> dict[str, Any]:
         "skipped": dict(summary.skipped),
         "devices_added": summary.devices_added,
         "issuers": [i.name for i in summary.issuers],
+        "warnings": summary.warnings,
     }

@@ -353,6 +353,21 @@ def test_device_export_rows_and_bad_lines() -> None:
     ]
     with pytest.raises(InventoryError, match="none of the columns device_id, serial, sha256"):
         parse_device_export("name,group\nx,y\n", "mdm.csv")
+    with pytest.raises(InventoryError, match="is empty: expected a header row"):
+        parse_device_export("\ufeff", "mdm.csv")
+    with pytest.raises(InventoryError, match=r"mdm.csv:1: the header row is malformed"):
+        parse_device_export('device_id,"group\nd1,g\n', "mdm.csv")
+
+
+def test_a_quote_left_open_is_its_lines_problem_and_the_rest_is_read() -> None:
+    # Python's csv would read everything after line 3 into one field of one "row".
+    text = 'device_id,group\nd1,lab\n"d2,lab\nd3,lab\n"d4"x,lab\nd5,"lab"\n'
+    rows = parse_device_export(text, "mdm.csv")
+    assert [getattr(r, "device_id", None) for r in rows] == ["d1", None, "d3", None, "d5"]
+    assert [str(r) for r in rows if isinstance(r, Problem)] == [
+        "mdm.csv:3: malformed row: a quoted field is not closed on this line",
+        "mdm.csv:5: malformed row: ',' expected after '\"'",
+    ]
 
 
 # -- importing ----------------------------------------------------------------------------------------
@@ -615,6 +630,24 @@ def test_device_export_serial_among_several_cas(tmp_path: Path, inventory_store:
 def invoke(runner: CliRunner, data_dir: Path, *args: str) -> tuple[int, str, str]:
     result = runner.invoke(cli, ["migrate", "import", "--data-dir", str(data_dir), *args])
     return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_pem_of_ca_certificates_only_is_imported_with_a_warning(
+    runner: CliRunner, data_dir: Path, tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA
+) -> None:
+    only_ca = tmp_path / "ca-only.pem"
+    only_ca.write_bytes(pem(legacy_ca.certificate))
+    until = f"{WINDOW:%Y-%m-%d}"
+    code, out, err = invoke(runner, data_dir, "--from", "pem", str(only_ca), "--trust-until", until, "--dry-run")
+    assert code == 0, err
+    assert "warning: the inventory holds CA certificates only (1) and no device certificate: they would be" in err
+    code, out, err = invoke(runner, data_dir, "--from", "pem", str(only_ca), "--trust-until", until, "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["read"] == 0 and len(result["warnings"]) == 1 and "are trusted as legacy issuers" in err
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pem(legacy_ca.certificate) + pem(legacy_ca.issue("p1")))
+    assert run_import(inventory_store, bundle, "pem").warnings == []  # with a device certificate: as meant
 
 
 def test_cli_import_summary_idempotency_and_dry_run(
