@@ -308,7 +308,7 @@ def ca_rollover(
     click.echo(f"expires    {result.ca_not_after:%Y-%m-%d}")
     click.echo(f"next RA    {result.ra_subject}")
     click.echo(f"files      {result.ca_cert}, {result.ra_cert}")
-    click.echo("restart `gateway serve` to offer it through GetNextCACert")
+    click.echo("a running `gateway serve` offers it through GetNextCACert within seconds (no restart)")
 
 
 @cli.group()

@@ -29,8 +29,9 @@ from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.device_contacts import MAX_GROUP
 from shared_ca.storage.inventory import InventoryStore
 
-RESTART_HINT = (
-    "restart `gateway serve`: its TLS listener loads the trusted client-certificate issuers when its workers start"
+TRUST_HINT = (
+    "a running `gateway serve` follows the change within seconds, no restart: its TLS listener accepts the "
+    "client certificates of a newly trusted issuer, and every request checks the issuer's window"
 )
 
 
@@ -95,7 +96,7 @@ def _result(summary: ImportSummary) -> dict[str, Any]:
             }
             for i in summary.issuers
         ],
-        "restart_needed": summary.restart_needed,
+        "issuers_changed": summary.issuers_changed,
         "warnings": summary.warnings,
     }
 
@@ -196,5 +197,5 @@ def _print(summary: ImportSummary, fmt: str) -> None:
         click.echo(f"warning: {warning}", err=True)
     if summary.dry_run:
         click.echo("dry run: nothing written", err=True)
-    if summary.restart_needed:
-        click.echo(RESTART_HINT, err=True)
+    if summary.issuers_changed:
+        click.echo(TRUST_HINT, err=True)

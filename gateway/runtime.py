@@ -1,6 +1,7 @@
 """Opening a configured gateway: store, CA key material, CRL publisher and OCSP responder.
 
-Built once per process (per gunicorn worker) and immutable afterwards.
+Built once per process (per gunicorn worker) and immutable afterwards; GatewayLoader builds it again
+when the issuers in the database change (a legacy CA imported, a CA rollover), without a restart.
 """
 
 from __future__ import annotations
@@ -79,10 +80,13 @@ class Gateway:
     scep: ScepService
     est: EstService
 
-    def trusted_client_issuers(self, now: dt.datetime) -> list[x509.Certificate]:
-        """CA certificates whose client certificates the TLS listener accepts: ours and legacy in window."""
+    def trusted_client_issuers(
+        self, now: dt.datetime, issuers: list[IssuerRecord] | None = None
+    ) -> list[x509.Certificate]:
+        """CA certificates whose client certificates the TLS listener accepts: ours and legacy in window
+        (of `issuers`, as read from the store unless given)."""
         certs = [self.authority.certificate]
-        for issuer in self.store.list_issuers():
+        for issuer in self.store.list_issuers() if issuers is None else issuers:
             if issuer.id == self.authority.issuer.id:
                 continue
             if issuer.kind == "legacy" and (issuer.trust_until is None or issuer.trust_until <= now):
@@ -91,6 +95,16 @@ class Gateway:
                 continue
             certs.append(x509.load_der_x509_certificate(issuer.cert_der))
         return certs
+
+
+IssuerRevision = tuple[tuple[int, str, str, dt.datetime | None], ...]
+
+
+def issuer_revision(issuers: list[IssuerRecord]) -> IssuerRevision:
+    """What of the issuers table a running gateway depends on: each issuer's id, kind, certificate and
+    trust window. It changes when `migrate import` registers a legacy CA or moves its window, when a
+    legacy CA is removed, and when `ca rollover` prepares a next CA."""
+    return tuple((i.id, i.kind, i.fingerprint_sha256, i.trust_until) for i in issuers)
 
 
 def admission_settings(config: GatewayConfig) -> AdmissionSettings:
@@ -130,7 +144,15 @@ def open_gateway(config: GatewayConfig) -> Gateway:
         raise
 
 
-def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes | None) -> Gateway:
+def reopen_gateway(gateway: Gateway) -> Gateway:
+    """The gateway built afresh from its files and the database (after a CA rollover, say), on the same
+    store and with the same admission control (its slots and counters are the worker's)."""
+    return _assemble(gateway.config, gateway.store, key_passphrase(gateway.config), admission=gateway.admission)
+
+
+def _assemble(
+    config: GatewayConfig, store: EnrollmentStore, passphrase: bytes | None, *, admission: Admission | None = None
+) -> Gateway:
     require_schema_at_head(store.engine)
     ca_chain, ca_key = _load_pair(config, "ca.cert", "ca.key", passphrase)
     ra_certs, ra_key = _load_pair(config, "ra.cert", "ra.key", passphrase)
@@ -161,7 +183,7 @@ def _assemble(config: GatewayConfig, store: EnrollmentStore, passphrase: bytes |
         profiles=config.profiles,
         clock=authority.clock,
     )
-    admission = Admission(admission_settings(config))
+    admission = admission or Admission(admission_settings(config))
     scep = ScepService(
         authority=authority,
         store=store,
@@ -244,6 +266,7 @@ class GatewayLoader:
         self._retry_seconds = retry_seconds
         self._clock = clock
         self._gateway: Gateway | None = None
+        self._revision: IssuerRevision = ()  # of the issuers the gateway was built from
         self._failure: Unavailable | None = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
@@ -269,7 +292,12 @@ class GatewayLoader:
             if self._failure is not None and self._clock() < self._retry_at:
                 raise self._failure
             try:
-                self._gateway = self._opener(self.config)
+                gateway = self._opener(self.config)
+                try:
+                    revision = issuer_revision(gateway.store.list_issuers())
+                except BaseException:
+                    gateway.store.engine.dispose()
+                    raise
             except Unavailable as exc:
                 if self._failure is None:
                     log.error("cannot open the gateway: %s; answering 503 until it can", exc.detail)
@@ -278,5 +306,20 @@ class GatewayLoader:
                 raise
             if self._failure is not None:
                 log.warning("the gateway is open again: serving")
-            self._failure = None
-            return self._gateway
+            self._gateway, self._revision, self._failure = gateway, revision, None
+            return gateway
+
+    def refresh(self, now: dt.datetime) -> list[x509.Certificate]:
+        """Follow the issuers in the database: rebuild the gateway when they changed since it was built
+        (a CA rollover is served then; a legacy CA's window is read per request anyway), and return the
+        client-certificate issuers trusted now, for the TLS listener's context. Unavailable while the
+        database is away; KeyMaterialError when the new material does not load (the old gateway stays)."""
+        gateway = self.get()
+        issuers = gateway.store.list_issuers()
+        revision = issuer_revision(issuers)
+        with self._lock:
+            if revision != self._revision:
+                gateway = self._gateway = reopen_gateway(gateway)
+                self._revision = revision
+                log.info("the issuers in the database changed: the gateway was rebuilt from them")
+        return gateway.trusted_client_issuers(now, issuers)

@@ -2,7 +2,8 @@
 
 The arbiter serves the gateway app with gateway.worker's gevent worker on the socket the supervisor
 bound, builds the HTTPS listener's TLS context once before it forks (so every worker shares one
-session-ticket key), and runs the CRL timer in each worker.
+session-ticket key), and runs the CRL timer in each worker, and the watch that follows the issuers in the
+database (a legacy CA imported, a CA rollover) without a restart.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
 from gateway.worker import ConnectionLimits, server_tls_context
 from shared_ca.admission import LAG_FLOOR_SECONDS
 from shared_ca.approval import drain_deferred
+from shared_ca.authority import fingerprint
 from shared_ca.errors import CAError, Unavailable
 from shared_ca.keys import certificates_pem, load_certificates
 
 log = logging.getLogger("gateway.server")
 CRL_CHECK_SECONDS = 60
 DEFERRED_CHECK_SECONDS = 1.0
+TRUST_CHECK_SECONDS = 5.0  # how often each worker looks whether the issuers in the database changed
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python's ssl.VerifyFlags does not name it
 
@@ -139,6 +142,7 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         self.gateway_config = config
         self._loader: GatewayLoader | None = None
         self._context: ssl.SSLContext | None = None
+        self._trusted: set[str] = set()  # fingerprints of the issuers the context verifies client certificates by
         super().__init__()
 
     def _worker_loader(self) -> GatewayLoader:
@@ -168,15 +172,38 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         holds the same session-ticket key, so a client resumes its TLS session whichever worker its
         next connection lands on (one context per worker resumed about one connection in three)."""
         config = self.gateway_config
-        return build_ssl_context(config, trusted_client_issuers(config))
+        trusted = trusted_client_issuers(config)
+        self._trusted = {fingerprint(c) for c in trusted}
+        return build_ssl_context(config, trusted)
 
     def _post_worker_init(self, _worker: Any) -> None:
         loader = self._worker_loader()
         with contextlib.suppress(Unavailable):  # open now when the database answers; on first use if not
             loader.get()
         start_deferred_issuer(loader, threading.Event(), f"admission:{self.listener}:{os.getpid()}")
+        _every(TRUST_CHECK_SECONDS, 0.3, threading.Event(), "trust-watch", self._follow_issuers)
         if self.listener == "https":
             start_crl_timer(loader, threading.Event())
+
+    def _follow_issuers(self) -> None:
+        """The issuers in the database, followed without a restart (GatewayLoader.refresh): a CA rollover
+        is served, and the TLS context accepts the client certificates of an issuer trusted since it was
+        built (a legacy CA imported, its window moved, or the database away when the arbiter started).
+        The context only ever gains issuers: one whose trust ended (window passed, removed) still passes
+        the handshake, and every request is refused per request (shared_ca.trust: a clear 403)."""
+        try:
+            trusted = self._worker_loader().refresh(dt.datetime.now(dt.UTC))
+        except Unavailable:
+            return  # the loader logged the outage; the next round looks again
+        context = self._context
+        if context is None or context.verify_mode == ssl.CERT_NONE:
+            return
+        new = [c for c in trusted if fingerprint(c) not in self._trusted]
+        if new:
+            context.load_verify_locations(cadata=certificates_pem(new).decode("ascii"))
+            self._trusted.update(fingerprint(c) for c in new)
+            names = ", ".join(c.subject.rfc4514_string() for c in new)
+            log.info("HTTPS listener: accepting client certificates of %s from now on", names)
 
     def load_config(self) -> None:
         config = self.gateway_config

@@ -78,8 +78,8 @@ class ImportSummary:
     warnings: list[str] = field(default_factory=list)  # what the run did that the operator may not mean
 
     @property
-    def restart_needed(self) -> bool:
-        """Whether `gateway serve` must restart: its TLS listener loads trusted issuers at start."""
+    def issuers_changed(self) -> bool:
+        """Whether the run registered a legacy CA or moved its window (a running gateway follows it)."""
         return not self.dry_run and any(i.action != "unchanged" for i in self.issuers)
 
     def rows(self) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ the app over it: 503 with Retry-After while it cannot be opened, liveness and re
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
 import pytest
@@ -10,8 +11,14 @@ from flask import Flask
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.rollover import RolloverOptions, rollover
 from gateway.runtime import Gateway, GatewayLoader, open_gateway
+from migration_tools.importer import new_legacy_issuer
+from shared_ca.authority import fingerprint
 from shared_ca.errors import KeyMaterialError, Unavailable
+from shared_ca.keys import KeyType
+from shared_ca.storage.inventory import InventoryStore
+from tests.test_migration_import import LegacyCA
 
 
 class Opener:
@@ -99,5 +106,53 @@ def test_the_app_answers_503_with_retry_after_until_the_gateway_opens(
         clock.now += 2.0
         assert client.get("/scep?operation=GetCACaps").status_code == 200  # open now: served
         assert client.get("/readyz").json["checks"]["database"] == "ok"  # type: ignore[index]
+    finally:
+        opener.close()
+
+
+# -- following the issuers in the database (GatewayLoader.refresh) ----------------------------------
+
+
+def test_refresh_follows_a_new_legacy_issuer_and_keeps_the_gateway_until_then(gateway_config: GatewayConfig) -> None:
+    opener, clock = Opener(), Clock()
+    loader = loader_for(gateway_config, opener, clock)
+    try:
+        first = loader.get()
+        now = dt.datetime.now(dt.UTC)
+        assert [fingerprint(c) for c in loader.refresh(now)] == [fingerprint(first.authority.certificate)]
+        assert loader.loaded is first  # nothing changed: nothing rebuilt
+        legacy = LegacyCA(name="Refreshed Legacy CA")
+        register = InventoryStore(first.store.engine).register_legacy_issuer
+        register(new_legacy_issuer(legacy.certificate, now + dt.timedelta(days=30)), "test", now)
+        trusted = loader.refresh(now)
+        assert fingerprint(legacy.certificate) in {fingerprint(c) for c in trusted}
+        rebuilt = loader.loaded
+        assert rebuilt is not None and rebuilt is not first
+        assert rebuilt.admission is first.admission and rebuilt.store is first.store  # the worker's own
+        assert loader.refresh(now) == trusted and loader.loaded is rebuilt
+    finally:
+        opener.close()
+
+
+def test_refresh_serves_a_rollover_and_keeps_the_old_gateway_when_the_new_one_does_not_load(
+    gateway_config: GatewayConfig,
+) -> None:
+    opener, clock = Opener(), Clock()
+    loader = loader_for(gateway_config, opener, clock)
+    try:
+        first = loader.get()
+        app = create_app(loader=loader)
+        assert app.test_client().get("/scep?operation=GetNextCACert").status_code == 404
+        rollover(gateway_config, RolloverOptions(ca_key_type=KeyType.P256))
+        next_ca = gateway_config.path("next_ca.cert")
+        kept = next_ca.read_bytes()
+        next_ca.write_text("not a certificate")  # registered in the database, its file broken: cannot load
+        with pytest.raises(KeyMaterialError):
+            loader.refresh(dt.datetime.now(dt.UTC))
+        assert loader.loaded is first  # still serving what it had
+        next_ca.write_bytes(kept)
+        loader.refresh(dt.datetime.now(dt.UTC))
+        assert loader.loaded is not first
+        assert app.test_client().get("/scep?operation=GetNextCACert").status_code == 200
     finally:
         opener.close()

@@ -379,7 +379,7 @@ def test_depot_import_keeps_status_and_creates_devices(
     summary = run_import(inventory_store, write_depot(tmp_path / "depot", legacy_ca, fleet), group="fleet-a")
     assert (summary.read, summary.imported, summary.already_present, summary.devices_added) == (5, 5, 0, 4)
     assert [(i.action, i.trust_until) for i in summary.issuers] == [("registered", WINDOW)]
-    assert summary.restart_needed
+    assert summary.issuers_changed
     issuer = inventory_store.issuers_of_kind("legacy")[0]
     assert issuer.name.startswith("legacy-legacy-scep-ca-") and issuer.trust_until == WINDOW
     records = {r.serial_hex: r for r in inventory_store.list_certificates(now=NOW)}
@@ -414,7 +414,7 @@ def test_import_twice_adds_nothing(
     before = counts(inventory_store)
     again = run_import(inventory_store, depot, trust_until=None)
     assert (again.imported, again.already_present, again.devices_added, again.devices_present) == (0, 5, 0, 4)
-    assert [i.action for i in again.issuers] == ["unchanged"] and not again.restart_needed
+    assert [i.action for i in again.issuers] == ["unchanged"] and not again.issuers_changed
     assert counts(inventory_store)[:3] == before[:3]
 
 
@@ -429,7 +429,7 @@ def test_first_import_needs_a_trust_window_and_later_ones_move_it(
     later = WINDOW + dt.timedelta(days=30)
     moved = run_import(inventory_store, depot, trust_until=later)
     assert [(i.action, i.trust_until) for i in moved.issuers] == [("trust window moved", later)]
-    assert moved.restart_needed and inventory_store.issuers_of_kind("legacy")[0].trust_until == later
+    assert moved.issuers_changed and inventory_store.issuers_of_kind("legacy")[0].trust_until == later
     assert [e.action for e in inventory_store.audit_events(limit=3)] == [
         "inventory.imported",
         "issuer.trust_window",
@@ -443,7 +443,7 @@ def test_dry_run_writes_nothing_and_counts_the_same(
     depot = write_depot(tmp_path / "depot", legacy_ca, fleet)
     dry = run_import(inventory_store, depot, dry_run=True)
     assert counts(inventory_store) == (0, 0, 0, 0)
-    assert [i.action for i in dry.issuers] == ["registered"] and not dry.restart_needed
+    assert [i.action for i in dry.issuers] == ["registered"] and not dry.issuers_changed
     real = run_import(inventory_store, depot)
     assert dry.rows() == real.rows()
     before = counts(inventory_store)
@@ -658,7 +658,8 @@ def test_cli_import_summary_idempotency_and_dry_run(
         runner, data_dir, "--from", "micromdm-depot", str(depot), "--dry-run", "--trust-until", f"{WINDOW:%Y-%m-%d}"
     )
     assert code == 0, err
-    assert "would be registered: trusted until" in err and "dry run: nothing written" in err and "restart" not in err
+    assert "would be registered: trusted until" in err and "dry run: nothing written" in err
+    assert "follows the change" not in err
     code, out, err = invoke(
         runner, data_dir, "--from", "micromdm-depot", str(depot), "--trust-until", f"{WINDOW:%Y-%m-%d}", "--group", "g1"
     )
@@ -674,11 +675,11 @@ def test_cli_import_summary_idempotency_and_dry_run(
         "devices already present        0",
     ]
     assert f"skipped {depot / 'index.txt'}:6: malformed index line: expected 6 tab-separated fields, found 2" in err
-    assert "registered: trusted until" in err and "restart `gateway serve`" in err
+    assert "registered: trusted until" in err and "follows the change within seconds, no restart" in err
     code, out, err = invoke(runner, data_dir, "--from", "micromdm-depot", str(depot), "--format", "json")
     result = json.loads(out)
     assert code == 0 and (result["imported"], result["already_present"], result["devices_already_present"]) == (0, 5, 4)
-    assert result["issuers"][0]["action"] == "unchanged" and not result["restart_needed"]
+    assert result["issuers"][0]["action"] == "unchanged" and not result["issuers_changed"]
 
 
 @pytest.mark.parametrize(

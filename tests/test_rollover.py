@@ -232,7 +232,8 @@ def test_get_next_ca_cert_before_and_after_rollover(runner: CliRunner, data_dir:
     assert missing.get_data(as_text=True).strip() == "no next CA certificate is configured"
 
     ok(roll(runner, data_dir))
-    # The running app keeps serving what it loaded; a restart (new app) offers the next CA.
+    # An app whose loader is not refreshed keeps serving what it loaded (`gateway serve` refreshes every
+    # few seconds: tests/test_live_trust_serve.py, GatewayLoader.refresh); a new app offers the next CA.
     assert "GetNextCACert" not in before.get("/scep", query_string={"operation": "GetCACaps"}).get_data(as_text=True)
     after = fresh_client(data_dir, open_app)
     for path in ("/scep", "/scep/default", "/cgi-bin/pkiclient.exe"):
