@@ -73,7 +73,7 @@ _DEVICE = {
     "next_action": _nullable("string", description="the first of actions; null unless still to move"),
     "actions": {"type": "array", "items": {"type": "string"}, "description": "what to do, most pressing first"},
 }
-assert {*DEVICE_COLUMNS} - {"user_agent", "cipher", "digest", "challenge"} <= set(_DEVICE)
+assert {*DEVICE_COLUMNS} - {"user_agent", "cipher", "digest", "challenge", "est_client"} <= set(_DEVICE)
 
 SCHEMAS: dict[str, Any] = {
     "Totals": _object(_TOTALS, "devices per migration state"),
@@ -92,8 +92,19 @@ SCHEMAS: dict[str, Any] = {
             "cipher": _nullable("string", examples=["des", "3des", "aes128"]),
             "digest": _nullable("string", examples=["md5", "sha1", "sha256"]),
             "challenge": _nullable("string", examples=["static", "one-time", "webhook", "renewal"]),
+            "family": _nullable(
+                "string",
+                description="the SCEP client family recognised from its requests (null: not recognised)",
+                examples=["apple", "windows", "cisco-ios", "certmonger", "sscep", "micromdm-scepclient", "jscep"],
+            ),
+            "name": {"type": "string", "description": "the family's name, 'unknown' when not recognised"},
+            "est_client": {
+                "type": "string",
+                "enum": ["yes", "some versions", "no", "unknown"],
+                "description": "whether that family has an EST client (docs/migration.md)",
+            },
         },
-        "what the device's SCEP client chose at its last SCEP contact",
+        "what the device's SCEP client chose at its last SCEP contact, and which client it is",
     ),
     "Device": _object(_DEVICE),
     "TrendPoint": _object(

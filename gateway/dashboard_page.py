@@ -155,7 +155,8 @@ SCRIPT = r"""
       row.dataset.id = String(device.id);
       for (const key of ["identity", "group", "state", "last_scep_at", "certificate_not_after"]) cell(row, device[key]);
       const client = device.client;
-      cell(row, [client.cipher, client.digest, client.challenge].filter(Boolean).join(" / "));
+      cell(row, [client.name + " (EST: " + client.est_client + ")", client.cipher, client.digest, client.challenge]
+        .filter(Boolean).join(" / "));
       cell(row, device.weak.join(", "), device.weak.length ? "weak" : "");
       cell(row, device.actions.join("; "));
     }

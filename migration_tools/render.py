@@ -40,6 +40,8 @@ DEVICE_COLUMNS = (
     "mapped_at",
     "certificate_not_after",
     "sunset_at",
+    "client",
+    "est_client",
     "user_agent",
     "cipher",
     "digest",
@@ -48,7 +50,9 @@ DEVICE_COLUMNS = (
     "next_action",
     "actions",
 )
-TABLE_DEVICE_COLUMNS = ("id", "identity", "group", "state", "last_scep_at", "certificate_not_after", "weak", "actions")
+TABLE_DEVICE_COLUMNS = (
+    "id", "identity", "group", "state", "last_scep_at", "certificate_not_after", "client", "weak", "actions",
+)  # fmt: skip
 TREND_COLUMNS = ("day", "legacy", "mapped", "migrated")
 SERIES_COLOURS = {"legacy": "#c0392b", "mapped": "#d68910", "migrated": "#1e8449"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -86,7 +90,7 @@ def group_to_dict(group: GroupSummary) -> dict[str, Any]:
 
 def device_to_dict(device: DeviceEntry) -> dict[str, Any]:
     """A device as JSON (the report's lists and the admin API's device pages)."""
-    client = device.client
+    client, facts = device.client, device.client.facts
     return {
         "id": device.id,
         "identity": device.identity,
@@ -106,6 +110,9 @@ def device_to_dict(device: DeviceEntry) -> dict[str, Any]:
             "cipher": client.cipher,
             "digest": client.digest,
             "challenge": client.challenge,
+            "family": client.family,
+            "name": facts.name,
+            "est_client": facts.est_client,
         },
         "weak": list(client.weak),
         "next_action": device.next_action,
@@ -171,7 +178,9 @@ def _group_rows(groups: Sequence[GroupSummary]) -> list[list[str]]:
 def device_row(device: DeviceEntry) -> dict[str, str]:
     """A device as one flat row of text (CSV, table and HTML columns)."""
     data = device_to_dict(device)
-    data.update(data.pop("client"))
+    client = data.pop("client")
+    data.update({key: client[key] for key in ("user_agent", "cipher", "digest", "challenge", "est_client")})
+    data["client"] = client["name"]
     data["weak"] = LIST_SEPARATOR.join(data["weak"])
     data["actions"] = LIST_SEPARATOR.join(data["actions"])
     return {column: _text(data[column]) for column in DEVICE_COLUMNS}

@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from migration_tools.client_families import FamilyFacts, family_facts
 from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.storage.migration_report import (
     TO_MOVE_STATES,
@@ -109,12 +110,19 @@ class GroupSummary:
 
 @dataclass(frozen=True)
 class ClientFingerprint:
-    """What a device's SCEP client chose at its last SCEP contact."""
+    """What a device's SCEP client chose at its last SCEP contact, and the client family it showed
+    (scep.clients; None while nothing told)."""
 
     user_agent: str | None
     cipher: str | None
     digest: str | None
     challenge: str | None
+    family: str | None = None
+
+    @property
+    def facts(self) -> FamilyFacts:
+        """What the family can do about EST (migration_tools.client_families)."""
+        return family_facts(self.family)
 
     @property
     def weak(self) -> tuple[str, ...]:
@@ -195,7 +203,12 @@ def next_actions(device: DeviceStanding, now: dt.datetime, silent_days: int) -> 
     if device.state not in TO_MOVE_STATES:
         return ()
     actions: list[str] = []
-    if device.state == "legacy":
+    facts = family_facts(device.scep_client)
+    if not facts.moves_to_est:  # mapping it would hand out a credential nothing on the device can use
+        actions.append(f"{facts.name}: {facts.route}")
+    elif device.state == "legacy":
+        if facts.host_alternative:
+            actions.append(f"{facts.name}: {facts.route}")
         actions.append(ACTION_MAP)
     else:
         mapped_at, last_est = device.mapped_at, device.last_est_at
@@ -236,7 +249,9 @@ def judge_device(device: DeviceStanding, now: dt.datetime, silent_days: int) -> 
         migrated_at=device.migrated_at,
         certificate_not_after=device.certificate_not_after,
         sunset_at=device.sunset_at,
-        client=ClientFingerprint(device.scep_user_agent, device.scep_cipher, device.scep_digest, device.scep_challenge),
+        client=ClientFingerprint(
+            device.scep_user_agent, device.scep_cipher, device.scep_digest, device.scep_challenge, device.scep_client
+        ),
         actions=next_actions(device, now, silent_days),
     )
 

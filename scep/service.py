@@ -32,6 +32,7 @@ from scep.challenges import (
     StaticChallenge,
     WebhookChallenge,
 )
+from scep.clients import ClientFamily, ScepFingerprint, recognise_client
 from scep.envelope import ContentCipher
 from scep.message import PkiRequest, ReplyContext, ScepDecodeError, ScepMessageError, parse_pki_message
 from shared_ca.admission import Admission
@@ -76,11 +77,34 @@ AT_CAPACITY = "at capacity: no slot within the queue wait (admission.max_in_flig
 
 @dataclass(frozen=True)
 class ScepClient:
-    """Transport facts about the requester, for events, lockout and logs."""
+    """Transport facts about the requester, for events, lockout, logs and its client family."""
 
     address: str | None
     user_agent: str | None
     waited: float = 0.0  # seconds the request waited behind others for its worker (admission control)
+    path: str | None = None
+    method: str | None = None
+    http_version: str | None = None
+    content_type: str | None = None
+
+    def family(self, request: PkiRequest | ReplyContext | None) -> str | None:
+        """The SCEP client family this request shows (scep.clients); None when nothing tells."""
+        message_type = getattr(request, "message_type", None)
+        cipher = getattr(request, "content_cipher", None)
+        digest = getattr(request, "digest", None)
+        fingerprint = ScepFingerprint(
+            user_agent=self.user_agent,
+            path=self.path,
+            method=self.method,
+            http_version=self.http_version,
+            content_type=self.content_type,
+            message_type=message_type.name if message_type is not None else None,
+            transaction_id=request.transaction_id if request is not None else None,
+            cipher=cipher.value if cipher is not None else None,
+            digest=digest.value if digest is not None else None,
+        )
+        family = recognise_client(fingerprint)
+        return None if family is ClientFamily.UNKNOWN else family.value
 
 
 class Refused(Exception):
@@ -599,6 +623,7 @@ class ScepService:
             challenge_kind=challenge_kind,
             transaction_id=request.transaction_id,
             detail=detail,
+            client_family=client.family(request),
         )
 
     def _device_of(self, request: PkiRequest) -> str | None:
@@ -635,6 +660,7 @@ class ScepService:
             digest=context.digest.value if context is not None else None,
             transaction_id=context.transaction_id if context is not None else None,
             detail=detail,
+            client_family=client.family(context),
         )
         try:
             self.store.record_event(event, self.clock())

@@ -73,6 +73,10 @@ def _handle(profile_name: str) -> Response:
         request.environ.get("gateway.client_address", request.remote_addr),
         request.headers.get("User-Agent"),
         float(request.environ.get("gateway.loop_lag", 0.0)),  # gateway.middleware.LOOP_LAG
+        path=request.path,
+        method=request.method,
+        http_version=request.environ.get("SERVER_PROTOCOL"),
+        content_type=request.headers.get("Content-Type"),
     )
     reply = service.pki_operation(message, profile, client)
     return Response(reply, mimetype=PKI_MESSAGE_TYPE)

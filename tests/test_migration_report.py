@@ -23,6 +23,7 @@ from sqlalchemy import event, insert
 from gateway.cli import cli
 from gateway.config import load_config
 from gateway.runtime import open_gateway
+from migration_tools.client_families import FAMILIES
 from migration_tools.render import DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS, render
 from migration_tools.report import (
     ACTION_MAP,
@@ -244,6 +245,23 @@ NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
         pytest.param(
             _standing("legacy", sunset_at=NOW), (ACTION_MAP, "SCEP closed for its group on 2026-06-01"), id="sunset-now"
         ),
+        pytest.param(
+            _standing("legacy", scep_client="apple", sunset_at=NOW + DAY),
+            (f"Apple MDM (iOS, iPadOS, macOS): {FAMILIES['apple'].route}", "SCEP closes for its group on 2026-06-02"),
+            id="apple-no-est-client",
+        ),
+        pytest.param(
+            _standing("mapped", scep_client="windows", mapped_at=NOW - 30 * DAY),
+            (f"Windows / Intune (NDES path): {FAMILIES['windows'].route}",),
+            id="windows-mapped-anyway",
+        ),
+        pytest.param(
+            _standing("legacy", scep_client="certmonger"),
+            (f"certmonger: {FAMILIES['certmonger'].route}", ACTION_MAP),
+            id="certmonger-needs-another-client",
+        ),
+        pytest.param(_standing("legacy", scep_client="cisco-ios"), (ACTION_MAP,), id="cisco-some-versions"),
+        pytest.param(_standing("legacy", scep_client="no-such-family"), (ACTION_MAP,), id="unknown-family"),
     ],
 )
 def test_next_actions(device: DeviceStanding, actions: tuple[str, ...]) -> None:
@@ -379,7 +397,7 @@ def sections_of_json(text: str) -> Sections:
     data = json.loads(text)
 
     def device(entry: dict[str, Any]) -> dict[str, str]:
-        flat = {**entry, **entry["client"]}
+        flat = {**entry, **entry["client"], "client": entry["client"]["name"]}
         return {c: _text(flat[c]) for c in DEVICE_COLUMNS}
 
     heading = {

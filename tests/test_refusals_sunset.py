@@ -97,6 +97,7 @@ def standing(sunset: dt.datetime) -> DeviceStanding:
         scep_cipher=None,
         scep_digest=None,
         scep_challenge=None,
+        scep_client=None,
         certificate_not_after=sunset + dt.timedelta(days=365),
         mapping_mode=None,
         mapped_at=None,

@@ -58,6 +58,7 @@ class DeviceContact:
     cipher: str | None = None
     digest: str | None = None
     challenge_kind: str | None = None
+    client_family: str | None = None  # scep.clients.ClientFamily's value; None: nothing told
     certificate_id: int | None = None
     certificate_not_after: dt.datetime | None = None
 
@@ -100,6 +101,7 @@ def new_device_row(device: NewDevice, now: dt.datetime) -> dict[str, object]:
         "scep_cipher": None,
         "scep_digest": None,
         "scep_challenge": None,
+        "scep_client": None,
         "certificate_id": device.certificate_id,
         "certificate_not_after": device.certificate_not_after,
         "mapping_mode": None,
@@ -130,6 +132,7 @@ def _contact_values(protocol: str, issued: bool) -> dict[str, object]:
                 (bindparam("cipher", type_=_TEXT).is_(None), d.scep_digest), else_=bindparam("digest", type_=_TEXT)
             ),
             scep_challenge=func.coalesce(bindparam("challenge", type_=_TEXT), d.scep_challenge),
+            scep_client=func.coalesce(bindparam("client", type_=_TEXT), d.scep_client),
         )
     else:
         values["last_est_at"] = bindparam("now", type_=UTCDateTime())
@@ -175,6 +178,7 @@ def _contact_statement(dialect_name: str, protocol: str, issued: bool) -> Clause
         "scep_cipher": bindparam("cipher", type_=_TEXT) if scep else None,
         "scep_digest": bindparam("digest", type_=_TEXT) if scep else None,
         "scep_challenge": bindparam("challenge", type_=_TEXT) if scep else None,
+        "scep_client": bindparam("client", type_=_TEXT) if scep else None,
         "certificate_id": bindparam("cert_id", type_=Id),
         "certificate_not_after": bindparam("not_after", type_=UTCDateTime()),
         "migrated_at": None,
@@ -208,6 +212,7 @@ def touch_device(conn: Connection, contact: DeviceContact, now: dt.datetime) -> 
             "cipher": contact.cipher,
             "digest": contact.digest,
             "challenge": challenge,
+            "client": contact.client_family,
             "cert_id": contact.certificate_id,
             "not_after": contact.certificate_not_after,
         },

@@ -54,6 +54,7 @@ class DeviceRecord:
     scep_cipher: str | None
     scep_digest: str | None
     scep_challenge: str | None
+    scep_client: str | None  # the SCEP client family (scep.clients), None while nothing told
     certificate_id: int | None
     certificate_not_after: dt.datetime | None
     mapping_mode: str | None

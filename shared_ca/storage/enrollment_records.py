@@ -80,6 +80,9 @@ class EnrollmentEvent:
     serial_hex: str | None = None
     detail: dict[str, Any] | None = None
     tls_version: str | None = None  # the TLS protocol version, e.g. 'TLSv1.3'; None over plain HTTP
+    # The SCEP client's family (scep.clients), kept on the device row for the migration report (not an
+    # event column); None when nothing told.
+    client_family: str | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -233,6 +236,7 @@ def write_enrollment_event(
             cipher=event.cipher,
             digest=event.digest,
             challenge_kind=event.challenge_kind,
+            client_family=event.client_family,
             certificate_id=certificate_id,
             certificate_not_after=certificate_not_after,
         )

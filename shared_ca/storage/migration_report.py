@@ -60,6 +60,7 @@ class DeviceStanding:
     scep_cipher: str | None
     scep_digest: str | None
     scep_challenge: str | None
+    scep_client: str | None
     certificate_not_after: dt.datetime | None
     mapping_mode: str | None
     mapped_at: dt.datetime | None

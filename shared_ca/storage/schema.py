@@ -309,6 +309,7 @@ devices = Table(
     Column("scep_cipher", String(32), nullable=True),
     Column("scep_digest", String(32), nullable=True),
     Column("scep_challenge", String(16), nullable=True),
+    Column("scep_client", String(32), nullable=True),  # revision 0009: the SCEP client's family (scep.clients)
     Column("certificate_id", Id, ForeignKey("certificates.id"), nullable=True),
     Column("certificate_not_after", UTCDateTime, nullable=True),
     Column("mapping_mode", String(16), nullable=True),
