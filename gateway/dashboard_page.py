@@ -25,7 +25,10 @@ form{margin:.4em 0}input,select,button{font:inherit}
 table{border-collapse:collapse;margin:.4em 0}
 th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}.weak{color:#b03a2e;font-weight:600}
+#devices{width:100%;table-layout:fixed}#devices td{overflow-wrap:anywhere}
+.c-device{width:13%}.c-group{width:7%}.c-state{width:6%}.c-time{width:10%}.c-client{width:15%}.c-weak{width:9%}
 svg text{font:11px system-ui,sans-serif;fill:#333}
+.progress{display:flex;align-items:center;gap:.5em;white-space:nowrap}
 """
 
 SCRIPT = r"""
@@ -33,6 +36,7 @@ SCRIPT = r"""
 (() => {
   const KEY = "gateway.adminToken";
   const STATES = ["legacy", "mapped", "migrated", "native", "retired"];
+  const SERIES = ["legacy", "mapped", "migrated"];  // the trend's bands, bottom to top
   const COLOURS = {legacy: "#c0392b", mapped: "#d68910", migrated: "#1e8449"};
   const SVG = "http://www.w3.org/2000/svg";
   const PAGE = 100;
@@ -75,16 +79,18 @@ SCRIPT = r"""
   }
 
   function drawChart(trend) {
+    // A stacked area: legacy at the bottom, mapped on it, migrated on top; the top edge is the SCEP fleet.
     const width = 720, height = 260, left = 56, right = 110, top = 16, bottom = 36;
     const plotW = width - left - right, plotH = height - top - bottom;
     let peak = 1;
-    for (const p of trend) peak = Math.max(peak, p.legacy, p.mapped, p.migrated);
+    for (const p of trend) peak = Math.max(peak, SERIES.reduce((sum, s) => sum + p[s], 0));
     const step = trend.length > 1 ? plotW / (trend.length - 1) : 0;
     const x = (i) => (left + (trend.length > 1 ? i * step : plotW / 2)).toFixed(1);
     const y = (v) => (top + plotH - (v / peak) * plotH).toFixed(1);
     const chart = document.createElementNS(SVG, "svg");
     for (const [k, v] of Object.entries({id: "trend-chart", viewBox: `0 0 ${width} ${height}`, width, height,
-      role: "img", "aria-label": "devices per state per day", "data-points": trend.length})) chart.setAttribute(k, v);
+      role: "img", "aria-label": "devices per state per day, stacked", "data-points": trend.length,
+      "data-peak": peak})) chart.setAttribute(k, v);
     svg("line", {x1: left, y1: top + plotH, x2: left + plotW, y2: top + plotH, stroke: "#888"}, chart);
     svg("line", {x1: left, y1: top, x2: left, y2: top + plotH, stroke: "#888"}, chart);
     svg("text", {x: left - 6, y: top + 4, "text-anchor": "end"}, chart).textContent = String(peak);
@@ -94,20 +100,45 @@ SCRIPT = r"""
       const last = svg("text", {x: left + plotW, y: height - 12, "text-anchor": "end"}, chart);
       last.textContent = trend[trend.length - 1].day;
     }
-    Object.entries(COLOURS).forEach(([series, colour], index) => {
-      const points = trend.map((p, i) => `${x(i)},${y(p[series])}`).join(" ");
-      svg("polyline", {class: "series", "data-series": series, fill: "none", stroke: colour, "stroke-width": 2,
-        points}, chart);
+    let lower = trend.map(() => 0);
+    SERIES.forEach((series, index) => {
+      const upper = trend.map((p, i) => lower[i] + p[series]);
+      const edge = trend.map((p, i) => `${x(i)},${y(upper[i])}`);
+      const base = trend.map((p, i) => `${x(i)},${y(lower[i])}`).reverse();
+      svg("polygon", {class: "band", "data-series": series, fill: COLOURS[series], "fill-opacity": 0.8,
+        stroke: COLOURS[series], points: [...edge, ...base].join(" ")}, chart);
       trend.forEach((p, i) => {
-        const dot = svg("circle", {"data-series": series, "data-day": p.day, "data-value": p[series],
-          cx: x(i), cy: y(p[series]), r: 2.5, fill: colour}, chart);
-        svg("title", {}, dot).textContent = `${p.day} ${series}: ${p[series]}`;
+        const mark = svg("circle", {"data-series": series, "data-day": p.day, "data-value": p[series],
+          "data-top": upper[i], cx: x(i), cy: y(upper[i]), r: 2, fill: COLOURS[series]}, chart);
+        svg("title", {}, mark).textContent = `${p.day} ${series}: ${p[series]}`;
       });
-      const legendY = top + 14 + index * 18;
-      svg("rect", {x: width - right + 12, y: legendY - 9, width: 10, height: 10, fill: colour}, chart);
+      const legendY = top + 14 + (SERIES.length - 1 - index) * 18;  // the legend stacks as the bands do
+      svg("rect", {x: width - right + 12, y: legendY - 9, width: 10, height: 10, fill: COLOURS[series]}, chart);
       svg("text", {x: width - right + 28, y: legendY}, chart).textContent = series;
+      lower = upper;
     });
     $("chart").replaceChildren(chart);
+  }
+
+  function progressCell(row, group) {
+    // Migrated so far (of the group's SCEP devices), as a bar, and the days left to its sunset.
+    const td = document.createElement("td");
+    const bar = document.createElement("div");
+    bar.className = "progress";
+    const percent = group.percent_migrated === null ? 0 : group.percent_migrated;
+    bar.dataset.percent = String(percent);
+    const label = percent.toFixed(1) + " % migrated";
+    const graph = svg("svg", {width: 120, height: 12, role: "img", "aria-label": label}, bar);
+    svg("rect", {width: 120, height: 12, fill: "#e5e5e5"}, graph);
+    svg("rect", {class: "done", width: (1.2 * percent).toFixed(1), height: 12, fill: COLOURS.migrated}, graph);
+    let text = group.percent_migrated === null ? "no SCEP device" : percent.toFixed(1) + " %";
+    if (group.sunset_at) {
+      const days = Math.ceil((Date.parse(group.sunset_at) - Date.now()) / 86400000);
+      text += days > 0 ? ` · sunset in ${days} d` : " · sunset passed";
+    }
+    bar.appendChild(document.createTextNode(text));
+    td.appendChild(bar);
+    row.appendChild(td);
   }
 
   function fillSummary(summary) {
@@ -129,6 +160,7 @@ SCRIPT = r"""
       cell(row, group.name === null ? "(no group)" : group.name);
       for (const key of [...STATES, "total"]) cell(row, group[key], "num");
       cell(row, group.percent_migrated === null ? null : group.percent_migrated.toFixed(1), "num");
+      progressCell(row, group);
       cell(row, group.sunset_at);
       cell(row, group.cut_off, "num");
       if (group.name !== null) select.add(new Option(group.name, group.name));
@@ -246,12 +278,14 @@ PAGE = f"""<!DOCTYPE html>
 <p>Numbers of <span id="generated-at">-</span>; the page refreshes every {REFRESH_SECONDS} s.</p></section>
 <section><h2>Trend per day</h2><div id="chart"></div></section>
 <section><h2>Groups and their SCEP sunset</h2><table id="groups"><thead><tr><th>group</th><th>legacy</th>
-<th>mapped</th><th>migrated</th><th>native</th><th>retired</th><th>total</th><th>% migrated</th><th>sunset</th>
-<th>cut off</th></tr></thead><tbody></tbody></table></section>
+<th>mapped</th><th>migrated</th><th>native</th><th>retired</th><th>total</th><th>% migrated</th>
+<th>progress to sunset</th><th>sunset</th><th>cut off</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Devices</h2><form id="filters"><label>State <select id="filter-state">{_STATE_OPTIONS}</select></label>
 <label>Group <select id="filter-group"><option value="">every group</option></select></label>
 <label><input type="checkbox" id="filter-silent"> silent on EST only</label></form>
-<table id="devices"><thead><tr><th>device</th><th>group</th><th>state</th><th>last SCEP</th>
+<table id="devices"><colgroup><col class="c-device"><col class="c-group"><col class="c-state"><col class="c-time">
+<col class="c-time"><col class="c-client"><col class="c-weak"><col class="c-actions"></colgroup>
+<thead><tr><th>device</th><th>group</th><th>state</th><th>last SCEP</th>
 <th>certificate expires</th><th>SCEP client</th><th>weak</th><th>next actions</th></tr></thead><tbody></tbody></table>
 <p><span id="devices-shown">0</span> shown <button type="button" id="more" hidden>Show more</button></p></section>
 <script>{SCRIPT}</script>

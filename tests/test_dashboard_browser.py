@@ -32,7 +32,7 @@ from gateway.config import load_config
 from shared_ca.authority import utcnow
 from shared_ca.storage.admin import AdminTokenStore
 from tests.test_dashboard import fill_fleet
-from tests.test_serve import Server, fetch, free_ports, init_data_dir, start_server, stop_server
+from tests.test_serve import Server, fetch, free_ports, gateway_command, init_data_dir, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -243,7 +243,7 @@ def test_the_rendered_dashboard_shows_the_reports_numbers(browser: DevTools, ser
         drawn = [(c["data-day"], int(str(c["data-value"]))) for c in page.circles if c["data-series"] == series]
         assert drawn == [(p["day"], p[series]) for p in summary["trend"]], series
     groups = {row[0]: row for row in page.rows["groups"]}
-    assert groups["kiosks"][1] == "3" and groups["kiosks"][9] == "3"  # legacy; cut off by the sunset
+    assert groups["kiosks"][1] == "3" and groups["kiosks"][10] == "3"  # legacy; cut off by the sunset
     devices = served.api("/admin/api/devices?state=legacy,mapped")["devices"]
     assert [row[0] for row in page.rows["devices"]] == [d["identity"] for d in devices]
     kiosk = next(row for row in page.rows["devices"] if row[0] == "kiosk-1")
@@ -273,6 +273,116 @@ def test_the_rendered_dashboard_shows_the_reports_numbers(browser: DevTools, ser
     assert browser.evaluate("document.getElementById('total-legacy').textContent") == "-"
     assert browser.evaluate("document.getElementById('devices').tBodies[0].rows.length") == 0
     assert browser.evaluate("document.getElementById('trend-chart')") is None
+
+
+SCREENSHOTS = os.environ.get("GATEWAY_SCREENSHOTS")  # a directory: write the docs' screenshots there
+
+
+def sign_in(browser: DevTools, served: Served, width: int, height: int = 900) -> None:
+    """The dashboard at `width` x `height` CSS pixels, signed in, its numbers and devices loaded."""
+    browser.call(
+        "Emulation.setDeviceMetricsOverride", browser.session, width=width, height=height, deviceScaleFactor=1,
+        mobile=False,
+    )  # fmt: skip
+    browser.call("Page.navigate", browser.session, url=served.url("/admin/migration"))
+    browser.wait_for("document.getElementById('status').className === 'error'")
+    browser.evaluate("document.getElementById('token-input').focus()")
+    browser.call("Input.insertText", browser.session, text=served.token)
+    browser.evaluate("document.querySelector('#auth button[type=submit]').click()")
+    browser.wait_for("document.getElementById('status').textContent.startsWith('updated')")
+    browser.wait_for("document.getElementById('devices').tBodies[0].rows.length > 0")
+
+
+def test_the_dashboard_fits_1366_px_stacks_its_trend_and_shows_progress_to_each_sunset(
+    browser: DevTools, served: Served
+) -> None:
+    sign_in(browser, served, 1366)
+    # Nothing scrolls sideways on a 1366-px screen: the device table wraps, its last column is in view.
+    geometry = browser.evaluate(
+        "(() => { const t = document.getElementById('devices'); const h = t.tHead.rows[0].cells;"
+        " return {page: document.documentElement.scrollWidth, table: t.getBoundingClientRect().right,"
+        " actions: h[h.length - 1].getBoundingClientRect().right, tableScroll: t.scrollWidth,"
+        " tableWidth: t.clientWidth}; })()"
+    )
+    assert geometry["page"] <= 1366 and geometry["table"] <= 1366 and geometry["actions"] <= 1366, geometry
+    assert geometry["tableScroll"] <= geometry["tableWidth"] + 1, geometry
+
+    # The trend is stacked: each day's marks sit at the running sum, legacy below mapped below migrated.
+    summary = served.api("/admin/api/migration/summary")
+    marks = browser.evaluate(
+        "[...document.querySelectorAll('#trend-chart circle')].map((c) => ({series: c.dataset.series,"
+        " day: c.dataset.day, value: Number(c.dataset.value), top: Number(c.dataset.top),"
+        " cy: Number(c.getAttribute('cy'))}))"
+    )
+    bands = browser.evaluate("[...document.querySelectorAll('#trend-chart polygon.band')].map((p) => p.dataset.series)")
+    assert bands == ["legacy", "mapped", "migrated"]
+    for point in summary["trend"]:
+        day = {m["series"]: m for m in marks if m["day"] == point["day"]}
+        assert [day[s]["value"] for s in bands] == [point[s] for s in bands]
+        assert day["legacy"]["top"] == point["legacy"]
+        assert day["migrated"]["top"] == point["legacy"] + point["mapped"] + point["migrated"]
+        assert day["legacy"]["cy"] >= day["mapped"]["cy"] >= day["migrated"]["cy"]  # y grows downwards
+
+    # One bar per group: as long as its share migrated, with the days left to its sunset.
+    bars = browser.evaluate(
+        "Object.fromEntries([...document.getElementById('groups').tBodies[0].rows].map((r) => [r.dataset.group,"
+        " {percent: Number(r.querySelector('.progress').dataset.percent),"
+        " done: Number(r.querySelector('rect.done').getAttribute('width')),"
+        " text: r.querySelector('.progress').textContent}]))"
+    )
+    for group in summary["groups"]:
+        bar = bars["" if group["name"] is None else group["name"]]
+        percent = group["percent_migrated"] or 0.0
+        assert bar["percent"] == percent and abs(bar["done"] - 1.2 * percent) < 0.1, (group, bar)
+        if group["sunset_at"]:
+            assert " · sunset in " in bar["text"] or bar["text"].endswith("sunset passed"), bar
+    assert bars["kiosks"]["text"].endswith(" · sunset in 30 d")
+    if SCREENSHOTS:
+        shot = browser.call("Page.captureScreenshot", browser.session, format="png", captureBeyondViewport=True)
+        Path(SCREENSHOTS, "dashboard.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def test_the_html_report_fits_1366_px_stacks_its_trend_and_prints_whole(
+    browser: DevTools, served: Served, tmp_path: Path
+) -> None:
+    page = tmp_path / "report.html"
+    made = gateway_command(
+        "migrate", "report", "--format", "html", "--out", str(page), "--data-dir", str(served.server.data_dir)
+    )
+    assert made.returncode == 0, made.stderr
+    browser.call(
+        "Emulation.setDeviceMetricsOverride", browser.session, width=1366, height=900, deviceScaleFactor=1,
+        mobile=False,
+    )  # fmt: skip
+    browser.call("Page.navigate", browser.session, url=page.as_uri())
+    browser.wait_for("!!document.getElementById('to_move')")
+    geometry = browser.evaluate(
+        "(() => { const t = document.getElementById('to_move'); const h = t.tHead.rows[0].cells;"
+        " return {page: document.documentElement.scrollWidth, table: t.getBoundingClientRect().right,"
+        " last: h[h.length - 1].getBoundingClientRect().right}; })()"
+    )
+    assert geometry["page"] <= 1366 and geometry["table"] <= 1366 and geometry["last"] <= 1366, geometry
+    assert browser.evaluate("document.querySelectorAll('#trend-chart polygon.band').length") == 3
+    bars = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#progress-bars li')].map((li) => [li.dataset.group,"
+        " [Number(li.dataset.percent), Number(li.querySelector('rect.done').getAttribute('width'))]]))"
+    )
+    summary = served.api("/admin/api/migration/summary")
+    for group in summary["groups"]:
+        percent, width = bars["" if group["name"] is None else group["name"]]
+        assert percent == (group["percent_migrated"] or 0.0) and abs(width - 1.6 * percent) < 0.1, group
+    # Printed, the trend's numbers are whole (on screen they scroll in a box), and it makes a PDF.
+    browser.call("Emulation.setEmulatedMedia", browser.session, media="print")
+    box = browser.evaluate(
+        "(() => { const b = document.querySelector('.numbers'); return [b.scrollHeight, b.clientHeight]; })()"
+    )
+    assert box[0] <= box[1] + 1, box
+    pdf = browser.call("Page.printToPDF", browser.session, landscape=True)["data"]
+    assert base64.b64decode(pdf).startswith(b"%PDF")
+    if SCREENSHOTS:
+        browser.call("Emulation.setEmulatedMedia", browser.session, media="screen")
+        shot = browser.call("Page.captureScreenshot", browser.session, format="png", captureBeyondViewport=True)
+        Path(SCREENSHOTS, "report.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 def test_without_a_token_the_page_asks_for_one(served: Served, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from gateway.cli import cli
 from gateway.config import load_config
 from gateway.runtime import open_gateway
 from migration_tools.client_families import FAMILIES
-from migration_tools.render import DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS, render
+from migration_tools.render import _DEVICE_WIDTHS, DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS, render
 from migration_tools.report import (
     ACTION_MAP,
     ACTION_PUSH,
@@ -610,3 +610,7 @@ def test_cli_report_errors_are_one_line(
 ) -> None:
     output = run(runner, data_dir, *args, code=code)
     assert message in output and "Traceback" not in output
+
+
+def test_the_html_device_tables_have_a_width_for_every_column() -> None:
+    assert set(_DEVICE_WIDTHS) == set(DEVICE_COLUMNS) and sum(_DEVICE_WIDTHS.values()) == 100
