@@ -39,6 +39,14 @@ from shared_ca.storage.schema import device_groups, devices
 T = TypeVar("T")
 GROUPS = [f"site-{n:02d}" for n in range(50)]
 CHUNK = 20_000
+AGENTS = [  # (User-Agent, the family scep.clients recognises in it)
+    ("sscep/0.10", "sscep"),
+    (None, "certmonger"),
+    ("profiled/1.0 CFNetwork/1496 Darwin/23.5.0", "apple"),
+    ("Mozilla/4.0 (compatible; Win32; NDES client)", "windows"),
+    ("Mozilla/4.0 (compatible; MSIE 5.0; Cisco PKI)", "cisco-ios"),
+    (None, None),
+]
 
 
 def _device_rows(count: int, now: dt.datetime, seed: int = 5) -> Iterator[list[dict[str, Any]]]:
@@ -47,10 +55,14 @@ def _device_rows(count: int, now: dt.datetime, seed: int = 5) -> Iterator[list[d
     chunk: list[dict[str, Any]] = []
     for n in range(count):
         seen = start + dt.timedelta(seconds=rng.uniform(0, 170 * 86400))
-        last_scep = seen + dt.timedelta(seconds=rng.uniform(0, (now - seen).total_seconds()))
+        last_scep: dt.datetime | None = seen + dt.timedelta(seconds=rng.uniform(0, (now - seen).total_seconds()))
         roll = rng.random()
-        state = "legacy" if roll < 0.45 else "mapped" if roll < 0.60 else "migrated" if roll < 0.95 else "retired"
+        state = (
+            "legacy" if roll < 0.42 else "mapped" if roll < 0.57 else "migrated" if roll < 0.90
+            else "native" if roll < 0.95 else "retired"
+        )  # fmt: skip
         mapped_at = migrated_at = retired_at = last_est = None
+        agent, family = rng.choice(AGENTS)
         if state in ("mapped", "migrated"):
             mapped_at = seen + dt.timedelta(seconds=rng.uniform(0, (now - seen).total_seconds() * 0.6))
         if state == "migrated":
@@ -59,6 +71,9 @@ def _device_rows(count: int, now: dt.datetime, seed: int = 5) -> Iterator[list[d
             last_est = migrated_at
         if state == "retired":
             retired_at = seen + dt.timedelta(days=rng.uniform(1, 30))
+        native = state == "native"  # first seen over EST: no SCEP contact, no SCEP fingerprint
+        if native:
+            last_scep, last_est, agent, family = None, seen, None, None
         chunk.append(
             {
                 "identity": f"device-{n:07d}",
@@ -66,15 +81,16 @@ def _device_rows(count: int, now: dt.datetime, seed: int = 5) -> Iterator[list[d
                 "owner": None,
                 "tags": "[]",
                 "state": state,
-                "source": "scep",
+                "source": "est" if native else "scep",
                 "first_seen_at": seen,
                 "updated_at": now,
                 "last_scep_at": last_scep,
                 "last_est_at": last_est,
-                "scep_user_agent": rng.choice(["sscep/0.10", "certmonger", "Apple MDM", None]),
+                "scep_user_agent": agent,
                 "scep_cipher": rng.choices(["des", "3des", "aes128", "aes256"], [10, 20, 40, 30])[0],
                 "scep_digest": rng.choices(["md5", "sha1", "sha256"], [2, 30, 68])[0],
                 "scep_challenge": rng.choice(["static", "one-time", "renewal"]),
+                "scep_client": family,
                 "certificate_id": None,
                 "certificate_not_after": seen + dt.timedelta(days=rng.choice([90, 365, 730])),
                 "mapping_mode": rng.choice(["certificate", "bootstrap"]) if mapped_at else None,

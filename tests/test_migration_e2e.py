@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from cryptography import x509
 from tests.test_est_interop import sh
 from tests.test_migration_import_real import MadeInventory, micromdm_depot  # noqa: F401 - the fixture
 from tests.test_scep_interop import client_env, server_log
-from tests.test_serve import Server, free_ports, gateway_command, openssl, start_server, stop_server
+from tests.test_serve import Server, fetch, free_ports, gateway_command, openssl, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +173,14 @@ def test_import_map_reenroll_and_report(migrated: tuple[Server, Path], micromdm_
     assert (groups["kiosks"]["migrated"], groups["kiosks"]["percent_migrated"]) == (1, 100.0)
     assert (groups["fleet"]["legacy"], groups["fleet"]["percent_migrated"]) == (1, 0.0)
     assert (groups[None]["native"], groups[None]["percent_migrated"]) == (1, None)
+
+    # The dashboard's API (what the page draws) says the same, from the running node.
+    token = gw(server.data_dir, "admin-token", "new", "e2e").strip()
+    context = ssl.create_default_context(cafile=str(server.ca_pem))
+    reply = fetch(
+        server.https_port, "/admin/api/migration/summary", context=context, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert reply.status == 200, reply.body
+    dashboard = json.loads(reply.body)
+    assert dashboard["totals"] == totals
+    assert {g["name"]: g for g in dashboard["groups"]} == groups
