@@ -11,7 +11,7 @@ the envelope cipher and digest. What each client sends was captured from the rea
   `/certsrv/mscep/mscep.dll`;
 - Cisco IOS: `Mozilla/4.0 (compatible; MSIE 5.0; Cisco PKI)`;
 - micromdm's scepclient: Go's `Go-http-client/1.1`, POST with `application/octet-stream`, always
-  DES-CBC and SHA-1 (captured);
+  DES-CBC and SHA-1 (captured): a Go client with another cipher or digest is not it;
 - certmonger: no User-Agent, PKIOperation by GET, a transactionID of decimal digits (the SHA-256 of
   its public key as a number; captured);
 - jscep: Java's `Java/<version>` (HttpURLConnection's default);
@@ -79,8 +79,8 @@ def recognise_client(fp: ScepFingerprint) -> ClientFamily:
             return ClientFamily.APPLE
         if _JAVA.search(agent):
             return ClientFamily.JSCEP
-        if _GO.search(agent):
-            # micromdm's scepclient is the Go client fleets run; its envelope is always DES + SHA-1
+        if _GO.search(agent) and fp.cipher in (None, "des") and fp.digest in (None, "sha1"):
+            # micromdm's scepclient: Go's HTTP client, and always DES + SHA-1 (another Go client is not it)
             return ClientFamily.SCEPCLIENT
     if "/certsrv/mscep/" in path:
         return ClientFamily.WINDOWS

@@ -87,21 +87,20 @@ class ScepClient:
     http_version: str | None = None
     content_type: str | None = None
 
-    def family(self, request: PkiRequest | ReplyContext | None) -> str | None:
+    def family(
+        self, message_type: str, transaction_id: str | None, cipher: str | None, digest: str | None
+    ) -> str | None:
         """The SCEP client family this request shows (scep.clients); None when nothing tells."""
-        message_type = getattr(request, "message_type", None)
-        cipher = getattr(request, "content_cipher", None)
-        digest = getattr(request, "digest", None)
         fingerprint = ScepFingerprint(
             user_agent=self.user_agent,
             path=self.path,
             method=self.method,
             http_version=self.http_version,
             content_type=self.content_type,
-            message_type=message_type.name if message_type is not None else None,
-            transaction_id=request.transaction_id if request is not None else None,
-            cipher=cipher.value if cipher is not None else None,
-            digest=digest.value if digest is not None else None,
+            message_type=message_type,
+            transaction_id=transaction_id,
+            cipher=cipher,
+            digest=digest,
         )
         family = recognise_client(fingerprint)
         return None if family is ClientFamily.UNKNOWN else family.value
@@ -623,7 +622,9 @@ class ScepService:
             challenge_kind=challenge_kind,
             transaction_id=request.transaction_id,
             detail=detail,
-            client_family=client.family(request),
+            client_family=client.family(
+                request.message_type.name, request.transaction_id, request.content_cipher.value, request.digest.value
+            ),
         )
 
     def _device_of(self, request: PkiRequest) -> str | None:
@@ -660,7 +661,12 @@ class ScepService:
             digest=context.digest.value if context is not None else None,
             transaction_id=context.transaction_id if context is not None else None,
             detail=detail,
-            client_family=client.family(context),
+            client_family=client.family(
+                operation,
+                context.transaction_id if context is not None else None,
+                cipher.value if cipher is not None else None,
+                context.digest.value if context is not None else None,
+            ),
         )
         try:
             self.store.record_event(event, self.clock())

@@ -41,6 +41,7 @@ def captured(name: str) -> ScepFingerprint:
         http_version=meta["http_version"],
         content_type=meta["content_type"],
         transaction_id=message.attributes.transaction_id,
+        digest=message.digest.value if message.digest is not None else None,
     )
 
 
@@ -88,6 +89,16 @@ def test_captured_requests_are_recognised(name: str, family: ClientFamily) -> No
         ),
         pytest.param(ScepFingerprint(user_agent="Java/17.0.9"), ClientFamily.JSCEP, id="jscep"),
         pytest.param(ScepFingerprint(user_agent="Go-http-client/1.1"), ClientFamily.SCEPCLIENT, id="go"),
+        pytest.param(
+            ScepFingerprint(user_agent="Go-http-client/1.1", cipher="des", digest="sha1", message_type="RenewalReq"),
+            ClientFamily.SCEPCLIENT,
+            id="go-des-sha1",
+        ),
+        pytest.param(
+            ScepFingerprint(user_agent="Go-http-client/1.1", cipher="aes256", digest="sha256"),
+            ClientFamily.UNKNOWN,
+            id="another-go-client",
+        ),
         pytest.param(ScepFingerprint(user_agent="curl/8.5.0"), ClientFamily.UNKNOWN, id="curl"),
         pytest.param(ScepFingerprint(), ClientFamily.UNKNOWN, id="nothing"),
         pytest.param(
