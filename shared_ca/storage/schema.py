@@ -22,7 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.expression import false
+from sqlalchemy.sql.expression import false, text
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
@@ -280,6 +280,8 @@ est_users = Table(
 # -- migration model (revision 0005) ----------------------------------------------------------------
 
 DEVICE_STATES = ("legacy", "mapped", "migrated", "native", "retired")
+# The devices that moved at least once: what the trend's second scan reads (a partial index of them).
+TREND_MOVES = text("mapped_at IS NOT NULL OR migrated_at IS NOT NULL OR retired_at IS NOT NULL")
 MAPPING_MODES = ("certificate", "bootstrap")
 
 device_groups = Table(
@@ -324,4 +326,16 @@ devices = Table(
     ),
     Index("ix_devices_state", "state"),
     Index("ix_devices_group_state", "group_name", "state"),
+    # revision 0009: the trend's two scans read these instead of the table (migration_report.day_changes)
+    Index("ix_devices_trend_seen", "first_seen_at", "source"),
+    Index(
+        "ix_devices_trend_moves",
+        "mapped_at",
+        "migrated_at",
+        "retired_at",
+        "first_seen_at",
+        "source",
+        sqlite_where=TREND_MOVES,
+        postgresql_where=TREND_MOVES,
+    ),
 )

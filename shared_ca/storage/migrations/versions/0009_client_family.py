@@ -1,10 +1,15 @@
-"""The SCEP client family of each device (scep.clients), recognised at every SCEP contact.
+"""The SCEP client family of each device (scep.clients), recognised at every SCEP contact; and two
+covering indexes for the migration report's trend.
 
 `devices.scep_client` names the client a device runs (apple, windows, cisco-ios, certmonger, sscep,
 micromdm-scepclient, jscep), or is NULL while nothing told. Existing rows are filled in from the
 User-Agent their last SCEP contact kept, the one fact stored before this revision (the patterns of
 scep.clients as of this revision, written out here so later changes there do not change the past);
 the other facts (method, path, transactionID) come with the device's next SCEP contact.
+
+The trend reads every device twice (first sightings per day; the later moves): over a million
+devices on SQLite the two scans took 1.3 s of the report's 1.5 s. The indexes hold just the columns
+they read (the second only for devices that moved), and the scans read them instead: 0.87 s.
 
 Revision ID: 0009_client_family
 Revises: 0008_native
@@ -45,9 +50,20 @@ _BY_USER_AGENT = (
 )
 
 
+_MOVED = "mapped_at IS NOT NULL OR migrated_at IS NOT NULL OR retired_at IS NOT NULL"
+
+
 def upgrade() -> None:
     with op.batch_alter_table("devices", recreate="never") as batch:
         batch.add_column(sa.Column("scep_client", sa.String(32), nullable=True))
+    op.create_index("ix_devices_trend_seen", "devices", ["first_seen_at", "source"])
+    op.create_index(
+        "ix_devices_trend_moves",
+        "devices",
+        ["mapped_at", "migrated_at", "retired_at", "first_seen_at", "source"],
+        sqlite_where=sa.text(_MOVED),
+        postgresql_where=sa.text(_MOVED),
+    )
     conn = op.get_bind()
     for family, patterns in _BY_USER_AGENT:
         matches = " OR ".join(f"lower(scep_user_agent) LIKE lower(:p{i})" for i in range(len(patterns)))
@@ -58,5 +74,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_devices_trend_moves", table_name="devices")
+    op.drop_index("ix_devices_trend_seen", table_name="devices")
     with op.batch_alter_table("devices", recreate="never") as batch:
         batch.drop_column("scep_client")
