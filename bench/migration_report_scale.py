@@ -4,7 +4,8 @@ Fills the devices table by bulk insert with dates as enrollment events would hav
 sighting over SCEP, mapping, first EST certificate, retirement, the SCEP client's fingerprint),
 spread over half a year in 50 groups, 10 of them with a sunset date; then times the report with
 the default list length (1,000 devices per list) and with every device listed, plus one page of the
-admin API's device list. SQLite always; PostgreSQL when GATEWAY_BENCH_DATABASE_URL is set. Usage:
+admin API's device list, and the dashboard's API through the app of a gateway initialised on the
+same database (summary and a page of devices). SQLite always; PostgreSQL when GATEWAY_BENCH_DATABASE_URL is set. Usage:
 
     .venv/bin/python bench/migration_report_scale.py [--devices 1000000]
     GATEWAY_BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/test \
@@ -19,6 +20,8 @@ import json
 import os
 import platform
 import random
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -28,9 +31,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, insert, text
 
+from gateway.app import create_app
+from gateway.config import load_config
 from migration_tools.render import render
 from migration_tools.report import ReportSettings, build_report, device_page
 from shared_ca.authority import utcnow
+from shared_ca.storage.admin import AdminTokenStore
 from shared_ca.storage.db import create_store_engine, migrate_to_head, sqlite_url
 from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.migration_report import MigrationReportStore
@@ -158,7 +164,47 @@ def measure(url: str, now: dt.datetime) -> dict[str, float]:
     )
     results["devices to move"] = report.to_move_total
     engine.dispose()
+    results.update(measure_api(url))
     return results
+
+
+def measure_api(url: str) -> dict[str, float]:
+    """The dashboard's admin API over this database, through the Flask app of an initialised gateway
+    (`gateway init --database-url URL` in a scratch directory): the summary (its trend cached after the
+    first call: migration_tools.report.TrendCache) and one page of devices, median of 5 calls each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "init", "--data-dir", str(data_dir), "--ca-key-type", "p256",
+             "--database-url", url],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"gateway init failed: {done.stderr[-2000:]}")
+        app = create_app(load_config(data_dir, environ={}))
+        engine = app.extensions["gateway"].store.engine
+        try:
+            token = AdminTokenStore(engine).create_admin_token("bench", created_by="bench", now=utcnow()).token
+            client = app.test_client()
+            headers = {"Authorization": f"Bearer {token}"}
+
+            def call(path: str) -> float:
+                started = time.perf_counter()
+                reply = client.get(path, headers=headers, base_url="https://localhost")
+                assert reply.status_code == 200, reply.data[:300]
+                return time.perf_counter() - started
+
+            first = call("/admin/api/migration/summary")
+            summaries = sorted(call("/admin/api/migration/summary") for _ in range(5))
+            page = f"/admin/api/devices?state=legacy&group={GROUPS[3]}&limit=100"
+            pages = sorted(call(page) for _ in range(5))
+        finally:
+            engine.dispose()
+    return {
+        "API summary, first (trend computed)": round(first, 3),
+        "API summary, median of 5 (trend cached)": round(summaries[2], 3),
+        "API devices page (legacy, one group, 100), median of 5": round(pages[2], 3),
+    }
 
 
 def main() -> None:

@@ -28,7 +28,14 @@ from gateway.dashboard_openapi import openapi_document
 from gateway.dashboard_page import CONTENT_SECURITY_POLICY, PAGE
 from gateway.middleware import CLIENT_CERT_DER, LISTENER, REQUEST_ID
 from migration_tools.render import device_to_dict, report_to_dict
-from migration_tools.report import DEFAULT_TREND_DAYS, MAX_TREND_DAYS, ReportSettings, build_report, device_page
+from migration_tools.report import (
+    DEFAULT_TREND_DAYS,
+    MAX_TREND_DAYS,
+    ReportSettings,
+    TrendCache,
+    build_report,
+    device_page,
+)
 from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import PolicyDenied
 from shared_ca.storage.device_contacts import MAX_GROUP
@@ -44,6 +51,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEVICE_PARAMETERS = ("state", "group", "silent", "after", "limit")
 SUMMARY_PARAMETERS = ("group", "days")
+TREND = TrendCache()  # the summary's trend, a minute at most behind (TrendCache); totals and lists are live
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
@@ -218,7 +226,8 @@ def summary() -> Response:
     group = _group(args)
     days = _integer(args, "days", DEFAULT_TREND_DAYS, 1, MAX_TREND_DAYS)
     settings = ReportSettings(silent_days=_silent_days(), trend_days=days, list_limit=0)
-    report = build_report(MigrationReportStore(gateway().store.engine), utcnow(), group=group, settings=settings)
+    store = MigrationReportStore(gateway().store.engine)
+    report = build_report(store, utcnow(), group=group, settings=settings, trend=TREND)
     log.info("%s read the migration summary", who, extra={"request_id": request.environ.get(REQUEST_ID)})
     return _json(report_to_dict(report))
 

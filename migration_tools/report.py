@@ -12,8 +12,13 @@ group's sunset date and how many devices it would cut off; and the per-day trend
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from sqlalchemy import Engine
 
 from migration_tools.client_families import FamilyFacts, family_facts
 from shared_ca.errors import InvalidRequest, NotFound
@@ -28,6 +33,8 @@ from shared_ca.storage.migration_report import (
 from shared_ca.storage.schema import DEVICE_STATES
 
 DEFAULT_LIST_LIMIT = 1000
+TREND_CACHE_SECONDS = 60.0
+MAX_CACHED_GROUPS = 1000
 DEFAULT_TREND_DAYS = 90
 MAX_TREND_DAYS = 3660
 
@@ -333,8 +340,10 @@ def build_report(
     *,
     group: str | None = None,
     settings: ReportSettings | None = None,
+    trend: TrendCache | None = None,
 ) -> MigrationReport:
-    """The report over every device (or one group's); NotFound for a group nobody is in."""
+    """The report over every device (or one group's); NotFound for a group nobody is in. The trend's
+    day changes come from `trend` when given (a dashboard's cache), else from the store."""
     settings = settings or ReportSettings()
     counts = store.state_counts(group)
     groups = _groups(store, counts, group)
@@ -355,5 +364,38 @@ def build_report(
         to_move=tuple(judge_device(d, now, settings.silent_days) for d in to_move),
         silent_total=silent_total,
         silent=tuple(judge_device(d, now, settings.silent_days) for d in silent),
-        trend=_trend(store.day_changes(group), now.date(), settings.trend_days),
+        trend=_trend(
+            trend.changes(store, group) if trend is not None else store.day_changes(group),
+            now.date(),
+            settings.trend_days,
+        ),
     )
+
+
+class TrendCache:
+    """The trend's day changes per group, kept for `seconds`: the trend counts whole days, so a
+    minute-old one draws the same picture, and it is the report's one expensive part (two scans of
+    the devices). For the dashboard, whose summary is asked for by every open page every 30 s.
+    Kept per store engine; thread-safe."""
+
+    def __init__(self, seconds: float = TREND_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._entries: weakref.WeakKeyDictionary[Engine, dict[str | None, tuple[float, list[DayChange]]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def changes(self, store: MigrationReportStore, group: str | None) -> list[DayChange]:
+        now = self._clock()
+        with self._lock:
+            hit = self._entries.get(store.engine, {}).get(group)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        changes = store.day_changes(group)
+        with self._lock:
+            per_group = self._entries.setdefault(store.engine, {})
+            if len(per_group) >= MAX_CACHED_GROUPS:
+                per_group.clear()  # an unbounded number of groups asked for: start afresh
+            per_group[group] = (now + self.seconds, changes)
+        return changes

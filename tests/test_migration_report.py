@@ -32,6 +32,7 @@ from migration_tools.report import (
     ACTION_PUSH_CERTIFICATE,
     MigrationReport,
     ReportSettings,
+    TrendCache,
     build_report,
     device_page,
     next_actions,
@@ -44,7 +45,7 @@ from shared_ca.storage.device_contacts import NewDevice
 from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentEvent
-from shared_ca.storage.migration_report import DeviceStanding, MigrationReportStore
+from shared_ca.storage.migration_report import DayChange, DeviceStanding, MigrationReportStore
 from shared_ca.storage.repository import Store
 from shared_ca.storage.schema import devices
 from tests.support import SettableClock, make_csr, subject
@@ -614,3 +615,27 @@ def test_cli_report_errors_are_one_line(
 
 def test_the_html_device_tables_have_a_width_for_every_column() -> None:
     assert set(_DEVICE_WIDTHS) == set(DEVICE_COLUMNS) and sum(_DEVICE_WIDTHS.values()) == 100
+
+
+def test_the_trend_cache_keeps_a_groups_changes_for_its_seconds(store: Store, fleet: Fleet) -> None:
+    reports = MigrationReportStore(store.engine)
+    calls: list[str | None] = []
+    counted = reports.day_changes
+
+    def day_changes(group: str | None = None) -> list[DayChange]:
+        calls.append(group)
+        return counted(group)
+
+    reports.day_changes = day_changes  # type: ignore[method-assign]
+    now = [0.0]
+    cache = TrendCache(seconds=60, clock=lambda: now[0])
+    first = build_report(reports, fleet.now, trend=cache)
+    assert build_report(reports, fleet.now, trend=cache).trend == first.trend == build_report(reports, fleet.now).trend
+    assert calls == [None, None]  # the cached build asked once; the uncached one asked again
+    cache.changes(reports, "kiosks")
+    now[0] = 59.9
+    cache.changes(reports, "kiosks")
+    assert calls == [None, None, "kiosks"]
+    now[0] = 60.0  # expired
+    cache.changes(reports, "kiosks")
+    assert calls == [None, None, "kiosks", "kiosks"]

@@ -326,7 +326,9 @@ devices = Table(
     ),
     Index("ix_devices_state", "state"),
     Index("ix_devices_group_state", "group_name", "state"),
-    # revision 0009: the trend's two scans read these instead of the table (migration_report.day_changes)
+    # revision 0009: the silent-on-EST count, and the trend's two scans (migration_report.day_changes),
+    # read these instead of the table
+    Index("ix_devices_silent", "state", "mapped_at", "last_est_at", "group_name"),
     Index("ix_devices_trend_seen", "first_seen_at", "source"),
     Index(
         "ix_devices_trend_moves",

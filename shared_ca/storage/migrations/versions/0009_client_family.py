@@ -9,7 +9,9 @@ the other facts (method, path, transactionID) come with the device's next SCEP c
 
 The trend reads every device twice (first sightings per day; the later moves): over a million
 devices on SQLite the two scans took 1.3 s of the report's 1.5 s. The indexes hold just the columns
-they read (the second only for devices that moved), and the scans read them instead: 0.87 s.
+they read (the second only for devices that moved), and the scans read them instead: 0.87 s. The
+count of mapped devices silent on EST read the rows of every mapped device (0.32 s cold); its
+covering index answers it in 0.02 s.
 
 Revision ID: 0009_client_family
 Revises: 0008_native
@@ -56,6 +58,7 @@ _MOVED = "mapped_at IS NOT NULL OR migrated_at IS NOT NULL OR retired_at IS NOT 
 def upgrade() -> None:
     with op.batch_alter_table("devices", recreate="never") as batch:
         batch.add_column(sa.Column("scep_client", sa.String(32), nullable=True))
+    op.create_index("ix_devices_silent", "devices", ["state", "mapped_at", "last_est_at", "group_name"])
     op.create_index("ix_devices_trend_seen", "devices", ["first_seen_at", "source"])
     op.create_index(
         "ix_devices_trend_moves",
@@ -76,5 +79,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_devices_trend_moves", table_name="devices")
     op.drop_index("ix_devices_trend_seen", table_name="devices")
+    op.drop_index("ix_devices_silent", table_name="devices")
     with op.batch_alter_table("devices", recreate="never") as batch:
         batch.drop_column("scep_client")
