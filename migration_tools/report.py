@@ -17,8 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-from sqlalchemy import Engine
+from typing import Any
 
 from migration_tools.client_families import FamilyFacts, family_facts
 from shared_ca.errors import InvalidRequest, NotFound
@@ -381,7 +380,8 @@ class TrendCache:
     def __init__(self, seconds: float = TREND_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
-        self._entries: weakref.WeakKeyDictionary[Engine, dict[str | None, tuple[float, list[DayChange]]]] = (
+        # Keyed by the store's engine (weakly: an engine gone takes its entries with it).
+        self._entries: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[float, list[DayChange]]]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
