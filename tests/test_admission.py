@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from gateway.app import create_app
 from gateway.config import load_config
@@ -27,6 +28,7 @@ from scep.client_messages import issuer_and_serial_der
 from shared_ca.admission import Admission, AdmissionSettings, TokenBuckets
 from shared_ca.approval import drain_deferred
 from shared_ca.storage.est_users import EstUserStore, hash_password
+from shared_ca.storage.schema import enrollment_events
 from tests.support import SettableClock, ec_key, issued_count, make_csr, subject
 from tests.test_scep_service import (
     _poll,
@@ -181,6 +183,13 @@ def test_at_capacity_a_scep_enrollment_is_pending_then_issued_in_the_background(
     assert issued_count(gw.store.engine) == before + 1
     assert gw.admission.snapshot()["scep:deferred"] == 1 and gw.admission.snapshot()["scep:shed"] == 1
     assert drain_deferred(gw.approvals, gw.admission, actor="test") == 0  # issued once
+    # Its issuance event says how the device authenticated, as a SCEP event does: its static challenge.
+    e = enrollment_events.c
+    with gw.store.engine.connect() as conn:
+        kinds = conn.execute(
+            select(e.outcome, e.challenge_kind).where(e.device_identity == "deferred-1", e.outcome == "issued")
+        ).all()
+    assert [tuple(row) for row in kinds] == [("issued", "static")]
 
 
 def test_the_background_issuer_stops_when_clients_are_waiting(busy_app: Flask) -> None:
