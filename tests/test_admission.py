@@ -183,13 +183,14 @@ def test_at_capacity_a_scep_enrollment_is_pending_then_issued_in_the_background(
     assert issued_count(gw.store.engine) == before + 1
     assert gw.admission.snapshot()["scep:deferred"] == 1 and gw.admission.snapshot()["scep:shed"] == 1
     assert drain_deferred(gw.approvals, gw.admission, actor="test") == 0  # issued once
-    # Its issuance event says how the device authenticated, as a SCEP event does: its static challenge.
+    # Its issuance event says it was deferred (no administrator approved it) and how the device
+    # authenticated, as a SCEP event does: its static challenge.
     e = enrollment_events.c
     with gw.store.engine.connect() as conn:
         kinds = conn.execute(
-            select(e.outcome, e.challenge_kind).where(e.device_identity == "deferred-1", e.outcome == "issued")
+            select(e.operation, e.challenge_kind).where(e.device_identity == "deferred-1", e.outcome == "issued")
         ).all()
-    assert [tuple(row) for row in kinds] == [("issued", "static")]
+    assert [tuple(row) for row in kinds] == [("deferred", "static")]  # issued in the background, not approved
 
 
 def test_the_background_issuer_stops_when_clients_are_waiting(busy_app: Flask) -> None:
