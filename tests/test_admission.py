@@ -300,3 +300,31 @@ def test_a_hammered_device_is_limited_whatever_the_address(data_dir: Path) -> No
         assert issued_count(gw.store.engine) == before + 1
     finally:
         gw.store.engine.dispose()
+
+
+def test_a_hammered_device_is_limited_over_scep_too(data_dir: Path) -> None:
+    environ = {"GATEWAY_ADMISSION_DEVICE_RATE_PER_MINUTE": "1", "GATEWAY_ADMISSION_BURST": "1"}
+    app = create_app(load_config(data_dir, environ=environ))
+    gw = gateway(app)
+    try:
+        client = app.test_client()
+        before = issued_count(gw.store.engine)
+        ra = get_ca(client)
+        first = enrollment(ra, "scep-same", key=device_key(6))
+        answered = client.post(
+            "/scep", query_string={"operation": "PKIOperation"}, data=first.der,
+            environ_base={"REMOTE_ADDR": "192.0.2.30"},
+        )  # fmt: skip
+        assert reply_of(answered, ra, first).status is PkiStatus.SUCCESS
+        second = enrollment(ra, "scep-same", key=device_key(7))  # the same device, another address
+        limited = client.post(
+            "/scep", query_string={"operation": "PKIOperation"}, data=second.der,
+            environ_base={"REMOTE_ADDR": "192.0.2.31"},
+        )  # fmt: skip
+        refused = reply_of(limited, ra, second)
+        assert (refused.status, refused.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
+        assert refused.fail_info_text == "too many requests; try again later"
+        assert gw.admission.snapshot()["scep:rate-limited"] == 1
+        assert issued_count(gw.store.engine) == before + 1
+    finally:
+        gw.store.engine.dispose()
