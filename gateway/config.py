@@ -164,6 +164,15 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=1000000,
     ),
     Setting(
+        "admission.deferred_check_seconds",
+        "int",
+        1,
+        "How often each worker looks for deferred requests to issue with a slot it has to spare; a longer "
+        "interval leaves more of a storm's capacity to the requests arriving",
+        minimum=1,
+        maximum=3600,
+    ),
+    Setting(
         "admission.burst",
         "int",
         30,

@@ -38,7 +38,6 @@ from shared_ca.keys import certificates_pem, load_certificates
 
 log = logging.getLogger("gateway.server")
 CRL_CHECK_SECONDS = 60
-DEFERRED_CHECK_SECONDS = 1.0
 TRUST_CHECK_SECONDS = 5.0  # how often each worker looks whether the issuers in the database changed
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python's ssl.VerifyFlags does not name it
@@ -122,15 +121,18 @@ def _clients_waiting() -> bool:
     return time.monotonic() - started > LAG_FLOOR_SECONDS
 
 
-def start_deferred_issuer(loader: GatewayLoader, stop: threading.Event, actor: str) -> threading.Thread:
+def start_deferred_issuer(
+    loader: GatewayLoader, stop: threading.Event, actor: str, every: float = 1.0
+) -> threading.Thread:
     """Issue the requests admission control deferred (shared_ca.admission) whenever this worker has a slot
-    to spare, looking about once a second; any worker of any node may issue any of them."""
+    to spare, looking about `every` seconds (admission.deferred_check_seconds); any worker of any node may
+    issue any of them."""
 
     def _drain() -> None:
         gateway = loader.get()
         drain_deferred(gateway.approvals, gateway.admission, actor=actor, busy=_clients_waiting)
 
-    return _every(DEFERRED_CHECK_SECONDS, 0.5, stop, "deferred-issuer", _drain)
+    return _every(every, 0.5, stop, "deferred-issuer", _drain)
 
 
 class ListenerApplication(BaseApplication):  # type: ignore[misc]
@@ -180,7 +182,8 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         loader = self._worker_loader()
         with contextlib.suppress(Unavailable):  # open now when the database answers; on first use if not
             loader.get()
-        start_deferred_issuer(loader, threading.Event(), f"admission:{self.listener}:{os.getpid()}")
+        every = float(self.gateway_config["admission.deferred_check_seconds"])
+        start_deferred_issuer(loader, threading.Event(), f"admission:{self.listener}:{os.getpid()}", every)
         _every(TRUST_CHECK_SECONDS, 0.3, threading.Event(), "trust-watch", self._follow_issuers)
         if self.listener == "https":
             start_crl_timer(loader, threading.Event())

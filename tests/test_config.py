@@ -87,6 +87,7 @@ PRECEDENCE: dict[str, tuple[Any, str, Any]] = {
     "admission.device_rate_per_minute": (30, "40", 50),
     "admission.address_rate_per_minute": (300, "400", 500),
     "admission.burst": (5, "6", 7),
+    "admission.deferred_check_seconds": (2, "3", 4),
     "listen.timeout_seconds": (60, "90", 120),
     "listen.trusted_proxies": ("10.0.0.2", "10.2.0.0/16, ::1", "192.168.1.6"),
     "tls.cert": ("file/tls.crt", "env/tls.crt", "cli/tls.crt"),

@@ -92,6 +92,7 @@ WORKERS = 2  # per listener: a killed worker leaves the other one serving
 CLIENTS = 6  # threads, each enrolling device after device, SCEP and EST in turn
 SCEP_KEYS = 3  # RSA keys shared by the SCEP devices (a transaction is keyed on signer key and transactionID)
 WARM_UP = 2 * CLIENTS  # enrollments done before the kill: the load is running
+BURST = 8  # SCEP enrollments sent at once to a node with one slot per worker: some are deferred
 AFTER = 2 * CLIENTS  # enrollments begun after the node recovered, and done
 GIVE_UP = 90.0  # seconds a device keeps retrying (a bound, never asserted as a time)
 RETRY_STATUSES = (202, 429, 502, 503)  # answered with Retry-After: the client sends its request again
@@ -516,6 +517,9 @@ def test_kill9_with_deferred_requests_waiting_issues_each_once_and_delivers_it_b
     # One slot per worker and no queue wait: concurrent SCEP enrollments are deferred (PENDING).
     env = {"GATEWAY_ADMISSION_MAX_IN_FLIGHT": "1", "GATEWAY_ADMISSION_QUEUE_WAIT_MS": "0"}
     env["GATEWAY_ADMISSION_RETRY_AFTER_SECONDS"] = "1"
+    # Deferred requests wait a few seconds before a worker looks for them, so there are some to be seen
+    # waiting at the kill (issued within a second, a busy machine's load may never show one).
+    env["GATEWAY_ADMISSION_DEFERRED_CHECK_SECONDS"] = "5"
     with serving(tmp_path, database_url, **env) as node:
         engine = store_engine(node)
         try:
@@ -527,11 +531,21 @@ def test_kill9_with_deferred_requests_waiting_issues_each_once_and_delivers_it_b
                 waiting[:] = deferred_waiting(engine)
                 return bool(waiting)
 
+            burst = ThreadPoolExecutor(BURST)
+            sent: list[Future[x509.Certificate]] = []
+
             def strike() -> list[ProcessId]:
+                # A burst of SCEP enrollments at once besides the load, so that some are surely deferred.
+                sent.extend(burst.submit(fleet.enroll_scep) for _ in range(BURST))
                 eventually(found_waiting, "deferred requests waiting")
                 return kill(node, "worker")
 
-            load_with_a_kill(fleet, strike)
+            try:
+                load_with_a_kill(fleet, strike)
+            finally:
+                burst.shutdown(wait=True)
+            for future in sent:  # every enrollment of the burst got its certificate
+                future.result()
             fleet.give_up = DEFERRED_LEASE.total_seconds() + EVENTUALLY
             fleet.retransmit_every_transaction()
             assert_store_consistent(node, fleet)
