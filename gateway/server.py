@@ -26,6 +26,7 @@ from gunicorn.app.base import BaseApplication
 
 from gateway.app import config_from_environment, create_app
 from gateway.config import GatewayConfig
+from gateway.housekeeping import purge_stale
 from gateway.logs import GunicornLogger, configure_logging
 from gateway.runtime import GatewayLoader, key_passphrase, open_gateway
 from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
@@ -38,6 +39,7 @@ from shared_ca.keys import certificates_pem, load_certificates
 
 log = logging.getLogger("gateway.server")
 CRL_CHECK_SECONDS = 60
+HOUSEKEEPING_SECONDS = 3600
 TRUST_CHECK_SECONDS = 5.0  # how often each worker looks whether the issuers in the database changed
 MAX_REQUEST_LINE = 8190  # gunicorn's largest bounded request line (its default is 4094)
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python's ssl.VerifyFlags does not name it
@@ -111,6 +113,16 @@ def _every(
 def start_crl_timer(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
     """Publish the CRL when it is due (refresh interval or revocations), checked about once a minute."""
     return _every(CRL_CHECK_SECONDS, 0.2, stop, "crl-timer", lambda: loader.get().crl.current(actor="crl-timer"))
+
+
+def start_housekeeping(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
+    """Delete stale challenges and lockout counters (gateway.housekeeping), about once an hour."""
+
+    def _purge() -> None:
+        gateway = loader.get()
+        purge_stale(gateway.store, gateway.config.profiles, gateway.authority.clock())
+
+    return _every(HOUSEKEEPING_SECONDS, 0.2, stop, "housekeeping", _purge)
 
 
 def _clients_waiting() -> bool:
@@ -187,6 +199,7 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         _every(TRUST_CHECK_SECONDS, 0.3, threading.Event(), "trust-watch", self._follow_issuers)
         if self.listener == "https":
             start_crl_timer(loader, threading.Event())
+            start_housekeeping(loader, threading.Event())
 
     def _follow_issuers(self) -> None:
         """The issuers in the database, followed without a restart (GatewayLoader.refresh): a CA rollover

@@ -130,6 +130,7 @@ def test_challenge_creation_rules(enrollments: EnrollmentStore, clock: SettableC
         create(enrollments, clock, secret_sha256="3" * 64, uses=0)
     create(enrollments, clock, secret_sha256="4" * 64)
     assert consume(enrollments, clock()) is not None
+    assert enrollments.purge_challenges(clock() - dt.timedelta(seconds=1)) == 0  # spent, kept a while
     assert enrollments.purge_challenges(clock()) == 1  # the spent one; the unused one stays
     assert enrollments.challenge("4" * 64) is not None
 
@@ -249,9 +250,27 @@ def test_each_key_counts_and_locks_separately(enrollments: EnrollmentStore, cloc
     assert enrollments.locked([first], clock()) is None
     assert enrollments.locked([second, "address:192.0.2.8"], clock()) is None
     assert (failures(enrollments, first), failures(enrollments, second), failures(enrollments, address)) == (2, 1, 3)
-    assert enrollments.clear_failures([address, "address:none"]) == 1
-    assert enrollments.locked([address], clock()) is None
-    assert enrollments.clear_failures([]) == 0
+
+
+def test_lapsed_failure_counters_are_purged_once_their_lock_lifted(
+    enrollments: EnrollmentStore, clock: SettableClock
+) -> None:
+    counted, locked = "address:192.0.2.7", "address:192.0.2.8"
+    fail(enrollments, clock(), counted)
+    for _ in range(3):
+        fail(enrollments, clock(), locked)
+
+    def stored() -> set[str]:
+        with enrollments.engine.connect() as conn:
+            return set(conn.execute(select(challenge_failures.c.key)).scalars())
+
+    assert enrollments.purge_failures(clock() - dt.timedelta(seconds=1), clock()) == 0  # both still counting
+    clock.advance(minutes=1)
+    assert enrollments.purge_failures(clock(), clock()) == 1  # both windows over; one is still locked
+    assert stored() == {locked} and enrollments.locked([locked], clock()) is not None
+    clock.advance(minutes=30)
+    assert enrollments.purge_failures(clock(), clock()) == 1  # its lock lifted
+    assert stored() == set()
 
 
 def test_a_threshold_of_one_locks_at_the_first_failure(enrollments: EnrollmentStore, clock: SettableClock) -> None:

@@ -263,11 +263,13 @@ class EnrollmentStore(Store):
             )
         return _challenge(row) if row else None
 
-    def purge_challenges(self, now: dt.datetime) -> int:
-        """Delete challenges that expired or have no use left; how many."""
+    def purge_challenges(self, cutoff: dt.datetime) -> int:
+        """Delete the challenges that expired before `cutoff`, or were spent and created before it; how
+        many. Until then a refused reuse is still logged as what it is (ScepService reads `challenge`)."""
         c = scep_challenges.c
+        spent = and_(c.uses_left <= 0, c.created_at <= cutoff)
         with self._write() as conn:
-            return int(conn.execute(delete(scep_challenges).where(or_(c.expires_at <= now, c.uses_left <= 0))).rowcount)
+            return int(conn.execute(delete(scep_challenges).where(or_(c.expires_at <= cutoff, spent))).rowcount)
 
     # -- lockout ----------------------------------------------------------------------------------
 
@@ -325,13 +327,13 @@ class EnrollmentStore(Store):
                         found[key] = row[name]
         return found
 
-    def clear_failures(self, keys: Iterable[str]) -> int:
-        """Forget the failures (and locks) of `keys`; how many keys had any."""
-        wanted = sorted(set(keys))
-        if not wanted:
-            return 0
+    def purge_failures(self, lapsed_before: dt.datetime, now: dt.datetime) -> int:
+        """Delete the failure counters first counted before `lapsed_before` (their window is over) whose
+        lock, if any, lifted by `now`; how many."""
+        f = challenge_failures.c
+        lapsed = and_(f.first_failure_at <= lapsed_before, or_(f.locked_until.is_(None), f.locked_until <= now))
         with self._write() as conn:
-            return int(conn.execute(delete(challenge_failures).where(challenge_failures.c.key.in_(wanted))).rowcount)
+            return int(conn.execute(delete(challenge_failures).where(lapsed)).rowcount)
 
 
 def _upsert_failure(
