@@ -184,7 +184,7 @@ def measure_api(url: str) -> dict[str, float]:
         if done.returncode != 0:
             raise SystemExit(f"gateway init failed: {done.stderr[-2000:]}")
         app = create_app(load_config(data_dir, environ={}))
-        engine = app.extensions["gateway"].store.engine
+        engine = app.extensions["gateway"].get().store.engine
         try:
             token = AdminTokenStore(engine).create_admin_token("bench", created_by="bench", now=utcnow()).token
             client = app.test_client()

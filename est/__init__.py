@@ -1,1 +1,1 @@
-"""EST (RFC 7030, RFC 8951): wire format, authentication, service and views (issue 4)."""
+"""EST (RFC 7030, RFC 8951): wire format, authentication, the operations and their Flask views."""

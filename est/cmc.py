@@ -13,47 +13,57 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
+import hashlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-from asn1crypto import cms, core
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from est import cmc_asn1 as asn1
+from est import cmc_signed
 from est.cmc_asn1 import CmcFailInfo, CmcStatus
+from est.cmc_pki_data import (
+    SINGLE_CONTROLS,
+    BodyPartKind,
+    CmcControl,
+    CmcRevokeRequest,
+    Pkcs10Request,
+    UnsupportedBodyPart,
+    read_pki_data,
+)
 from est.wire import EstWireError
-from shared_ca.errors import CAError, ErrorKind
+from shared_ca.cms import (
+    DECODE_ERRORS,
+    CmsSigner,
+    RsaScheme,
+    SigningKey,
+    build_signed_data,
+    content_attributes,
+    der_set_of,
+)
+from shared_ca.errors import AlgorithmNotAllowed, BadSignature, CAError, ErrorKind, InvalidRequest
 
 __all__ = [
     "FULL_CMC_REQUEST",
     "FULL_CMC_RESPONSE",
-    "MAX_BODY_PARTS",
-    "MAX_CERTIFICATES",
-    "MAX_CONTROL_VALUES",
     "MAX_MESSAGE_BYTES",
-    "BodyPartKind",
     "CmcAlgorithmError",
-    "CmcControl",
     "CmcDecodeError",
     "CmcFailInfo",
     "CmcFailure",
     "CmcReplyContext",
     "CmcRequest",
     "CmcResponse",
-    "CmcRevokeRequest",
     "CmcSignatureError",
-    "CmcSigner",
     "CmcStatus",
     "CmcStatusInfo",
-    "Pkcs10Request",
-    "UnsupportedBodyPart",
     "build_failure_response",
     "build_pki_response",
     "parse_full_cmc",
     "parse_pki_response",
+    "response_signer",
 ]
 
 # RFC 7030 §4.3.1, §4.3.2.
@@ -61,9 +71,6 @@ FULL_CMC_REQUEST = "application/pkcs7-mime; smime-type=CMC-request"
 FULL_CMC_RESPONSE = "application/pkcs7-mime; smime-type=CMC-response"
 
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_BODY_PARTS = 16  # controls + requests + cmsSequence + otherMsgSequence, in one PKIData
-MAX_CONTROL_VALUES = 16  # values in one control's attrValues
-MAX_CERTIFICATES = asn1.MAX_CERTIFICATES  # in SignedData.certificates
 
 
 class CmcDecodeError(EstWireError):
@@ -112,56 +119,6 @@ class CmcAlgorithmError(CmcFailure):
         super().__init__(CmcFailInfo.BAD_ALG, text, reply, detail=detail)
 
 
-class BodyPartKind(enum.StrEnum):
-    """Where an unsupported body part sits in the PKIData (RFC 5272 §3.2.1)."""
-
-    CONTROL = "control"
-    CRM = "crm"  # CRMF request (RFC 4211)
-    ORM = "orm"  # other request message
-    CMS = "cmsSequence"
-    OTHER_MSG = "otherMsgSequence"
-
-
-@dataclasses.dataclass(frozen=True)
-class CmcControl:
-    """A control (TaggedAttribute, RFC 5272 §3.2.1.1): each value as DER."""
-
-    body_part_id: int
-    oid: str
-    values: tuple[bytes, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Pkcs10Request:
-    """A TaggedCertificationRequest (tcr): the PKCS#10 DER, its signature not yet checked."""
-
-    body_part_id: int
-    der: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class CmcRevokeRequest:
-    """A revokeRequest control value (RFC 5272 §6.11)."""
-
-    body_part_id: int
-    issuer: x509.Name
-    issuer_der: bytes  # exactly as sent, to compare with a CA subject's DER
-    serial_number: int
-    reason: x509.ReasonFlags
-    invalidity_date: dt.datetime | None = None
-    passphrase: bytes | None = dataclasses.field(default=None, repr=False)
-    comment: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class UnsupportedBodyPart:
-    """A body part we do not act on; `type_oid` is the control, request or content type."""
-
-    body_part_id: int
-    kind: BodyPartKind
-    type_oid: str | None = None
-
-
 @dataclasses.dataclass(frozen=True)
 class CmcRequest:
     """A Full PKI Request (RFC 5272 §3.2) whose signature verified.
@@ -190,10 +147,10 @@ def parse_full_cmc(der: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> CmcRequ
         raise CmcDecodeError("the CMC request is too large", detail=f"{len(der)} bytes > {max_bytes}")
     signed = _decode(der, asn1.PKI_DATA_OID, "PKIData")
     try:
-        parts = _read_pki_data(signed.content)
-    except CmcDecodeError:
-        raise
-    except asn1.DECODE_ERRORS as exc:
+        parts = read_pki_data(signed.content)
+    except InvalidRequest as exc:
+        raise CmcDecodeError(exc.public_message, detail=exc.detail) from exc
+    except DECODE_ERRORS as exc:
         raise CmcDecodeError("the PKIData is malformed", detail=repr(exc)) from exc
     operations = tuple(r.body_part_id for r in parts.requests) + tuple(r.body_part_id for r in parts.revocations)
     operations += tuple(u.body_part_id for u in parts.unsupported if u.kind in (BodyPartKind.CRM, BodyPartKind.ORM))
@@ -214,154 +171,32 @@ def parse_full_cmc(der: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> CmcRequ
     )
 
 
-def _decode(der: bytes, content_type: str, what: str) -> asn1.SignedContent:
+def _decode(der: bytes, content_type: str, what: str) -> cmc_signed.SignedContent:
     try:
-        return asn1.decode_signed_content(der, content_type, what)
-    except asn1.UndecodableMessage as exc:
-        raise CmcDecodeError(exc.text, detail=exc.detail) from exc
+        return cmc_signed.decode_signed_content(der, content_type, what)
+    except InvalidRequest as exc:
+        raise CmcDecodeError(exc.public_message, detail=exc.detail) from exc
 
 
-def _verify(signed: asn1.SignedContent, requests: Sequence[tuple[int, bytes]], reply: CmcReplyContext) -> asn1.Signer:
+def _verify(
+    signed: cmc_signed.SignedContent, requests: Sequence[tuple[int, bytes]], reply: CmcReplyContext
+) -> cmc_signed.Signer:
     try:
-        return asn1.verify_signed_content(signed, requests)
-    except asn1.SignatureCheckError as exc:
-        error = CmcAlgorithmError if exc.fail_info is CmcFailInfo.BAD_ALG else CmcSignatureError
-        raise error(exc.text, reply, detail=exc.detail) from exc
-
-
-class _PkiDataParts(NamedTuple):
-    controls: tuple[CmcControl, ...]
-    requests: tuple[Pkcs10Request, ...]
-    revocations: tuple[CmcRevokeRequest, ...]
-    unsupported: tuple[UnsupportedBodyPart, ...]
-    transaction_id: int | None
-    sender_nonce: bytes | None
-
-
-_SINGLE_CONTROLS = ("transaction_id", "sender_nonce", "recipient_nonce")
-
-
-def _read_pki_data(content: bytes) -> _PkiDataParts:
-    """Walk a PKIData (RFC 5272 §3.2.1); asn1crypto errors propagate for the caller to wrap."""
-    pki_data = asn1.PKIData.load(content, strict=True)
-    sequences = [pki_data[name] for name in ("control_sequence", "req_sequence", "cms_sequence", "other_msg_sequence")]
-    count = sum(len(sequence) for sequence in sequences)
-    if count > MAX_BODY_PARTS:
-        raise CmcDecodeError("the PKIData has too many body parts", detail=f"{count} > {MAX_BODY_PARTS}")
-    controls_seq, requests_seq, cms_seq, other_seq = sequences
-    seen: set[int] = set()
-
-    def identity(value: Any) -> int:
-        # RFC 5272 §3.2.2: unique within the PKIData; 0 is reserved for the PKIData itself.
-        number: int = value.native
-        if not 0 < number <= asn1.BODY_PART_ID_MAX or number in seen:
-            raise CmcDecodeError("a bodyPartID is reserved, out of range or used twice", detail=str(number))
-        seen.add(number)
-        return number
-
-    controls: list[CmcControl] = []
-    revocations: list[CmcRevokeRequest] = []
-    unsupported: list[UnsupportedBodyPart] = []
-    singles: dict[str, Any] = {}
-    for control in controls_seq:
-        part = identity(control["body_part_id"])
-        oid, name, values = control["attr_type"].dotted, control["attr_type"].native, control["attr_values"]
-        if not 0 < len(values) <= MAX_CONTROL_VALUES:
-            raise CmcDecodeError("a control has no values or too many", detail=f"{oid}: {len(values)}")
-        controls.append(CmcControl(part, oid, tuple(value.dump() for value in values)))
-        if name == "revoke_request":
-            revocations.extend(_revoke_request(part, value) for value in values)
-        elif name in _SINGLE_CONTROLS:
-            if name in singles or len(values) != 1:
-                raise CmcDecodeError(f"the {name} control must appear once with one value")
-            singles[name] = values[0].native
-        else:
-            unsupported.append(UnsupportedBodyPart(part, BodyPartKind.CONTROL, oid))
-    requests: list[Pkcs10Request] = []
-    for request in requests_seq:
-        chosen = request.chosen
-        if request.name == "tcr":
-            requests.append(Pkcs10Request(identity(chosen["body_part_id"]), chosen["certification_request"].dump()))
-        elif request.name == "crm":  # its identity is the certReqId (RFC 5272 §3.2.2)
-            unsupported.append(UnsupportedBodyPart(identity(chosen["cert_req"]["cert_req_id"]), BodyPartKind.CRM))
-        else:
-            oid = chosen["request_message_type"].dotted
-            unsupported.append(UnsupportedBodyPart(identity(chosen["body_part_id"]), BodyPartKind.ORM, oid))
-    for item in cms_seq:
-        oid = item["content_info"]["content_type"].dotted
-        unsupported.append(UnsupportedBodyPart(identity(item["body_part_id"]), BodyPartKind.CMS, oid))
-    for item in other_seq:
-        oid = item["other_msg_type"].dotted
-        unsupported.append(UnsupportedBodyPart(identity(item["body_part_id"]), BodyPartKind.OTHER_MSG, oid))
-    transaction_id, sender_nonce = singles.get("transaction_id"), singles.get("sender_nonce")
-    if not isinstance(transaction_id, int | None) or not isinstance(sender_nonce, bytes | None):
-        raise CmcDecodeError("transactionId or senderNonce has the wrong type")
-    return _PkiDataParts(
-        tuple(controls), tuple(requests), tuple(revocations), tuple(unsupported), transaction_id, sender_nonce
-    )
-
-
-def _revoke_request(part: int, value: Any) -> CmcRevokeRequest:
-    """A RevokeRequest value (RFC 5272 §6.11); CRLReason 7 is unassigned and refused."""
-    attributes = []
-    for rdn in value["issuer_name"].chosen:
-        for type_and_value in rdn:
-            text = type_and_value["value"].native
-            if not isinstance(text, str):
-                raise ValueError("a revokeRequest issuerName attribute is not a string")
-            attributes.append(x509.NameAttribute(x509.ObjectIdentifier(type_and_value["type"].dotted), text))
-    return CmcRevokeRequest(
-        body_part_id=part,
-        issuer=x509.Name(attributes),
-        issuer_der=value["issuer_name"].dump(),
-        serial_number=value["serial_number"].native,
-        reason=_REASONS[value["reason"].native],
-        invalidity_date=value["invalidity_date"].native,
-        passphrase=value["passphrase"].native,
-        comment=value["comment"].native,
-    )
-
-
-_REASONS = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key_compromise": x509.ReasonFlags.key_compromise,
-    "ca_compromise": x509.ReasonFlags.ca_compromise,
-    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-    "certificate_hold": x509.ReasonFlags.certificate_hold,
-    "remove_from_crl": x509.ReasonFlags.remove_from_crl,
-    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
-    "aa_compromise": x509.ReasonFlags.aa_compromise,
-}
+        return cmc_signed.verify_signed_content(signed, requests)
+    except (BadSignature, AlgorithmNotAllowed) as exc:
+        error = CmcAlgorithmError if exc.kind is ErrorKind.BAD_ALGORITHM else CmcSignatureError
+        raise error(exc.public_message, reply, detail=exc.detail) from exc
 
 
 # --- the response (RFC 5272 §4.2, RFC 7030 §4.3.2) -----------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class CmcSigner:
-    """The key that signs Full PKI Responses (the RA's), with its certificate and chain encoded
-    once: make it once per worker with `create`."""
-
-    key: asn1.SigningKey
-    certificate: x509.Certificate
-    issuer_and_serial_der: bytes
-    certificates_der: tuple[bytes, ...]  # the signer's certificate, then its chain
-
-    @classmethod
-    def create(
-        cls, key: asn1.SigningKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate] = ()
-    ) -> CmcSigner:
-        """Encode `certificate` and `chain` once."""
-        ias = cms.IssuerAndSerialNumber(
-            {
-                "issuer": asn1_x509.Name.load(certificate.issuer.public_bytes()),
-                "serial_number": certificate.serial_number,
-            }
-        )
-        ders = tuple(cert.public_bytes(Encoding.DER) for cert in (certificate, *chain))
-        return cls(key, certificate, ias.dump(), ders)
+def response_signer(
+    key: SigningKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate] = ()
+) -> CmsSigner:
+    """The signer of Full PKI Responses (the RA), its certificate and chain encoded once: make it once
+    per worker. An RSA key signs sha256WithRSAEncryption."""
+    return CmsSigner.create(key, certificate, chain, rsa_scheme=RsaScheme.PKCS1V15_WITH_DIGEST)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,7 +219,7 @@ class CmcStatusInfo:
 
 
 def build_pki_response(
-    signer: CmcSigner,
+    signer: CmsSigner,
     *,
     statuses: Sequence[CmcStatusInfo],
     certificates: Sequence[x509.Certificate] = (),
@@ -412,14 +247,22 @@ def build_pki_response(
         for number, (name, value) in enumerate(values, start=1)
     ]
     body = asn1.PKIResponse({"control_sequence": controls, "cms_sequence": [], "other_msg_sequence": []})
+    content = body.dump()
     ders = dict.fromkeys([*(cert.public_bytes(Encoding.DER) for cert in certificates), *signer.certificates_der])
-    return asn1.sign_content(
-        signer.key, signer.issuer_and_serial_der, asn1.PKI_RESPONSE_OID, body.dump(), list(ders), signing_time
+    digest = hashlib.sha256(content).digest()
+    attributes = content_attributes(digest, content_type=asn1.PKI_RESPONSE_OID, signing_time=signing_time)
+    return build_signed_data(
+        signer,
+        digest="sha256",
+        signed_attributes_der=der_set_of(attributes),
+        content=content,
+        content_type=asn1.PKI_RESPONSE_OID,
+        certificates_der=list(ders),
     )
 
 
 def build_failure_response(
-    signer: CmcSigner,
+    signer: CmsSigner,
     *,
     reply: CmcReplyContext,
     fail_info: CmcFailInfo,
@@ -477,9 +320,9 @@ def parse_pki_response(der: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Cmc
             name = control["attr_type"].native
             if name == "status_info_v2":
                 statuses.extend(_read_status(value) for value in control["attr_values"])
-            elif name in _SINGLE_CONTROLS:
+            elif name in SINGLE_CONTROLS:
                 singles[name] = control["attr_values"][0].native
-    except asn1.DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise CmcDecodeError("the PKIResponse is malformed", detail=repr(exc)) from exc
     return CmcResponse(
         tuple(statuses),

@@ -14,13 +14,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from gateway.admin_common import BEARER_REALM, Refused, check_admin_token, gateway, refusal_response
-from gateway.middleware import CLIENT_ADDRESS, LISTENER, REQUEST_ID
+from gateway.admin_common import (
+    BEARER_REALM,
+    AdminRefusal,
+    check_admin_token,
+    https_only,
+    refusal_response,
+    unrouted_https_only,
+)
+from gateway.middleware import REQUEST_ID
+from gateway.runtime import Gateway
 from scep.challenges import ndes_style_secret, new_one_time_challenge
 from shared_ca.authority import utcnow
 from shared_ca.ca_material import parse_subject
@@ -28,8 +38,8 @@ from shared_ca.storage.admin import AdminTokenRecord
 
 log = logging.getLogger("gateway.admin")
 bp = Blueprint("admin", __name__)
+bp.before_request(https_only)  # its paths do not exist on the plain-HTTP listener
 
-ADMIN_PREFIXES = ("/admin/", "/certsrv/mscep_admin")
 BASIC_REALM = 'Basic realm="SCEP challenge"'
 MIN_TTL = 60
 MAX_TTL = 30 * 24 * 3600
@@ -39,23 +49,33 @@ NDES_TTL_MINUTES = 60
 FIELDS = ("device_id", "profile", "ttl_seconds", "uses", "expected_subject")
 
 
-@bp.errorhandler(Refused)
-def _refused(exc: Refused) -> Response:
+@dataclass(frozen=True)
+class AdminApi:
+    """The admin API's state in a Flask app (`app.extensions["admin"]`)."""
+
+    gateway: Callable[[], Gateway]  # the gateway open now; Unavailable while it cannot be opened
+
+
+def init_app(app: Flask, gateway: Callable[[], Gateway]) -> None:
+    """Serve the admin API from `app`, over the gateway `gateway()` returns."""
+    app.extensions["admin"] = AdminApi(gateway)
+    app.before_request(unrouted_https_only)  # acts only on requests routing did not match
+    app.register_blueprint(bp)
+
+
+def _gateway() -> Gateway:
+    admin_api: AdminApi = current_app.extensions["admin"]
+    return admin_api.gateway()
+
+
+@bp.errorhandler(AdminRefusal)
+def _refused(exc: AdminRefusal) -> Response:
     return refusal_response(exc, log)
 
 
-@bp.before_app_request
-def _https_only() -> None:
-    """The admin paths do not exist on the plain-HTTP listener (checked before routing answers 405)."""
-    if request.path.startswith(ADMIN_PREFIXES) and request.environ.get(LISTENER) != "https":
-        log.warning(
-            "%s %s refused (404): admin path requested on the %s listener",
-            request.method,
-            request.path,
-            request.environ.get(LISTENER),
-            extra={"request_id": request.environ.get(REQUEST_ID), "client": request.environ.get(CLIENT_ADDRESS)},
-        )
-        abort(404)
+def _bearer_unauthorized(detail: str, *, invalid_token: bool = False) -> AdminRefusal:
+    challenge = f'{BEARER_REALM}, error="invalid_token"' if invalid_token else BEARER_REALM
+    return AdminRefusal(401, "unauthorized", detail=detail, headers={"WWW-Authenticate": challenge})
 
 
 def _bearer_token() -> AdminTokenRecord:
@@ -63,17 +83,16 @@ def _bearer_token() -> AdminTokenRecord:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if not header:
-        raise Refused(401, "unauthorized", "no Authorization header", {"WWW-Authenticate": BEARER_REALM})
+        raise _bearer_unauthorized("no Authorization header")
     if scheme.lower() != "bearer" or not token:
-        cause = f"Authorization scheme {scheme[:20]!r} is not Bearer with a token"
-        raise Refused(401, "unauthorized", cause, {"WWW-Authenticate": BEARER_REALM})
-    invalid = Refused(401, "unauthorized", "", {"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'})
-    return check_admin_token(token, unauthorized=invalid)
+        raise _bearer_unauthorized(f"Authorization scheme {scheme[:20]!r} is not Bearer with a token")
+    return check_admin_token(
+        _gateway(), token, unauthorized=lambda detail: _bearer_unauthorized(detail, invalid_token=True)
+    )
 
 
-def _bad(field: str, message: str) -> Refused:
-    text = f"{field}: {message}"
-    return Refused(400, text, text)
+def _bad(field: str, message: str) -> AdminRefusal:
+    return AdminRefusal(400, f"{field}: {message}")
 
 
 def _integer(body: dict[str, Any], field: str, default: int, low: int, high: int) -> int:
@@ -93,13 +112,13 @@ def _optional_text(body: dict[str, Any], field: str) -> str | None:
 
 
 def _profile_name(requested: str | None) -> str:
-    gw = gateway()
+    gw = _gateway()
     name = requested if requested is not None else str(gw.config["default_profile"])
     if name not in gw.config.profiles:
-        raise Refused(404, f"no profile {name!r}", f"unknown profile {name!r}")
+        raise AdminRefusal(404, f"no profile {name!r}", detail=f"unknown profile {name!r}")
     if not gw.config.profiles[name].served_over("scep"):
         # A challenge opens its profile over SCEP: none is made for a profile SCEP does not serve.
-        raise Refused(403, f"profile {name!r} is not served over SCEP", f"profile {name!r} is not served over SCEP")
+        raise AdminRefusal(403, f"profile {name!r} is not served over SCEP")
     return name
 
 
@@ -126,14 +145,16 @@ def _json_body() -> dict[str, Any]:
     try:
         body = json.loads(request.get_data(cache=False))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(400, "the body must be a JSON object", f"body is not JSON: {exc}") from None
+        raise AdminRefusal(400, "the body must be a JSON object", detail=f"body is not JSON: {exc}") from None
     except RecursionError:  # "[[[[…" nested deeper than the decoder's recursion limit
-        raise Refused(400, "the body must be a JSON object", "body is JSON nested too deeply") from None
+        raise AdminRefusal(400, "the body must be a JSON object", detail="body is JSON nested too deeply") from None
     if not isinstance(body, dict):
-        raise Refused(400, "the body must be a JSON object", f"body is JSON {type(body).__name__}, not an object")
+        detail = f"body is JSON {type(body).__name__}, not an object"
+        raise AdminRefusal(400, "the body must be a JSON object", detail=detail)
     if not _unicode_text(body):
         # json.loads turns "\ud800" escapes into lone surrogates, which no database or log can encode.
-        raise Refused(400, "the body must be a JSON object of Unicode text", "body has a lone surrogate escape")
+        detail = "body has a lone surrogate escape"
+        raise AdminRefusal(400, "the body must be a JSON object of Unicode text", detail=detail)
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise _bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
@@ -162,7 +183,7 @@ def create_challenge() -> Response:
     profile_name = _profile_name(profile)
     now = utcnow()
     secret = new_one_time_challenge(
-        gateway().store,
+        _gateway().store,
         device_id,
         profile_name,
         dt.timedelta(seconds=ttl),
@@ -214,16 +235,19 @@ challenge password.
 """
 
 
+def _basic_unauthorized(detail: str) -> AdminRefusal:
+    return AdminRefusal(401, "unauthorized", detail=detail, headers={"WWW-Authenticate": BASIC_REALM})
+
+
 def _basic_token() -> AdminTokenRecord:
-    unauthorized = Refused(401, "unauthorized", "", {"WWW-Authenticate": BASIC_REALM})
     auth = request.authorization
     if auth is None or auth.type != "basic":
-        unauthorized.cause = "no HTTP Basic credentials"
-        raise unauthorized
+        raise _basic_unauthorized("no HTTP Basic credentials")
     if not auth.password:
-        unauthorized.cause = f"HTTP Basic credentials of {auth.username!r} without a password"
-        raise unauthorized
-    return check_admin_token(auth.password, unauthorized=unauthorized, expected_name=auth.username or "")
+        raise _basic_unauthorized(f"HTTP Basic credentials of {auth.username!r} without a password")
+    return check_admin_token(
+        _gateway(), auth.password, unauthorized=_basic_unauthorized, expected_name=auth.username or ""
+    )
 
 
 @bp.get("/certsrv/mscep_admin/")
@@ -232,7 +256,7 @@ def ndes_admin() -> Response:
     """NDES's mscep_admin page: a new one-time challenge (any device, 60 minutes, one use)."""
     token = _basic_token()
     profile_name = _profile_name(request.args.get("profile"))
-    gw = gateway()
+    gw = _gateway()
     secret = new_one_time_challenge(
         gw.store,
         None,

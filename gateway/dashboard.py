@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from cryptography import x509
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from gateway.admin_common import BEARER_REALM, Refused, check_admin_token, gateway, refusal_response
+from gateway.admin_common import BEARER_REALM, AdminRefusal, check_admin_token, https_only, refusal_response
 from gateway.dashboard_openapi import openapi_document
 from gateway.dashboard_page import CONTENT_SECURITY_POLICY, PAGE
-from gateway.middleware import CLIENT_CERT_DER, LISTENER, REQUEST_ID
+from gateway.middleware import CLIENT_CERT_DER, REQUEST_ID
+from gateway.runtime import Gateway
 from migration_tools.render import device_to_dict, report_to_dict
 from migration_tools.report import (
     DEFAULT_TREND_DAYS,
@@ -45,29 +48,46 @@ from shared_ca.trust import recognise
 
 log = logging.getLogger("gateway.dashboard")
 bp = Blueprint("dashboard", __name__)
+bp.before_request(https_only)  # its paths do not exist on the plain-HTTP listener
 
 CLIENT_CERT_SETTING = "admin.client_cert_fingerprints"
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEVICE_PARAMETERS = ("state", "group", "silent", "after", "limit")
 SUMMARY_PARAMETERS = ("group", "days")
-TREND = TrendCache()  # the summary's trend, a minute at most behind (TrendCache); totals and lists are live
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+# A refusal's text may echo a query parameter's name.
+_REFUSAL_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
-@bp.errorhandler(Refused)
-def _refused(exc: Refused) -> Response:
-    response = refusal_response(exc, log)
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"  # the text may echo a query parameter's name
-    return response
+@dataclass(frozen=True)
+class Dashboard:
+    """The dashboard's state in a Flask app (`app.extensions["dashboard"]`)."""
+
+    gateway: Callable[[], Gateway]  # the gateway open now; Unavailable while it cannot be opened
+    # The summary's trend, a minute at most behind (TrendCache); totals and lists are live.
+    trend: TrendCache = field(default_factory=TrendCache)
 
 
-@bp.before_request
-def _https_only() -> None:
-    if request.environ.get(LISTENER) != "https":
-        abort(404)
+def init_app(app: Flask, gateway: Callable[[], Gateway]) -> None:
+    """Serve the dashboard and its JSON API from `app`, over the gateway `gateway()` returns."""
+    app.extensions["dashboard"] = Dashboard(gateway)
+    app.register_blueprint(bp)
+
+
+def _dashboard() -> Dashboard:
+    found: Dashboard = current_app.extensions["dashboard"]
+    return found
+
+
+def _gateway() -> Gateway:
+    return _dashboard().gateway()
+
+
+@bp.errorhandler(AdminRefusal)
+def _refused(exc: AdminRefusal) -> Response:
+    return refusal_response(exc, log, _REFUSAL_HEADERS)
 
 
 # -- authentication -----------------------------------------------------------------------------------
@@ -91,9 +111,9 @@ def pinned_fingerprints(setting: object) -> frozenset[str]:
     return frozenset(found)
 
 
-def _unauthorized(cause: str, *, invalid_token: bool = False) -> Refused:
+def _unauthorized(detail: str, *, invalid_token: bool = False) -> AdminRefusal:
     challenge = f'{BEARER_REALM}, error="invalid_token"' if invalid_token else BEARER_REALM
-    return Refused(401, "unauthorized", cause, {"WWW-Authenticate": challenge})
+    return AdminRefusal(401, "unauthorized", detail=detail, headers={"WWW-Authenticate": challenge})
 
 
 def _token_admin(header: str) -> str:
@@ -101,7 +121,7 @@ def _token_admin(header: str) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized(f"Authorization scheme {scheme[:20]!r} is not Bearer with a token")
-    record = check_admin_token(token, unauthorized=_unauthorized("", invalid_token=True))
+    record = check_admin_token(_gateway(), token, unauthorized=lambda detail: _unauthorized(detail, invalid_token=True))
     return f"admin-token:{record.name}"
 
 
@@ -112,20 +132,22 @@ def _certificate_admin(der: bytes) -> str | None:
     except ValueError:
         return None
     digest = fingerprint(certificate)
-    if digest not in pinned_fingerprints(gateway().config.values.get(CLIENT_CERT_SETTING, "")):
+    if digest not in pinned_fingerprints(_gateway().config.values.get(CLIENT_CERT_SETTING, "")):
         return None
     now = utcnow()
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-        raise Refused(403, "the admin client certificate is not valid now", f"certificate {digest} outside validity")
+        detail = f"certificate {digest} outside validity"
+        raise AdminRefusal(403, "the admin client certificate is not valid now", detail=detail)
     try:
-        recognise(gateway().store, certificate, now)  # one we issued or imported: not revoked either
+        recognise(_gateway().store, certificate, now)  # one we issued or imported: not revoked either
     except PolicyDenied as exc:
-        raise Refused(403, f"the admin client certificate is refused: {exc.public_message}", exc.detail) from None
+        text = f"the admin client certificate is refused: {exc.public_message}"
+        raise AdminRefusal(403, text, detail=exc.detail) from None
     return f"client-cert:{digest[:16]}"
 
 
 def authenticate() -> str:
-    """Who is asking (for the log); Refused 401/403 otherwise."""
+    """Who is asking (for the log); AdminRefusal 401/403 otherwise."""
     header = request.headers.get("Authorization")
     if header:
         return _token_admin(header)
@@ -141,8 +163,8 @@ def authenticate() -> str:
 # -- parameters ---------------------------------------------------------------------------------------
 
 
-def _bad(name: str, message: str) -> Refused:
-    return Refused(400, f"{name}: {message}")
+def _bad(name: str, message: str) -> AdminRefusal:
+    return AdminRefusal(400, f"{name}: {message}")
 
 
 def _parameters(known: tuple[str, ...]) -> dict[str, str]:
@@ -196,7 +218,7 @@ def _json(body: object) -> Response:
 
 
 def _silent_days() -> int:
-    return int(gateway().config.values.get("migration.silent_days", 14))
+    return int(_gateway().config.values.get("migration.silent_days", 14))
 
 
 # -- endpoints ----------------------------------------------------------------------------------------
@@ -226,8 +248,8 @@ def summary() -> Response:
     group = _group(args)
     days = _integer(args, "days", DEFAULT_TREND_DAYS, 1, MAX_TREND_DAYS)
     settings = ReportSettings(silent_days=_silent_days(), trend_days=days, list_limit=0)
-    store = MigrationReportStore(gateway().store.engine)
-    report = build_report(store, utcnow(), group=group, settings=settings, trend=TREND)
+    store = MigrationReportStore(_gateway().store.engine)
+    report = build_report(store, utcnow(), group=group, settings=settings, trend=_dashboard().trend)
     log.info("%s read the migration summary", who, extra={"request_id": request.environ.get(REQUEST_ID)})
     return _json(report_to_dict(report))
 
@@ -239,7 +261,7 @@ def devices() -> Response:
     args = _parameters(DEVICE_PARAMETERS)
     limit = _integer(args, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     result = device_page(
-        MigrationReportStore(gateway().store.engine),
+        MigrationReportStore(_gateway().store.engine),
         utcnow(),
         states=_states(args),
         group=_group(args),

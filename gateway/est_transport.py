@@ -17,7 +17,7 @@ from cryptography import x509
 from werkzeug.datastructures import EnvironHeaders
 
 from est.auth import certificate_from_proxy
-from est.service import EstConnection
+from est.request import EstConnection
 from est.views import ConnectionFacts
 from gateway.config import GatewayConfig
 from gateway.middleware import CLIENT_ADDRESS, CLIENT_CERT_DER, LISTENER, LOOP_LAG, TLS_UNIQUE, TLS_VERSION, VIA_PROXY

@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from gateway.config import CONFIG_FILE_NAME, SETTINGS, GatewayConfig, load_config, render_config
+from gateway.config import CONFIG_FILE_NAME, GatewayConfig, load_config, render_config
+from gateway.settings import SETTINGS
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.ca_material import (
     CAMaterial,

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from est.serverkeygen import load_keks
+from est.key_delivery import load_keks
 from est.service import EstService
 from gateway.config import GatewayConfig
 from scep.service import ScepService

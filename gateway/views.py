@@ -6,16 +6,18 @@ import base64
 import binascii
 import logging
 import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.ocsp import OCSPResponseStatus
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from gateway.config import parse_hostport
 from gateway.middleware import LISTENER
-from gateway.runtime import Gateway, GatewayLoader
+from gateway.runtime import Gateway
 from shared_ca.errors import NotFound, Unavailable
 from shared_ca.keys import certificates_pem
 from shared_ca.ocsp import unsuccessful
@@ -26,13 +28,28 @@ OCSP_MAX_REQUEST = 16 * 1024
 LISTENER_CHECK_SECONDS = 2.0
 
 
-def gateway() -> Gateway:
-    found: Gateway = current_app.extensions["gateway"]
+@dataclass(frozen=True)
+class CaEndpoints:
+    """The CA endpoints' state in a Flask app (`app.extensions["ca"]`)."""
+
+    gateway: Callable[[], Gateway]  # the gateway open now; Unavailable while it cannot be opened
+    listeners: Mapping[str, str]  # listener name ("http", "https") → the host:port it listens on
+
+
+def init_app(app: Flask, gateway: Callable[[], Gateway], *, listeners: Mapping[str, str]) -> None:
+    """Serve the CA's own endpoints from `app`, over the gateway `gateway()` returns; readiness checks
+    that each of `listeners` accepts connections."""
+    app.extensions["ca"] = CaEndpoints(gateway, listeners)
+    app.register_blueprint(bp)
+
+
+def _endpoints() -> CaEndpoints:
+    found: CaEndpoints = current_app.extensions["ca"]
     return found
 
 
-def _plain(status: int, text: str) -> Response:
-    return Response(text + "\n", status=status, mimetype="text/plain")
+def _gateway() -> Gateway:
+    return _endpoints().gateway()
 
 
 @bp.get("/healthz")
@@ -47,18 +64,18 @@ def readyz() -> Response:
     """Readiness: the gateway is open (its keys loaded), its database answers a read and would take a
     write (a read-only SQLite file or a PostgreSQL in recovery is not ready), and both listeners accept
     connections. 503 with a JSON reason when any fails."""
-    loader: GatewayLoader = current_app.extensions["gateway_loader"]
+    endpoints = _endpoints()
     checks: dict[str, str] = {}
     try:
-        gw = loader.get()
+        gw = endpoints.gateway()
     except Unavailable as exc:
         log.warning("readiness: gateway not open: %s", exc.detail)
         checks["keys"] = checks["database"] = "not loaded: the database did not answer"
     else:
         checks["keys"] = "ok"
         checks["database"] = _database_state(gw)
-    for listener in ("http", "https"):
-        checks[f"listener_{listener}"] = _listener_state(loader.config[f"listen.{listener}"])
+    for listener, hostport in endpoints.listeners.items():
+        checks[f"listener_{listener}"] = _listener_state(hostport)
     failed = {name: state for name, state in checks.items() if state != "ok"}
     body: dict[str, object] = {"status": "ready" if not failed else "not ready", "checks": checks}
     if failed:
@@ -106,7 +123,7 @@ def _listener_state(hostport: str) -> str:
 
 
 def _crl_der(name: str) -> bytes:
-    gw = gateway()
+    gw = _gateway()
     if name != gw.authority.name:
         raise NotFound(f"no CRL for issuer {name!r}")
     return gw.crl.current(actor="crl-endpoint").der
@@ -129,13 +146,13 @@ def crl_pem(name: str) -> Response:
 @bp.get("/ca.pem")
 def ca_pem() -> Response:
     """The CA chain clients are told to trust."""
-    return Response(certificates_pem(list(gateway().authority.chain)), mimetype="application/x-pem-file")
+    return Response(certificates_pem(list(_gateway().authority.chain)), mimetype="application/x-pem-file")
 
 
 @bp.get("/ca/<name>.crt")
 def ca_der(name: str) -> Response:
     """The issuer certificate named in authorityInfoAccess caIssuers (DER, RFC 5280 §4.2.2.1)."""
-    authority = gateway().authority
+    authority = _gateway().authority
     if name != authority.name:
         raise NotFound(f"no issuer named {name!r}")
     return Response(authority.certificate.public_bytes(Encoding.DER), mimetype="application/pkix-cert")
@@ -143,7 +160,7 @@ def ca_der(name: str) -> Response:
 
 def _ocsp_reply(request_der: bytes) -> Response:
     try:
-        answer = gateway().ocsp.respond(request_der)
+        answer = _gateway().ocsp.respond(request_der)
     except Unavailable as exc:
         # RFC 6960 §2.3: tryLater, in the protocol's own form, while the store cannot answer.
         log.error("ocsp unavailable: %s", exc.detail)

@@ -1,1 +1,1 @@
-"""Migration toolkit: legacy inventory import, device identity, SCEP-to-EST mapping, reports (issue 5)."""
+"""Migration toolkit: legacy inventory import, device identity, SCEP-to-EST mapping, reports."""

@@ -1,11 +1,11 @@
 """Applying a legacy inventory through the stores (`gateway migrate import`).
 
 For a certificate inventory: the legacy CA becomes a trusted issuer (kind 'legacy') with its
-migration window; every certificate it really signed is stored with the status the CA recorded
-(protocol 'import', profile 'legacy-import'); every device identity (by the configured rule) gets a
-device, `legacy` when its newest certificate is valid, `retired` when that one is revoked or
-expired. For an MDM export: each row is matched onto a stored certificate or a known device and
-sets that device's group, owner and tags.
+migration window (migration_tools.legacy_issuers); every certificate it really signed is stored
+with the status the CA recorded (protocol 'import', profile 'legacy-import'); every device identity
+(by the configured rule) gets a device, `legacy` when its newest certificate is valid, `retired`
+when that one is revoked or expired. For an MDM export (migration_tools.device_export): each row
+is matched onto a stored certificate or a known device and sets that device's group, owner and tags.
 
 Each certificate is parsed once, checked against its CA's signature, and written in batches; the
 caller is told progress and every skipped line as they happen. Running an import twice adds
@@ -17,49 +17,36 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
-from migration_tools.inventory import Inventory, InventoryEntry, InventoryError, Problem
+from migration_tools.inventory import Inventory, InventoryEntry, Problem
+from migration_tools.legacy_issuers import CandidateIssuer, IssuerOutcome, register_issuers, signed_by
 from shared_ca.identity import IdentityRule, certificate_sans
 from shared_ca.keys import describe_public_key
 from shared_ca.policy import common_name, san_text
 from shared_ca.serials import serial_hex
 from shared_ca.storage.device_contacts import NewDevice
 from shared_ca.storage.inventory import CHUNK, ImportedCertificate, InventoryStore
-from shared_ca.storage.repository import AuditEvent, NewIssuer
+from shared_ca.storage.repository import AuditEvent
 
 Progress = Callable[[int], None]  # told how many more entries were handled
 Report = Callable[[Problem], None]  # told each skipped line or file, as it is found
-_SLUG = re.compile(r"[^a-z0-9]+")
 
 
 @dataclass(frozen=True)
 class ImportOptions:
+    """What `gateway migrate import` was asked to do."""
+
     kind: str
     identity: IdentityRule
     actor: str
     group: str | None = None
     trust_until: dt.datetime | None = None
     dry_run: bool = False
-
-
-@dataclass(frozen=True)
-class IssuerOutcome:
-    """What an import did to one legacy issuer: 'registered', 'trust window moved' or 'unchanged'
-    (a dry run says what it would do)."""
-
-    name: str
-    subject: str
-    trust_until: dt.datetime | None
-    action: str
 
 
 @dataclass
@@ -99,19 +86,6 @@ class ImportSummary:
         return rows
 
 
-@dataclass(frozen=True)
-class _Issuer:
-    """A CA a leaf may be signed by: its certificate and its issuer id (None: not registered)."""
-
-    certificate: x509.Certificate
-    issuer_id: int | None
-    usable: bool  # registered, or a dry run that would register it
-    fingerprint: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "fingerprint", _fingerprint(self.certificate))
-
-
 @dataclass
 class _Device:
     """The certificate that names a device, chosen among all of the device's certificates."""
@@ -123,108 +97,8 @@ class _Device:
     first_seen: dt.datetime
 
 
-def legacy_issuer_name(cert: x509.Certificate, fingerprint: str) -> str:
-    """`legacy-<slug of its CN, else OU, else O>-<first 8 hex of the fingerprint>`, at most 64 characters."""
-    label = "ca"
-    for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.ORGANIZATION_NAME):
-        values = cert.subject.get_attributes_for_oid(oid)
-        if values and isinstance(values[0].value, str):
-            label = values[0].value
-            break
-    slug = _SLUG.sub("-", label.lower()).strip("-")[:40].strip("-") or "ca"
-    return f"legacy-{slug}-{fingerprint[:8]}"
-
-
-def _fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-
-
-def new_legacy_issuer(cert: x509.Certificate, trust_until: dt.datetime | None) -> NewIssuer:
-    """The issuer row of a legacy CA certificate, trusted until `trust_until`."""
-    fingerprint = _fingerprint(cert)
-    try:
-        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:  # an old CA without the extension: RFC 5280 method 1
-        ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
-    return NewIssuer(
-        name=legacy_issuer_name(cert, fingerprint),
-        kind="legacy",
-        subject=cert.subject.rfc4514_string(),
-        ski_hex=ski.hex(),
-        fingerprint_sha256=fingerprint,
-        cert_der=cert.public_bytes(Encoding.DER),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        trust_until=trust_until,
-    )
-
-
-def _prepare_issuers(
-    store: InventoryStore, inventory: Inventory, options: ImportOptions, now: dt.datetime, summary: ImportSummary
-) -> dict[bytes, list[_Issuer]]:
-    """Register (or find) the inventory's CAs; a lookup from issuer name (DER) to candidate CAs.
-
-    A CA inventory's CA must be trusted: its first import needs --trust-until. A PEM bundle's CA
-    certificates become legacy issuers only with --trust-until, and CAs registered before count too.
-    """
-    found: dict[bytes, list[_Issuer]] = collections.defaultdict(list)
-    known: set[str] = set()
-    for ca in inventory.ca_certificates:
-        new = new_legacy_issuer(ca, options.trust_until)
-        if new.fingerprint_sha256 in known:
-            continue
-        known.add(new.fingerprint_sha256)
-        name = ca.subject.public_bytes()
-        existing = store.issuer_by_fingerprint(new.fingerprint_sha256)
-        if existing is not None and existing.kind != "legacy":
-            if inventory.kind != "pem":
-                raise InventoryError("PATH", f"CA {new.subject!r} is this gateway's own issuer {existing.name!r}")
-            found[name].append(_Issuer(ca, existing.id, usable=True))
-            continue
-        if existing is None and options.trust_until is None:
-            if inventory.kind != "pem":
-                raise InventoryError(
-                    "--trust-until",
-                    f"CA {new.subject!r} is imported for the first time: give the end of its migration window",
-                )
-            found[name].append(_Issuer(ca, None, usable=False))
-            continue
-        if options.dry_run:  # say what would happen
-            action = "registered"
-            if existing is not None:
-                moved = options.trust_until not in (None, existing.trust_until)
-                action = "trust window moved" if moved else "unchanged"
-            trust_until = options.trust_until or (existing.trust_until if existing else None)
-            summary.issuers.append(
-                IssuerOutcome(existing.name if existing else new.name, new.subject, trust_until, action)
-            )
-            found[name].append(_Issuer(ca, existing.id if existing else None, usable=True))
-            continue
-        registration = store.register_legacy_issuer(new, options.actor, now)
-        record = registration.issuer
-        action = "registered" if registration.created else "trust window moved" if registration.trust_changed else ""
-        summary.issuers.append(IssuerOutcome(record.name, record.subject, record.trust_until, action or "unchanged"))
-        found[name].append(_Issuer(ca, record.id, usable=True))
-    if inventory.kind == "pem":  # leaves of CAs registered before
-        for record in store.list_issuers():
-            if record.kind in ("legacy", "ca") and record.fingerprint_sha256 not in known:
-                cert = x509.load_der_x509_certificate(record.cert_der)
-                found[cert.subject.public_bytes()].append(_Issuer(cert, record.id, usable=True))
-    return found
-
-
-def _signed_by(cert: x509.Certificate, candidates: list[_Issuer]) -> _Issuer | None:
-    for candidate in candidates:
-        try:
-            cert.verify_directly_issued_by(candidate.certificate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return candidate
-    return None
-
-
 def _examine(
-    entry: InventoryEntry, issuers: dict[bytes, list[_Issuer]], rule: IdentityRule
+    entry: InventoryEntry, issuers: dict[bytes, list[CandidateIssuer]], rule: IdentityRule
 ) -> tuple[ImportedCertificate, str, str] | Problem:
     """The certificate to store, its device identity and its CA's fingerprint; or why it is skipped."""
     cert = entry.certificate
@@ -236,7 +110,7 @@ def _examine(
         )
     # Encoding the issuer name costs more than the signature check: look it up only among several CAs.
     candidates = next(iter(issuers.values())) if len(issuers) == 1 else issuers.get(cert.issuer.public_bytes(), [])
-    issuer = _signed_by(cert, candidates)
+    issuer = signed_by(cert, candidates)
     subject = cert.subject  # built anew on every access: read once
     if issuer is None:
         what = "the CA" if candidates else "any known CA"
@@ -315,7 +189,7 @@ class _CertificateImport:
         if counted:
             self.advance(1)
 
-    def take(self, item: InventoryEntry | Problem, issuers: dict[bytes, list[_Issuer]]) -> None:
+    def take(self, item: InventoryEntry | Problem, issuers: dict[bytes, list[CandidateIssuer]]) -> None:
         self.summary.read += 1
         examined = _examine(item, issuers, self.options.identity) if isinstance(item, InventoryEntry) else item
         if isinstance(examined, Problem):
@@ -363,7 +237,9 @@ def import_inventory(
 ) -> ImportSummary:
     """Bring a certificate inventory in (see the module docstring); the counts of what happened."""
     run = _CertificateImport(store, options, now, progress, report)
-    issuers = _prepare_issuers(store, inventory, options, now, run.summary)
+    issuers, run.summary.issuers = register_issuers(
+        store, inventory, trust_until=options.trust_until, actor=options.actor, dry_run=options.dry_run, now=now
+    )
     for item in inventory.entries:
         run.take(item, issuers)
     run.flush()

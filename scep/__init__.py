@@ -1,1 +1,1 @@
-"""SCEP (RFC 8894): wire format, challenge validators, service and views (issue 3)."""
+"""SCEP (RFC 8894): wire format, challenge validators, service and views."""

@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asn1crypto import cms, core
@@ -18,6 +18,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes
 
 from scep import der
+from shared_ca.cms import DIGESTS, content_attributes, der_attribute, der_octet_string, der_oid, der_set_of, der_tlv
 
 # RFC 8894 §3.2.1.1-§3.2.1.6: the Verisign arc the SCEP drafts used, kept by the RFC.
 MESSAGE_TYPE_OID = "2.16.840.1.113733.1.9.2"
@@ -114,7 +115,7 @@ class Digest(enum.StrEnum):
 
     def hash_algorithm(self) -> hashes.HashAlgorithm:
         """A fresh cryptography hash object for this digest."""
-        return _HASHES[self]()
+        return DIGESTS[self]()
 
     def compute(self, data: bytes) -> bytes:
         """The digest of `data`."""
@@ -127,16 +128,6 @@ class Digest(enum.StrEnum):
             return cls(name)
         except ValueError:
             return None
-
-
-_HASHES: dict[Digest, type[hashes.HashAlgorithm]] = {
-    Digest.MD5: hashes.MD5,
-    Digest.SHA1: hashes.SHA1,
-    Digest.SHA224: hashes.SHA224,
-    Digest.SHA256: hashes.SHA256,
-    Digest.SHA384: hashes.SHA384,
-    Digest.SHA512: hashes.SHA512,
-}
 
 
 class SetOfString(core.SetOf):  # type: ignore[misc]
@@ -205,49 +196,6 @@ class GcmParameters(core.Sequence):  # type: ignore[misc]
     """RFC 5084 §3.2 GCMParameters: aes-nonce and aes-ICVlen (DEFAULT 12)."""
 
     _fields = [("nonce", core.OctetString), ("icv_len", core.Integer, {"default": 12})]
-
-
-def der_header(tag_byte: int, length: int) -> bytes:
-    """A DER tag-and-length header for a value of `length` octets."""
-    if length < 0x80:
-        return bytes((tag_byte, length))
-    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((tag_byte, 0x80 | len(size))) + size
-
-
-def der_tlv(tag_byte: int, contents: bytes) -> bytes:
-    """A DER value: `tag_byte`, the definite length of `contents`, `contents`."""
-    return der_header(tag_byte, len(contents)) + contents
-
-
-def der_sequence(*parts: bytes) -> bytes:
-    """A DER SEQUENCE of the pre-encoded `parts`, in order."""
-    return der_tlv(0x30, b"".join(parts))
-
-
-def der_set_of(parts: Sequence[bytes]) -> bytes:
-    """A DER SET OF the pre-encoded `parts`, sorted by their encodings (X.690 §11.6)."""
-    return der_tlv(0x31, b"".join(sorted(parts)))
-
-
-def der_integer(value: int) -> bytes:
-    """A DER INTEGER: minimal two's complement."""
-    size = ((value if value >= 0 else ~value).bit_length() + 8) // 8
-    return der_tlv(0x02, value.to_bytes(size, "big", signed=True))
-
-
-def der_octet_string(value: bytes) -> bytes:
-    """A DER OCTET STRING."""
-    return der_tlv(0x04, value)
-
-
-def der_oid(dotted: str) -> bytes:
-    """A DER OBJECT IDENTIFIER; meant for module constants, not per message."""
-    return der_tlv(0x06, der.oid_contents(dotted))
-
-
-DER_NULL = b"\x05\x00"
-DER_DATA_OID = der_oid("1.2.840.113549.1.7.1")  # id-data (RFC 5652 §4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,10 +311,7 @@ def _time(data: bytes, value: der.Tlv) -> dt.datetime:
     return native
 
 
-# Attribute types as DER OIDs (RFC 5652 §11, RFC 8894 §3.2.1).
-_CONTENT_TYPE_DER = der_oid("1.2.840.113549.1.9.3")
-_MESSAGE_DIGEST_DER = der_oid("1.2.840.113549.1.9.4")
-_SIGNING_TIME_DER = der_oid("1.2.840.113549.1.9.5")
+# SCEP attribute types as DER OIDs (RFC 8894 §3.2.1).
 _MESSAGE_TYPE_DER = der_oid(MESSAGE_TYPE_OID)
 _PKI_STATUS_DER = der_oid(PKI_STATUS_OID)
 _FAIL_INFO_DER = der_oid(FAIL_INFO_OID)
@@ -374,24 +319,11 @@ _SENDER_NONCE_DER = der_oid(SENDER_NONCE_OID)
 _RECIPIENT_NONCE_DER = der_oid(RECIPIENT_NONCE_OID)
 _TRANSACTION_ID_DER = der_oid(TRANSACTION_ID_OID)
 _FAIL_INFO_TEXT_DER = der_oid(FAIL_INFO_TEXT_OID)
-_CONTENT_TYPE_DATA_ATTRIBUTE = der_sequence(_CONTENT_TYPE_DER, der_tlv(0x31, DER_DATA_OID))
-
-
-def _attribute(type_der: bytes, value_der: bytes) -> bytes:
-    """Attribute ::= SEQUENCE { attrType OID, attrValues SET OF } with one value (RFC 5652 §5.3)."""
-    return der_sequence(type_der, der_tlv(0x31, value_der))
 
 
 def _printable(value: str) -> bytes:
     """A PrintableString, its characters encoded as asn1crypto does (Latin-1)."""
     return der_tlv(0x13, value.encode("latin1"))
-
-
-def _signing_time(signing_time: dt.datetime) -> bytes:
-    """The signingTime attribute: UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5652 §11.3)."""
-    choice = "utc_time" if 1950 <= signing_time.year < 2050 else "generalized_time"
-    value: bytes = cms.Time({choice: signing_time}).dump()
-    return _attribute(_SIGNING_TIME_DER, value)
 
 
 def encode_signed_attributes(
@@ -408,29 +340,23 @@ def encode_signed_attributes(
 ) -> bytes:
     """The DER SET OF signed attributes of a SCEP message (content type data), DER-sorted."""
     entries = [
-        _CONTENT_TYPE_DATA_ATTRIBUTE,
-        _attribute(_MESSAGE_DIGEST_DER, der_octet_string(content_digest)),
-        _attribute(_MESSAGE_TYPE_DER, _printable(message_type.value)),
-        _attribute(_TRANSACTION_ID_DER, _printable(transaction_id)),
-        _attribute(_SENDER_NONCE_DER, der_octet_string(sender_nonce)),
+        *content_attributes(content_digest, signing_time=signing_time),
+        der_attribute(_MESSAGE_TYPE_DER, _printable(message_type.value)),
+        der_attribute(_TRANSACTION_ID_DER, _printable(transaction_id)),
+        der_attribute(_SENDER_NONCE_DER, der_octet_string(sender_nonce)),
     ]
-    if signing_time is not None:
-        entries.append(_signing_time(signing_time))
     if recipient_nonce is not None:
-        entries.append(_attribute(_RECIPIENT_NONCE_DER, der_octet_string(recipient_nonce)))
+        entries.append(der_attribute(_RECIPIENT_NONCE_DER, der_octet_string(recipient_nonce)))
     if pki_status is not None:
-        entries.append(_attribute(_PKI_STATUS_DER, _printable(pki_status.value)))
+        entries.append(der_attribute(_PKI_STATUS_DER, _printable(pki_status.value)))
     if fail_info is not None:
-        entries.append(_attribute(_FAIL_INFO_DER, _printable(fail_info.value)))
+        entries.append(der_attribute(_FAIL_INFO_DER, _printable(fail_info.value)))
     if fail_info_text is not None:
-        entries.append(_attribute(_FAIL_INFO_TEXT_DER, der_tlv(0x0C, fail_info_text.encode("utf-8"))))
+        entries.append(der_attribute(_FAIL_INFO_TEXT_DER, der_tlv(0x0C, fail_info_text.encode("utf-8"))))
     return der_set_of(entries)
 
 
 def encode_content_attributes(*, content_digest: bytes, signing_time: dt.datetime | None = None) -> bytes:
     """The DER SET OF signed attributes of a plain CMS SignedData over id-data (RFC 5652 §5.3): contentType and
     messageDigest, and signingTime when given. The GetNextCACert reply carries no SCEP attributes."""
-    entries = [_CONTENT_TYPE_DATA_ATTRIBUTE, _attribute(_MESSAGE_DIGEST_DER, der_octet_string(content_digest))]
-    if signing_time is not None:
-        entries.append(_signing_time(signing_time))
-    return der_set_of(entries)
+    return der_set_of(content_attributes(content_digest, signing_time=signing_time))

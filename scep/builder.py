@@ -6,167 +6,31 @@ reply costs one SignedData assembly and one RSA signature, never a certificate p
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 from collections.abc import Sequence
 
-from asn1crypto import cms, parser
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import parser
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scep.asn1 import (
-    DER_DATA_OID,
-    DER_NULL,
-    Digest,
-    FailInfo,
-    MessageType,
-    PkiStatus,
-    der_integer,
-    der_octet_string,
-    der_oid,
-    der_sequence,
-    der_tlv,
-    encode_content_attributes,
-    encode_signed_attributes,
-)
+from scep.asn1 import Digest, FailInfo, MessageType, PkiStatus, encode_content_attributes, encode_signed_attributes
 from scep.envelope import ContentCipher, KeyTransport, Rng, seal_envelope
-from scep.message import ReplyContext, ScepMessageError
+from scep.message import ReplyContext
+from shared_ca.cms import DER_DATA_OID, CmsSigner, build_signed_data, der_integer, der_oid, der_sequence, der_tlv
 
-SignerKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-
-
-@dataclasses.dataclass(frozen=True)
-class SignerMaterial:
-    """A signing key with its certificate's IssuerAndSerialNumber and the certificates to include,
-    pre-encoded (DER)."""
-
-    key: SignerKey
-    certificate: x509.Certificate
-    issuer_and_serial_der: bytes
-    certificates_der: tuple[bytes, ...]
-
-    @classmethod
-    def create(
-        cls, key: SignerKey, certificate: x509.Certificate, extra: Sequence[x509.Certificate] = ()
-    ) -> SignerMaterial:
-        """Encode once: `certificate` first, then `extra` (for the RA, the CA chain)."""
-        ias = cms.IssuerAndSerialNumber(
-            {
-                "issuer": asn1_x509.Name.load(certificate.issuer.public_bytes()),
-                "serial_number": certificate.serial_number,
-            }
-        )
-        ders = tuple(c.public_bytes(Encoding.DER) for c in (certificate, *extra))
-        return cls(key, certificate, ias.dump(), ders)
-
-
-RaIdentity = SignerMaterial
+RaIdentity = CmsSigner
 """The RA as a CertRep signer: its key, its certificate, then the CA chain (RFC 8894 §3.3.2)."""
 
-
-_DIGEST_OIDS = {
-    Digest.MD5: "1.2.840.113549.2.5",
-    Digest.SHA1: "1.3.14.3.2.26",
-    Digest.SHA224: "2.16.840.1.101.3.4.2.4",
-    Digest.SHA256: "2.16.840.1.101.3.4.2.1",
-    Digest.SHA384: "2.16.840.1.101.3.4.2.2",
-    Digest.SHA512: "2.16.840.1.101.3.4.2.3",
-}
-# DigestAlgorithmIdentifier: the SHA family with NULL parameters (RFC 5754 §2), MD5 with none.
-_DIGEST_ALGORITHM_DER = {
-    digest: der_sequence(der_oid(oid), *(() if digest is Digest.MD5 else (DER_NULL,)))
-    for digest, oid in _DIGEST_OIDS.items()
-}
-_ECDSA_ALGORITHM_DER = {
-    digest: der_sequence(der_oid(oid))
-    for digest, oid in {
-        Digest.SHA1: "1.2.840.10045.4.1",
-        Digest.SHA224: "1.2.840.10045.4.3.1",
-        Digest.SHA256: "1.2.840.10045.4.3.2",
-        Digest.SHA384: "1.2.840.10045.4.3.3",
-        Digest.SHA512: "1.2.840.10045.4.3.4",
-    }.items()
-}
-_RSA_ENCRYPTION_DER = der_sequence(der_oid("1.2.840.113549.1.1.1"), DER_NULL)
-_RSASSA_PSS_OID = der_oid("1.2.840.113549.1.1.10")
-_MGF1_OID = der_oid("1.2.840.113549.1.1.8")
 _SIGNED_DATA_OID = der_oid("1.2.840.113549.1.7.2")
 _VERSION_1 = der_integer(1)
 _EMPTY_SET = b"\x31\x00"
 _DATA_CONTENT_INFO = der_sequence(DER_DATA_OID)  # EncapsulatedContentInfo of type data, eContent absent
 
 
-def _pss_algorithm(digest: Digest, salt_length: int) -> bytes:
-    """RSASSA-PSS AlgorithmIdentifier (RFC 4055 §3.1): hash and MGF1 hash `digest`, omitted when the
-    SHA-1 default, as is a salt length of 20; the trailer field is always the default."""
-    fields = []
-    if digest is not Digest.SHA1:
-        digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
-        fields.append(der_tlv(0xA0, digest_algorithm))
-        fields.append(der_tlv(0xA1, der_sequence(_MGF1_OID, digest_algorithm)))
-    if salt_length != 20:
-        fields.append(der_tlv(0xA2, der_integer(salt_length)))
-    return der_sequence(_RSASSA_PSS_OID, der_sequence(*fields))
-
-
 def _signed_data_info(*fields: bytes) -> bytes:
     """ContentInfo(SignedData) around the SignedData `fields` (RFC 5652 §3, §5.1)."""
     return der_sequence(_SIGNED_DATA_OID, der_tlv(0xA0, der_sequence(_VERSION_1, *fields)))
-
-
-def sign_message(
-    signer: SignerMaterial,
-    *,
-    digest: Digest,
-    signed_attributes_der: bytes,
-    content: bytes | None,
-    rsa_pss: bool = False,
-) -> bytes:
-    """DER ContentInfo(SignedData) version 1 with one SignerInfo over `signed_attributes_der`.
-
-    `content` becomes the eContent of type data; None leaves eContent absent (RFC 8894 §3.3.2:
-    PENDING and FAILURE carry no content). RSA signs PKCS#1 v1.5 under rsaEncryption unless
-    `rsa_pss`; EC keys sign ECDSA. The signedAttrs are sent as the bytes signed, re-tagged [0].
-    """
-    hash_algorithm = digest.hash_algorithm()
-    key = signer.key
-    if isinstance(key, rsa.RSAPrivateKey) and rsa_pss:
-        signature_algorithm = _pss_algorithm(digest, hash_algorithm.digest_size)
-        pss = padding.PSS(padding.MGF1(hash_algorithm), hash_algorithm.digest_size)
-        signature = key.sign(signed_attributes_der, pss, hash_algorithm)
-    elif isinstance(key, rsa.RSAPrivateKey):
-        signature_algorithm = _RSA_ENCRYPTION_DER
-        signature = key.sign(signed_attributes_der, padding.PKCS1v15(), hash_algorithm)
-    else:
-        if digest not in _ECDSA_ALGORITHM_DER:
-            raise ValueError(f"no ECDSA signature algorithm with {digest.value}")
-        signature_algorithm = _ECDSA_ALGORITHM_DER[digest]
-        signature = key.sign(signed_attributes_der, ec.ECDSA(hash_algorithm))
-    class_, method, tag, _header, attributes, _trailer = parser.parse(signed_attributes_der)
-    if (class_, method, tag) != (0, 1, 17):
-        raise ValueError("the signed attributes are not a SET OF")
-    digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
-    signer_info = der_sequence(
-        _VERSION_1,
-        signer.issuer_and_serial_der,
-        digest_algorithm,
-        der_tlv(0xA0, attributes),
-        signature_algorithm,
-        der_octet_string(signature),
-    )
-    if content is None:
-        encap = _DATA_CONTENT_INFO
-    else:
-        encap = der_sequence(DER_DATA_OID, der_tlv(0xA0, der_octet_string(content)))
-    return _signed_data_info(
-        der_tlv(0x31, digest_algorithm),
-        encap,
-        _certificate_set(signer.certificates_der),
-        der_tlv(0x31, signer_info),
-    )
 
 
 def degenerate_certs_only(certs: Sequence[x509.Certificate], crls: Sequence[bytes] = ()) -> bytes:
@@ -194,7 +58,7 @@ def build_next_ca_reply(
         raise ValueError("a GetNextCACert reply needs at least the next CA certificate")
     content = degenerate_certs_only(certs)
     attributes = encode_content_attributes(content_digest=Digest.SHA256.compute(content), signing_time=signing_time)
-    return sign_message(ra, digest=Digest.SHA256, signed_attributes_der=attributes, content=content)
+    return build_signed_data(ra, digest=Digest.SHA256, signed_attributes_der=attributes, content=content)
 
 
 def _certificate_set(ders: Sequence[bytes]) -> bytes:
@@ -256,7 +120,7 @@ def build_cert_rep(
         fail_info_text=fail_info_text if failed else None,
         signing_time=signing_time,
     )
-    return sign_message(ra, digest=digest, signed_attributes_der=attributes, content=content)
+    return build_signed_data(ra, digest=digest, signed_attributes_der=attributes, content=content)
 
 
 def build_failure(
@@ -278,19 +142,5 @@ def build_failure(
         digest=reply.digest,
         fail_info=fail_info,
         fail_info_text=text,
-        signing_time=signing_time,
-    )
-
-
-def build_failure_for(
-    error: ScepMessageError, *, ra: RaIdentity, sender_nonce: bytes, signing_time: dt.datetime | None = None
-) -> bytes:
-    """The signed FAILURE a `ScepMessageError` maps to (failInfo and its public text)."""
-    return build_failure(
-        ra=ra,
-        reply=error.reply,
-        fail_info=error.fail_info,
-        text=error.text,
-        sender_nonce=sender_nonce,
         signing_time=signing_time,
     )

@@ -5,8 +5,9 @@
 A validator returns ChallengeAccepted or raises Unauthorized with one client-safe message; the
 cause goes to the log. ChallengeNotVerifiable (a subclass) means no verdict could be reached (the
 webhook is down, slow or answered nonsense): the request is refused all the same (fail closed),
-but it is not counted as a wrong attempt. Renewal without a challenge is decided by the service
-(the request is signed by a certificate we issued), not here.
+but it is not counted as a wrong attempt. The Lockout, and each profile's composed check, are in
+scep.lockout. Renewal without a challenge is decided by scep.enrollment (the request is signed by a
+certificate we issued), not here.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from scep.lockout_keys import LockoutKeys, lockout_keys
 from shared_ca.authority import Clock, utcnow
 from shared_ca.errors import Unauthorized
-from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore, FailureCount
+from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore
 
 log = logging.getLogger(__name__)
 
@@ -306,120 +306,3 @@ class AnyOf:
         if undecided:  # one of them might have accepted: no verdict, not a wrong attempt
             raise ChallengeNotVerifiable(REFUSED, detail=detail)
         raise Unauthorized(REFUSED, detail=detail)
-
-
-class Lockout:
-    """Refuses guessers without refusing the fleet: counts wrong challenges on four keys
-    (scep.lockout_keys) and refuses while one of the request's own keys is locked.
-
-    - The presented value, the device the CSR names (from any address) and the real client address
-      (an IPv6 client by its /64) each lock after `threshold` wrong challenges within `window`, for
-      `lock_for`. A lock refuses only requests with that same key: a noisy address behind a
-      trusted proxy locks itself, never the devices behind the same proxy.
-    - The profile counter counts every wrong challenge of the profile, from anywhere. At
-      `profile_threshold` it logs an error and suspends the profile's static challenge for
-      `lock_for`: the one shared secret is the only thing untargeted guessing from many addresses
-      and device names can find, so it alone stops being accepted; one-time challenges, the webhook
-      and renewals go on. While it is suspended a request's failure is not counted against its
-      value or the profile (a device with the right secret must not lock the right secret, nor
-      prolong the suspension), but still against its device and address.
-
-    A locked request is refused before the inner validator runs, so it learns nothing and spends
-    nothing; during a suspension the static challenge is refused without being compared, so a
-    right and a wrong secret get the same answer. Counters lapse `window` after their first failure;
-    success resets none (a correct secret never fails, and resetting the address counter would hand
-    a guesser sharing a NAT with a good device fresh attempts).
-    """
-
-    def __init__(
-        self,
-        inner: ChallengeValidator,
-        store: EnrollmentStore,
-        *,
-        threshold: int,
-        window: dt.timedelta,
-        lock_for: dt.timedelta,
-        profile_threshold: int | None = None,
-        clock: Clock = utcnow,
-    ) -> None:
-        if threshold < 1 or (profile_threshold is not None and profile_threshold < 1):
-            raise ValueError("the lockout threshold is at least 1")
-        self.inner = inner
-        self.store = store
-        self.threshold = threshold
-        self.profile_threshold = profile_threshold
-        self.window = window
-        self.lock_for = lock_for
-        self.clock = clock
-
-    @staticmethod
-    def keys(request: ChallengeRequest) -> LockoutKeys:
-        """The counters a request's failure counts against."""
-        return lockout_keys(request.profile, request.challenge_password, request.device_id, request.client_address)
-
-    def validate(self, request: ChallengeRequest) -> ChallengeAccepted:
-        keys = self.keys(request)
-        guarded = self.profile_threshold is not None
-        locks = self.store.locks([*keys.per_request, keys.profile] if guarded else keys.per_request, self.clock())
-        held = sorted((key.split(":", 1)[0], until) for key, until in locks.items() if key in keys.per_request)
-        if held:
-            kinds = ", ".join(kind for kind, _until in held)
-            until = max(until for _kind, until in held)
-            cause = f"locked out until {until.isoformat()} (counter: {kinds}; client {request.client_address})"
-            log.warning("SCEP transaction %s: %s", request.transaction_id, cause)
-            raise Unauthorized(LOCKED, detail=cause)
-        suspended = keys.profile in locks
-        if suspended:
-            request = replace(request, suspended=request.suspended | {ChallengeKind.STATIC})
-        try:
-            return self.inner.validate(request)
-        except ChallengeNotVerifiable:
-            raise
-        except Unauthorized as exc:
-            self._count(request, keys, suspended)
-            if suspended:
-                lifts = locks[keys.profile].isoformat()
-                raise Unauthorized(LOCKED, detail=f"{exc.detail} (profile guard until {lifts})") from exc
-            raise
-
-    def _count(self, request: ChallengeRequest, keys: LockoutKeys, suspended: bool) -> None:
-        thresholds = {key: self.threshold for key in keys.per_request if not (suspended and key == keys.value)}
-        if self.profile_threshold is not None and not suspended:
-            thresholds[keys.profile] = self.profile_threshold
-        counts = self.store.count_failures(thresholds, self.clock(), window=self.window, lock_for=self.lock_for)
-        for key, count in counts.items():
-            if count.failures == thresholds[key]:  # this failure locked it
-                self._locked_now(request, key, count)
-
-    def _locked_now(self, request: ChallengeRequest, key: str, count: FailureCount) -> None:
-        kind = key.split(":", 1)[0]
-        until = count.locked_until.isoformat() if count.locked_until else "?"
-        minutes = int(self.window.total_seconds() // 60)
-        if kind == "profile":
-            log.error(
-                "SCEP profile %r: %d wrong challenges within %d minutes from any address; possible guessing of "
-                "its challenge: its static challenge (if any) is refused until %s (one-time challenges, the "
-                "webhook and renewals still work). Consider rotating it or using one-time challenges.",
-                request.profile,
-                count.failures,
-                minutes,
-                until,
-            )
-        elif kind == "address":
-            log.warning(
-                "SCEP transaction %s: client %s locked out until %s after %d wrong challenges (if this is a "
-                "load balancer or proxy, list it in listen.trusted_proxies)",
-                request.transaction_id,
-                request.client_address,
-                until,
-                count.failures,
-            )
-        else:
-            what = f"device {request.device_id!r}" if kind == "device" else "the presented challenge"
-            log.warning(
-                "SCEP transaction %s: %s locked out until %s after %d wrong challenges",
-                request.transaction_id,
-                what,
-                until,
-                count.failures,
-            )

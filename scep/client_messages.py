@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scep.asn1 import Digest, FailInfo, IssuerAndSubject, MessageType, PkiStatus, encode_signed_attributes
-from scep.builder import SignerKey, SignerMaterial, sign_message
 from scep.envelope import ContentCipher, EnvelopeError, KeyTransport, Rng, open_envelope, seal_envelope
-from scep.message import MAX_MESSAGE_BYTES, ScepDecodeError, SignatureCheckError, decode_signed_message
+from scep.message import MAX_MESSAGE_BYTES, ScepDecodeError, decode_signed_message
+from shared_ca.cms import DATA_OID, CmsSigner, RsaScheme, SigningKey, build_signed_data
+from shared_ca.errors import AlgorithmNotAllowed, BadSignature
 from shared_ca.keys import PublicKey, public_key_bytes
 
 # RFC 5280 §4.1.2.5: 99991231235959Z means "no well-defined expiration date". With a fixed start
@@ -38,7 +39,7 @@ def transaction_id_for(public_key: PublicKey) -> str:
 
 
 def self_signed_signer(
-    key: SignerKey,
+    key: SigningKey,
     subject: x509.Name,
     *,
     not_before: dt.datetime = SIGNER_NOT_BEFORE,
@@ -84,7 +85,7 @@ def build_pki_request(
     *,
     content_der: bytes,
     signer_cert: x509.Certificate,
-    signer_key: SignerKey,
+    signer_key: SigningKey,
     recipient_cert: x509.Certificate,
     transaction_id: str,
     sender_nonce: bytes,
@@ -105,8 +106,8 @@ def build_pki_request(
         sender_nonce=sender_nonce,
         signing_time=signing_time,
     )
-    signer = SignerMaterial.create(signer_key, signer_cert)
-    return sign_message(signer, digest=digest, signed_attributes_der=attributes, content=envelope, rsa_pss=rsa_pss)
+    signer = CmsSigner.create(signer_key, signer_cert, rsa_scheme=RsaScheme.PSS if rsa_pss else RsaScheme.PKCS1V15)
+    return build_signed_data(signer, digest=digest, signed_attributes_der=attributes, content=envelope)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +139,7 @@ def parse_cert_rep(
     try:
         message = decode_signed_message(data, max_bytes=max_bytes)
         message.verify(ra_cert.public_key())
-    except (ScepDecodeError, SignatureCheckError) as exc:
+    except (ScepDecodeError, BadSignature, AlgorithmNotAllowed) as exc:
         raise CertRepError(f"unreadable CertRep: {exc}") from exc
     attrs = message.attributes
     assert message.digest is not None  # verify() refused the message otherwise
@@ -198,9 +199,6 @@ def read_certs_only(der: bytes) -> tuple[list[x509.Certificate], list[bytes]]:
     return certs, crls
 
 
-ID_DATA = "1.2.840.113549.1.7.1"
-
-
 def parse_next_ca_reply(
     data: bytes, *, ra_cert: x509.Certificate, max_bytes: int = MAX_MESSAGE_BYTES
 ) -> list[x509.Certificate]:
@@ -209,9 +207,9 @@ def parse_next_ca_reply(
     try:
         message = decode_signed_message(data, max_bytes=max_bytes)
         message.verify(ra_cert.public_key())
-    except (ScepDecodeError, SignatureCheckError) as exc:
+    except (ScepDecodeError, BadSignature, AlgorithmNotAllowed) as exc:
         raise CertRepError(f"unreadable GetNextCACert reply: {exc}") from exc
-    if message.content_type != ID_DATA:
+    if message.content_type != DATA_OID:
         raise CertRepError(f"GetNextCACert reply: eContentType {message.content_type} is not id-data")
     if message.content is None:
         raise CertRepError("GetNextCACert reply without content")

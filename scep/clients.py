@@ -96,3 +96,34 @@ def family_from_user_agent(user_agent: str | None) -> ClientFamily:
     """The family as far as a User-Agent alone tells (what a device row kept before families were
     recognised: migration 0009 fills them in from it)."""
     return recognise_client(ScepFingerprint(user_agent=user_agent)) if user_agent else ClientFamily.UNKNOWN
+
+
+@dataclass(frozen=True)
+class ScepClient:
+    """Transport facts about the requester, for events, lockout, logs and its client family."""
+
+    address: str | None
+    user_agent: str | None
+    waited: float = 0.0  # seconds the request waited behind others for its worker (admission control)
+    path: str | None = None
+    method: str | None = None
+    http_version: str | None = None
+    content_type: str | None = None
+
+    def family(
+        self, message_type: str, transaction_id: str | None, cipher: str | None, digest: str | None
+    ) -> str | None:
+        """The SCEP client family this request shows; None when nothing tells."""
+        fingerprint = ScepFingerprint(
+            user_agent=self.user_agent,
+            path=self.path,
+            method=self.method,
+            http_version=self.http_version,
+            content_type=self.content_type,
+            message_type=message_type,
+            transaction_id=transaction_id,
+            cipher=cipher,
+            digest=digest,
+        )
+        family = recognise_client(fingerprint)
+        return None if family is ClientFamily.UNKNOWN else family.value

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 from asn1crypto import algos
 
+from shared_ca.cms import RSASSA_PSS_OID, SignatureAlgorithm
+
 MAX_DEPTH = 11  # nested indefinite-length values asn1crypto read (and one past which it refused)
 
 # Identifier octets (X.690 §8.1.2): universal class, then context-specific [n].
@@ -303,54 +305,18 @@ def digest_name(oid: bytes) -> str:
     return _DIGEST_NAMES.get(oid) or dotted(oid)
 
 
-class SignatureAlgorithm(NamedTuple):
-    """A signature algorithm: the scheme ("rsassa_pkcs1v15", "rsassa_pss", "ecdsa", …, or the dotted
-    OID), the hash its OID fixes (None: the SignerInfo's digestAlgorithm applies) and, for
-    RSASSA-PSS, the parameters as sent."""
-
-    name: str
-    hash_name: str | None
-    parameters: bytes = b""
-
-
-def _scheme(oid: str) -> SignatureAlgorithm:
-    algorithm = algos.SignedDigestAlgorithm({"algorithm": oid})
-    try:
-        hash_name: str | None = algorithm.hash_algo
-    except ValueError:  # rsaEncryption, bare ecdsa, the SHA-3 ECDSA OIDs
-        hash_name = None
-    return SignatureAlgorithm(algorithm.signature_algo, hash_name)
-
-
-_RSASSA_PSS = "1.2.840.113549.1.1.10"
-# Every signature OID asn1crypto knows, decided once by its own rules; RSASSA-PSS is per message.
-_SCHEMES = {oid_contents(oid): _scheme(oid) for oid in algos.SignedDigestAlgorithmId._map if oid != _RSASSA_PSS}
-_RSASSA_PSS_OID = oid_contents(_RSASSA_PSS)
+# Every signature OID asn1crypto knows, named once by its rules; RSASSA-PSS is per message (its parameters).
+_SIGNATURE_ALGORITHMS = {
+    oid_contents(oid): SignatureAlgorithm.from_oid(oid)
+    for oid in algos.SignedDigestAlgorithmId._map
+    if oid != RSASSA_PSS_OID
+}
+_RSASSA_PSS_OID = oid_contents(RSASSA_PSS_OID)
 
 
 def signature_algorithm(data: bytes, tlv: Tlv) -> SignatureAlgorithm:
     """Read a signature AlgorithmIdentifier."""
     oid, parameters = algorithm(data, tlv)
     if oid == _RSASSA_PSS_OID:
-        return SignatureAlgorithm("rsassa_pss", None, encoding(data, parameters))
-    return _SCHEMES.get(oid) or SignatureAlgorithm(dotted(oid), None)
-
-
-_PSS_PARAMETERS = tuple(field(context(n), optional=True) for n in range(4))
-_MGF1 = oid_contents("1.2.840.113549.1.1.8")
-
-
-def pss_parameters(encoded: bytes) -> tuple[str, str | None, int]:
-    """RSASSA-PSS-params (RFC 4055 §3.1): the hash name, the MGF1 hash name (None for another mask
-    generation function) and the salt length, with their defaults (SHA-1, MGF1 with SHA-1, 20)."""
-    hash_field, mgf_field, salt_field, _trailer = fields(encoded, read_whole(encoded, SEQUENCE), _PSS_PARAMETERS)
-    mgf_hash: str | None
-    hash_name, mgf_hash, salt = "sha1", "sha1", 20
-    if hash_field is not ABSENT:
-        hash_name = digest_name(algorithm(encoded, explicit(encoded, hash_field)).oid)
-    if mgf_field is not ABSENT:
-        mgf = algorithm(encoded, explicit(encoded, mgf_field))
-        mgf_hash = digest_name(algorithm(encoded, mgf.parameters).oid) if mgf.oid == _MGF1 else None
-    if salt_field is not ABSENT:
-        salt = integer(encoded, expect(explicit(encoded, salt_field), INTEGER))
-    return hash_name, mgf_hash, salt
+        return SignatureAlgorithm.from_oid(RSASSA_PSS_OID, encoding(data, parameters))
+    return _SIGNATURE_ALGORITHMS.get(oid) or SignatureAlgorithm(dotted(oid), None)

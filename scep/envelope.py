@@ -22,16 +22,17 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, mode
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
 from scep import der as ber  # the reader; `der` names the bytes being read here
-from scep.asn1 import (
+from scep.asn1 import GcmParameters, names_match
+from shared_ca.cms import (
     DER_DATA_OID,
-    DER_NULL,
-    GcmParameters,
+    DIGEST_ALGORITHM_DER,
+    MGF1_OID_DER,
+    RSA_ENCRYPTION_DER,
     der_integer,
     der_octet_string,
     der_oid,
     der_sequence,
     der_tlv,
-    names_match,
 )
 
 try:  # cryptography ≥ 43 keeps 3DES among the "decrepit" ciphers
@@ -94,14 +95,6 @@ class ContentCipher(enum.StrEnum):
         """True for AES-GCM (RFC 5084)."""
         return _CIPHERS[self].block_bits == 0
 
-    @classmethod
-    def from_oid(cls, oid: str) -> ContentCipher:
-        """The cipher for a wire OID; UnsupportedEnvelopeAlgorithm when we have none."""
-        for cipher, spec in _CIPHERS.items():
-            if spec.oid == oid:
-                return cipher
-        raise UnsupportedEnvelopeAlgorithm("the envelope's content cipher is not supported")
-
 
 @dataclasses.dataclass(frozen=True)
 class _CipherSpec:
@@ -144,16 +137,16 @@ _ENVELOPED_DATA_OID = der_oid("1.2.840.113549.1.7.3")
 _ICV_LEN_16 = der_integer(16)
 _CIPHER_OID_DER = {cipher: der_oid(spec.oid) for cipher, spec in _CIPHERS.items()}
 _RSAES_OAEP_OID = der_oid("1.2.840.113549.1.1.7")
-_SHA256_ALGORITHM = der_sequence(der_oid("2.16.840.1.101.3.4.2.1"), DER_NULL)
+_SHA256_ALGORITHM = DIGEST_ALGORITHM_DER["sha256"]
 _KEY_ENCRYPTION_ALGORITHM_DER = {
-    KeyTransport.RSA_PKCS1V15: der_sequence(der_oid("1.2.840.113549.1.1.1"), DER_NULL),
+    KeyTransport.RSA_PKCS1V15: RSA_ENCRYPTION_DER,
     # RSAES-OAEP-params (RFC 4055 §4.1): all defaults (SHA-1, MGF1-SHA-1, empty label) is an empty SEQUENCE.
     KeyTransport.RSA_OAEP: der_sequence(_RSAES_OAEP_OID, der_sequence()),
     KeyTransport.RSA_OAEP_SHA256: der_sequence(
         _RSAES_OAEP_OID,
         der_sequence(
             der_tlv(0xA0, _SHA256_ALGORITHM),
-            der_tlv(0xA1, der_sequence(der_oid("1.2.840.113549.1.1.8"), _SHA256_ALGORITHM)),
+            der_tlv(0xA1, der_sequence(MGF1_OID_DER, _SHA256_ALGORITHM)),
         ),
     ),
 }

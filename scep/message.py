@@ -9,14 +9,13 @@ mapping: `ScepDecodeError` (HTTP 400: nothing is known that a signed reply could
 from __future__ import annotations
 
 import dataclasses
-import hmac
 from typing import NoReturn
 
 from asn1crypto import cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scep import der
 from scep.asn1 import (
@@ -26,7 +25,6 @@ from scep.asn1 import (
     MessageType,
     SignedAttributes,
     decode_signed_attributes,
-    der_header,
     names_match,
 )
 from scep.envelope import (
@@ -39,12 +37,12 @@ from scep.envelope import (
     UnsupportedEnvelopeAlgorithm,
     open_envelope,
 )
+from shared_ca.cms import DATA_OID, ContentAttributes, SignatureAlgorithm, SignerInfo, der_header, verify_signer_info
 from shared_ca.csr import UNDECODABLE
-from shared_ca.errors import CAError, ErrorKind, InvalidRequest
+from shared_ca.errors import AlgorithmNotAllowed, BadSignature, CAError, ErrorKind, InvalidRequest
 
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_NONCE_BYTES = 64
-DATA_OID = "1.2.840.113549.1.7.1"
 
 
 class ScepDecodeError(InvalidRequest):
@@ -87,16 +85,6 @@ class ScepMessageError(CAError):
         self.reply = reply
 
 
-class SignatureCheckError(Exception):
-    """The signed attributes do not verify (`fail_info` badMessageCheck) or use an algorithm we do
-    not implement (badAlg). The message is safe to show the peer."""
-
-    def __init__(self, fail_info: FailInfo, text: str) -> None:
-        super().__init__(text)
-        self.fail_info = fail_info
-        self.text = text
-
-
 @dataclasses.dataclass(frozen=True)
 class SignedMessage:
     """A decoded (not yet verified) SignedData with exactly one SignerInfo."""
@@ -109,18 +97,22 @@ class SignedMessage:
     signer_certificate: x509.Certificate | None  # from the certificates set, matched by sid
     content_type: str  # eContentType, dotted
     content: bytes | None  # eContent octets
-    _signature_algorithm: der.SignatureAlgorithm = dataclasses.field(repr=False, compare=False)
+    _signature_algorithm: SignatureAlgorithm = dataclasses.field(repr=False, compare=False)
 
     def verify(self, public_key: object) -> None:
-        """Check contentType, messageDigest and the signature (RFC 5652 §5.4, §5.6) with `public_key`."""
+        """Check contentType, messageDigest and the signature (RFC 5652 §5.4, §5.6) with `public_key`:
+        BadSignature (badMessageCheck) or AlgorithmNotAllowed (badAlg) when they fail."""
         if self.digest is None:
-            raise SignatureCheckError(FailInfo.BAD_ALG, "the message digest algorithm is not supported")
-        if self.attributes.content_type != self.content_type:
-            raise SignatureCheckError(FailInfo.BAD_MESSAGE_CHECK, "the contentType attribute does not match")
-        expected = self.digest.compute(self.content or b"")
-        if self.attributes.message_digest is None or not hmac.compare_digest(expected, self.attributes.message_digest):
-            raise SignatureCheckError(FailInfo.BAD_MESSAGE_CHECK, "the messageDigest does not match the content")
-        _verify_signature(public_key, self.signature, self.attributes.der, self._signature_algorithm, self.digest)
+            raise AlgorithmNotAllowed("the message digest algorithm is not supported")
+        attrs = self.attributes
+        signer_info = SignerInfo(
+            self.digest,
+            self._signature_algorithm,
+            self.signature,
+            ContentAttributes(attrs.der, attrs.content_type, attrs.message_digest),
+        )
+        content = self.content or b""
+        verify_signer_info(signer_info, content_type=self.content_type, content=content, signer_key=lambda: public_key)
 
 
 def decode_signed_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> SignedMessage:
@@ -212,51 +204,6 @@ def _readable_certificate(encoded: bytes) -> x509.Certificate | None:
     return certificate
 
 
-def _verify_signature(
-    public_key: object, signature: bytes, data: bytes, algorithm: der.SignatureAlgorithm, digest: Digest
-) -> None:
-    """Verify with the low-level key API: x509 helpers refuse SHA-1, which legacy clients sign with."""
-    name = algorithm.name
-    named_hash, pss = algorithm.hash_name, None
-    if name == "rsassa_pss":
-        named_hash, pss = _pss(algorithm.parameters)
-    if (named_hash or digest.value) != digest.value:  # rsaEncryption, bare ecdsa: the digestAlgorithm applies
-        raise SignatureCheckError(FailInfo.BAD_ALG, "the signature and digest algorithms disagree")
-    if name not in ("rsassa_pkcs1v15", "rsassa_pss", "ecdsa"):
-        raise SignatureCheckError(FailInfo.BAD_ALG, "the signature algorithm is not supported")
-    hash_algorithm = digest.hash_algorithm()
-    try:
-        if name == "rsassa_pkcs1v15" and isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
-        elif name == "rsassa_pss" and isinstance(public_key, rsa.RSAPublicKey):
-            if pss is None:
-                raise ValueError("unsupported RSASSA-PSS parameters")
-            public_key.verify(signature, data, pss, hash_algorithm)
-        elif name == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(hash_algorithm))
-        else:  # a signature algorithm the signer's key cannot have produced
-            raise InvalidSignature
-    except InvalidSignature:
-        raise SignatureCheckError(FailInfo.BAD_MESSAGE_CHECK, "the message signature does not verify") from None
-    except (UnsupportedAlgorithm, ValueError, TypeError, KeyError) as exc:
-        raise SignatureCheckError(FailInfo.BAD_ALG, "the signature algorithm is not supported") from exc
-
-
-def _pss(parameters: bytes) -> tuple[str | None, padding.PSS | None]:
-    """The hash RSASSA-PSS-params name (None when unreadable) and the padding they describe (None
-    unless the mask generation is MGF1 with a digest we implement and the salt length is usable)."""
-    try:
-        hash_name, mgf_hash, salt_length = der.pss_parameters(parameters)
-    except ValueError:
-        return None, None
-    mgf_digest = Digest.from_asn1_name(mgf_hash or "")
-    try:
-        pss = None if mgf_digest is None else padding.PSS(padding.MGF1(mgf_digest.hash_algorithm()), salt_length)
-    except ValueError:  # a negative salt length
-        pss = None
-    return hash_name, pss
-
-
 @dataclasses.dataclass(frozen=True)
 class IssuerAndSerial:
     """IssuerAndSerialNumber (RFC 5652 §10.2.4): the GetCert and GetCRL content."""
@@ -334,8 +281,9 @@ def parse_pki_message(
         refuse(FailInfo.BAD_ALG, "the signer's key type is not supported")
     try:
         message.verify(public_key)
-    except SignatureCheckError as exc:
-        refuse(exc.fail_info, exc.text)
+    except (BadSignature, AlgorithmNotAllowed) as exc:
+        bad_alg = exc.kind is ErrorKind.BAD_ALGORITHM
+        refuse(FailInfo.BAD_ALG if bad_alg else FailInfo.BAD_MESSAGE_CHECK, exc.public_message)
     if message.content_type != DATA_OID or message.content is None:
         refuse(FailInfo.BAD_REQUEST, "the message carries no data content")
     try:

@@ -13,6 +13,9 @@ import enum
 import re
 
 MAX_MESSAGE_BYTES = 256 * 1024
+CA_RA_CERT_TYPE = "application/x-x509-ca-ra-cert"
+NEXT_CA_CERT_TYPE = "application/x-x509-next-ca-cert"
+PKI_MESSAGE_TYPE = "application/x-pki-message"
 
 
 class Operation(enum.Enum):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
+from shared_ca.cms import CRL_REASONS
 from shared_ca.errors import Conflict, KeyMaterialError, NotFound
 from shared_ca.keys import PrivateKey, key_matches_certificate
 from shared_ca.policy import IssuancePolicy, common_name, san_text
@@ -37,14 +38,9 @@ _END_ENTITY = x509.BasicConstraints(ca=False, path_length=None)
 # RFC 5280 §5.3.1 reasons an operator may give (removeFromCRL and certificateHold are not offered:
 # this CA does not suspend certificates).
 REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key_compromise": x509.ReasonFlags.key_compromise,
-    "ca_compromise": x509.ReasonFlags.ca_compromise,
-    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
-    "aa_compromise": x509.ReasonFlags.aa_compromise,
+    name: flag
+    for name, flag in CRL_REASONS.items()
+    if flag not in (x509.ReasonFlags.certificate_hold, x509.ReasonFlags.remove_from_crl)
 }
 
 

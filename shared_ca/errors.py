@@ -21,6 +21,24 @@ class ErrorKind(enum.Enum):
     TOO_MANY_REQUESTS = "too_many_requests"  # a client over its rate limit (shared_ca.admission)
     UNAVAILABLE = "unavailable"  # our own fault: database down, key unavailable; or over capacity
 
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of this kind where a refusal is an HTTP status (EST, the gateway's endpoints)."""
+        return _HTTP_STATUS[self]
+
+
+_HTTP_STATUS = {
+    ErrorKind.BAD_INPUT: 400,
+    ErrorKind.BAD_SIGNATURE: 400,
+    ErrorKind.BAD_ALGORITHM: 400,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.POLICY: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.TOO_MANY_REQUESTS: 429,
+    ErrorKind.UNAVAILABLE: 503,
+}
+
 
 class CAError(Exception):
     """Base of every refusal the CA raises."""

@@ -105,7 +105,7 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
 def app(gateway_config: GatewayConfig) -> Iterator[Flask]:
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].store.engine.dispose()
+    application.extensions["gateway"].get().store.engine.dispose()
 
 
 @pytest.fixture

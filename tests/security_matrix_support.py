@@ -305,7 +305,7 @@ def _prepare(data_dir: Path) -> tuple[str, str, subprocess.CompletedProcess[str]
     ]
     commands += [
         (("est-user", "add", BOOTSTRAP_USER, "--generate", "--device", BOOTSTRAP_DEVICE, "--uses", "1", *where), None),
-        (("challenge", "new", "--device", OTC_DEVICE, *where), None),
+        (("challenge", "add", "--device", OTC_DEVICE, *where), None),
         (("est-user", "add", "tls-admin", "--password-stdin", "--label", "tls-server", *where), password),
     ]
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:

@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from gateway.cli import cli
+from gateway.cli import main
 from scep.asn1 import FailInfo
 from shared_ca.errors import Conflict, NotFound
 from shared_ca.storage.admin import AdminTokenStore, admin_token_sha256
@@ -36,7 +36,7 @@ NDES_SCRAPE = re.compile(r"challenge password is: <B> ([A-Z0-9]{16,32}) </B>")
 
 
 def tokens_of(app: Flask) -> AdminTokenStore:
-    return AdminTokenStore(app.extensions["gateway"].store.engine)
+    return AdminTokenStore(app.extensions["gateway"].get().store.engine)
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def ndes_secret(client: FlaskClient, token: str, path: str = NDES, **query: str)
 
 
 def run(runner: CliRunner, data_dir: Path, *args: str, code: int = 0) -> str:
-    result = runner.invoke(cli, [*args, "--data-dir", str(data_dir)])
+    result = runner.invoke(main, [*args, "--data-dir", str(data_dir)])
     assert result.exit_code == code, result.output
     return result.output
 
@@ -122,7 +122,7 @@ def test_token_names_are_unique_and_checked(store: Store, clock: SettableClock) 
 
 
 def test_cli_new_list_disable(runner: CliRunner, data_dir: Path, app: Flask, client: FlaskClient) -> None:
-    result = runner.invoke(cli, ["admin-token", "new", "intune", "--data-dir", str(data_dir)])
+    result = runner.invoke(main, ["admin-token", "add", "intune", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     assert len(token) >= 43 and "\n" not in token
@@ -144,10 +144,10 @@ def test_cli_new_list_disable(runner: CliRunner, data_dir: Path, app: Flask, cli
 
 
 def test_cli_refusals(runner: CliRunner, data_dir: Path) -> None:
-    run(runner, data_dir, "admin-token", "new", "intune")
-    assert "already exists" in run(runner, data_dir, "admin-token", "new", "intune", code=1)
+    run(runner, data_dir, "admin-token", "add", "intune")
+    assert "already exists" in run(runner, data_dir, "admin-token", "add", "intune", code=1)
     assert "no admin token named 'nobody'" in run(runner, data_dir, "admin-token", "disable", "nobody", code=1)
-    assert "not a token name" in run(runner, data_dir, "admin-token", "new", "a:b", code=2)
+    assert "not a token name" in run(runner, data_dir, "admin-token", "add", "a:b", code=2)
     assert "NAME" in run(runner, data_dir, "admin-token", "list", "--format", "csv").upper()
 
 
@@ -168,7 +168,7 @@ def test_api_creates_a_challenge(client: FlaskClient, app: Flask, token: str) ->
     expires = dt.datetime.fromisoformat(reply["expires_at"].replace("Z", "+00:00"))
     assert reply["expires_at"].endswith("Z")
     assert dt.timedelta(seconds=599) <= expires - before <= dt.timedelta(seconds=602)
-    store = app.extensions["gateway"].store
+    store = app.extensions["gateway"].get().store
     events = [e for e in store.audit_events(action="scep.challenge.created")]
     assert events[0].actor == "admin-token:mdm" and reply["challenge"] not in json.dumps(events[0].detail)
     record = tokens_of(app).admin_token("mdm")
@@ -258,7 +258,7 @@ def test_api_names_the_bad_field(client: FlaskClient, app: Flask, token: str, bo
     assert response.status_code == 400, response.data
     assert response.mimetype == "text/plain"
     assert response.data.decode().startswith(f"{field}: ")
-    assert app.extensions["gateway"].store.audit_events(action="scep.challenge.created") == []
+    assert app.extensions["gateway"].get().store.audit_events(action="scep.challenge.created") == []
 
 
 def test_api_boundaries_are_accepted(client: FlaskClient, token: str) -> None:
@@ -315,10 +315,10 @@ def test_ndes_page_hands_out_a_one_time_challenge(client: FlaskClient, app: Flas
     assert [m.group(1) for m in sentence.finditer(page)] == [secret]
     assert "This password can be used only once and will expire within 60 minutes." in page
     assert "Network Device Enrollment Service" in page
-    ca_der = app.extensions["gateway"].authority.certificate.public_bytes(Encoding.DER)
+    ca_der = app.extensions["gateway"].get().authority.certificate.public_bytes(Encoding.DER)
     ca_sha1 = hashlib.sha1(ca_der).hexdigest()  # noqa: S324 - NDES shows the SHA-1 thumbprint
     assert f"<B> {ca_sha1.upper()} </B>" in page
-    [created] = app.extensions["gateway"].store.audit_events(action="scep.challenge.created")
+    [created] = app.extensions["gateway"].get().store.audit_events(action="scep.challenge.created")
     assert created.actor == "admin-token:mdm" and created.detail["device"] is None
     assert created.detail["profile"] == "default" and created.detail["uses"] == 1
     assert ndes_secret(client, token) != secret  # every fetch is a new challenge
@@ -344,7 +344,7 @@ def test_ndes_page_refuses_missing_or_wrong_credentials(
     _unauthorized(response, "Basic")
     assert response.headers["WWW-Authenticate"] == 'Basic realm="SCEP challenge"'
     assert cause in caplog.text
-    assert app.extensions["gateway"].store.audit_events(action="scep.challenge.created") == []
+    assert app.extensions["gateway"].get().store.audit_events(action="scep.challenge.created") == []
 
 
 def test_ndes_page_refuses_a_disabled_token(client: FlaskClient, app: Flask, token: str) -> None:

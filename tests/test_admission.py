@@ -127,7 +127,7 @@ def busy_app(data_dir: Path) -> Iterator[Flask]:
 
 
 def gateway(app: Flask) -> Gateway:
-    found: Gateway = app.extensions["gateway"]
+    found: Gateway = app.extensions["gateway"].get()
     return found
 
 

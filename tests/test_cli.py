@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import update
 
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import load_config
 from shared_ca.storage.db import create_store_engine, head_revision
 from shared_ca.storage.repository import Store
@@ -56,7 +56,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def gw(runner: CliRunner, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
     """`gateway ARGS --data-dir DATA_DIR`."""
-    return runner.invoke(cli, [*args, "--data-dir", str(data_dir)], env=env)
+    return runner.invoke(main, [*args, "--data-dir", str(data_dir)], env=env)
 
 
 def ok(result: Result) -> Result:
@@ -541,8 +541,8 @@ def test_db_upgrade_creates_the_schema(runner: CliRunner, tmp_path: Path, databa
     config_file.write_text(f"database_url = {json.dumps(database_url)}\n", encoding="utf-8")
     args = ["db", "upgrade", "--data-dir", str(tmp_path), "--config", str(config_file)]
     head = head_revision()
-    assert ok(runner.invoke(cli, args)).stdout == f"database at {head} (was empty)\n"
-    assert ok(runner.invoke(cli, args)).stdout == f"database at {head} (was {head})\n"
+    assert ok(runner.invoke(main, args)).stdout == f"database at {head} (was empty)\n"
+    assert ok(runner.invoke(main, args)).stdout == f"database at {head} (was {head})\n"
     engine = create_store_engine(database_url)
     try:
         assert Store(engine).list_issuers() == []
@@ -553,7 +553,7 @@ def test_db_upgrade_creates_the_schema(runner: CliRunner, tmp_path: Path, databa
 def test_db_upgrade_refuses_an_unreachable_database(runner: CliRunner, tmp_path: Path) -> None:
     config_file = tmp_path / "gw.toml"
     config_file.write_text('database_url = "postgresql+psycopg://nobody@127.0.0.1:1/none"\n', encoding="utf-8")
-    result = runner.invoke(cli, ["db", "upgrade", "--data-dir", str(tmp_path), "--config", str(config_file)])
+    result = runner.invoke(main, ["db", "upgrade", "--data-dir", str(tmp_path), "--config", str(config_file)])
     assert_clean_failure(result, "the database is unavailable", "127.0.0.1", exit_code=1)
 
 
@@ -595,5 +595,5 @@ def test_python_dash_m_gateway(tmp_path: Path) -> None:
 
 
 def test_version(runner: CliRunner) -> None:
-    result = ok(runner.invoke(cli, ["--version"]))
+    result = ok(runner.invoke(main, ["--version"]))
     assert re.fullmatch(r"gateway, version \d+\.\d+\.\d+\S*\n", result.stdout)

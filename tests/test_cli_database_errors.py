@@ -26,8 +26,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DataError, IntegrityError, InternalError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gateway.cli import cli
-from gateway.cli_support import GatewayGroup
+from gateway.cli import main
+from gateway.cli.support import GatewayGroup
 from gateway.config import load_config
 from gateway.initdir import InitOptions, initialise
 from shared_ca.errors import Conflict, Unavailable
@@ -70,7 +70,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def gw(data_dir: Path, *args: str, url: str | None = None, stdin: str | None = None) -> Result:
     """`gateway ARGS --data-dir DATA_DIR`, on the database at `url` when given."""
     env = {"GATEWAY_DATABASE_URL": url} if url is not None else None
-    return CliRunner().invoke(cli, [*args, "--data-dir", str(data_dir)], env=env, input=stdin)
+    return CliRunner().invoke(main, [*args, "--data-dir", str(data_dir)], env=env, input=stdin)
 
 
 def assert_one_short_error(result: Result, *fragments: str) -> str:
@@ -131,8 +131,8 @@ def test_read_only_database(data_dir: Path, tmp_path: Path) -> None:
             data_dir, "est-user", "add", "alice", "--password-stdin", url=url, stdin=PASSWORD + "\n"
         ),
         "est-user add --generate": gw(data_dir, "est-user", "add", "bob", "--generate", url=url),
-        "challenge new": gw(data_dir, "challenge", "new", "--device", "device-ro", url=url),
-        "admin-token new": gw(data_dir, "admin-token", "new", "mdm", url=url),
+        "challenge add": gw(data_dir, "challenge", "add", "--device", "device-ro", url=url),
+        "admin-token add": gw(data_dir, "admin-token", "add", "mdm", url=url),
         "cert issue": gw(data_dir, "cert", "issue", "--csr", str(csr_file), url=url),
         "cert revoke": gw(data_dir, "cert", "revoke", serial, "--reason", "superseded", url=url),
         "crl publish": gw(data_dir, "crl", "publish", url=url),
@@ -168,8 +168,8 @@ def sqlite_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     "command",
     [
         ["est-user", "add", "alice", "--generate"],
-        ["challenge", "new", "--device", "device-1"],
-        ["admin-token", "new", "mdm"],
+        ["challenge", "add", "--device", "device-1"],
+        ["admin-token", "add", "mdm"],
         ["cert", "revoke", "01", "--reason", "superseded"],
         ["db", "upgrade"],
     ],

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from est.auth import parse_trusted_proxies
-from gateway.cli import cli
-from gateway.config import SETTINGS, ConfigError, load_config, sample_config
+from gateway.cli import main
+from gateway.config import ConfigError, load_config, sample_config
+from gateway.settings import SETTINGS
 from shared_ca.profiles import DEFAULT_PROFILES, Profile
 from shared_ca.storage.db import sqlite_url
 
@@ -197,7 +198,7 @@ def test_override_of_none_means_not_given(tmp_path: Path) -> None:
 
 def test_environment_override_through_the_cli(runner: CliRunner, data_dir: Path) -> None:
     result = runner.invoke(
-        cli,
+        main,
         ["config", "show", "--data-dir", str(data_dir)],
         env={"GATEWAY_LISTEN_WORKERS": "7", "GATEWAY_LOG_LEVEL": "debug"},
     )
@@ -211,7 +212,7 @@ def test_command_line_flag_beats_environment_through_the_cli(runner: CliRunner, 
     # `serve --http` is validated before anything starts: the refusal names the command line as the source.
     # The bad CRL setting makes sure nothing starts even if the flag were ignored in favour of the variable.
     result = runner.invoke(
-        cli,
+        main,
         ["serve", "--data-dir", str(data_dir), "--http", "no-port-here"],
         env={"GATEWAY_LISTEN_HTTP": "127.0.0.1:18080", "GATEWAY_CRL_REFRESH_MINUTES": "100000"},
     )
@@ -458,7 +459,7 @@ def test_refusal_names_the_key(
     for fragment in fragments:
         assert fragment in message
     result = runner.invoke(
-        cli, ["config", "check", "--data-dir", str(tmp_path), "--config", str(config_file)], env=environ
+        main, ["config", "check", "--data-dir", str(tmp_path), "--config", str(config_file)], env=environ
     )
     assert_clean_failure(result, *fragments)
 
@@ -483,7 +484,7 @@ def test_missing_config_file(runner: CliRunner, tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path, missing, environ={})
-    result = runner.invoke(cli, ["config", "check", "--data-dir", str(tmp_path), "--config", str(missing)])
+    result = runner.invoke(main, ["config", "check", "--data-dir", str(tmp_path), "--config", str(missing)])
     assert_clean_failure(result, str(missing), "does not exist")
 
 
@@ -498,21 +499,21 @@ def test_config_file_that_is_not_text(runner: CliRunner, tmp_path: Path) -> None
     config_file.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(tmp_path, config_file, environ={})
-    result = runner.invoke(cli, ["config", "check", "--data-dir", str(tmp_path), "--config", str(config_file)])
+    result = runner.invoke(main, ["config", "check", "--data-dir", str(tmp_path), "--config", str(config_file)])
     assert_clean_failure(result, str(config_file), "not UTF-8")
 
 
 def test_data_dir_without_config_file(runner: CliRunner, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="gateway init"):
         load_config(tmp_path, environ={}, require_file=True)
-    result = runner.invoke(cli, ["config", "show", "--data-dir", str(tmp_path)])
+    result = runner.invoke(main, ["config", "show", "--data-dir", str(tmp_path)])
     assert_clean_failure(result, f"no config.toml in {tmp_path}", "gateway init")
 
 
 def test_config_file_from_environment(runner: CliRunner, tmp_path: Path) -> None:
     config_file = write(tmp_path / "elsewhere.toml", "[listen]\nworkers = 11\n")
     result = runner.invoke(
-        cli, ["config", "show", "--data-dir", str(tmp_path)], env={"GATEWAY_CONFIG": str(config_file)}
+        main, ["config", "show", "--data-dir", str(tmp_path)], env={"GATEWAY_CONFIG": str(config_file)}
     )
     assert result.exit_code == 0, result.output
     assert tomllib.loads(result.stdout)["listen"]["workers"] == 11
@@ -522,7 +523,7 @@ def test_config_file_from_environment(runner: CliRunner, tmp_path: Path) -> None
 
 
 def test_sample_has_every_key_and_loads(runner: CliRunner, tmp_path: Path) -> None:
-    result = runner.invoke(cli, ["config", "sample"])
+    result = runner.invoke(main, ["config", "sample"])
     assert result.exit_code == 0, result.output
     assert result.stdout == sample_config()
     parsed = tomllib.loads(result.stdout)
@@ -544,14 +545,14 @@ def test_sample_has_every_key_and_loads(runner: CliRunner, tmp_path: Path) -> No
 
 def test_show_masks_the_database_password(runner: CliRunner, data_dir: Path) -> None:
     url = "postgresql+psycopg://gateway:hunter2@db.example/gw"
-    result = runner.invoke(cli, ["config", "show", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": url})
+    result = runner.invoke(main, ["config", "show", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": url})
     assert result.exit_code == 0, result.output
     assert "hunter2" not in result.output
     assert tomllib.loads(result.stdout)["database_url"] == "postgresql+psycopg://gateway:***@db.example/gw"
 
 
 def test_show_masks_the_scep_challenge(runner: CliRunner, data_dir: Path) -> None:
-    result = runner.invoke(cli, ["config", "show", "--data-dir", str(data_dir)])
+    result = runner.invoke(main, ["config", "show", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     assert "s3cret" not in result.output
     shown = tomllib.loads(result.stdout)
@@ -566,7 +567,7 @@ def test_show_masks_the_scep_challenge(runner: CliRunner, data_dir: Path) -> Non
 
 
 def test_check_succeeds_on_an_initialised_directory(runner: CliRunner, data_dir: Path) -> None:
-    result = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)])
+    result = runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     ca = x509.load_pem_x509_certificate((data_dir / "ca" / "ca.crt").read_bytes())
     assert result.stdout == f"ok: {data_dir / 'config.toml'}; CA {ca.subject.rfc4514_string()}\n"
@@ -574,14 +575,14 @@ def test_check_succeeds_on_an_initialised_directory(runner: CliRunner, data_dir:
 
 def test_check_refuses_a_database_without_the_schema(runner: CliRunner, data_dir: Path, tmp_path: Path) -> None:
     empty = sqlite_url(tmp_path / "empty.db")
-    result = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": empty})
+    result = runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": empty})
     assert_clean_failure(result, "database schema is not current", "gateway db upgrade")
 
 
 def test_check_refuses_an_unreachable_database(runner: CliRunner, data_dir: Path) -> None:
     unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"
     result = runner.invoke(
-        cli, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": unreachable}
+        main, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_DATABASE_URL": unreachable}
     )
     assert_clean_failure(result, "the database is unavailable")
 
@@ -629,6 +630,6 @@ def test_listen_threads_is_deprecated_only_when_set(tmp_path: Path, runner: CliR
     assert len(from_env.deprecations) == 1 and "listen.threads is deprecated and ignored" in from_env.deprecations[0]
     with (data_dir / "config.toml").open("a") as config:
         config.write("\n[listen]\nthreads = 8\n")
-    checked = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)])
+    checked = runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)])
     assert checked.exit_code == 0, checked.output
     assert "warning: listen.threads is deprecated and ignored" in checked.stderr

@@ -26,7 +26,8 @@ from gateway.dashboard import CLIENT_CERT_SETTING, pinned_fingerprints
 from gateway.dashboard_page import SCRIPT, STYLE
 from gateway.middleware import CLIENT_CERT_DER
 from migration_tools.render import device_to_dict, report_to_dict
-from migration_tools.report import ClientFingerprint, DeviceEntry, ReportSettings, build_report
+from migration_tools.report import ReportSettings, build_report
+from migration_tools.report_model import ClientFingerprint, DeviceEntry
 from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import Unavailable
 from shared_ca.policy import authorize_csr
@@ -46,7 +47,7 @@ DAY = dt.timedelta(days=1)
 
 def fill_fleet(app: Flask) -> None:
     """Nine devices: legacy with weak clients, mapped (one silent), migrated, native, retired, two groups."""
-    gateway = app.extensions["gateway"]
+    gateway = app.extensions["gateway"].get()
     devices = DeviceStore(gateway.store.engine)
     now = utcnow()
     enroll(gateway.authority, "kiosk-1", "scep", cipher="des", digest="sha1", challenge="static")
@@ -81,7 +82,7 @@ def fleet(app: Flask) -> Flask:
 @pytest.fixture
 def token(app: Flask) -> str:
     return (
-        AdminTokenStore(app.extensions["gateway"].store.engine)
+        AdminTokenStore(app.extensions["gateway"].get().store.engine)
         .create_admin_token("dash", created_by="t", now=utcnow())
         .token
     )
@@ -94,7 +95,7 @@ def get(client: FlaskClient, path: str, token: str | None = None, **kw: Any) -> 
 
 
 def the_report(app: Flask, **settings: Any) -> dict[str, Any]:
-    gateway = app.extensions["gateway"]
+    gateway = app.extensions["gateway"].get()
     config = ReportSettings(silent_days=gateway.config["migration.silent_days"], **settings)
     report = build_report(MigrationReportStore(gateway.store.engine), utcnow(), settings=config)
     return report_to_dict(report)
@@ -167,14 +168,14 @@ def test_device_filters(
 
 
 def _disabled(app: Flask) -> str:
-    tokens = AdminTokenStore(app.extensions["gateway"].store.engine)
+    tokens = AdminTokenStore(app.extensions["gateway"].get().store.engine)
     made = tokens.create_admin_token("old", created_by="t", now=utcnow())
     tokens.disable_admin_token("old", actor="t", now=utcnow())
     return made.token
 
 
 def _read_only(app: Flask) -> str:
-    tokens = AdminTokenStore(app.extensions["gateway"].store.engine)
+    tokens = AdminTokenStore(app.extensions["gateway"].get().store.engine)
     return tokens.create_admin_token("viewer", created_by="t", now=utcnow(), scopes=("read",)).token
 
 
@@ -213,14 +214,14 @@ def test_a_token_in_the_url_is_not_a_credential(client: FlaskClient, token: str)
 @pytest.fixture
 def cert_app(gateway_config: GatewayConfig, app: Flask) -> Iterator[tuple[Flask, x509.Certificate]]:
     """An app whose config pins one admin client certificate (issued by our CA)."""
-    authority = app.extensions["gateway"].authority
+    authority = app.extensions["gateway"].get().authority
     policy = authorize_csr(DEFAULT_PROFILES["default"], make_csr(name=subject("admin-ann")), utcnow())
     certificate = authority.issue(policy, protocol="est", actor="test").certificate
     pinned = ":".join(re.findall("..", fingerprint(certificate).upper()))  # the form openssl prints
     values = {**gateway_config.values, CLIENT_CERT_SETTING: f"{pinned}, not-a-fingerprint"}
     pinned_app = create_app(dataclasses.replace(gateway_config, values=values))
     yield pinned_app, certificate
-    pinned_app.extensions["gateway"].store.engine.dispose()
+    pinned_app.extensions["gateway"].get().store.engine.dispose()
 
 
 def test_admin_client_certificate(cert_app: tuple[Flask, x509.Certificate], app: Flask, caplog: Any) -> None:
@@ -231,11 +232,11 @@ def test_admin_client_certificate(cert_app: tuple[Flask, x509.Certificate], app:
     assert "ignored 'not-a-fingerprint'" in caplog.text
     assert get(client, SUMMARY, environ_overrides={CLIENT_CERT_DER: b"garbage"}).status_code == 401
     policy = authorize_csr(DEFAULT_PROFILES["default"], make_csr(name=subject("device-9")), utcnow())
-    other = app.extensions["gateway"].authority.issue(policy, protocol="est", actor="test").certificate
+    other = app.extensions["gateway"].get().authority.issue(policy, protocol="est", actor="test").certificate
     response = get(client, SUMMARY, environ_overrides={CLIENT_CERT_DER: other.public_bytes(Encoding.DER)})
     assert response.status_code == 401  # a device certificate is no admin certificate
     assert get(app.test_client(), SUMMARY, environ_overrides={CLIENT_CERT_DER: der}).status_code == 401  # not pinned
-    app.extensions["gateway"].authority.revoke(
+    app.extensions["gateway"].get().authority.revoke(
         format(certificate.serial_number, "x"), x509.ReasonFlags.key_compromise, actor="test"
     )
     revoked = get(client, DEVICES, environ_overrides={CLIENT_CERT_DER: der})

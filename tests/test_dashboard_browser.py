@@ -71,10 +71,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     app = create_app(load_config(data_dir, environ={}))
     try:
         fill_fleet(app)
-        engine = app.extensions["gateway"].store.engine
+        engine = app.extensions["gateway"].get().store.engine
         token = AdminTokenStore(engine).create_admin_token("browser", created_by="test", now=utcnow()).token
     finally:
-        app.extensions["gateway"].store.engine.dispose()
+        app.extensions["gateway"].get().store.engine.dispose()
     server = start_server(data_dir, workdir, http_port=http_port)
     try:
         yield Served(server, token)

@@ -1,4 +1,4 @@
-"""est/client.py and `gateway est …` against a scripted EST server: a tiny http.server over TLS in a thread.
+"""est/client.py and `gateway client est …` against a scripted EST server: a tiny http.server over TLS in a thread.
 
 The fake server issues real certificates from a test CA, so success paths are checked end to end
 (CSR in, certificate for our key out); each test scripts the error it needs (401 challenge, 202
@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from est.client import EstClient, EstClientError, EstPendingError, build_csr
 from est.client_messages import decode_base64_reply, parse_serverkeygen, retry_after_seconds
 from est.wire import certs_only, encode_base64_body, encode_csr_attrs, serverkeygen_multipart
-from gateway.cli import cli
+from gateway.cli import main
 from shared_ca.keys import PrivateKey, load_private_key, public_key_bytes
 from tests.support import ec_key, subject
 
@@ -648,7 +648,7 @@ def test_serverkeygen_parts_in_any_order_and_missing_key(pki: Pki) -> None:
 
 
 def est_cli(*args: str, stdin: str | None = None) -> Result:
-    return CliRunner().invoke(cli, ["est", *args], input=stdin)
+    return CliRunner().invoke(main, ["client", "est", *args], input=stdin)
 
 
 def one_line_failure(result: Result) -> str:
@@ -779,3 +779,12 @@ def test_cli_server_error_is_one_line(fake: FakeEst, tmp_path: Path) -> None:
 def test_cli_tls_failure_is_one_line(fake: FakeEst) -> None:
     line = one_line_failure(est_cli("cacerts", "--url", base_url(fake), "--cacert", str(fake.pki.path("other-ca.pem"))))
     assert "cannot verify the TLS server" in line
+
+
+def test_cli_est_alias_still_runs_the_client(fake: FakeEst, tmp_path: Path) -> None:
+    """`gateway est …`, the name before `gateway client est …`, is kept hidden for one release."""
+    out = tmp_path / "ca.pem"
+    result = CliRunner().invoke(main, ["est", "cacerts", *common(fake), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert x509.load_pem_x509_certificates(out.read_bytes()) == [fake.pki.ca]
+    assert "Use `gateway client est`" in result.stderr

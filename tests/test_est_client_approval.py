@@ -1,7 +1,7 @@
-"""`gateway est enroll --wait` against a real `gateway serve` whose labels hold requests for approval.
+"""`gateway client est enroll --wait` against a real `gateway serve` whose labels hold requests for approval.
 
-The client runs as its own process, the test approves its request with `gateway requests approve
-ID` (found with `gateway requests list --format json`), and checks that the client collects the
+The client runs as its own process, the test approves its request with `gateway request approve
+ID` (found with `gateway request list --format json`), and checks that the client collects the
 certificate and that the server queued ONE request however often the client asked: after a 202 the
 client sends the same request again (RFC 7030 §4.2.3). Label `held` answers 202 with Retry-After
 1 s; `held-long` and `held-linked` with more than gunicorn's 15 s keep-alive (gateway/server.py),
@@ -88,8 +88,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def enrolling(server: Server, label: str, cn: str, out: Path, *, wait: float, link: str) -> Iterator[Client]:
-    """`gateway est enroll --wait` running in its own process; stopped (by its pid) if the test fails."""
-    command = [sys.executable, "-m", "gateway", "est", "enroll", "--url", f"https://127.0.0.1:{server.https_port}"]
+    """`gateway client est enroll --wait` running in its own process; stopped (by its pid) if the test fails."""
+    command = [sys.executable, "-m", "gateway", "client", "est", "enroll"]
+    command += ["--url", f"https://127.0.0.1:{server.https_port}"]
     command += ["--cacert", str(server.ca_pem), "--label", label, "--user", USER, "--password-stdin"]
     command += ["--cn", cn, "--out", str(out), "--wait", str(wait), "--tls-unique", link]
     password_file = out.with_suffix(".password")
@@ -135,15 +136,15 @@ class Client:
 
 
 def pending(server: Server, subject: str) -> list[dict[str, Any]]:
-    """The pending requests for `subject`, from `gateway requests list --format json`."""
-    done = gateway_command("requests", "list", "--data-dir", str(server.data_dir), "--format", "json")
+    """The pending requests for `subject`, from `gateway request list --format json`."""
+    done = gateway_command("request", "list", "--data-dir", str(server.data_dir), "--format", "json")
     assert done.returncode == 0, done.stderr
     rows: list[dict[str, Any]] = json.loads(done.stdout or "[]")
     return [row for row in rows if row.get("subject") == subject]
 
 
 def approve(server: Server, request_id: object) -> None:
-    done = gateway_command("requests", "approve", str(request_id), "--data-dir", str(server.data_dir))
+    done = gateway_command("request", "approve", str(request_id), "--data-dir", str(server.data_dir))
     assert done.returncode == 0, done.stderr
 
 

@@ -35,7 +35,7 @@ from cryptography.x509.oid import AttributeOID
 from est.client import EstClient, EstClientError, closed_by_peer
 from est.client_messages import RequestCsr, build_csr, decode_base64_reply
 from est.wire import certs_only, encode_base64_body
-from gateway.cli import cli
+from gateway.cli import main
 from shared_ca.keys import PrivateKey
 from tests.support import ec_key, rsa_key, subject
 
@@ -412,7 +412,7 @@ def test_cli_wait_sends_one_csr_across_idle_closes(tiny: Start, tmp_path: Path) 
     server.reply = _pending_then_issue(server, pending=2)
     out = tmp_path / "dev.pem"
     args = ["--url", server.url, "--cacert", str(server.ca_file), "--cn", "dev", "--out", str(out)]
-    result = CliRunner().invoke(cli, ["est", "enroll", *args, "--wait", "10", "--tls-unique", "no"])
+    result = CliRunner().invoke(main, ["client", "est", "enroll", *args, "--wait", "10", "--tls-unique", "no"])
     assert result.exit_code == 0, result.output
     assert x509.load_pem_x509_certificate(out.read_bytes()).subject == subject("dev")
     assert [r.connection for r in server.received] == [1, 2, 3]
@@ -428,7 +428,8 @@ def test_cli_wait_sends_one_csr_across_idle_closes(tiny: Start, tmp_path: Path) 
 )
 def test_cli_final_failure_is_one_line(tiny: Start, plan: list[Step], says: str) -> None:
     server = tiny([plan])
-    result = CliRunner().invoke(cli, ["est", "cacerts", "--url", server.url, "--cacert", str(server.ca_file)])
+    command = ["client", "est", "cacerts", "--url", server.url, "--cacert", str(server.ca_file)]
+    result = CliRunner().invoke(main, command)
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.stderr.splitlines() == [f"Error: {says} {server.url}/.well-known/est/cacerts"]

@@ -1,4 +1,4 @@
-"""`gateway est …` and est/client.py against a real `gateway serve` process (its EST server on HTTPS).
+"""`gateway client est …` and est/client.py against a real `gateway serve` process (its EST server on HTTPS).
 
 The server runs as its own process (module-scoped), with one EST Basic user made by
 `gateway est-user add`; the client side runs in-process through click's CliRunner. Every issued
@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from est.client import EstClient, EstClientError
-from gateway.cli import cli
+from gateway.cli import main
 from shared_ca.keys import load_private_key, public_key_bytes
 from tests.support import ec_key, subject
 from tests.test_serve import REPO, Server, child_env, gateway_command, openssl, start_server, stop_server
@@ -71,8 +71,8 @@ def url(server: Server) -> str:
 
 def est(server: Server, url: str, *args: str, basic: bool = False) -> Result:
     credentials = ["--user", USER, "--password-stdin"] if basic else []
-    command = ["est", args[0], "--url", url, "--cacert", str(server.ca_pem), *credentials, *args[1:]]
-    return CliRunner().invoke(cli, command, input=PASSWORD + "\n" if basic else None)
+    command = ["client", "est", args[0], "--url", url, "--cacert", str(server.ca_pem), *credentials, *args[1:]]
+    return CliRunner().invoke(main, command, input=PASSWORD + "\n" if basic else None)
 
 
 def verified(server: Server, cert_file: Path) -> x509.Certificate:
@@ -172,8 +172,9 @@ def test_serverkeygen(server: Server, url: str, tmp_path: Path) -> None:
 
 
 def test_wrong_password_is_one_line(server: Server, url: str, tmp_path: Path) -> None:
-    command = ["est", "enroll", "--url", url, "--cacert", str(server.ca_pem), "--user", USER, "--password-stdin"]
-    result = CliRunner().invoke(cli, [*command, "--cn", "x", "--out", str(tmp_path / "x.pem")], input="wrong\n")
+    command = ["client", "est", "enroll", "--url", url, "--cacert", str(server.ca_pem)]
+    command += ["--user", USER, "--password-stdin"]
+    result = CliRunner().invoke(main, [*command, "--cn", "x", "--out", str(tmp_path / "x.pem")], input="wrong\n")
     line = one_line_failure(result)
     assert "HTTP 401" in line and 'Basic realm="EST"' in line
     assert not (tmp_path / "x.key").exists()

@@ -33,10 +33,6 @@ from est import cmc_asn1 as asn1
 from est.cmc import (
     FULL_CMC_REQUEST,
     FULL_CMC_RESPONSE,
-    MAX_BODY_PARTS,
-    MAX_CERTIFICATES,
-    MAX_CONTROL_VALUES,
-    BodyPartKind,
     CmcAlgorithmError,
     CmcDecodeError,
     CmcFailInfo,
@@ -44,15 +40,16 @@ from est.cmc import (
     CmcReplyContext,
     CmcRequest,
     CmcSignatureError,
-    CmcSigner,
     CmcStatus,
     CmcStatusInfo,
-    UnsupportedBodyPart,
     build_failure_response,
     build_pki_response,
     parse_full_cmc,
     parse_pki_response,
+    response_signer,
 )
+from est.cmc_pki_data import MAX_BODY_PARTS, MAX_CONTROL_VALUES, BodyPartKind, UnsupportedBodyPart
+from est.cmc_signed import MAX_CERTIFICATES
 from est.wire import EstWireError, decode_request_body
 from shared_ca.csr import load_csr
 from shared_ca.errors import CAError, ErrorKind, InvalidRequest
@@ -658,7 +655,7 @@ def test_a_refused_request_is_answered_with_a_signed_failure(pki: Pki, tmp_path:
     with pytest.raises(CmcSignatureError) as caught:
         parse_full_cmc(enrollment(pki, corrupt=True))
     failure = caught.value
-    signer = CmcSigner.create(pki.ra_key, pki.ra, [pki.ca])
+    signer = response_signer(pki.ra_key, pki.ra, [pki.ca])
     der = build_failure_response(
         signer, reply=failure.reply, fail_info=failure.fail_info, text=failure.text, sender_nonce=b"s" * 16
     )
@@ -672,7 +669,7 @@ def test_a_refused_request_is_answered_with_a_signed_failure(pki: Pki, tmp_path:
 
 
 def test_a_failure_with_nothing_to_echo_answers_the_pkidata_itself(pki: Pki) -> None:
-    signer = CmcSigner.create(pki.ra_key, pki.ra)
+    signer = response_signer(pki.ra_key, pki.ra)
     der = build_failure_response(signer, reply=CmcReplyContext(), fail_info=CmcFailInfo.BAD_REQUEST, text=None)
     response = parse_pki_response(der)
     assert response.statuses == (CmcStatusInfo(CmcStatus.FAILED, (0,), None, CmcFailInfo.BAD_REQUEST),)
@@ -686,7 +683,7 @@ def test_a_failure_with_nothing_to_echo_answers_the_pkidata_itself(pki: Pki) -> 
 
 def test_success_response_verifies_with_openssl_and_our_parser(pki: Pki, tmp_path: Path) -> None:
     request = parse_full_cmc(enrollment(pki))
-    signer = CmcSigner.create(pki.ra_key, pki.ra, [pki.ca])
+    signer = response_signer(pki.ra_key, pki.ra, [pki.ca])
     issued = pki.device  # stands in for the certificate issued to the request
     der = build_pki_response(
         signer,
@@ -716,7 +713,7 @@ def test_success_response_verifies_with_openssl_and_our_parser(pki: Pki, tmp_pat
 
 
 def test_response_controls_and_status_info_v2_on_the_wire(pki: Pki) -> None:
-    signer = CmcSigner.create(pki.ra_key, pki.ra)
+    signer = response_signer(pki.ra_key, pki.ra)
     statuses = [
         CmcStatusInfo(CmcStatus.SUCCESS, (1,)),
         CmcStatusInfo(CmcStatus.FAILED, (3, 4), "revocation refused", CmcFailInfo.BAD_CERT_ID),
@@ -745,7 +742,7 @@ def test_response_controls_and_status_info_v2_on_the_wire(pki: Pki) -> None:
 
 
 def test_an_ec_signer_signs_with_ecdsa_sha256(pki: Pki, tmp_path: Path) -> None:
-    signer = CmcSigner.create(pki.ca_key, pki.ca)
+    signer = response_signer(pki.ca_key, pki.ca)
     der = build_pki_response(signer, statuses=[CmcStatusInfo(CmcStatus.SUCCESS, (1,))], certificates=[pki.device])
     assert openssl_verify(der, tmp_path).returncode == 0
     assert parse_pki_response(der).signer_certificate == pki.ca
@@ -754,13 +751,13 @@ def test_an_ec_signer_signs_with_ecdsa_sha256(pki: Pki, tmp_path: Path) -> None:
 
 
 def test_an_rsa_response_without_signing_time_is_deterministic(pki: Pki) -> None:
-    signer = CmcSigner.create(pki.ra_key, pki.ra, [pki.ca])
+    signer = response_signer(pki.ra_key, pki.ra, [pki.ca])
     statuses = [CmcStatusInfo(CmcStatus.SUCCESS, (1,))]
     assert build_pki_response(signer, statuses=statuses) == build_pki_response(signer, statuses=statuses)
 
 
 def test_a_tampered_response_does_not_verify(pki: Pki, tmp_path: Path) -> None:
-    signer = CmcSigner.create(pki.ra_key, pki.ra)
+    signer = response_signer(pki.ra_key, pki.ra)
     der = build_pki_response(signer, statuses=[CmcStatusInfo(CmcStatus.SUCCESS, (1,))])
     tampered = der.replace(
         status_v2(1).dump(),
@@ -774,7 +771,7 @@ def test_a_tampered_response_does_not_verify(pki: Pki, tmp_path: Path) -> None:
 
 def test_requests_and_responses_are_not_mistaken_for_each_other(pki: Pki) -> None:
     response = build_pki_response(
-        CmcSigner.create(pki.ra_key, pki.ra), statuses=[CmcStatusInfo(CmcStatus.SUCCESS, (1,))]
+        response_signer(pki.ra_key, pki.ra), statuses=[CmcStatusInfo(CmcStatus.SUCCESS, (1,))]
     )
     with pytest.raises(CmcDecodeError, match="PKIData"):
         parse_full_cmc(response)
@@ -799,7 +796,7 @@ def test_status_infos_we_cannot_send_are_refused(make: Callable[[], object]) -> 
 
 def test_a_response_needs_a_status(pki: Pki) -> None:
     with pytest.raises(ValueError, match="at least one"):
-        build_pki_response(CmcSigner.create(pki.ra_key, pki.ra), statuses=[])
+        build_pki_response(response_signer(pki.ra_key, pki.ra), statuses=[])
 
 
 def test_content_types_and_request_type() -> None:
@@ -811,7 +808,7 @@ def test_content_types_and_request_type() -> None:
 def test_mutated_messages_fail_only_with_our_errors(pki: Pki) -> None:
     """Random byte changes, cuts and insertions: every outcome is a result, a CmcDecodeError or a
     CmcFailure, never another exception (a cheap, deterministic stand-in for a fuzzer)."""
-    signer = CmcSigner.create(pki.ra_key, pki.ra, [pki.ca])
+    signer = response_signer(pki.ra_key, pki.ra, [pki.ca])
     response = build_pki_response(
         signer, statuses=[CmcStatusInfo(CmcStatus.SUCCESS, (1,))], certificates=[pki.device], reply=CmcReplyContext(7)
     )

@@ -50,7 +50,7 @@ def est_app(data_dir: Path) -> Iterator[Flask]:
     with (data_dir / "config.toml").open("a", encoding="utf-8") as config:
         config.write(MANUAL)
     application = create_app(load_config(data_dir, environ={}))
-    gw: Gateway = application.extensions["gateway"]
+    gw: Gateway = application.extensions["gateway"].get()
     users, now, labels = EstUserStore(gw.store.engine), dt.datetime.now(dt.UTC), ("default", "manual")
     users.add_est_user("alice", hash_password(PASSWORD), kind="password", created_by="t", now=now, labels=labels)
     users.add_est_user("once", hash_password(PASSWORD), kind="password", created_by="t", now=now, uses_left=1)
@@ -64,7 +64,7 @@ def est(est_app: Flask) -> FlaskClient:
 
 
 def gateway_of(app: Flask) -> Gateway:
-    gw: Gateway = app.extensions["gateway"]
+    gw: Gateway = app.extensions["gateway"].get()
     return gw
 
 

@@ -19,19 +19,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from est.serverkeygen import (
+from est.key_delivery import (
     ASYMMETRIC_KEY_PACKAGE_OID,
     AsymmetricKeyPackage,
-    KeyEncryptionRequest,
-    KeyProtection,
     SignerKey,
     encrypt_to_certificate,
     encrypt_to_kek,
-    generate_key,
-    key_request,
     load_keks,
     pkcs8_der,
 )
+from est.serverkeygen import KeyEncryptionRequest, KeyProtection, generate_key, key_request
 from est.wire import EstWireError
 from shared_ca.errors import AlgorithmNotAllowed, KeyMaterialError
 from shared_ca.keys import PrivateKey, PublicKey, public_key_bytes

@@ -16,7 +16,7 @@ from alembic.config import Config
 from click.testing import CliRunner, Result
 from sqlalchemy import inspect
 
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import load_config
 from shared_ca.errors import Conflict, NotFound
 from shared_ca.storage.db import (
@@ -229,7 +229,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def est(runner: CliRunner, data_dir: Path, *args: str, stdin: str | None = None) -> Result:
-    return runner.invoke(cli, ["est-user", *args, "--data-dir", str(data_dir)], input=stdin)
+    return runner.invoke(main, ["est-user", *args, "--data-dir", str(data_dir)], input=stdin)
 
 
 def cli_users(data_dir: Path) -> EstUserStore:

@@ -62,7 +62,7 @@ def est_app(data_dir: Path) -> Iterator[Flask]:
     with (data_dir / "config.toml").open("a") as config:
         config.write(EXTRA_PROFILES)
     application = create_app(load_config(data_dir, environ={}))
-    gw: Gateway = application.extensions["gateway"]
+    gw: Gateway = application.extensions["gateway"].get()
     users = EstUserStore(gw.store.engine)
     now = dt.datetime.now(dt.UTC)
     labels = ("default", "manual", "linked", "strict", "nokeygen")
@@ -83,7 +83,7 @@ def est(est_app: Flask) -> FlaskClient:
 
 
 def gateway_of(app: Flask) -> Gateway:
-    gw: Gateway = app.extensions["gateway"]
+    gw: Gateway = app.extensions["gateway"].get()
     return gw
 
 

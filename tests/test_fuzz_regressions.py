@@ -176,7 +176,7 @@ def test_latin1_transaction_ids_still_parse(
     assert parse_pki_message(message, ra_key=ra[0], ra_cert=ra[1]).transaction_id == "Meq+NfN3/é="
 
 
-# -- est/cmc_asn1.py ---------------------------------------------------------------------------------
+# -- est/cmc_signed.py --------------------------------------------------------------------------------
 
 
 def test_a_full_cmc_request_whose_tcr_has_version_2_names_no_signer() -> None:
@@ -191,7 +191,7 @@ def test_a_full_cmc_request_whose_tcr_has_version_2_names_no_signer() -> None:
 
 @pytest.fixture
 def admin_token(app: Flask) -> str:
-    tokens = AdminTokenStore(app.extensions["gateway"].store.engine)
+    tokens = AdminTokenStore(app.extensions["gateway"].get().store.engine)
     return tokens.create_admin_token("fuzz", created_by="test", now=dt.datetime.now(dt.UTC)).token
 
 

@@ -13,7 +13,7 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.rollover import RolloverOptions, rollover
 from gateway.runtime import Gateway, GatewayLoader, open_gateway
-from migration_tools.importer import new_legacy_issuer
+from migration_tools.legacy_issuers import new_legacy_issuer
 from shared_ca.authority import fingerprint
 from shared_ca.errors import KeyMaterialError, Unavailable
 from shared_ca.keys import KeyType

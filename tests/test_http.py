@@ -57,7 +57,7 @@ HASHES = [pytest.param(CERTID_SHA1, id="sha1"), pytest.param(hashes.SHA256(), id
 
 
 def gateway_of(app: Flask) -> Gateway:
-    gw: Gateway = app.extensions["gateway"]
+    gw: Gateway = app.extensions["gateway"].get()
     return gw
 
 

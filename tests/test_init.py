@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import load_config
 from shared_ca.keys import PrivateKey
 from shared_ca.storage.db import sqlite_url
@@ -46,7 +46,7 @@ def run_init(
 ) -> Result:
     """`gateway init` on `data_dir`; a P-256 CA unless `key_type` says otherwise (None: the default)."""
     options = ["--ca-key-type", key_type] if key_type else []
-    return runner.invoke(cli, ["init", "--data-dir", str(data_dir), *options, *args], env=env)
+    return runner.invoke(main, ["init", "--data-dir", str(data_dir), *options, *args], env=env)
 
 
 def assert_clean_failure(result: Result, *fragments: str) -> None:
@@ -314,7 +314,7 @@ def test_ca_subject_and_days(runner: CliRunner, tmp_path: Path) -> None:
 )
 def test_bad_option_is_named(runner: CliRunner, tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     data_dir = tmp_path / "data"
-    result = runner.invoke(cli, ["init", "--data-dir", str(data_dir), "--ca-key-type", "p256", *args])
+    result = runner.invoke(main, ["init", "--data-dir", str(data_dir), "--ca-key-type", "p256", *args])
     assert_clean_failure(result, *fragments)
     assert not data_dir.exists() or not any(data_dir.iterdir())
 
@@ -364,7 +364,7 @@ def test_import_pem_chain(runner: CliRunner, tmp_path: Path) -> None:
     tls_chain[0].verify_directly_issued_by(intermediate)
     # The imported key is stored unencrypted (no --passphrase-file), and the gateway opens.
     assert b"ENCRYPTED" not in (data_dir / "ca" / "ca.key").read_bytes()
-    check = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)])
+    check = runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)])
     assert check.exit_code == 0, check.output
     assert "CN=Issuing CA" in check.stdout
 
@@ -530,24 +530,24 @@ def test_passphrase_file_encrypts_keys(runner: CliRunner, tmp_path: Path) -> Non
         load_key(data_dir / name, b"correct horse")
     assert load_config(data_dir, environ={})["keys.passphrase_file"] == str(passphrase_file.resolve())
 
-    ok = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)])
+    ok = runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)])
     assert ok.exit_code == 0, ok.output
 
     wrong_env = runner.invoke(
-        cli, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "battery staple"}
+        main, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "battery staple"}
     )
     assert_clean_failure(wrong_env, "wrong passphrase", "ca.key")
 
     passphrase_file.write_bytes(b"battery staple\n")
-    wrong_file = runner.invoke(cli, ["ca", "show", "--data-dir", str(data_dir)])
+    wrong_file = runner.invoke(main, ["ca", "show", "--data-dir", str(data_dir)])
     assert_clean_failure(wrong_file, "wrong passphrase")
 
     passphrase_file.unlink()
-    missing_file = runner.invoke(cli, ["ca", "show", "--data-dir", str(data_dir)])
+    missing_file = runner.invoke(main, ["ca", "show", "--data-dir", str(data_dir)])
     assert_clean_failure(missing_file, "cannot read passphrase file", str(passphrase_file))
 
     fixed = runner.invoke(
-        cli, ["ca", "show", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "correct horse"}
+        main, ["ca", "show", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "correct horse"}
     )
     assert fixed.exit_code == 0, fixed.output
 
@@ -561,14 +561,14 @@ def test_environment_passphrase_encrypts_keys(runner: CliRunner, tmp_path: Path)
         load_key(data_dir / name, b"from-env")
     assert load_config(data_dir, environ={})["keys.passphrase_file"] == ""
 
-    without = runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)])
+    without = runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)])
     assert_clean_failure(without, "is encrypted", "GATEWAY_KEY_PASSPHRASE")
     wrong = runner.invoke(
-        cli, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "not-it"}
+        main, ["config", "check", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "not-it"}
     )
     assert_clean_failure(wrong, "wrong passphrase")
     right = runner.invoke(
-        cli, ["cert", "list", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "from-env"}
+        main, ["cert", "list", "--data-dir", str(data_dir)], env={"GATEWAY_KEY_PASSPHRASE": "from-env"}
     )
     assert right.exit_code == 0, right.output
     assert "scep-ra" in right.stdout
@@ -627,7 +627,7 @@ def test_force_moves_old_files_aside(runner: CliRunner, tmp_path: Path, monkeypa
     assert "profiles" not in tomllib.loads((data_dir / "config.toml").read_text())
 
     # The new directory has a new database: only the new RA and TLS certificates.
-    listing = runner.invoke(cli, ["cert", "list", "--data-dir", str(data_dir), "--format", "json"])
+    listing = runner.invoke(main, ["cert", "list", "--data-dir", str(data_dir), "--format", "json"])
     assert listing.exit_code == 0, listing.output
     assert len(listing.stdout.split('"serial"')) == 3
 
@@ -646,7 +646,7 @@ def test_force_on_a_database_that_holds_the_ca_restores_everything(
     assert first.exit_code == 0, first.output
     assert load_config(data_dir, environ={})["database_url"] == database_url
     assert not (data_dir / "gateway.db").exists()
-    listing = runner.invoke(cli, ["cert", "list", "--data-dir", str(data_dir)])
+    listing = runner.invoke(main, ["cert", "list", "--data-dir", str(data_dir)])
     assert listing.exit_code == 0, listing.output
     assert "gateway-tls" in listing.stdout
     before = snapshot(data_dir)
@@ -655,7 +655,7 @@ def test_force_on_a_database_that_holds_the_ca_restores_everything(
     assert_clean_failure(result, "already holds issuer 'ca'")
     assert snapshot(data_dir) == before
     assert not list(data_dir.glob("replaced-*"))
-    assert runner.invoke(cli, ["config", "check", "--data-dir", str(data_dir)]).exit_code == 0
+    assert runner.invoke(main, ["config", "check", "--data-dir", str(data_dir)]).exit_code == 0
 
 
 # -- options that land in config.toml -----------------------------------------------------------------------
@@ -684,7 +684,7 @@ def test_public_base_url_lands_in_config_and_certificates(runner: CliRunner, tmp
 
 def test_data_dir_from_environment(runner: CliRunner, tmp_path: Path) -> None:
     data_dir = tmp_path / "from-env"
-    result = runner.invoke(cli, ["init", "--ca-key-type", "p256"], env={"GATEWAY_DATA_DIR": str(data_dir)})
+    result = runner.invoke(main, ["init", "--ca-key-type", "p256"], env={"GATEWAY_DATA_DIR": str(data_dir)})
     assert result.exit_code == 0, result.output
     assert (data_dir / "config.toml").is_file()
 

@@ -37,7 +37,7 @@ def test_a_worker_killed_while_issuing_for_a_one_time_challenge_leaves_the_chall
     hold the request back before it writes anything, though the window is the same there)."""
     with serving(tmp_path, database_url) as node:
         fleet = Fleet(node)
-        made = gateway_command("challenge", "new", "--device", "kill9-one-time", "--data-dir", str(node.data_dir))
+        made = gateway_command("challenge", "add", "--device", "kill9-one-time", "--data-dir", str(node.data_dir))
         assert made.returncode == 0, made.stderr
         device = fleet.device("kill9-one-time", challenge=made.stdout.strip())
         engine = create_store_engine(database_url)

@@ -175,7 +175,7 @@ def test_import_map_reenroll_and_report(migrated: tuple[Server, Path], micromdm_
     assert (groups[None]["native"], groups[None]["percent_migrated"]) == (1, None)
 
     # The dashboard's API (what the page draws) says the same, from the running node.
-    token = gw(server.data_dir, "admin-token", "new", "e2e").strip()
+    token = gw(server.data_dir, "admin-token", "add", "e2e").strip()
     context = ssl.create_default_context(cafile=str(server.ca_pem))
     reply = fetch(
         server.https_port, "/admin/api/migration/summary", context=context, headers={"Authorization": f"Bearer {token}"}

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
 
-from gateway.cli import cli
-from gateway.cli_migrate_import import _progress
+from gateway.cli import main
+from gateway.cli.migrate.import_ import _progress
 from migration_tools.device_export import import_device_export, parse_device_export
-from migration_tools.importer import ImportOptions, ImportSummary, import_inventory, new_legacy_issuer
+from migration_tools.importer import ImportOptions, ImportSummary, import_inventory
 from migration_tools.inventory import (
     InventoryEntry,
     InventoryError,
@@ -40,6 +40,7 @@ from migration_tools.inventory import (
     parse_index,
     parse_openssl_time,
 )
+from migration_tools.legacy_issuers import new_legacy_issuer
 from shared_ca.ca_material import create_root_ca, register_issuer
 from shared_ca.errors import Conflict, PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
@@ -628,7 +629,7 @@ def test_device_export_serial_among_several_cas(tmp_path: Path, inventory_store:
 
 
 def invoke(runner: CliRunner, data_dir: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(cli, ["migrate", "import", "--data-dir", str(data_dir), *args])
+    result = runner.invoke(main, ["migrate", "import", "--data-dir", str(data_dir), *args])
     return result.exit_code, result.stdout, result.stderr
 
 

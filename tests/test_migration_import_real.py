@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import load_config
 from shared_ca.authority import utcnow
 from shared_ca.errors import PolicyDenied
@@ -205,7 +205,7 @@ def inventory_store(data_dir: Path) -> Iterator[InventoryStore]:
 
 
 def run(runner: CliRunner, data_dir: Path, *args: str) -> str:
-    result = runner.invoke(cli, ["migrate", "import", "--data-dir", str(data_dir), *args])
+    result = runner.invoke(main, ["migrate", "import", "--data-dir", str(data_dir), *args])
     assert result.exit_code == 0, result.output
     return result.stdout
 

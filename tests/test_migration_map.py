@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from est.auth import verify_secret
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.runtime import Gateway
 from migration_tools.mapping import (
     EXPORT_COLUMNS,
@@ -95,19 +95,19 @@ def add_device(
 
 
 def run(runner: CliRunner, data_dir: Path, *args: str, code: int = 0) -> str:
-    result = runner.invoke(cli, [*args, "--data-dir", str(data_dir)])
+    result = runner.invoke(main, [*args, "--data-dir", str(data_dir)])
     assert result.exit_code == code, result.output
     return result.output
 
 
 def facts(output: str) -> dict[str, str]:
-    """The `key  value` lines a command printed first (gateway.output.render_mapping)."""
+    """The `key  value` lines a command printed first (gateway.cli.output.render_mapping)."""
     block = output.split("\n\n", 1)[0]
     return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in block.splitlines())
 
 
 def gateway_of(app: Flask) -> Gateway:
-    gw: Gateway = app.extensions["gateway"]
+    gw: Gateway = app.extensions["gateway"].get()
     return gw
 
 
@@ -570,19 +570,8 @@ def test_map_errors_name_the_option(
 ) -> None:
     (tmp_path / "exists.csv").write_text("precious", encoding="utf-8")
     result = runner.invoke(
-        cli, ["migrate", "map", *(a.format(tmp=tmp_path) for a in args), "--data-dir", str(data_dir)]
+        main, ["migrate", "map", *(a.format(tmp=tmp_path) for a in args), "--data-dir", str(data_dir)]
     )
     assert result.exit_code != 0
     assert message in result.output
     assert (tmp_path / "exists.csv").read_text(encoding="utf-8") == "precious"
-
-
-def test_admin_token_create_is_an_alias_of_new(runner: CliRunner, data_dir: Path) -> None:
-    result = runner.invoke(cli, ["admin-token", "create", "mdm", "--data-dir", str(data_dir)])
-    assert result.exit_code == 0, result.output
-    token = result.stdout.strip()
-    assert len(token) >= 32 and "shown only now" in result.stderr
-    listing = run(runner, data_dir, "admin-token", "list", "--format", "json")
-    assert json.loads(listing)[0]["name"] == "mdm" and token not in listing
-    duplicate = runner.invoke(cli, ["admin-token", "new", "mdm", "--data-dir", str(data_dir)])
-    assert duplicate.exit_code == 1

@@ -20,23 +20,25 @@ from click.testing import CliRunner
 from cryptography import x509
 from sqlalchemy import event, insert
 
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.runtime import open_gateway
 from migration_tools.client_families import FAMILIES
-from migration_tools.render import _DEVICE_WIDTHS, DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS, render
+from migration_tools.render import DEVICE_COLUMNS, SECTIONS, render
 from migration_tools.report import (
     ACTION_MAP,
     ACTION_PUSH,
     ACTION_PUSH_BOOTSTRAP,
     ACTION_PUSH_CERTIFICATE,
-    MigrationReport,
     ReportSettings,
     TrendCache,
     build_report,
     device_page,
     next_actions,
 )
+from migration_tools.report_html import _DEVICE_WIDTHS
+from migration_tools.report_model import MigrationReport
+from migration_tools.report_rows import TABLE_DEVICE_COLUMNS, TOTAL_FIELDS
 from shared_ca.authority import CertificateAuthority
 from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.policy import authorize_csr
@@ -558,7 +560,7 @@ def test_an_empty_fleet(store: Store, clock: SettableClock) -> None:
 
 
 def run(runner: CliRunner, data_dir: Path, *args: str, code: int = 0) -> str:
-    result = runner.invoke(cli, ["migrate", "report", *args, "--data-dir", str(data_dir)])
+    result = runner.invoke(main, ["migrate", "report", *args, "--data-dir", str(data_dir)])
     assert result.exit_code == code, result.output
     return result.output
 
@@ -573,7 +575,7 @@ def test_cli_report_retires_stale_devices_first(runner: CliRunner, data_dir: Pat
         gateway.store.engine.dispose()
     out = tmp_path / "report.json"
     result = runner.invoke(
-        cli, ["migrate", "report", "--format", "json", "--out", str(out), "--data-dir", str(data_dir)]
+        main, ["migrate", "report", "--format", "json", "--out", str(out), "--data-dir", str(data_dir)]
     )
     assert result.exit_code == 0, result.output
     assert "retired 1 device(s)" in result.output and f"report written to {out} (json)" in result.output

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.cli import cli
+from gateway.cli import main
 from scep.asn1 import FailInfo, PkiStatus
 from shared_ca.storage.devices import DeviceStore
 from tests.test_migration_map import add_device, facts, gateway_of, run
@@ -121,7 +121,7 @@ def test_sunset_errors_name_the_option(
     app: Flask, runner: CliRunner, data_dir: Path, args: list[str], message: str
 ) -> None:
     add_device(devices_of(app), "lab-1")
-    result = runner.invoke(cli, ["migrate", "sunset", *args, "--data-dir", str(data_dir)])
+    result = runner.invoke(main, ["migrate", "sunset", *args, "--data-dir", str(data_dir)])
     assert result.exit_code != 0
     assert message in result.output
     assert devices_of(app).group("lab") is None

@@ -69,7 +69,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     (http_port,) = free_ports(1)
     init_data_dir(data_dir, http_port)
     add_est_user(data_dir, USER)
-    made = gateway_command("admin-token", "new", "proxy-admin", "--data-dir", str(data_dir))
+    made = gateway_command("admin-token", "add", "proxy-admin", "--data-dir", str(data_dir))
     assert made.returncode == 0, made.stderr
     plain = start_server(data_dir, workdir, http_port=http_port)
     try:

@@ -33,7 +33,7 @@ from werkzeug.test import TestResponse
 from est.wire import MAX_REQUEST_BODY
 from gateway import runtime
 from gateway.app import create_app
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import GatewayConfig
 from shared_ca.ca_material import create_root_ca
 from shared_ca.keys import KeyType, generate_private_key
@@ -59,13 +59,13 @@ def est_app(
 ) -> Iterator[Flask]:
     """The app as `gateway serve` composes it, on a settable clock, with the EST user `alice`."""
     added = runner.invoke(
-        cli, ["est-user", "add", "alice", "--password-stdin", "--data-dir", str(data_dir)], input=PASSWORD + "\n"
+        main, ["est-user", "add", "alice", "--password-stdin", "--data-dir", str(data_dir)], input=PASSWORD + "\n"
     )
     assert added.exit_code == 0, added.output
     monkeypatch.setattr(runtime, "utcnow", clock)
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].store.engine.dispose()
+    application.extensions["gateway"].get().store.engine.dispose()
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def est(est_app: Flask) -> FlaskClient:
 
 def count(app: Flask) -> int:
     """Certificates in the app's database."""
-    return issued_count(app.extensions["gateway"].store.engine)
+    return issued_count(app.extensions["gateway"].get().store.engine)
 
 
 def enroll(client: FlaskClient, cn: str) -> x509.Certificate:
@@ -138,7 +138,7 @@ def import_legacy(runner: CliRunner, data_dir: Path, tmp_path: Path, *certs: x50
     bundle.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs))
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat()
     done = runner.invoke(
-        cli,
+        main,
         ["migrate", "import", "--from", "pem", str(bundle), "--trust-until", until, "--data-dir", str(data_dir)],
     )
     assert done.exit_code == 0, done.output
@@ -159,7 +159,7 @@ def test_fullcmc_does_not_revoke_a_legacy_ca_certificate(
     bystander = enroll(est, "bystander")
     legacy, legacy_key, legacy_ca = legacy_certificate(bystander.serial_number, "legacy-device")
     import_legacy(runner, data_dir, tmp_path, legacy_ca, legacy)
-    store = est_app.extensions["gateway"].store
+    store = est_app.extensions["gateway"].get().store
     record = store.certificate_by_fingerprint(legacy.fingerprint(hashes.SHA256()).hex())
     assert record is not None and record.status == "valid"
     # The legacy certificate authenticates (it may enroll its own subject), so the refusal below is

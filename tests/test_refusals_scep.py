@@ -28,7 +28,7 @@ from flask.testing import FlaskClient
 
 from gateway import runtime
 from gateway.app import create_app
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from scep.asn1 import FailInfo, MessageType, PkiStatus
 from scep.client_messages import issuer_and_serial_der, issuer_and_subject_der, self_signed_signer
@@ -67,12 +67,12 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
 
 def count(app: Flask) -> int:
     """Certificates in the app's database."""
-    return issued_count(app.extensions["gateway"].store.engine)
+    return issued_count(app.extensions["gateway"].get().store.engine)
 
 
 def subjects(app: Flask) -> list[str]:
     """The subjects of every certificate in the app's database."""
-    gw = app.extensions["gateway"]
+    gw = app.extensions["gateway"].get()
     return sorted(r.subject for r in gw.store.list_certificates(now=dt.datetime.now(dt.UTC)))
 
 
@@ -179,7 +179,7 @@ def clocked_app(
     monkeypatch.setattr(runtime, "utcnow", clock)
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].store.engine.dispose()
+    application.extensions["gateway"].get().store.engine.dispose()
 
 
 def test_a_signer_certificate_that_is_not_yet_valid_renews_nothing(clocked_app: Flask, clock: SettableClock) -> None:
@@ -255,8 +255,8 @@ def test_get_crl_for_a_foreign_issuer_is_bad_cert_id(client: FlaskClient, app: F
 
 
 def pending_subjects(runner: CliRunner, data_dir: Path) -> dict[str, int]:
-    """`gateway requests list`: the id of each waiting request, by subject."""
-    result = runner.invoke(cli, ["requests", "list", "--format", "json", "--data-dir", str(data_dir)])
+    """`gateway request list`: the id of each waiting request, by subject."""
+    result = runner.invoke(main, ["request", "list", "--format", "json", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
     return {row["subject"]: int(row["id"]) for row in json.loads(result.output)}
 
@@ -281,7 +281,7 @@ def test_a_different_request_under_a_pending_transaction_id_is_refused(
     assert count(app) == before
     queued = pending_subjects(runner, data_dir)
     assert list(queued) == ["CN=queued-first"]  # the original request is still the one waiting
-    approved = runner.invoke(cli, ["requests", "approve", str(queued["CN=queued-first"]), "--data-dir", str(data_dir)])
+    approved = runner.invoke(main, ["request", "approve", str(queued["CN=queued-first"]), "--data-dir", str(data_dir)])
     assert approved.exit_code == 0, approved.output
     poll = request(
         ra,

@@ -50,14 +50,14 @@ def clocked_app(
     monkeypatch.setattr(runtime, "utcnow", clock)
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].store.engine.dispose()
+    application.extensions["gateway"].get().store.engine.dispose()
 
 
 @pytest.mark.parametrize(("offset", "open_"), OFFSETS)
 def test_scep_closes_at_the_sunset_instant(
     clocked_app: Flask, clock: SettableClock, runner: CliRunner, data_dir: Path, offset: int, open_: bool
 ) -> None:
-    engine = clocked_app.extensions["gateway"].store.engine
+    engine = clocked_app.extensions["gateway"].get().store.engine
     add_device(DeviceStore(engine), "lab-1", group="lab")
     run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", SUNSET.isoformat())
     client = clocked_app.test_client()

@@ -23,7 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.app import create_app
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.rollover import RolloverOptions, rollover
 from gateway.runtime import Gateway
@@ -55,7 +55,7 @@ def open_app(data_dir: Path) -> Iterator[list[Flask]]:
     apps: list[Flask] = []
     yield apps
     for application in apps:
-        application.extensions["gateway"].store.engine.dispose()
+        application.extensions["gateway"].get().store.engine.dispose()
 
 
 def fresh_client(data_dir: Path, apps: list[Flask]) -> FlaskClient:
@@ -208,7 +208,7 @@ def test_wrong_passphrase_refused_before_anything_is_written(runner: CliRunner, 
     secret.write_text("correct horse\n")
     ok(
         runner.invoke(
-            cli,
+            main,
             ["init", "--data-dir", str(data_dir), "--ca-key-type", "p256", "--passphrase-file", str(secret)],
         )
     )
@@ -325,12 +325,12 @@ def test_next_ca_is_trusted_for_tls_client_certificates(
 ) -> None:
     ok(roll(runner, data_dir))
     fresh_client(data_dir, open_app)
-    gateway: Gateway = open_app[-1].extensions["gateway"]
+    gateway: Gateway = open_app[-1].extensions["gateway"].get()
     trusted = gateway.trusted_client_issuers(gateway.authority.clock())
     assert pem(data_dir / "ca-next" / "ca.crt") in trusted
     ok(roll(runner, data_dir, "--force"))  # the replaced next CA is trusted no more
     fresh_client(data_dir, open_app)
-    gateway = open_app[-1].extensions["gateway"]
+    gateway = open_app[-1].extensions["gateway"].get()
     trusted = gateway.trusted_client_issuers(gateway.authority.clock())
     assert pem(data_dir / "ca-next" / "ca.crt") in trusted
     assert len(trusted) == 2
@@ -341,7 +341,7 @@ def test_next_ca_file_not_in_database_refuses_to_start(
 ) -> None:
     ok(roll(runner, data_dir))
     other = tmp_path / "other"
-    ok(runner.invoke(cli, ["init", "--data-dir", str(other), "--ca-key-type", "p256"]))
+    ok(runner.invoke(main, ["init", "--data-dir", str(other), "--ca-key-type", "p256"]))
     (data_dir / "ca-next" / "ca.crt").write_bytes((other / "ca" / "ca.crt").read_bytes())
     with pytest.raises(CAError, match="not registered as the next CA"):
         fresh_client(data_dir, open_app)

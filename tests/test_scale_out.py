@@ -201,7 +201,7 @@ def test_two_nodes_share_one_database(nodes: list[Node], tmp_path: Path) -> None
         )
         for i in range(half)
     ]
-    one_time = gateway_command("challenge", "new", "--device", "contested", "--data-dir", str(data_dir))
+    one_time = gateway_command("challenge", "add", "--device", "contested", "--data-dir", str(data_dir))
     assert one_time.returncode == 0, one_time.stderr
     secret = one_time.stdout.strip()
     contested = [

@@ -26,13 +26,13 @@ from scep.challenges import (
     ChallengeKind,
     ChallengeNotVerifiable,
     ChallengeRequest,
-    Lockout,
     OneTimeChallenge,
     StaticChallenge,
     WebhookChallenge,
     challenge_sha256,
     new_one_time_challenge,
 )
+from scep.lockout import Lockout
 from shared_ca.errors import ErrorKind, Unauthorized
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import ChallengeSpent, spend_challenge_use

@@ -1,4 +1,4 @@
-"""`gateway scep …`, the project's own SCEP client, against a real `gateway serve` process.
+"""`gateway client scep …`, the project's own SCEP client, against a real `gateway serve` process.
 
 The server runs as its own process (module-scoped); the client side runs in-process through click's
 CliRunner, which is much faster than a subprocess per command.
@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.cli import cli
+from gateway.cli import main
 from scep.asn1 import PkiStatus
 from scep.client import ScepClientError, ScepHttpClient, enroll, load_or_create_rsa_key
 from scep.client_messages import transaction_id_for
@@ -48,7 +48,7 @@ def url(server: Server) -> str:
 
 
 def scep(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["scep", *args])
+    return CliRunner().invoke(main, ["client", "scep", *args])
 
 
 def assert_one_line_failure(result: Result) -> str:
@@ -210,3 +210,17 @@ def test_http_errors_are_one_line_with_status_and_body(server: Server) -> None:
     assert "unknown SCEP profile" in line
     with pytest.raises(ScepClientError, match="not an http"):
         ScepHttpClient("ftp://example.invalid/scep")
+
+
+def test_scep_alias_still_runs_the_client(url: str, tmp_path: Path) -> None:
+    """`gateway scep …`, the name before `gateway client scep …`, is kept hidden for one release."""
+    caps = CliRunner().invoke(main, ["scep", "getcaps", "--url", url])
+    assert caps.exit_code == 0, caps.output
+    assert caps.stdout == scep("getcaps", "--url", url).stdout
+    assert "Use `gateway client scep`" in caps.stderr
+    name = "dev-old-spelling"
+    key, out = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    old = ["scep", "enroll", "--url", url, "--challenge", CHALLENGE, "--subject", f"CN={name}", "--key", str(key)]
+    enrolled = CliRunner().invoke(main, [*old, "--out", str(out)])
+    assert enrolled.exit_code == 0, enrolled.output
+    assert f"SUCCESS serial {load(out).serial_number:x}" in enrolled.stdout

@@ -144,7 +144,7 @@ def test_a_scep_enrollment_keeps_its_client_family_on_the_device(app: Flask, cli
     ra = get_ca(client)
     sent = enrollment(ra, "windows-1", key=device_key(1))
     assert reply_of(send(client, sent.der, NDES_AGENT), ra, sent).status is PkiStatus.SUCCESS
-    devices = DeviceStore(app.extensions["gateway"].store.engine)
+    devices = DeviceStore(app.extensions["gateway"].get().store.engine)
     device = devices.device("windows-1")
     assert device is not None and device.scep_client == "windows"
     # A later contact that tells nothing keeps what an earlier one told.

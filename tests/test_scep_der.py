@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scep import der
-from scep.asn1 import ScepAttributes, der_header, der_oid, der_sequence, der_tlv
+from scep.asn1 import ScepAttributes
 from scep.envelope import EnvelopeError, open_envelope
 from scep.message import (
     ScepDecodeError,
@@ -33,6 +33,7 @@ from scep.message import (
     decode_signed_message,
     parse_pki_message,
 )
+from shared_ca.cms import der_header, der_oid, der_sequence, der_tlv
 from tests.test_scep_vectors_sanity import _python_decrypt
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

@@ -1,4 +1,4 @@
-"""The SCEP challenge lockout's key rule (scep.lockout_keys, scep.challenges.Lockout).
+"""The SCEP challenge lockout's key rule (scep.lockout).
 
 Guessers are stopped where they guess: one device's challenge from many addresses (device counter),
 many devices from one address (address counter, an IPv6 client by its /64), one value anywhere
@@ -21,12 +21,11 @@ from scep.challenges import (
     AnyOf,
     ChallengeKind,
     ChallengeRequest,
-    Lockout,
     OneTimeChallenge,
     StaticChallenge,
     new_one_time_challenge,
 )
-from scep.lockout_keys import KEY_MAX, address_bucket, lockout_keys
+from scep.lockout import KEY_MAX, Lockout, address_bucket, lockout_keys
 from shared_ca.errors import Unauthorized
 from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.repository import Store
@@ -169,7 +168,7 @@ def test_the_profile_guard_suspends_the_static_challenge_alone(
     secret = new_one_time_challenge(
         enrollments, "otp-device", "default", dt.timedelta(hours=1), created_by="mdm", now=clock()
     )
-    with caplog.at_level(logging.WARNING, logger="scep.challenges"):
+    with caplog.at_level(logging.WARNING, logger="scep.lockout"):
         for n in range(6):
             fresh = {"device_id": f"bot-{n}", "client_address": f"203.0.113.{n}"}
             assert answer(lockout, challenge_password=f"guess-{n}", **fresh) == REFUSED

@@ -29,14 +29,7 @@ from scep.asn1 import (
     encode_signed_attributes,
     printable_string,
 )
-from scep.builder import (
-    RaIdentity,
-    SignerMaterial,
-    build_cert_rep,
-    build_failure_for,
-    degenerate_certs_only,
-    sign_message,
-)
+from scep.builder import RaIdentity, build_cert_rep, build_failure, degenerate_certs_only
 from scep.client_messages import (
     CertRepError,
     build_pki_request,
@@ -49,6 +42,7 @@ from scep.client_messages import (
 )
 from scep.envelope import DECRYPTION_FAILED, ContentCipher, KeyTransport, seal_envelope
 from scep.message import PkiRequest, ScepDecodeError, ScepMessageError, parse_pki_message
+from shared_ca.cms import CmsSigner, build_signed_data
 from shared_ca.errors import ErrorKind, InvalidRequest
 from shared_ca.keys import public_key_bytes
 from tests.support import csr_der, ec_key, make_csr, subject
@@ -103,7 +97,7 @@ def parse(data: bytes, **kwargs: Any) -> PkiRequest:
 
 
 def signed(
-    envelope: bytes | None, *, signer: SignerMaterial | None = None, digest_of: bytes | None = None, **attrs: Any
+    envelope: bytes | None, *, signer: CmsSigner | None = None, digest_of: bytes | None = None, **attrs: Any
 ) -> bytes:
     """A request with hand-made attributes: defaults PKCSReq, tid-1, NONCE; None drops one."""
     key, cert, _ = client()
@@ -118,8 +112,8 @@ def signed(
             wire = value if isinstance(value, bytes) else printable_string(str(value))
             entries.append({"type": name, "values": [wire]})
     attributes = ScepAttributes(entries).dump()
-    material = signer or SignerMaterial.create(key, cert)
-    return sign_message(material, digest=Digest.SHA256, signed_attributes_der=attributes, content=envelope)
+    material = signer or CmsSigner.create(key, cert)
+    return build_signed_data(material, digest=Digest.SHA256, signed_attributes_der=attributes, content=envelope)
 
 
 def envelope(plaintext: bytes | None = None, cipher: ContentCipher = ContentCipher.AES256, **kwargs: Any) -> bytes:
@@ -318,7 +312,8 @@ def test_failure_for_an_error_echoes_the_request() -> None:
     key, cert, _ = client()
     with pytest.raises(ScepMessageError) as info:
         parse(request(MessageType.PKCSReq, content=b"not a CSR", digest=Digest.SHA512))
-    rep = build_failure_for(info.value, ra=ra(), sender_nonce=b"f" * 16)
+    error = info.value
+    rep = build_failure(ra=ra(), reply=error.reply, fail_info=error.fail_info, text=error.text, sender_nonce=b"f" * 16)
     got = parse_cert_rep(rep, ra_cert=pki().ra_cert, signer_key=key, signer_cert=cert)
     assert (got.status, got.fail_info, got.transaction_id, got.recipient_nonce) == (
         PkiStatus.FAILURE,
@@ -422,13 +417,13 @@ def _unsupported_cipher() -> bytes:
 
 def _no_signer_certificate() -> bytes:
     key, cert, _ = client()
-    material = SignerMaterial.create(key, cert)
-    return signed(envelope(), signer=SignerMaterial(key, cert, material.issuer_and_serial_der, ()))
+    material = CmsSigner.create(key, cert)
+    return signed(envelope(), signer=CmsSigner(key, cert, material.issuer_and_serial_der, ()))
 
 
 def _certificate_of_another_key(key: Any) -> Callable[[], bytes]:
     """Names the client's certificate, signs with another key."""
-    return lambda: signed(envelope(), signer=SignerMaterial.create(key, client()[1]))
+    return lambda: signed(envelope(), signer=CmsSigner.create(key, client()[1]))
 
 
 _ALGORITHM = {"algorithm": "sha512_rsa"}

@@ -30,7 +30,7 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, load_config
 from scep.asn1 import Digest, FailInfo, MessageType, PkiStatus
 from scep.client_messages import issuer_and_serial_der, parse_cert_rep, self_signed_signer
-from scep.service import spki_sha256
+from scep.enrollment import spki_sha256
 from tests.support import SettableClock, ec_key
 from tests.test_refusals_webhook import WEBHOOK_SECRET, Webhook
 from tests.test_scep_service import (
@@ -100,7 +100,7 @@ def test_get_cert_answers_and_records_each_request(client: FlaskClient, app: Fla
 def test_get_crl_answers_publishes_as_scep_and_records_each_request(client: FlaskClient, app: Flask) -> None:
     ra = get_ca(client)
     _key, cert = _issue(client, ra, "to-revoke")
-    gw = app.extensions["gateway"]
+    gw = app.extensions["gateway"].get()
     gw.authority.revoke(format(cert.serial_number, "x"), x509.ReasonFlags.key_compromise, actor="test")
     ours = asking(ra, MessageType.GetCRL, issuer_and_serial_der(ra.ca.subject, cert.serial_number), "get-crl")
     reply = reply_of(post(client, ours.der), ra, ours)
@@ -126,9 +126,9 @@ def test_a_held_request_is_queued_logged_and_polled(
 ) -> None:
     ra = get_ca(client)
     sent = enrollment(ra, "held-device", transaction_id="held-1")
-    with caplog.at_level(logging.INFO, logger="scep.service"):
+    with caplog.at_level(logging.INFO, logger="scep.enrollment"):
         assert reply_of(post(client, sent.der, "/scep/manual"), ra, sent).status is PkiStatus.PENDING
-    (row,) = app.extensions["gateway"].approvals.pending(profile="manual")
+    (row,) = app.extensions["gateway"].get().approvals.pending(profile="manual")
     assert (row.protocol, row.device_identity, row.client_address) == ("scep", "held-device", "127.0.0.1")
     assert f"SCEP held-1: awaiting approval (request {row.id})" in caplog.messages
     assert events(app, "held-1") == [("PKCSReq", "pending", "held-device")]
@@ -137,7 +137,7 @@ def test_a_held_request_is_queued_logged_and_polled(
     assert reply_of(post(client, poll.der, "/scep/manual"), ra, poll).status is PkiStatus.PENDING
     assert events(app, "held-1")[0] == ("CertPoll", "poll:pending", "held-device")
 
-    with caplog.at_level(logging.INFO, logger="scep.service"):
+    with caplog.at_level(logging.INFO, logger="scep.enrollment"):
         again = reply_of(post(client, sent.der, "/scep/manual"), ra, sent)  # the same message: a retransmission
     assert again.status is PkiStatus.PENDING
     assert "SCEP held-1: retransmission, answered as before" in caplog.messages
@@ -169,9 +169,9 @@ def test_a_renewal_records_what_it_renews_who_asked_and_is_logged(
         message_type=MessageType.RenewalReq,
         transaction_id="renewal-1",
     )
-    with caplog.at_level(logging.INFO, logger="scep.service"):
+    with caplog.at_level(logging.INFO, logger="scep.enrollment"):
         renewed = enroll(client, ra, renewal)
-    gw = app.extensions["gateway"]
+    gw = app.extensions["gateway"].get()
     old = gw.store.certificate(gw.authority.issuer.id, format(cert.serial_number, "x"))
     new = gw.store.certificate(gw.authority.issuer.id, format(renewed.serial_number, "x"))
     assert old is not None and new is not None
@@ -204,7 +204,7 @@ def test_each_refusal_of_the_signer_says_why(client: FlaskClient, app: Flask) ->
     )
 
     key, cert = _issue(client, ra, "revoked-device")
-    gw = app.extensions["gateway"]
+    gw = app.extensions["gateway"].get()
     gw.authority.revoke(format(cert.serial_number, "x"), x509.ReasonFlags.key_compromise, actor="test")
     renewal = request(
         ra,
@@ -258,7 +258,7 @@ def test_a_webhook_outage_says_the_check_is_unavailable_and_logs_why(
         cause = "one-time challenge refused: unknown challenge; webhook answered HTTP 500"  # every check's verdict
         assert f"POST /scep/hooked refused (503): {cause}" in caplog.messages
     finally:
-        application.extensions["gateway"].store.engine.dispose()
+        application.extensions["gateway"].get().store.engine.dispose()
 
 
 def test_a_transaction_keeps_its_subject_and_a_failed_retry_takes_its_place(client: FlaskClient, app: Flask) -> None:
@@ -326,4 +326,4 @@ def test_a_signing_time_exactly_at_the_tolerance_is_accepted(
             f"signingTime {signed_at} is 1 day, 0:00:01 from the server's clock (tolerance 1440 min)"
         )
     finally:
-        app.extensions["gateway"].store.engine.dispose()
+        app.extensions["gateway"].get().store.engine.dispose()

@@ -28,7 +28,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from gateway.app import create_app
-from gateway.cli import cli
+from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from scep.asn1 import (
     Digest,
@@ -39,7 +39,6 @@ from scep.asn1 import (
     encode_signed_attributes,
     printable_string,
 )
-from scep.builder import SignerKey, SignerMaterial, sign_message
 from scep.client_messages import (
     CertRepReply,
     build_pki_request,
@@ -50,6 +49,7 @@ from scep.client_messages import (
     transaction_id_for,
 )
 from scep.envelope import ContentCipher, seal_envelope
+from shared_ca.cms import CmsSigner, SigningKey, build_signed_data
 from shared_ca.storage.enrollment import EnrollmentStore
 from tests.support import ec_key, rsa_key
 
@@ -103,7 +103,7 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
 
 
 def store_of(app: Flask) -> EnrollmentStore:
-    store: EnrollmentStore = app.extensions["gateway"].store
+    store: EnrollmentStore = app.extensions["gateway"].get().store
     return store
 
 
@@ -132,7 +132,7 @@ class Sent:
     """A pkiMessage we built, with what is needed to read the answer."""
 
     der: bytes
-    key: SignerKey
+    key: SigningKey
     signer: x509.Certificate
     transaction_id: str
     nonce: bytes
@@ -156,7 +156,7 @@ def request(
     ra: Ra,
     content: bytes,
     *,
-    key: SignerKey | None = None,
+    key: SigningKey | None = None,
     signer: x509.Certificate | None = None,
     message_type: MessageType = MessageType.PKCSReq,
     digest: Digest = Digest.SHA256,
@@ -236,13 +236,13 @@ def failure(client: FlaskClient, ra: Ra, sent: Sent, path: str = "/scep") -> Cer
 
 
 def certs_for(app: Flask, cn: str) -> list[Any]:
-    gw = app.extensions["gateway"]
+    gw = app.extensions["gateway"].get()
     records = gw.store.list_certificates(now=dt.datetime.now(dt.UTC), issuer_id=gw.authority.issuer.id)
     return [r for r in records if r.subject == f"CN={cn}"]
 
 
 def run_cli(runner: CliRunner, data_dir: Path, *args: str) -> str:
-    result = runner.invoke(cli, [*args, "--data-dir", str(data_dir)], catch_exceptions=False)
+    result = runner.invoke(main, [*args, "--data-dir", str(data_dir)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -269,7 +269,7 @@ def test_get_ca_caps_and_ca_cert_on_every_alias(client: FlaskClient, app: Flask,
     assert caps.status_code == 200
     assert caps.mimetype == "text/plain"
     assert caps.get_data(as_text=True).splitlines() == DEFAULT_CAPS
-    gw = app.extensions["gateway"]
+    gw = app.extensions["gateway"].get()
     chain = get_ca(client, path)
     assert chain.ra == gw.ra_certificate
     assert chain.ca == gw.authority.certificate
@@ -420,7 +420,7 @@ def test_lockout_after_the_threshold_even_with_the_right_challenge(client: Flask
 
 
 def test_one_time_challenge_works_once(client: FlaskClient, runner: CliRunner, data_dir: Path) -> None:
-    secret = run_cli(runner, data_dir, "challenge", "new", "--device", "dev-otp").strip()
+    secret = run_cli(runner, data_dir, "challenge", "add", "--device", "dev-otp").strip()
     assert secret and secret != CHALLENGE
     ra = get_ca(client)
     first = enrollment(ra, "dev-otp", challenge=secret)
@@ -544,7 +544,7 @@ def _poll(ra: Ra, sent: Sent, cn: str) -> Sent:
 
 
 def _pending_ids(runner: CliRunner, data_dir: Path) -> dict[str, int]:
-    rows = json.loads(run_cli(runner, data_dir, "requests", "list", "--format", "json"))
+    rows = json.loads(run_cli(runner, data_dir, "request", "list", "--format", "json"))
     return {row["subject"]: int(row["id"]) for row in rows}
 
 
@@ -555,17 +555,17 @@ def test_manual_approval_through_certpoll(client: FlaskClient, app: Flask, runne
     assert pending.status is PkiStatus.PENDING
     other = enrollment(ra, "will-be-rejected", key=device_key(1), transaction_id="manual-2")
     assert reply_of(post(client, other.der, "/scep/manual"), ra, other).status is PkiStatus.PENDING
-    table = run_cli(runner, data_dir, "requests", "list")
+    table = run_cli(runner, data_dir, "request", "list")
     assert "CN=needs-approval" in table and "CN=will-be-rejected" in table
     ids = _pending_ids(runner, data_dir)
 
     poll = _poll(ra, sent, "needs-approval")
     assert reply_of(post(client, poll.der, "/scep/manual"), ra, poll).status is PkiStatus.PENDING
-    run_cli(runner, data_dir, "requests", "approve", str(ids["CN=needs-approval"]))
+    run_cli(runner, data_dir, "request", "approve", str(ids["CN=needs-approval"]))
     poll = _poll(ra, sent, "needs-approval")
     assert enroll(client, ra, poll, "/scep/manual").subject == name("needs-approval")
 
-    run_cli(runner, data_dir, "requests", "reject", str(ids["CN=will-be-rejected"]), "--reason", "not on the list")
+    run_cli(runner, data_dir, "request", "reject", str(ids["CN=will-be-rejected"]), "--reason", "not on the list")
     poll = _poll(ra, other, "will-be-rejected")
     rejected = failure(client, ra, poll, "/scep/manual")
     assert rejected.fail_info is FailInfo.BAD_REQUEST
@@ -679,7 +679,7 @@ def _raw_signed(
     ctx: Ctx,
     entries: list[dict[str, Any]],
     envelope: bytes | None,
-    key: SignerKey | None = None,
+    key: SigningKey | None = None,
     digest: Digest = Digest.SHA256,
 ) -> Probe:
     """A SignedData over hand-written signed attributes."""
@@ -687,8 +687,8 @@ def _raw_signed(
     signer = self_signed_signer(key, name("hostile"))
     base: list[dict[str, Any]] = [{"type": "content_type", "values": ["data"]}]
     base.append({"type": "message_digest", "values": [digest.compute(envelope or b"")]})
-    der = sign_message(
-        SignerMaterial.create(key, signer),
+    der = build_signed_data(
+        CmsSigner.create(key, signer),
         digest=digest,
         signed_attributes_der=ScepAttributes(base + entries).dump(),
         content=envelope,
@@ -982,4 +982,4 @@ def test_signing_time_must_be_close_to_the_server_clock(
             assert reply.fail_info_text == "the message's signingTime is too far from the server's time"
         assert len(certs_for(app, "timed")) == (1 if issued else 0)
     finally:
-        app.extensions["gateway"].store.engine.dispose()
+        app.extensions["gateway"].get().store.engine.dispose()

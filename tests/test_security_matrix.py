@@ -558,11 +558,12 @@ def test_est_user_for_tls_server_is_refused_by_the_cli(world: World) -> None:
 
 
 def scep_renew(world: World, url_path: str, out: Path) -> tuple[int, str, dict[str, tuple[str, str]]]:
-    """`gateway scep renew --url http://HOST/<url_path> --key dev.key --cert dev.pem`: (exit status, stderr, what
+    """`gateway client scep renew --url http://HOST/<url_path> --key dev.key --cert dev.pem`: (exit status, stderr, what
     it issued) for the SCEP-issued CN=scep-dev."""
     held = world.held("scep_device")
     before = ledger(world.store)
     done = gateway_command(
+        "client",
         "scep",
         "renew",
         "--url",

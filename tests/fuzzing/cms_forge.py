@@ -11,7 +11,8 @@ import random
 
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from scep.asn1 import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
+from shared_ca import cms
+from shared_ca.cms import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
 from tests.fuzzing import forge
 
 DIGEST_OIDS = forge.HASH_OIDS
@@ -35,7 +36,7 @@ def signature(rng: random.Random, key: forge.SigningKey, data: bytes, digest: st
     <digest>WithRSAEncryption (scepclient) or as RSASSA-PSS; other keys as forge signs them."""
     if not isinstance(key, rsa.RSAPrivateKey):
         return forge.signature(rng, data, key, digest)
-    hash_algorithm = forge.HASHES[digest]()
+    hash_algorithm = cms.DIGESTS[digest]()
     form = rng.randrange(8)
     if form == 0 and digest != "md5" and key.key_size >= 2048:
         pss = padding.PSS(padding.MGF1(hash_algorithm), hash_algorithm.digest_size)

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from scep.asn1 import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
 from scep.envelope import ContentCipher, KeyTransport, seal_envelope
+from shared_ca.cms import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
 from tests.fuzzing import cms_forge, der_tree, forge
 from tests.fuzzing.gateway_env import CHALLENGE, FuzzCase
 from tests.fuzzing.scep_target import sign_pki_message, signed_attributes

@@ -17,7 +17,7 @@ import random
 
 from cryptography import x509
 
-from scep.asn1 import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
+from shared_ca.cms import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
 from tests.fuzzing import cms_forge, der_tree, forge
 from tests.fuzzing.gateway_env import BOUND_USER, EST_PASSWORD, EST_USER, LABELS, FuzzCase, FuzzGateway, Issued
 from tests.fuzzing.mutate import base64_forms, mutate_bytes

@@ -18,21 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from scep.asn1 import der_oid, der_sequence, der_tlv
+from shared_ca.cms import DIGESTS, der_oid, der_sequence, der_tlv
 from tests.fuzzing import der_tree
 from tests.fuzzing.der_tree import Node
 from tests.fuzzing.mutate import INTERESTING_TEXTS, interesting_integer, interesting_text
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 SIGNING_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
-HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "md5": hashes.MD5,
-    "sha1": hashes.SHA1,
-    "sha224": hashes.SHA224,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
 RSA_SIGNATURE_OIDS = {
     "md5": "1.2.840.113549.1.1.4",
     "sha1": "1.2.840.113549.1.1.5",
@@ -88,10 +80,10 @@ def signature(rng: random.Random, data: bytes, key: SigningKey, digest: str) -> 
     if isinstance(key, ec.EllipticCurvePrivateKey):
         digest = digest if digest in _ECDSA_SIG else "sha256"
         return der_sequence(der_oid(_ECDSA_SIG[digest])), key.sign(
-            data, ec.ECDSA(HASHES[digest](), deterministic_signing=True)
+            data, ec.ECDSA(DIGESTS[digest](), deterministic_signing=True)
         )
     if rng.random() < 0.1 and digest != "md5" and key.key_size >= 2048:  # RSASSA-PSS, explicit parameters
-        algorithm = HASHES[digest]()
+        algorithm = DIGESTS[digest]()
         hash_id = der_sequence(der_oid(HASH_OIDS[digest]), _NULL)
         params = der_sequence(
             der_tlv(0xA0, hash_id),
@@ -101,7 +93,7 @@ def signature(rng: random.Random, data: bytes, key: SigningKey, digest: str) -> 
         pss = padding.PSS(padding.MGF1(algorithm), algorithm.digest_size)
         return der_sequence(der_oid("1.2.840.113549.1.1.10"), params), key.sign(data, pss, algorithm)
     return der_sequence(der_oid(RSA_SIGNATURE_OIDS[digest]), _NULL), key.sign(
-        data, padding.PKCS1v15(), HASHES[digest]()
+        data, padding.PKCS1v15(), DIGESTS[digest]()
     )
 
 

@@ -186,7 +186,7 @@ class FuzzGateway:
     @property
     def gateway(self) -> Gateway:
         """The app's Gateway (store, authority, RA)."""
-        found: Gateway = self.app.extensions["gateway"]
+        found: Gateway = self.app.extensions["gateway"].get()
         return found
 
     def _issue(self, cn: str, protocol: str) -> Issued:

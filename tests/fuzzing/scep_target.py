@@ -29,9 +29,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-from scep.asn1 import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
 from scep.envelope import ContentCipher, KeyTransport, seal_envelope
 from scep.message import parse_pki_message
+from shared_ca.cms import der_integer, der_octet_string, der_oid, der_sequence, der_tlv
 from tests.fuzzing import cms_forge, der_tree, forge
 from tests.fuzzing.gateway_env import CHALLENGE, VECTORS, FuzzCase, FuzzGateway
 from tests.fuzzing.mutate import INTERESTING_TEXTS, base64_forms, mutate_bytes, query_value

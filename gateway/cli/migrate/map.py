@@ -1,8 +1,7 @@
-"""`gateway migrate map` and `gateway migrate sunset`: give legacy devices an EST credential, and
-close SCEP for a device group from a date on (DESIGN.md "Migration model").
+"""`gateway migrate map`: give legacy devices an EST credential (DESIGN.md "Migration model").
 
-Both need the database and the configuration only, never the CA's keys. The logic lives in
-migration_tools.mapping; these commands parse options, call it and print a summary. Bootstrap
+Needs the database and the configuration only, never the CA's keys. The logic lives in
+migration_tools.mapping; this command parses options, calls it and prints a summary. Bootstrap
 passwords go to the --out file alone, never to the terminal.
 """
 
@@ -16,9 +15,9 @@ from typing import Any
 
 import click
 
-from gateway.cli_support import actor, as_ca_error, config_options, load_cli_config, one_line
+from gateway.cli.output import render, render_mapping
+from gateway.cli.support import actor, as_ca_error, check_group, config_options, load_cli_config, one_line, refuse
 from gateway.config import GatewayConfig
-from gateway.output import render, render_mapping
 from migration_tools.mapping import (
     DEFAULT_EXPIRY,
     ExportFile,
@@ -26,24 +25,17 @@ from migration_tools.mapping import (
     MapSummary,
     UnreadableExport,
     export_format,
-    group_exposure,
     map_devices,
     read_export,
     unused_credentials,
 )
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.device_contacts import MAX_GROUP
 from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.est_users import EstUserStore
 from shared_ca.storage.schema import MAPPING_MODES
 
 MAX_EXPIRES_DAYS = 365
-
-
-def _refuse(option: str, message: str) -> click.ClickException:
-    """A one-line refusal naming the option (exit status 1)."""
-    return click.ClickException(f"{option}: {message}")
 
 
 @contextlib.contextmanager
@@ -55,14 +47,6 @@ def _stores(config: GatewayConfig) -> Iterator[tuple[DeviceStore, EstUserStore]]
         yield DeviceStore(engine), EstUserStore(engine)
     finally:
         engine.dispose()
-
-
-def _check_group(group: str | None) -> None:
-    if group is not None and not 1 <= len(group) <= MAX_GROUP:
-        raise _refuse("--group", f"a group name has 1-{MAX_GROUP} characters")
-
-
-# -- map --------------------------------------------------------------------------------------------
 
 
 @click.command("map")
@@ -111,21 +95,21 @@ def migrate_map(
     Devices mapped before are left alone unless --rotate. Bootstrap passwords appear once, in the
     --out file, and are stored only as hashes.
     """
-    _check_group(group)
+    check_group(group)
     if out is None and mode == "bootstrap":
-        raise _refuse("--out", "bootstrap passwords are written only to a file: give --out FILE.csv or FILE.json")
+        raise refuse("--out", "bootstrap passwords are written only to a file: give --out FILE.csv or FILE.json")
     if out is not None:
         try:
             export_format(out)
         except ValueError as exc:
-            raise _refuse("--out", str(exc)) from None
+            raise refuse("--out", str(exc)) from None
         if not force and (out.exists() or out.is_symlink()):
-            raise _refuse("--out", f"{out} exists; give --force to replace it")
+            raise refuse("--out", f"{out} exists; give --force to replace it")
     config = load_cli_config(data_dir, config_file)
     if label is not None and label not in config.profiles:
-        raise _refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
+        raise refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
     if label is not None and not config.profiles[label].served_over("est"):
-        raise _refuse("--label", f"profile {label!r} is not served over EST")
+        raise refuse("--label", f"profile {label!r} is not served over EST")
     request = MapRequest(
         mode=mode,
         est_url=config.est_url,
@@ -137,7 +121,7 @@ def migrate_map(
     )
     with _stores(config) as (devices, users):
         if group is not None and devices.group(group) is None and not devices.devices(group=group, limit=1):
-            raise _refuse("--group", f"no device is in group {group!r}")
+            raise refuse("--group", f"no device is in group {group!r}")
         if out is not None and force and (out.exists() or out.is_symlink()):
             _refuse_to_drop_credentials(out, users)
         _run_map(devices, users, request, out, force)
@@ -149,10 +133,10 @@ def _refuse_to_drop_credentials(out: Path, users: EstUserStore) -> None:
     try:
         unused = unused_credentials(read_export(out), users, utcnow())
     except UnreadableExport as exc:
-        raise _refuse("--force", f"{out} is not an export file this command can read: {exc}; move it away") from None
+        raise refuse("--force", f"{out} is not an export file this command can read: {exc}; move it away") from None
     if unused:
         first = unused[0].device_id
-        raise _refuse(
+        raise refuse(
             "--force",
             f"{out} holds {len(unused)} bootstrap credentials not used yet (the first for device {first!r}); "
             "their passwords exist nowhere else: push the file to the devices or move it away first",
@@ -180,9 +164,9 @@ def _export(out: Path | None, force: bool) -> Iterator[ExportFile | None]:
     try:
         export = ExportFile(out, replace=force)
     except FileExistsError:
-        raise _refuse("--out", f"{out} exists; give --force to replace it") from None
+        raise refuse("--out", f"{out} exists; give --force to replace it") from None
     except OSError as exc:
-        raise _refuse("--out", f"cannot create {out}: {exc.strerror}") from None
+        raise refuse("--out", f"cannot create {out}: {exc.strerror}") from None
     with export:
         yield export
 
@@ -218,63 +202,3 @@ def _map_report(request: MapRequest, summary: MapSummary, out: Path | None, rows
         skipped = [{"device": s.device_id, "reason": s.reason} for s in summary.skipped]
         text += "\n" + render(skipped, ["device", "reason"], "table")
     return text
-
-
-# -- sunset -----------------------------------------------------------------------------------------
-
-
-def _parse_sunset(text: str) -> dt.datetime:
-    """YYYY-MM-DD (midnight UTC) or an ISO 8601 date and time (UTC unless it names an offset)."""
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise _refuse("--date", f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 date and time") from None
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-
-
-@click.command("sunset")
-@config_options
-@click.option("--group", required=True, help="The device group.")
-@click.option("--date", "date_text", help="SCEP is refused from then on: YYYY-MM-DD (midnight UTC) or ISO 8601.")
-@click.option("--clear", is_flag=True, help="Remove the group's sunset: SCEP stays open.")
-@click.option(
-    "--allow-downgrade/--no-allow-downgrade",
-    default=None,
-    help="Whether devices that moved to EST may enroll over SCEP again [default: unchanged; new group: no].",
-)
-def migrate_sunset(
-    data_dir: Path,
-    config_file: Path | None,
-    group: str,
-    date_text: str | None,
-    clear: bool,
-    allow_downgrade: bool | None,
-) -> None:
-    """Set (or --clear) the date from which a group's devices are refused SCEP and told to use EST."""
-    _check_group(group)
-    if (date_text is not None) == clear:
-        raise _refuse("--date/--clear", "give exactly one of them")
-    sunset_at = _parse_sunset(date_text) if date_text is not None else None
-    config = load_cli_config(data_dir, config_file)
-    now = utcnow()
-    with _stores(config) as (devices, _users):
-        existing = devices.group(group)
-        states = group_exposure(devices, group)
-        if existing is None and not states:
-            raise _refuse("--group", f"no device is in group {group!r}")
-        downgrade = allow_downgrade if allow_downgrade is not None else bool(existing and existing.allow_downgrade)
-        policy = devices.set_group_policy(group, sunset_at=sunset_at, allow_downgrade=downgrade, actor=actor(), now=now)
-    facts: dict[str, Any] = {"group": policy.name}
-    if policy.sunset_at is None:
-        facts["sunset"] = "none: SCEP stays open"
-    else:
-        when = "in effect now" if policy.sunset_at <= now else f"in {(policy.sunset_at - now).days} days"
-        facts["sunset"] = f"{policy.sunset_at.isoformat()} ({when})"
-        waiting = states["legacy"] + states["mapped"]
-        facts["cut off"] = f"{waiting} devices not on EST yet (legacy {states['legacy']}, mapped {states['mapped']})"
-        facts["told"] = f"enroll over EST at {config.est_url}"
-    on_est = f"{states['migrated']} migrated and {states['native']} native devices"
-    facts["downgrade"] = (
-        f"allowed: {on_est} may still use SCEP" if policy.allow_downgrade else f"refused: {on_est} may not use SCEP"
-    )
-    click.echo(render_mapping(facts, "table"), nl=False)

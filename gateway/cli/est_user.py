@@ -1,4 +1,4 @@
-"""`gateway est-user`: the HTTP Basic users of EST enrollment (add, list, disable).
+"""`gateway est-user add|list|disable`: the HTTP Basic users of EST enrollment.
 
 User management needs the database and the profile names only, never the CA's keys.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from gateway.cli_support import actor, config_options, load_cli_config
+from gateway.cli.output import format_option, render
+from gateway.cli.support import actor, config_options, load_cli_config, parse_time, refuse
 from gateway.config import GatewayConfig
-from gateway.output import FORMATS, render
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.est_users import (
@@ -43,18 +43,13 @@ def _est_users(config: GatewayConfig) -> Iterator[EstUserStore]:
         engine.dispose()
 
 
-def _refuse(option: str, message: str) -> click.ClickException:
-    """A one-line refusal naming the option (exit status 1)."""
-    return click.ClickException(f"{option}: {message}")
-
-
 def _read_password() -> str:
     line = sys.stdin.readline()
     password = line.removesuffix("\n").removesuffix("\r")
     if not password:
-        raise _refuse("--password-stdin", "no password on standard input (an empty line)")
+        raise refuse("--password-stdin", "no password on standard input (an empty line)")
     if len(password) < MIN_PASSWORD:
-        raise _refuse("--password-stdin", f"the password must have at least {MIN_PASSWORD} characters")
+        raise refuse("--password-stdin", f"the password must have at least {MIN_PASSWORD} characters")
     return password
 
 
@@ -63,22 +58,8 @@ def _parse_uses(text: str | None) -> int | None:
         return None
     value = text.strip()
     if not value.isdigit() or not 1 <= int(value) <= MAX_USES:
-        raise _refuse("--uses", f"{text!r} is not a number of uses between 1 and {MAX_USES}")
+        raise refuse("--uses", f"{text!r} is not a number of uses between 1 and {MAX_USES}")
     return int(value)
-
-
-def _parse_expiry(text: str | None, now: dt.datetime) -> dt.datetime | None:
-    """YYYY-MM-DD (midnight UTC) or an ISO 8601 date and time (UTC unless it names an offset)."""
-    if text is None:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise _refuse("--expires", f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 date and time") from None
-    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-    if when <= now:
-        raise _refuse("--expires", f"{when.isoformat()} is not in the future")
-    return when
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -103,7 +84,7 @@ def _row(user: EstUserRecord, now: dt.datetime) -> dict[str, Any]:
 
 @click.group("est-user")
 def est_user() -> None:
-    """HTTP Basic users of EST enrollment (/.well-known/est/...)."""
+    """EST enrollment users (HTTP Basic): add, list, disable."""
 
 
 @est_user.command("add")
@@ -135,20 +116,20 @@ def est_user_add(
     try:
         check_est_user_name(name)
     except ValueError as exc:
-        raise _refuse("NAME", str(exc)) from None
+        raise refuse("NAME", str(exc)) from None
     if password_stdin == generate:
-        raise _refuse("--password-stdin/--generate", "give exactly one of them")
+        raise refuse("--password-stdin/--generate", "give exactly one of them")
     now = utcnow()
     uses_left = _parse_uses(uses)
-    expires_at = _parse_expiry(expires, now)
+    expires_at = parse_time(expires, "--expires", now) if expires is not None else None
     if device is not None and not 1 <= len(device) <= 255:
-        raise _refuse("--device", "a device identity has 1-255 characters")
+        raise refuse("--device", "a device identity has 1-255 characters")
     config = load_cli_config(data_dir, config_file)
     for label in labels:
         if label not in config.profiles:
-            raise _refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
+            raise refuse("--label", f"no profile {label!r} (have: {', '.join(sorted(config.profiles))})")
         if not config.profiles[label].served_over("est"):
-            raise _refuse(
+            raise refuse(
                 "--label",
                 f"profile {label!r} is not served over EST (its protocols: {list(config.profiles[label].protocols)})",
             )
@@ -175,7 +156,7 @@ def est_user_add(
 
 @est_user.command("list")
 @config_options
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@format_option
 def est_user_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
     """List the users (never their secrets or hashes), oldest first."""
     with _est_users(load_cli_config(data_dir, config_file)) as store:

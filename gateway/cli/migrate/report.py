@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from gateway.cli_support import config_options, echo_to, load_cli_config
+from gateway.cli.support import config_options, echo_to, load_cli_config
 from migration_tools.render import CSV_DEFAULT_SECTION, FORMATS, SECTIONS, render
 from migration_tools.report import DEFAULT_LIST_LIMIT, DEFAULT_TREND_DAYS, MAX_TREND_DAYS, ReportSettings, build_report
 from shared_ca.authority import utcnow
@@ -48,7 +48,7 @@ from shared_ca.storage.migration_report import MigrationReportStore
     show_default=True,
     help="Days the trend covers, up to today.",
 )
-def report(
+def migrate_report(
     data_dir: Path,
     config_file: Path | None,
     group: str | None,

@@ -11,7 +11,6 @@ database, never the CA's keys.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +18,13 @@ from typing import Any
 
 import click
 
-from gateway.cli_support import actor, config_options, load_cli_config
-from gateway.output import FORMATS, render, render_mapping
+from gateway.cli.output import format_option, render, render_mapping
+from gateway.cli.support import actor, check_group, config_options, load_cli_config, parse_time, refuse
 from migration_tools.device_export import import_device_export, read_device_export
 from migration_tools.importer import ImportOptions, ImportSummary, Progress, import_inventory
 from migration_tools.inventory import KINDS, InventoryError, Problem, open_inventory
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.device_contacts import MAX_GROUP
 from shared_ca.storage.inventory import InventoryStore
 
 TRUST_HINT = (
@@ -35,28 +33,9 @@ TRUST_HINT = (
 )
 
 
-def _refuse(argument: str, message: str) -> click.ClickException:
-    """A one-line refusal naming the argument (exit status 1)."""
-    return click.ClickException(f"{argument}: {message}")
-
-
-def _parse_trust_until(text: str | None, now: dt.datetime) -> dt.datetime | None:
-    """YYYY-MM-DD (midnight UTC) or an ISO 8601 date and time (UTC unless it names an offset)."""
-    if text is None:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise _refuse("--trust-until", f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 date and time") from None
-    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-    if when <= now:
-        raise _refuse("--trust-until", f"{when.isoformat()} is not in the future")
-    return when
-
-
 def _check_arguments(kind: str, path: Path, **options: object) -> None:
     if not path.exists():
-        raise _refuse("PATH", f"{path}: no such file or directory")
+        raise refuse("PATH", f"{path}: no such file or directory")
     allowed = {"openssl-ca": {"ca_cert", "certs_dir", "trust_until"}, "csv": set()}.get(kind, {"trust_until"})
     for name, value in options.items():
         if value is not None and name not in allowed:
@@ -122,8 +101,8 @@ def _result(summary: ImportSummary) -> dict[str, Any]:
     help="openssl-ca: the issued certificates [default: PATH/newcerts].",
 )
 @click.option("--dry-run", is_flag=True, help="Read and match everything, write nothing.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def import_command(
+@format_option
+def migrate_import(
     data_dir: Path,
     config_file: Path | None,
     kind: str,
@@ -147,15 +126,14 @@ def import_command(
     """
     now = utcnow()
     _check_arguments(kind, path, trust_until=trust_until, ca_cert=ca_cert, certs_dir=certs_dir)
-    if group is not None and not 1 <= len(group) <= MAX_GROUP:
-        raise _refuse("--group", f"a group name has 1-{MAX_GROUP} characters")
+    check_group(group)
     config = load_cli_config(data_dir, config_file)
     options = ImportOptions(
         kind=kind,
         identity=config.identity_rule,
         actor=actor(),
         group=group,
-        trust_until=_parse_trust_until(trust_until, now),
+        trust_until=parse_time(trust_until, "--trust-until", now) if trust_until is not None else None,
         dry_run=dry_run,
     )
     try:

@@ -1,29 +1,33 @@
-"""`gateway est …`: the project's own EST client (est/client.py), to test an EST server (this one or another).
+"""`gateway client est cacerts|csrattrs|enroll|reenroll|serverkeygen`: the project's own EST client
+(est/client.py), to test an EST server (this one or another).
 
 Thin commands: parse the options, call EstClient, write PEM files, print one summary line.
-Every EstClientError becomes one line on stderr and exit status 1.
+Every EstClientError becomes one line on stderr and exit status 1 (gateway.cli.support.GatewayGroup).
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import click
 from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from est.client import EnrollResult, EstClient, EstClientError, EstPendingError
 from est.client_messages import CsrAttrs
-from gateway.cli_support import F, echo_to
-from shared_ca.ca_material import parse_subject
+from gateway.cli.client.est_options import (
+    EstTarget,
+    est_options,
+    name_options,
+    request_options,
+    subject_alt_names,
+    subject_name,
+)
+from gateway.cli.support import FILE, echo_to
 from shared_ca.keys import (
     KeyType,
     PrivateKey,
@@ -43,138 +47,14 @@ _OID_NAMES = {  # what csrattrs commonly lists and cryptography does not name
     "1.2.840.113549.1.9.14": "extensionRequest",
     "1.3.6.1.1.1.1.22": "macAddress",
 }
-_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
-class EstClientGroup(click.Group):
-    """Turns an EstClientError into one line on stderr and exit status 1, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EstClientError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(cls=EstClientGroup)
+@click.group("est")
 def est() -> None:
-    """An EST client (RFC 7030), to test an EST server (this one or another)."""
-
-
-@dataclass(frozen=True)
-class EstTarget:
-    """The server and the credentials every `gateway est` command takes."""
-
-    url: str
-    cacert: Path | None
-    label: str | None
-    user: str | None
-    password_stdin: bool
-    cert: Path | None
-    key: Path | None
-    timeout: float
-
-    def client(self, wait: float = 0.0) -> EstClient:
-        if self.password_stdin != (self.user is not None):
-            raise click.UsageError("--user and --password-stdin go together")
-        if (self.cert is None) != (self.key is None):
-            raise click.UsageError("--cert and --key go together")
-        password = None
-        if self.password_stdin:
-            password = sys.stdin.readline().rstrip("\r\n")
-            if not password:
-                raise click.UsageError("--password-stdin: no password on standard input")
-        return EstClient(
-            self.url,
-            self.cacert,
-            label=self.label,
-            username=self.user,
-            password=password,
-            cert_file=self.cert,
-            key_file=self.key,
-            timeout=self.timeout,
-            wait=wait,
-        )
-
-
-def est_options(func: F) -> F:
-    """--url, --cacert, --label, --user/--password-stdin, --cert/--key and --timeout, as one EstTarget."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        names = ("url", "cacert", "label", "user", "password_stdin", "cert", "key", "timeout")
-        target = EstTarget(*(kwargs.pop(name) for name in names))
-        return func(*args, target=target, **kwargs)
-
-    options = [
-        click.option("--url", required=True, help="EST server: https://HOST:PORT (or the full …/.well-known/est)."),
-        click.option("--cacert", type=_FILE, help="Trust this CA (PEM) for the server [default: the system store]."),
-        click.option("--label", help="CA label: /.well-known/est/LABEL/ (a profile of this gateway)."),
-        click.option("--user", help="HTTP Basic username."),
-        click.option("--password-stdin", is_flag=True, help="Read the Basic password from the first line of stdin."),
-        click.option("--cert", type=_FILE, help="TLS client certificate (PEM)."),
-        click.option("--key", type=_FILE, help="Private key of --cert (PEM, unencrypted)."),
-        click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Seconds."),
-    ]
-    decorated: Any = wrapper
-    for option in reversed(options):
-        decorated = option(decorated)
-    return cast(F, decorated)
-
-
-def request_options(func: F) -> F:
-    """--wait and --tls-unique, shared by the commands that send a CSR."""
-    func = click.option(
-        "--tls-unique",
-        type=click.Choice(["auto", "yes", "no"]),
-        default="auto",
-        show_default=True,
-        help="Put the TLS channel binding into the CSR (RFC 7030 §3.5); auto: when /csrattrs asks for it.",
-    )(func)
-    return click.option(
-        "--wait",
-        type=click.FloatRange(0),
-        default=0.0,
-        show_default=True,
-        help="Seconds to keep retrying while the request awaits approval (HTTP 202).",
-    )(func)
-
-
-def name_options(func: F) -> F:
-    """--subject/--cn and the SANs of a new CSR."""
-    for option in reversed(
-        [
-            click.option("--subject", help="Subject (RFC 4514), such as 'CN=device1,O=Example'."),
-            click.option("--cn", help="Subject common name (instead of --subject)."),
-            click.option("--dns", multiple=True, help="DNS subjectAltName (repeatable)."),
-            click.option("--ip", multiple=True, help="IP address subjectAltName (repeatable)."),
-        ]
-    ):
-        func = option(func)
-    return func
+    """EST client (RFC 7030), to test an EST server."""
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def _subject(subject: str | None, cn: str | None) -> x509.Name:
-    if (subject is None) == (cn is None):
-        raise click.UsageError("give --subject or --cn (one of them)")
-    if cn is not None:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    try:
-        return parse_subject(subject or "")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--subject/--cn") from None
-
-
-def _sans(dns: tuple[str, ...], ips: tuple[str, ...]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
-    try:
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--ip") from None
-    return names
 
 
 def _key_path(key_out: Path | None, out: Path | None) -> Path:
@@ -252,7 +132,7 @@ def _pending(exc: EstPendingError, key_path: Path | None) -> click.ClickExceptio
 
 @est.command("cacerts")
 @est_options
-@click.option("--out", type=_FILE, help="Write the CA certificates here (PEM; default stdout).")
+@click.option("--out", type=FILE, help="Write the CA certificates here (PEM; default stdout).")
 def est_cacerts(target: EstTarget, out: Path | None) -> None:
     """Fetch the CA certificates (/cacerts) as PEM."""
     with target.client() as client:
@@ -316,10 +196,10 @@ def _attrs_json(attrs: CsrAttrs) -> dict[str, Any]:
 @name_options
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True, help="Type of a new key.")
 @click.option(
-    "--key-out", type=_FILE, help="The key file: re-used when it exists, else created (0600) [default: OUT.key]."
+    "--key-out", type=FILE, help="The key file: re-used when it exists, else created (0600) [default: OUT.key]."
 )
-@click.option("--csr", "csr_file", type=_FILE, help="Send this ready CSR (PEM or DER) instead of making key and CSR.")
-@click.option("--out", type=_FILE, help="Write the certificate here (PEM; default stdout).")
+@click.option("--csr", "csr_file", type=FILE, help="Send this ready CSR (PEM or DER) instead of making key and CSR.")
+@click.option("--out", type=FILE, help="Write the certificate here (PEM; default stdout).")
 @request_options
 def est_enroll(
     target: EstTarget,
@@ -345,7 +225,7 @@ def est_enroll(
                 raise click.BadParameter(f"cannot read {csr_file}: {exc.strerror}", param_hint="--csr") from None
             _issued(client.simpleenroll(data), out, None)
             return
-        name, sans = _subject(subject, cn), _sans(dns, ip)
+        name, sans = subject_name(subject, cn), subject_alt_names(dns, ip)
         key_path = _key_path(key_out, out)
         key, created = _load_or_create_key(key_path, key_type)
         result = _enroll_key(client, key, name, sans, _KeyRequest(key_path, created, tls_unique, reenroll=False))
@@ -356,8 +236,8 @@ def est_enroll(
 @est_options
 @click.option("--rekey", is_flag=True, help="Certify a new key (written to --key-out) instead of the current one.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True, help="With --rekey.")
-@click.option("--key-out", type=_FILE, help="With --rekey: the new key (re-used when it exists) [default: OUT.key].")
-@click.option("--out", type=_FILE, help="Write the new certificate here (PEM; default stdout).")
+@click.option("--key-out", type=FILE, help="With --rekey: the new key (re-used when it exists) [default: OUT.key].")
+@click.option("--out", type=FILE, help="Write the new certificate here (PEM; default stdout).")
 @request_options
 def est_reenroll(
     target: EstTarget, rekey: bool, key_type: str, key_out: Path | None, out: Path | None, wait: float, tls_unique: str
@@ -392,8 +272,8 @@ def est_reenroll(
 @click.option(
     "--key-type", type=click.Choice(KEY_TYPES), default="p256", show_default=True, help="Key type to ask for."
 )
-@click.option("--key-out", type=_FILE, help="Write the server's key here (0600; must not exist) [default: OUT.key].")
-@click.option("--out", type=_FILE, help="Write the certificate here (PEM; default stdout).")
+@click.option("--key-out", type=FILE, help="Write the server's key here (0600; must not exist) [default: OUT.key].")
+@click.option("--out", type=FILE, help="Write the certificate here (PEM; default stdout).")
 @request_options
 def est_serverkeygen(
     target: EstTarget,
@@ -408,7 +288,7 @@ def est_serverkeygen(
     tls_unique: str,
 ) -> None:
     """Have the server generate key and certificate (/serverkeygen); write both."""
-    name, sans = _subject(subject, cn), _sans(dns, ip)
+    name, sans = subject_name(subject, cn), subject_alt_names(dns, ip)
     key_path = _key_path(key_out, out)
     if key_path.exists():
         raise click.UsageError(f"{key_path} exists; remove it or choose another --key-out")

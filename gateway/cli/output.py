@@ -8,7 +8,16 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
+from gateway.cli.support import F
+
 FORMATS = ("table", "json", "csv")
+
+
+def format_option(func: F) -> F:
+    """--format table|json|csv, table by default."""
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)(func)
 
 
 def _text(value: Any) -> str:

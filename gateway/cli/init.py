@@ -1,0 +1,119 @@
+"""`gateway init`: create (or import) the CA, the RA and TLS certificates, the database and the config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from gateway.initdir import DEFAULT_CA_SUBJECT, InitOptions, initialise
+from gateway.runtime import PASSPHRASE_ENV, read_passphrase_file
+from shared_ca.ca_material import parse_subject
+from shared_ca.keys import KeyType
+
+
+@click.command("init")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="GATEWAY_DATA_DIR",
+    default=Path("data"),
+    show_default=True,
+    help="Directory to initialise (also GATEWAY_DATA_DIR).",
+)
+@click.option(
+    "--ca-key-type",
+    type=click.Choice(["rsa3072", "rsa2048", "p256", "p384"]),
+    default="rsa3072",
+    show_default=True,
+    help="Key type of a new CA.",
+)
+@click.option(
+    "--ca-subject",
+    default=DEFAULT_CA_SUBJECT,
+    show_default=True,
+    help="Subject of a new CA (RFC 4514).",
+)
+@click.option(
+    "--ca-days", type=click.IntRange(1, 36500), default=3650, show_default=True, help="Validity of a new CA in days."
+)
+@click.option(
+    "--import-ca-cert", type=click.Path(path_type=Path, dir_okay=False), help="Existing CA certificate (PEM)."
+)
+@click.option("--import-ca-key", type=click.Path(path_type=Path, dir_okay=False), help="Existing CA key (PEM).")
+@click.option("--import-pkcs12", type=click.Path(path_type=Path, dir_okay=False), help="Existing CA as PKCS#12.")
+@click.option(
+    "--import-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Passphrase of the imported key or PKCS#12 file.",
+)
+@click.option("--hostname", "hostnames", multiple=True, help="Extra name for the HTTPS certificate (repeatable).")
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Encrypt the keys with this passphrase (or set {PASSPHRASE_ENV}).",
+)
+@click.option("--scep-challenge", help="Static SCEP challenge of the default profile.")
+@click.option("--database-url", help="Database URL (default: SQLite in the data directory).")
+@click.option("--public-base-url", help="Base URL written into certificates (CRL, OCSP, CA issuers).")
+@click.option("--force", is_flag=True, help="Replace an existing CA; the old files are moved aside.")
+def init(
+    data_dir: Path,
+    ca_key_type: str,
+    ca_subject: str,
+    ca_days: int,
+    import_ca_cert: Path | None,
+    import_ca_key: Path | None,
+    import_pkcs12: Path | None,
+    import_passphrase_file: Path | None,
+    hostnames: tuple[str, ...],
+    passphrase_file: Path | None,
+    scep_challenge: str | None,
+    database_url: str | None,
+    public_base_url: str | None,
+    force: bool,
+) -> None:
+    """Set up a data directory: CA, keys, database, config file.
+
+    Creates the CA (or imports one), the RA and TLS certificates, the database and the config file.
+    """
+    try:
+        subject = parse_subject(ca_subject)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ca-subject") from None
+    if import_pkcs12 and (import_ca_cert or import_ca_key):
+        raise click.UsageError("--import-pkcs12 and --import-ca-cert/--import-ca-key exclude each other")
+    passphrase = None
+    if passphrase_file is not None:
+        passphrase = read_passphrase_file(passphrase_file)
+    elif os.environ.get(PASSPHRASE_ENV):
+        passphrase = os.environ[PASSPHRASE_ENV].encode("utf-8")
+    import_passphrase = read_passphrase_file(import_passphrase_file) if import_passphrase_file else None
+    result = initialise(
+        InitOptions(
+            data_dir=data_dir,
+            ca_key_type=KeyType(ca_key_type),
+            ca_subject=subject,
+            ca_days=ca_days,
+            import_ca_cert=import_ca_cert,
+            import_ca_key=import_ca_key,
+            import_pkcs12=import_pkcs12,
+            import_passphrase=import_passphrase,
+            hostnames=list(hostnames),
+            passphrase=passphrase,
+            passphrase_file=passphrase_file,
+            scep_challenge=scep_challenge,
+            database_url=database_url,
+            public_base_url=public_base_url,
+            force=force,
+        )
+    )
+    if result.replaced is not None:
+        click.echo(f"replaced the previous CA; its files are in {result.replaced}", err=True)
+    click.echo(f"initialised {result.data_dir}")
+    click.echo(f"CA         {result.ca_subject}")
+    click.echo(f"SHA-256    {result.ca_fingerprint}")
+    click.echo(f"expires    {result.ca_not_after:%Y-%m-%d}")
+    click.echo(f"config     {result.config_file}")
+    click.echo(f"trust this {result.ca_pem}")
