@@ -1,4 +1,4 @@
-"""The project's own EST client (RFC 7030, clarified by RFC 8951) over http.client: what `gateway est …` runs.
+"""The project's own EST client (RFC 7030, clarified by RFC 8951) over http.client: what `gateway client est …` runs.
 
 Written from the RFCs, not from our server, so it works against any conforming EST server. One
 EstClient keeps one TLS connection alive between requests (it is not thread-safe: one client per

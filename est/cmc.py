@@ -94,13 +94,14 @@ _KINDS = {CmcFailInfo.BAD_ALG: ErrorKind.BAD_ALGORITHM, CmcFailInfo.BAD_MESSAGE_
 
 class CmcFailure(CAError):
     """A readable request refused as a whole: answer `build_failure_response(signer, reply=...,
-    fail_info=..., text=...)` (CMCStatusInfoV2 failed), or HTTP 400. `text` is safe to send."""
+    fail_info=..., text=public_message)` (CMCStatusInfoV2 failed), or HTTP 400; `detail` is for the log."""
 
-    def __init__(self, fail_info: CmcFailInfo, text: str, reply: CmcReplyContext, *, detail: str | None = None) -> None:
-        super().__init__(text, detail=detail)
+    def __init__(
+        self, fail_info: CmcFailInfo, public_message: str, reply: CmcReplyContext, *, detail: str | None = None
+    ) -> None:
+        super().__init__(public_message, detail=detail)
         self.kind = _KINDS.get(fail_info, ErrorKind.BAD_INPUT)
         self.fail_info = fail_info
-        self.text = text
         self.reply = reply
 
 
@@ -108,15 +109,15 @@ class CmcSignatureError(CmcFailure):
     """The SignerInfo does not verify, its signed attributes are wrong, or its signer is neither a
     certificate in the message nor the key of a PKCS#10 request in it: badMessageCheck."""
 
-    def __init__(self, text: str, reply: CmcReplyContext, *, detail: str | None = None) -> None:
-        super().__init__(CmcFailInfo.BAD_MESSAGE_CHECK, text, reply, detail=detail)
+    def __init__(self, public_message: str, reply: CmcReplyContext, *, detail: str | None = None) -> None:
+        super().__init__(CmcFailInfo.BAD_MESSAGE_CHECK, public_message, reply, detail=detail)
 
 
 class CmcAlgorithmError(CmcFailure):
     """A digest or signature algorithm we refuse (MD5) or do not implement: badAlg."""
 
-    def __init__(self, text: str, reply: CmcReplyContext, *, detail: str | None = None) -> None:
-        super().__init__(CmcFailInfo.BAD_ALG, text, reply, detail=detail)
+    def __init__(self, public_message: str, reply: CmcReplyContext, *, detail: str | None = None) -> None:
+        super().__init__(CmcFailInfo.BAD_ALG, public_message, reply, detail=detail)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
+from shared_ca.cms import der_tlv
 from shared_ca.errors import InvalidRequest
 
 # Reply content types (RFC 7030 §4.1.3, §4.4.2, §4.5.2).
@@ -198,8 +199,8 @@ def encode_csr_attrs(oids: Sequence[str], attributes: Sequence[tuple[str, Sequen
                 raise ValueError(f"a value of attribute {oid} is not DER: {exc}") from exc
             if rest:
                 raise ValueError(f"a value of attribute {oid} is not one DER element")
-        items.append(_tlv(_SEQUENCE, _der_oid(oid) + _tlv(_SET, b"".join(sorted(values)))))
-    return _tlv(_SEQUENCE, b"".join(items))
+        items.append(der_tlv(_SEQUENCE, _der_oid(oid) + der_tlv(_SET, b"".join(sorted(values)))))
+    return der_tlv(_SEQUENCE, b"".join(items))
 
 
 def decode_csr_attrs(der: bytes) -> tuple[tuple[str, ...], tuple[CsrAttribute, ...]]:
@@ -248,14 +249,6 @@ def _decode_csr_attrs(der: bytes) -> tuple[tuple[str, ...], tuple[CsrAttribute, 
 # --- a minimal DER toolkit (single-byte tags; definite lengths) ----------------------------------
 
 
-def _tlv(tag: int, contents: bytes) -> bytes:
-    length = len(contents)
-    if length < 0x80:
-        return bytes((tag, length)) + contents
-    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets + contents
-
-
 def _read_tlv(data: bytes) -> tuple[int, bytes, bytes]:
     """(tag, contents, rest) of the element at the start of `data`; ValueError when it is not DER."""
     if len(data) < 2:
@@ -288,7 +281,7 @@ def _der_oid(dotted: str) -> bytes:
     if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40) or min(arcs) < 0:
         raise ValueError(f"not an OID: {dotted!r}")
     contents = b"".join(_base128(arc) for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]])
-    return _tlv(_OID, contents)
+    return der_tlv(_OID, contents)
 
 
 def _base128(value: int) -> bytes:

@@ -30,7 +30,6 @@ from gateway.dashboard_openapi import openapi_document
 from gateway.dashboard_page import CONTENT_SECURITY_POLICY, PAGE
 from gateway.middleware import CLIENT_CERT_DER, REQUEST_ID
 from gateway.runtime import Gateway
-from migration_tools.render import device_to_dict, report_to_dict
 from migration_tools.report import (
     DEFAULT_TREND_DAYS,
     MAX_TREND_DAYS,
@@ -39,6 +38,7 @@ from migration_tools.report import (
     build_report,
     device_page,
 )
+from migration_tools.report_json import device_to_dict, report_to_dict
 from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import PolicyDenied
 from shared_ca.storage.device_contacts import MAX_GROUP

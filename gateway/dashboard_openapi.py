@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from migration_tools.render import DEVICE_COLUMNS
 from migration_tools.report import DEFAULT_TREND_DAYS, MAX_TREND_DAYS
+from migration_tools.report_rows import DEVICE_COLUMNS
 from shared_ca.storage.schema import DEVICE_STATES
 
 OPENAPI_VERSION = "3.1.0"
@@ -265,7 +265,7 @@ def openapi_document() -> dict[str, Any]:
                 "adminToken": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "an admin token from `gateway admin-token new NAME`",
+                    "description": "an admin token from `gateway admin-token add NAME`",
                 },
                 "adminClientCertificate": {
                     "type": "mutualTLS",

@@ -40,7 +40,7 @@ SCRIPT = r"""
   const COLOURS = {legacy: "#c0392b", mapped: "#d68910", migrated: "#1e8449"};
   const SVG = "http://www.w3.org/2000/svg";
   const PAGE = 100;
-  const SIGN_IN = "Paste an admin token (gateway admin-token new NAME), or use an admin client certificate.";
+  const SIGN_IN = "Paste an admin token (gateway admin-token add NAME), or use an admin client certificate.";
   const $ = (id) => document.getElementById(id);
   let nextAfter = null;
   let loading = false;

@@ -306,7 +306,7 @@ PROFILE_HELP: dict[str, str] = {
     "protocols": "Protocols that may request this profile: scep, est. A profile that makes TLS server "
     "certificates (serverAuth, any or no EKU) has none unless set here; `gateway cert issue` ignores it",
     "scep_challenge": "Static SCEP challenge password of this profile (empty: none)",
-    "approval": "auto: issue at once; manual: SCEP answers PENDING and EST 202 until `gateway requests approve`",
+    "approval": "auto: issue at once; manual: SCEP answers PENDING and EST 202 until `gateway request approve`",
     "scep_ciphers": "SCEP envelope ciphers accepted (replies use the requester's): des, 3des, aes128, "
     "aes192, aes256, aes128-gcm, aes256-gcm",
     "scep_digests": "SCEP digests accepted: sha1, sha224, sha256, sha384, sha512; md5 only for a legacy fleet",

@@ -30,7 +30,7 @@ class FamilyFacts:
         return self.est_client != EST_NO or self.host_alternative
 
 
-_HOST_EST_CLIENTS = "`gateway est`, strongSwan's `pki --est` or libest's estclient"
+_HOST_EST_CLIENTS = "`gateway client est`, strongSwan's `pki --est` or libest's estclient"
 
 FAMILIES: dict[str, FamilyFacts] = {
     "apple": FamilyFacts(

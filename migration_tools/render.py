@@ -17,22 +17,9 @@ import re
 from collections.abc import Sequence
 
 from migration_tools.report_html import render_html
-from migration_tools.report_json import device_to_dict, render_json, report_to_dict
+from migration_tools.report_json import render_json
 from migration_tools.report_model import MigrationReport
 from migration_tools.report_rows import DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, report_sections
-
-# What callers of the report's rendering need, from this one module.
-__all__ = [
-    "CSV_DEFAULT_SECTION",
-    "DEVICE_COLUMNS",
-    "FORMATS",
-    "SECTIONS",
-    "device_to_dict",
-    "render",
-    "render_csv",
-    "render_table",
-    "report_to_dict",
-]
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_DEFAULT_SECTION = "to_move"

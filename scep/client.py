@@ -1,4 +1,4 @@
-"""The project's own SCEP client (RFC 8894 §4) over urllib: what `gateway scep …` runs.
+"""The project's own SCEP client (RFC 8894 §4) over urllib: what `gateway client scep …` runs.
 
 Admins use it to test a server, the benchmark to drive one. Every failure is a ScepClientError
 with one line of text; a FAILURE or PENDING CertRep is a result, not an error.
@@ -373,5 +373,6 @@ def describe(result: EnrollResult) -> str:
         return f"FAILURE {result.fail_info_name}: {result.fail_info_text or '(no failInfoText)'}"
     if result.status is PkiStatus.PENDING:
         tid = result.transaction_id
-        return f"PENDING: transaction {tid} awaits approval; poll with `gateway scep poll --transaction-id {tid}`"
+        poll = f"gateway client scep poll --transaction-id {tid}"
+        return f"PENDING: transaction {tid} awaits approval; poll with `{poll}`"
     return "SUCCESS"

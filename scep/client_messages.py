@@ -1,6 +1,6 @@
 """What a SCEP client does on the wire (RFC 8894 §3, §4): build pkiMessages, read CertReps.
 
-Used by the project's own client (`gateway scep …`) and by the tests; the server never imports it.
+Used by the project's own client (`gateway client scep …`) and by the tests; the server never imports it.
 """
 
 from __future__ import annotations

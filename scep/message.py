@@ -75,13 +75,14 @@ _KINDS = {
 
 class ScepMessageError(CAError):
     """A readable request that fails: answer with a signed CertRep FAILURE carrying `fail_info` and
-    `text` (as failInfoText). `text` is safe to send; `detail` is for the log."""
+    `public_message` (as failInfoText); `detail` is for the log."""
 
-    def __init__(self, fail_info: FailInfo, text: str, reply: ReplyContext, *, detail: str | None = None) -> None:
-        super().__init__(text, detail=detail)
+    def __init__(
+        self, fail_info: FailInfo, public_message: str, reply: ReplyContext, *, detail: str | None = None
+    ) -> None:
+        super().__init__(public_message, detail=detail)
         self.kind = _KINDS[fail_info]
         self.fail_info = fail_info
-        self.text = text
         self.reply = reply
 
 

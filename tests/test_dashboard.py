@@ -25,8 +25,8 @@ from gateway.config import GatewayConfig
 from gateway.dashboard import CLIENT_CERT_SETTING, pinned_fingerprints
 from gateway.dashboard_page import SCRIPT, STYLE
 from gateway.middleware import CLIENT_CERT_DER
-from migration_tools.render import device_to_dict, report_to_dict
 from migration_tools.report import ReportSettings, build_report
+from migration_tools.report_json import device_to_dict, report_to_dict
 from migration_tools.report_model import ClientFingerprint, DeviceEntry
 from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import Unavailable

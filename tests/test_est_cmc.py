@@ -648,7 +648,7 @@ def test_refused_requests_carry_their_cmc_failure(
     expected_kind = ErrorKind.BAD_ALGORITHM if fail_info is CmcFailInfo.BAD_ALG else ErrorKind.BAD_SIGNATURE
     assert failure.kind is expected_kind
     assert failure.reply == CmcReplyContext(7, NONCE, (1,))  # what the failure response echoes
-    assert failure.text == failure.public_message
+    assert failure.public_message and failure.public_message in str(failure)
 
 
 def test_a_refused_request_is_answered_with_a_signed_failure(pki: Pki, tmp_path: Path) -> None:
@@ -657,7 +657,7 @@ def test_a_refused_request_is_answered_with_a_signed_failure(pki: Pki, tmp_path:
     failure = caught.value
     signer = response_signer(pki.ra_key, pki.ra, [pki.ca])
     der = build_failure_response(
-        signer, reply=failure.reply, fail_info=failure.fail_info, text=failure.text, sender_nonce=b"s" * 16
+        signer, reply=failure.reply, fail_info=failure.fail_info, text=failure.public_message, sender_nonce=b"s" * 16
     )
     assert openssl_verify(der, tmp_path).returncode == 0
     response = parse_pki_response(der)

@@ -24,7 +24,7 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.runtime import open_gateway
 from migration_tools.client_families import FAMILIES
-from migration_tools.render import DEVICE_COLUMNS, SECTIONS, render
+from migration_tools.render import render
 from migration_tools.report import (
     ACTION_MAP,
     ACTION_PUSH,
@@ -38,7 +38,7 @@ from migration_tools.report import (
 )
 from migration_tools.report_html import _DEVICE_WIDTHS
 from migration_tools.report_model import MigrationReport
-from migration_tools.report_rows import TABLE_DEVICE_COLUMNS, TOTAL_FIELDS
+from migration_tools.report_rows import DEVICE_COLUMNS, SECTIONS, TABLE_DEVICE_COLUMNS, TOTAL_FIELDS
 from shared_ca.authority import CertificateAuthority
 from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.policy import authorize_csr

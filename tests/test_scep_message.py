@@ -313,7 +313,9 @@ def test_failure_for_an_error_echoes_the_request() -> None:
     with pytest.raises(ScepMessageError) as info:
         parse(request(MessageType.PKCSReq, content=b"not a CSR", digest=Digest.SHA512))
     error = info.value
-    rep = build_failure(ra=ra(), reply=error.reply, fail_info=error.fail_info, text=error.text, sender_nonce=b"f" * 16)
+    rep = build_failure(
+        ra=ra(), reply=error.reply, fail_info=error.fail_info, text=error.public_message, sender_nonce=b"f" * 16
+    )
     got = parse_cert_rep(rep, ra_cert=pki().ra_cert, signer_key=key, signer_cert=cert)
     assert (got.status, got.fail_info, got.transaction_id, got.recipient_nonce) == (
         PkiStatus.FAILURE,
@@ -321,7 +323,7 @@ def test_failure_for_an_error_echoes_the_request() -> None:
         "tid-1",
         NONCE,
     )
-    assert (got.digest, got.fail_info_text) == (Digest.SHA512, info.value.text)
+    assert (got.digest, got.fail_info_text) == (Digest.SHA512, info.value.public_message)
 
 
 def _openssl_verify(tmp_path: Path, der: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
@@ -518,10 +520,14 @@ def test_signed_failures(build: Callable[[], bytes], fail_info: FailInfo, text: 
     error = info.value
     assert error.fail_info is fail_info
     if text is not None:
-        assert error.text == text
+        assert error.public_message == text
     assert error.reply.transaction_id == "tid-1" and error.reply.sender_nonce == NONCE
-    assert "asn1crypto" not in error.text and "Error" not in error.text and len(error.text) < 80
-    expected_digest = Digest.SHA256 if "digest" not in error.text else error.reply.digest
+    assert (
+        "asn1crypto" not in error.public_message
+        and "Error" not in error.public_message
+        and len(error.public_message) < 80
+    )
+    expected_digest = Digest.SHA256 if "digest" not in error.public_message else error.reply.digest
     assert error.reply.digest is expected_digest
 
 
@@ -530,7 +536,7 @@ def test_bad_padding_and_wrong_key_answer_identically() -> None:
     for der in _bad_padding_vs_wrong_key():
         with pytest.raises(ScepMessageError) as info:
             parse(der)
-        errors.append((info.value.fail_info, info.value.text, info.value.detail, info.value.kind))
+        errors.append((info.value.fail_info, info.value.public_message, info.value.detail, info.value.kind))
     assert (
         errors[0]
         == errors[1]

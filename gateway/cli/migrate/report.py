@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 
 from gateway.cli.support import config_options, echo_to, load_cli_config
-from migration_tools.render import CSV_DEFAULT_SECTION, FORMATS, SECTIONS, render
+from migration_tools.render import CSV_DEFAULT_SECTION, FORMATS, render
 from migration_tools.report import DEFAULT_LIST_LIMIT, DEFAULT_TREND_DAYS, MAX_TREND_DAYS, ReportSettings, build_report
+from migration_tools.report_rows import SECTIONS
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.device_contacts import MAX_GROUP
