@@ -22,7 +22,7 @@ from scep.message import ScepDecodeError, ScepMessageError, parse_pki_message
 from shared_ca.csr import load_csr, readable_csr, requested_sans
 from shared_ca.errors import AlgorithmNotAllowed, InvalidRequest
 from shared_ca.identity import IdentityRule
-from shared_ca.storage.admin import AdminTokenStore
+from shared_ca.storage.repositories import Storage
 from tests.fuzzing import crashers, forge
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -134,7 +134,7 @@ def test_a_pkcsreq_whose_csr_subject_cannot_be_decoded_is_bad_request(
     with pytest.raises(ScepMessageError) as raised:
         parse_pki_message(message, ra_key=ra[0], ra_cert=ra[1])
     assert raised.value.fail_info is FailInfo.BAD_REQUEST
-    assert raised.value.text == "the PKCSReq content is malformed"
+    assert raised.value.public_message == "the PKCSReq content is malformed"
     assert raised.value.reply.signer_certificate is not None  # the signed FAILURE can be enveloped back
 
 
@@ -156,7 +156,7 @@ def test_a_signer_certificate_whose_subject_cannot_be_decoded_counts_as_missing(
     with pytest.raises(ScepMessageError) as raised:
         parse_pki_message(message, ra_key=ra[0], ra_cert=ra[1])
     assert raised.value.fail_info is FailInfo.BAD_MESSAGE_CHECK
-    assert raised.value.text == "the signer certificate is missing"
+    assert raised.value.public_message == "the signer certificate is missing"
     assert raised.value.reply.signer_certificate is None
 
 
@@ -191,7 +191,7 @@ def test_a_full_cmc_request_whose_tcr_has_version_2_names_no_signer() -> None:
 
 @pytest.fixture
 def admin_token(app: Flask) -> str:
-    tokens = AdminTokenStore(app.extensions["gateway"].get().store.engine)
+    tokens = Storage.open(app.extensions["gateway"].get().storage.engine).admin_tokens
     return tokens.create_admin_token("fuzz", created_by="test", now=dt.datetime.now(dt.UTC)).token
 
 
