@@ -30,21 +30,22 @@ from shared_ca.keys import KeyType, generate_private_key
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES
 from shared_ca.storage.db import create_store_engine, migrate_to_head, sqlite_url
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 
 
-def _authority(url: str, ca_key_type: KeyType) -> CertificateAuthority:
+def _authority(url: str, ca_key_type: KeyType) -> tuple[CertificateAuthority, Storage]:
     engine = create_store_engine(url, pool_size=10)
     migrate_to_head(engine)
-    store = Store(engine)
+    storage = Storage.open(engine)
     now = utcnow()
     name = f"bench-{uuid.uuid4().hex[:8]}"
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Bench CA {name}")])
     material = create_root_ca(generate_private_key(ca_key_type), subject, 365, now)
-    issuer = register_issuer(store, name, material.certificate, kind="ca", actor="bench", now=now)
+    issuer = register_issuer(storage.issuers, name, material.certificate, kind="ca", actor="bench", now=now)
+    urls = PublicUrls("http://127.0.0.1:8080")
     return CertificateAuthority(
-        store, issuer, material.certificate, material.chain, material.key, PublicUrls("http://127.0.0.1:8080")
-    )
+        storage.certificates, issuer, material.certificate, material.chain, material.key, urls
+    ), storage
 
 
 def _run(authority: CertificateAuthority, count: int, threads: int) -> float:
@@ -77,13 +78,13 @@ def main() -> None:
         print(f"{'backend':<11} {'CA key':<8} {'threads':>7} {'certs/s':>9}")
         for backend, url in backends.items():
             for key_type in (KeyType.RSA3072, KeyType.P256):
-                authority = _authority(url, key_type)
+                authority, storage = _authority(url, key_type)
                 try:
                     for threads in (1, 8):
                         rate = _run(authority, args.count, threads)
                         print(f"{backend:<11} {key_type.value:<8} {threads:>7} {rate:>9.0f}")
                 finally:
-                    authority.store.engine.dispose()
+                    storage.db.dispose()
         if pg_url:
             _schema(pg_url, f'DROP SCHEMA "{schema}" CASCADE')
 

@@ -36,10 +36,8 @@ from gateway.config import load_config
 from migration_tools.render import render
 from migration_tools.report import ReportSettings, build_report, device_page
 from shared_ca.authority import utcnow
-from shared_ca.storage.admin import AdminTokenStore
 from shared_ca.storage.db import create_store_engine, migrate_to_head, sqlite_url
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.migration_report import MigrationReportStore
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import device_groups, devices
 
 T = TypeVar("T")
@@ -144,9 +142,10 @@ def _timed(label: str, call: Callable[[], T], results: dict[str, float]) -> T:
 
 def measure(url: str, now: dt.datetime) -> dict[str, float]:
     engine = create_store_engine(url)
-    store = MigrationReportStore(engine)
+    storage = Storage.open(engine)
+    store = storage.migration_report
     results: dict[str, float] = {}
-    _timed("retire_stale", lambda: DeviceStore(engine).retire_stale(now, dt.timedelta(days=30)), results)
+    _timed("retire_stale", lambda: storage.devices.retire_stale(now, dt.timedelta(days=30)), results)
     report = _timed("report (1,000 per list)", lambda: build_report(store, now), results)
     for run in (2, 3):  # the first build also warms the page cache
         _timed(f"report (1,000 per list), run {run}", lambda: build_report(store, now), results)
@@ -184,9 +183,9 @@ def measure_api(url: str) -> dict[str, float]:
         if done.returncode != 0:
             raise SystemExit(f"gateway init failed: {done.stderr[-2000:]}")
         app = create_app(load_config(data_dir, environ={}))
-        engine = app.extensions["gateway"].get().store.engine
+        storage = app.extensions["gateway"].get().storage
         try:
-            token = AdminTokenStore(engine).create_admin_token("bench", created_by="bench", now=utcnow()).token
+            token = storage.admin_tokens.create_admin_token("bench", created_by="bench", now=utcnow()).token
             client = app.test_client()
             headers = {"Authorization": f"Bearer {token}"}
 
@@ -201,7 +200,7 @@ def measure_api(url: str) -> dict[str, float]:
             page = f"/admin/api/devices?state=legacy&group={GROUPS[3]}&limit=100"
             pages = sorted(call(page) for _ in range(5))
         finally:
-            engine.dispose()
+            storage.db.dispose()
     return {
         "API summary, first (trend computed)": round(first, 3),
         "API summary, median of 5 (trend cached)": round(summaries[2], 3),

@@ -71,23 +71,23 @@ def prepare(directory: Path) -> None:
     """A data directory with a static SCEP challenge and an EST user, and two requests of each protocol."""
     from gateway.config import load_config
     from gateway.initdir import InitOptions, initialise
-    from gateway.runtime import open_store
+    from gateway.runtime import open_storage
     from scep.asn1 import Digest, MessageType
     from scep.client_messages import build_pki_request, self_signed_signer
     from scep.envelope import ContentCipher
     from shared_ca.keys import KeyType
-    from shared_ca.storage.est_users import EstUserStore, hash_password
+    from shared_ca.storage.est_users import hash_password
 
     data_dir = directory / "data"
     initialise(InitOptions(data_dir=data_dir, ca_key_type=KeyType.P256, scep_challenge=CHALLENGE))
     config = load_config(data_dir, environ={})
-    store = open_store(config)
+    storage = open_storage(config)
     try:
-        EstUserStore(store.engine).add_est_user(
+        storage.est_users.add_est_user(
             USER, hash_password(PASSWORD), kind="password", created_by="bench", now=dt.datetime.now(dt.UTC)
         )
     finally:
-        store.engine.dispose()
+        storage.db.dispose()
     ra = x509.load_pem_x509_certificate((data_dir / "ra" / "ra.crt").read_bytes())
     for number in (1, 2):
         key = rsa.generate_private_key(65537, 2048)

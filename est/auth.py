@@ -24,7 +24,7 @@ Precedence (`EstAuthenticator.authenticate`):
    not decided here but by shared_ca.authorization, like every other "may they have it".
 4. Neither: 401 "authentication required" (sent with `WWW-Authenticate: Basic realm="EST"`).
 
-Uses are not spent here: the service spends one at issuance (`EstUserStore.consume_use`, one
+Uses are not spent here: the service spends one at issuance (`EstUsers.consume_use`, one
 conditional UPDATE) and gives it back (`refund_use`) when issuance is then refused. Every refusal
 carries its cause in the exception's `detail`, for the log; the public message names only the
 category.
@@ -48,7 +48,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import unquote
 
 from cryptography import x509
@@ -58,15 +58,13 @@ from shared_ca.csr import UNDECODABLE
 from shared_ca.errors import PolicyDenied, Unauthorized
 from shared_ca.storage.est_users import (
     EstUserRecord,
-    EstUserStore,
     check_secret,
     hash_generated_secret,
     hash_password,
     new_generated_secret,
     secret_scheme,
 )
-from shared_ca.storage.repository import Store
-from shared_ca.trust import RecognisedCertificate, recognise
+from shared_ca.trust import CertificateByFingerprint, IssuerById, RecognisedCertificate, recognise
 
 __all__ = [
     "BASIC_REALM",
@@ -313,13 +311,28 @@ class EstPrincipal:
     certificate: RecognisedCertificate | None
 
 
+class UserLookup(Protocol):
+    def est_user(self, name: str) -> EstUserRecord | None: ...
+
+
+class AuthStorage(Protocol):
+    """What EST authentication reads (shared_ca.storage): users, and presented certificates with their issuers."""
+
+    @property
+    def est_users(self) -> UserLookup: ...
+    @property
+    def certificates(self) -> CertificateByFingerprint: ...
+    @property
+    def issuers(self) -> IssuerById: ...
+
+
 class EstAuthenticator:
     """Turns EstCredentials into an EstPrincipal, or raises Unauthorized (401) / PolicyDenied (403)."""
 
-    def __init__(self, store: Store, clock: Callable[[], dt.datetime], users: EstUserStore | None = None) -> None:
-        self.store = store
+    def __init__(self, storage: AuthStorage, clock: Callable[[], dt.datetime]) -> None:
+        self.storage = storage
         self.clock = clock
-        self.users = users if users is not None else EstUserStore(store.engine)
+        self.users = storage.est_users
 
     def authenticate(
         self, credentials: EstCredentials, *, used_up_ok: Callable[[], bool] | None = None
@@ -345,7 +358,7 @@ class EstAuthenticator:
     def _certificate(self, certificate: x509.Certificate, source: str, now: dt.datetime) -> RecognisedCertificate:
         described = f"client certificate {_subject_text(certificate)!r} serial {certificate.serial_number:x}"
         try:
-            recognised = recognise(self.store, certificate, now)
+            recognised = recognise(self.storage, certificate, now)
         except PolicyDenied as exc:
             raise PolicyDenied(
                 exc.public_message.replace("the certificate", "the client certificate", 1),

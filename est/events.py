@@ -9,23 +9,29 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from est import wire
 from est.request import EstConnection, EstRequest, enrollment_event
 from shared_ca.csr import readable_csr
 from shared_ca.errors import CAError
 from shared_ca.identity import IdentityRule
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentEvent
 
 log = logging.getLogger("est.service")
 
 
-class EventLog:
-    """Records the events of EST requests in the enrollment store."""
+class EventRecorder(Protocol):
+    """The enrollment storage EST events go to (shared_ca.storage.enrollment)."""
 
-    def __init__(self, store: EnrollmentStore, clock: Callable[[], dt.datetime], identity: IdentityRule) -> None:
-        self.store = store
+    def record_event(self, event: EnrollmentEvent, now: dt.datetime) -> int: ...
+
+
+class EventLog:
+    """Records the events of EST requests in enrollment storage."""
+
+    def __init__(self, enrollments: EventRecorder, clock: Callable[[], dt.datetime], identity: IdentityRule) -> None:
+        self.enrollments = enrollments
         self.clock = clock
         self.identity = identity  # names the device of a refused request from its CSR
 
@@ -50,6 +56,6 @@ class EventLog:
 
     def _write(self, event: EnrollmentEvent) -> None:
         try:
-            self.store.record_event(event, self.clock())
+            self.enrollments.record_event(event, self.clock())
         except CAError as exc:
             log.error("could not record the EST enrollment event: %s", exc.detail)

@@ -14,11 +14,12 @@ import datetime as dt
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 
 from est import csrattrs, wire
-from est.auth import EstAuthenticator, EstCredentials, parse_basic
+from est.auth import AuthStorage, EstAuthenticator, EstCredentials, parse_basic
 from est.request import EstRequest
 from shared_ca.admission import Admission
 from shared_ca.approval import ApprovalQueue
@@ -27,8 +28,6 @@ from shared_ca.authorization import Authorizer, CertificateRequest
 from shared_ca.csr import challenge_password, load_csr
 from shared_ca.errors import CAError, InvalidRequest, PolicyDenied, TooManyRequests, Unavailable
 from shared_ca.identity import IdentityRule
-from shared_ca.storage.enrollment import EnrollmentStore
-from shared_ca.storage.est_users import EstUserStore
 
 BUSY = "the gateway is busy; try again later"
 
@@ -41,26 +40,33 @@ class ReceivedCsr:
     csr: x509.CertificateSigningRequest
 
 
+class IntakeStorage(AuthStorage, Protocol):
+    """What the checks before an EST operation read (shared_ca.storage)."""
+
+    def look_ups(self) -> contextlib.AbstractContextManager[None]:
+        """One read scope for the look-ups of one request."""
+        ...
+
+
 class Intake:
     """The checks before an EST operation decides: limits, authentication, the CSR. Immutable."""
 
     def __init__(
         self,
         *,
-        store: EnrollmentStore,
-        users: EstUserStore,
+        storage: IntakeStorage,
         authorizer: Authorizer,
         approvals: ApprovalQueue,
         admission: Admission,
         identity: IdentityRule,
         clock: Callable[[], dt.datetime],
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.authorizer = authorizer
         self.approvals = approvals
         self.admission = admission
         self.identity = identity
-        self.authenticator = EstAuthenticator(store, clock, users)
+        self.authenticator = EstAuthenticator(storage, clock)
 
     # -- limits -----------------------------------------------------------------------------------
 
@@ -93,7 +99,7 @@ class Intake:
         (the certificate, its issuer, perhaps a Basic user) or a label with manual approval (the queue, the
         user). A lone Basic user look-up takes its own connection, which costs less than the shared scope."""
         if request.connection.client_certificate is not None or request.profile.approval == "manual":
-            return self.store.reading()
+            return self.storage.look_ups()
         return contextlib.nullcontext()
 
     def authenticate(self, request: EstRequest, *, used_up_ok: Callable[[], bool] | None = None) -> EstRequest:

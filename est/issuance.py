@@ -18,11 +18,10 @@ from est.request import EstReply, EstRequest
 from shared_ca.admission import Admission
 from shared_ca.approval import ApprovalQueue, principal_ref
 from shared_ca.authority import CertificateAuthority, Issued
-from shared_ca.authorization import Authorization, CertificateRequest, spending_use
+from shared_ca.authorization import Authorization, CertificateRequest, CredentialUses, spending_use
 from shared_ca.errors import PolicyDenied
 from shared_ca.profiles import Profile
 from shared_ca.storage.approvals import ApprovalRecord
-from shared_ca.storage.est_users import EstUserStore
 
 log = logging.getLogger("est.service")
 
@@ -34,7 +33,7 @@ class Issuance:
         self,
         *,
         authority: CertificateAuthority,
-        users: EstUserStore,
+        users: CredentialUses,
         approvals: ApprovalQueue,
         admission: Admission,
         events: EventLog,

@@ -15,30 +15,43 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from est import cmc, csrattrs, wire
+from est.auth import UserLookup
 from est.enrollment import Enrollment
-from est.events import EventLog
+from est.events import EventLog, EventRecorder
 from est.fullcmc import FullCmc
-from est.intake import Intake
+from est.intake import Intake, IntakeStorage
 from est.issuance import Issuance
 from est.request import EstConnection, EstReply, EstRequest
 from est.serverkeygen import ServerKeygen
 from shared_ca.admission import Admission
 from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority
-from shared_ca.authorization import Authorizer
+from shared_ca.authorization import Authorizer, CredentialUses
 from shared_ca.errors import KeyMaterialError
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.keys import PrivateKey
 from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore
-from shared_ca.storage.est_users import EstUserStore
 
 Operation = Callable[[EstRequest, bytes, str | None], EstReply]
+
+
+class EstUsers(UserLookup, CredentialUses, Protocol):
+    """The EST users an operation authenticates and spends (shared_ca.storage.est_users)."""
+
+
+class EstStorage(IntakeStorage, Protocol):
+    """What EST reads and writes (shared_ca.storage.repositories.Storage)."""
+
+    @property
+    def est_users(self) -> EstUsers: ...
+    @property
+    def enrollments(self) -> EventRecorder: ...
 
 
 class EstService:
@@ -48,8 +61,7 @@ class EstService:
         self,
         *,
         authority: CertificateAuthority,
-        store: EnrollmentStore,
-        users: EstUserStore,
+        storage: EstStorage,
         profiles: Mapping[str, Profile],
         authorizer: Authorizer,
         approvals: ApprovalQueue,
@@ -65,10 +77,9 @@ class EstService:
         clock = clock or authority.clock
         self._profiles = profiles
         self._admission = admission or Admission.unlimited()  # in-flight cap, deferral, rate limits
-        self._events = EventLog(store, clock, identity)  # identity names the device in events
+        self._events = EventLog(storage.enrollments, clock, identity)  # identity names the device in events
         intake = Intake(
-            store=store,
-            users=users,
+            storage=storage,
             authorizer=authorizer,  # who may obtain what (shared_ca.authorization)
             approvals=approvals,  # the manual-approval queue, shared with SCEP
             admission=self._admission,
@@ -77,7 +88,7 @@ class EstService:
         )
         issuance = Issuance(
             authority=authority,
-            users=users,
+            users=storage.est_users,
             approvals=approvals,
             admission=self._admission,
             events=self._events,

@@ -183,7 +183,7 @@ def create_challenge() -> Response:
     profile_name = _profile_name(profile)
     now = utcnow()
     secret = new_one_time_challenge(
-        _gateway().store,
+        _gateway().storage.enrollments,
         device_id,
         profile_name,
         dt.timedelta(seconds=ttl),
@@ -258,7 +258,7 @@ def ndes_admin() -> Response:
     profile_name = _profile_name(request.args.get("profile"))
     gw = _gateway()
     secret = new_one_time_challenge(
-        gw.store,
+        gw.storage.enrollments,
         None,
         profile_name,
         dt.timedelta(minutes=NDES_TTL_MINUTES),

@@ -12,7 +12,7 @@ from flask import Response, abort, request
 from gateway.middleware import CLIENT_ADDRESS, LISTENER, REQUEST_ID
 from gateway.runtime import Gateway
 from shared_ca.authority import utcnow
-from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord, AdminTokenStore
+from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord
 
 log = logging.getLogger("gateway.admin")
 BEARER_REALM = 'Bearer realm="gateway admin API"'
@@ -81,10 +81,10 @@ def check_admin_token(
 ) -> AdminTokenRecord:
     """The enabled admin token `token` with the admin scope (and the name `expected_name`, when given):
     `unauthorized` for an unknown, disabled or misnamed token, 403 for a token without the scope."""
-    store = AdminTokenStore(gateway.store.engine)  # holds nothing but the shared engine
-    record = store.authenticate_admin_token(token, utcnow())
+    tokens = gateway.storage.admin_tokens
+    record = tokens.authenticate_admin_token(token, utcnow())
     if record is None:
-        known = store.admin_token_for_secret(token)
+        known = tokens.admin_token_for_secret(token)
         raise unauthorized(f"admin token {known.name!r} is disabled" if known is not None else "unknown admin token")
     if expected_name is not None and not hmac.compare_digest(record.name.encode(), expected_name.encode()):
         raise unauthorized(f"the token of {record.name!r} was presented with user name {expected_name!r}")

@@ -42,7 +42,6 @@ from migration_tools.report_json import device_to_dict, report_to_dict
 from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import PolicyDenied
 from shared_ca.storage.device_contacts import MAX_GROUP
-from shared_ca.storage.migration_report import MigrationReportStore
 from shared_ca.storage.schema import DEVICE_STATES
 from shared_ca.trust import recognise
 
@@ -139,7 +138,7 @@ def _certificate_admin(der: bytes) -> str | None:
         detail = f"certificate {digest} outside validity"
         raise AdminRefusal(403, "the admin client certificate is not valid now", detail=detail)
     try:
-        recognise(_gateway().store, certificate, now)  # one we issued or imported: not revoked either
+        recognise(_gateway().storage, certificate, now)  # one we issued or imported: not revoked either
     except PolicyDenied as exc:
         text = f"the admin client certificate is refused: {exc.public_message}"
         raise AdminRefusal(403, text, detail=exc.detail) from None
@@ -248,7 +247,7 @@ def summary() -> Response:
     group = _group(args)
     days = _integer(args, "days", DEFAULT_TREND_DAYS, 1, MAX_TREND_DAYS)
     settings = ReportSettings(silent_days=_silent_days(), trend_days=days, list_limit=0)
-    store = MigrationReportStore(_gateway().store.engine)
+    store = _gateway().storage.migration_report
     report = build_report(store, utcnow(), group=group, settings=settings, trend=_dashboard().trend)
     log.info("%s read the migration summary", who, extra={"request_id": request.environ.get(REQUEST_ID)})
     return _json(report_to_dict(report))
@@ -261,7 +260,7 @@ def devices() -> Response:
     args = _parameters(DEVICE_PARAMETERS)
     limit = _integer(args, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     result = device_page(
-        MigrationReportStore(_gateway().store.engine),
+        _gateway().storage.migration_report,
         utcnow(),
         states=_states(args),
         group=_group(args),

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment import Enrollments
 
 log = logging.getLogger("gateway.housekeeping")
 
@@ -25,13 +25,13 @@ class Purged:
     failure_counters: int
 
 
-def purge_stale(store: EnrollmentStore, profiles: Mapping[str, Profile], now: dt.datetime) -> Purged:
+def purge_stale(enrollments: Enrollments, profiles: Mapping[str, Profile], now: dt.datetime) -> Purged:
     """Delete stale challenges and failure counters; how many of each. A counter is stale once the
     longest lockout window of any profile has passed since its first failure and no lock holds."""
     longest = max((p.scep_lockout_minutes for p in profiles.values()), default=0)
     purged = Purged(
-        challenges=store.purge_challenges(now - CHALLENGE_RETENTION),
-        failure_counters=store.purge_failures(now - dt.timedelta(minutes=longest), now),
+        challenges=enrollments.purge_challenges(now - CHALLENGE_RETENTION),
+        failure_counters=enrollments.purge_failures(now - dt.timedelta(minutes=longest), now),
     )
     if purged.challenges or purged.failure_counters:
         log.info(

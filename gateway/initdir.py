@@ -44,7 +44,7 @@ from shared_ca.keys import (
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import RA_PROFILE, TLS_SERVER_PROFILE
 from shared_ca.storage.db import create_store_engine, migrate_to_head
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 
 DEFAULTS = {s.key: s.default for s in SETTINGS}
 # Files SQLite (and our writer gate) keep beside gateway.db.
@@ -194,13 +194,13 @@ def _record_ca(
         migrate_to_head(engine)
         if engine.dialect.name == "sqlite" and engine.url.database:
             Path(engine.url.database).chmod(0o600)
-        store = Store(engine)
-        if store.issuer_by_name(config["ca.name"]) is not None:
+        storage = Storage.open(engine)
+        if storage.issuers.issuer_by_name(config["ca.name"]) is not None:
             raise InitError(f"the database already holds issuer {config['ca.name']!r}: use a new, empty database")
-        issuer = register_issuer(store, config["ca.name"], material.certificate, kind="ca", actor="init", now=now)
-        authority = CertificateAuthority(
-            store, issuer, material.certificate, material.chain, material.key, PublicUrls(config.public_base_url)
-        )
+        issuers, certificates = storage.issuers, storage.certificates
+        issuer = register_issuer(issuers, config["ca.name"], material.certificate, kind="ca", actor="init", now=now)
+        urls = PublicUrls(config.public_base_url)
+        authority = CertificateAuthority(certificates, issuer, material.certificate, material.chain, material.key, urls)
         ra_key = generate_private_key(KeyType.RSA2048)
         ra_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _ra_common_name(material))])
         ra = authority.issue(

@@ -39,8 +39,10 @@ from shared_ca.keys import (
 )
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import RA_PROFILE
+from shared_ca.storage.audit import AuditEvent
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.repository import AuditEvent, IssuerRecord, Store
+from shared_ca.storage.issuers import IssuerRecord, Issuers
+from shared_ca.storage.repositories import Storage
 
 NEXT_KIND = "next"
 RETIRED_KIND = "retired"
@@ -89,15 +91,15 @@ def _current_ca(config: GatewayConfig) -> _Current:
     return _Current(cert, passphrase)
 
 
-def _existing_next(config: GatewayConfig, store: Store) -> tuple[list[str], list[IssuerRecord]]:
+def _existing_next(config: GatewayConfig, issuers: Issuers) -> tuple[list[str], list[IssuerRecord]]:
     files = [str(config.path(k)) for k in NEXT_FILES if config[k] and config.path(k).exists()]
-    return files, store.issuers_of_kind(NEXT_KIND)
+    return files, issuers.issuers_of_kind(NEXT_KIND)
 
 
-def _issuer_name(store: Store, base: str) -> str:
+def _issuer_name(issuers: Issuers, base: str) -> str:
     name = f"{base}-next"
     number = 2
-    while store.issuer_by_name(name) is not None:
+    while issuers.issuer_by_name(name) is not None:
         name = f"{base}-next-{number}"
         number += 1
     return name
@@ -110,7 +112,7 @@ def _ra_common_name(ca: x509.Certificate) -> str:
 
 
 def _register(
-    store: Store,
+    storage: Storage,
     config: GatewayConfig,
     name: str,
     material: CAMaterial,
@@ -119,22 +121,27 @@ def _register(
     now: dt.datetime,
 ) -> x509.Certificate:
     """Register the next CA and issue its RA certificate; a failure retires the issuer just added."""
-    issuer = register_issuer(store, name, material.certificate, kind=NEXT_KIND, actor=actor, now=now)
+    issuer = register_issuer(storage.issuers, name, material.certificate, kind=NEXT_KIND, actor=actor, now=now)
     try:
         authority = CertificateAuthority(
-            store, issuer, material.certificate, material.chain, material.key, PublicUrls(config.public_base_url)
+            storage.certificates,
+            issuer,
+            material.certificate,
+            material.chain,
+            material.key,
+            PublicUrls(config.public_base_url),
         )
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _ra_common_name(material.certificate))])
         policy = authorize_request(RA_PROFILE, subject, [], ra_key.public_key(), now)
         return authority.issue(policy, protocol="system", actor=actor).certificate
     except BaseException:
-        _retire(store, issuer, actor, now, reason="rollover failed")
+        _retire(storage.issuers, issuer, actor, now, reason="rollover failed")
         raise
 
 
-def _retire(store: Store, issuer: IssuerRecord, actor: str, now: dt.datetime, *, reason: str) -> None:
+def _retire(issuers: Issuers, issuer: IssuerRecord, actor: str, now: dt.datetime, *, reason: str) -> None:
     event = AuditEvent(actor, "issuer.retired", detail={"name": issuer.name, "kind": issuer.kind, "reason": reason})
-    store.set_issuer_kind(issuer.id, RETIRED_KIND, event, now)
+    issuers.set_issuer_kind(issuer.id, RETIRED_KIND, event, now)
 
 
 def _stage(
@@ -220,8 +227,8 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
     engine = create_store_engine(config.database_url)
     try:
         require_schema_at_head(engine)
-        store = Store(engine)
-        files, issuers = _existing_next(config, store)
+        storage = Storage.open(engine)
+        files, issuers = _existing_next(config, storage.issuers)
         if (files or issuers) and not options.force:
             what = ", ".join([*(f"issuer {i.name!r}" for i in issuers), *files])
             raise RolloverError(
@@ -231,13 +238,13 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
         subject = options.ca_subject or current.certificate.subject
         material = create_root_ca(generate_private_key(options.ca_key_type), subject, options.ca_days, now)
         ra_key = generate_private_key(KeyType.RSA2048)
-        name = _issuer_name(store, config["ca.name"])
+        name = _issuer_name(storage.issuers, config["ca.name"])
 
         staging = config.data_dir / ".rollover-staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         try:
-            ra = _register(store, config, name, material, ra_key, options.actor, now)
+            ra = _register(storage, config, name, material, ra_key, options.actor, now)
             try:
                 relative = _stage(staging, config, material, ra_key, ra, current.passphrase)
                 replaced = _move_aside(config, now)
@@ -247,13 +254,13 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
                     _undo_install(config, replaced)
                     raise
             except BaseException:
-                new = store.issuer_by_name(name)
+                new = storage.issuers.issuer_by_name(name)
                 if new is not None and new.kind == NEXT_KIND:
-                    _retire(store, new, options.actor, now, reason="rollover failed")
+                    _retire(storage.issuers, new, options.actor, now, reason="rollover failed")
                 raise
             # The new next CA is in place; only now stop calling the replaced ones 'next'.
             for old in issuers:
-                _retire(store, old, options.actor, now, reason=f"replaced by {name}")
+                _retire(storage.issuers, old, options.actor, now, reason=f"replaced by {name}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -270,13 +277,13 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
     )
 
 
-def next_ca_summary(store: Store, served: tuple[x509.Certificate, ...]) -> dict[str, object]:
+def next_ca_summary(issuers: Issuers, served: tuple[x509.Certificate, ...]) -> dict[str, object]:
     """`gateway ca show` fields for the next CA (none before a rollover): the one registered in the
     database and whether this gateway serves it through GetNextCACert (its files were loaded)."""
-    issuers = store.issuers_of_kind(NEXT_KIND)
-    if not issuers:
+    next_issuers = issuers.issuers_of_kind(NEXT_KIND)
+    if not next_issuers:
         return {}
-    issuer = issuers[-1]
+    issuer = next_issuers[-1]
     fields: dict[str, object] = {
         "next_ca": issuer.name,
         "next_ca_subject": issuer.subject,

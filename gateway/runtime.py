@@ -1,4 +1,4 @@
-"""Opening a configured gateway: store, CA key material, CRL publisher and OCSP responder.
+"""Opening a configured gateway: storage, CA key material, CRL publisher and OCSP responder.
 
 Built once per process (per gunicorn worker) and immutable afterwards; GatewayLoader builds it again
 when the issuers in the database change (a legacy CA imported, a CA rollover), without a restart.
@@ -30,12 +30,9 @@ from shared_ca.crl import CrlPublisher
 from shared_ca.errors import KeyMaterialError, Unavailable
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
-from shared_ca.storage.approvals import ApprovalStore
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.enrollment import EnrollmentStore
-from shared_ca.storage.est_users import EstUserStore
-from shared_ca.storage.repository import IssuerRecord, Store
+from shared_ca.storage.issuers import IssuerRecord, Issuers
+from shared_ca.storage.repositories import Storage
 
 PASSPHRASE_ENV = "GATEWAY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 RETRY_SECONDS = 2.0  # how often a worker tries again to open a gateway whose database did not answer
@@ -68,7 +65,7 @@ class Gateway:
     """Everything a request needs, loaded once per process."""
 
     config: GatewayConfig
-    store: EnrollmentStore
+    storage: Storage
     authority: CertificateAuthority
     crl: CrlPublisher
     ocsp: OcspResponder
@@ -84,9 +81,9 @@ class Gateway:
         self, now: dt.datetime, issuers: list[IssuerRecord] | None = None
     ) -> list[x509.Certificate]:
         """CA certificates whose client certificates the TLS listener accepts: ours and legacy in window
-        (of `issuers`, as read from the store unless given)."""
+        (of `issuers`, as read from storage unless given)."""
         certs = [self.authority.certificate]
-        for issuer in self.store.list_issuers() if issuers is None else issuers:
+        for issuer in self.storage.issuers.list_issuers() if issuers is None else issuers:
             if issuer.id == self.authority.issuer.id:
                 continue
             if issuer.kind == "legacy" and (issuer.trust_until is None or issuer.trust_until <= now):
@@ -119,8 +116,8 @@ def admission_settings(config: GatewayConfig) -> AdmissionSettings:
     )
 
 
-def open_store(config: GatewayConfig) -> EnrollmentStore:
-    return EnrollmentStore(create_store_engine(config.database_url))
+def open_storage(config: GatewayConfig) -> Storage:
+    return Storage.open(create_store_engine(config.database_url))
 
 
 def _load_pair(
@@ -134,59 +131,58 @@ def _load_pair(
 
 
 def open_gateway(config: GatewayConfig) -> Gateway:
-    """Load key material and connect the store; every failure is one clear CAError."""
+    """Load key material and connect storage; every failure is one clear CAError."""
     passphrase = key_passphrase(config)
-    store = open_store(config)
+    storage = open_storage(config)
     try:
-        return _assemble(config, store, passphrase)
+        return _assemble(config, storage, passphrase)
     except BaseException:
-        store.engine.dispose()  # a failed start leaves no pooled database connection behind
+        storage.db.dispose()  # a failed start leaves no pooled database connection behind
         raise
 
 
 def reopen_gateway(gateway: Gateway) -> Gateway:
     """The gateway built afresh from its files and the database (after a CA rollover, say), on the same
-    store and with the same admission control (its slots and counters are the worker's)."""
-    return _assemble(gateway.config, gateway.store, key_passphrase(gateway.config), admission=gateway.admission)
+    storage and with the same admission control (its slots and counters are the worker's)."""
+    return _assemble(gateway.config, gateway.storage, key_passphrase(gateway.config), admission=gateway.admission)
 
 
 def _assemble(
-    config: GatewayConfig, store: EnrollmentStore, passphrase: bytes | None, *, admission: Admission | None = None
+    config: GatewayConfig, storage: Storage, passphrase: bytes | None, *, admission: Admission | None = None
 ) -> Gateway:
-    require_schema_at_head(store.engine)
+    require_schema_at_head(storage.engine)
     ca_chain, ca_key = _load_pair(config, "ca.cert", "ca.key", passphrase)
     ra_certs, ra_key = _load_pair(config, "ra.cert", "ra.key", passphrase)
-    issuer = _issuer_for(store, config["ca.name"], ca_chain[0])
+    issuer = _issuer_for(storage.issuers, config["ca.name"], ca_chain[0])
     urls = PublicUrls(config.public_base_url)
-    authority = CertificateAuthority(store, issuer, ca_chain[0], tuple(ca_chain), ca_key, urls, utcnow)
+    authority = CertificateAuthority(storage.certificates, issuer, ca_chain[0], tuple(ca_chain), ca_key, urls, utcnow)
     crl = CrlPublisher(
         authority,
+        storage.crls,
         validity=dt.timedelta(hours=config["crl.validity_hours"]),
         refresh=dt.timedelta(minutes=config["crl.refresh_minutes"]),
     )
     ocsp = OcspResponder([authority], dt.timedelta(minutes=config["ocsp.validity_minutes"]))
     if not isinstance(ra_key, rsa.RSAPrivateKey):
         raise KeyMaterialError(f"the SCEP RA key {config.path('ra.key')} must be RSA (SCEP envelopes use RSA)")
-    users = EstUserStore(store.engine)
     authorizer = Authorizer(
         config.identity_rule,
         default_profile=config["default_profile"],
         clock=authority.clock,
-        devices=DeviceStore(store.engine),
+        devices=storage.devices,
         est_url=config.est_url,
     )
     approvals = ApprovalQueue(
         authority=authority,
         authorizer=authorizer,
-        approvals=ApprovalStore(store.engine),
-        users=users,
+        storage=storage,
         profiles=config.profiles,
         clock=authority.clock,
     )
     admission = admission or Admission(admission_settings(config))
     scep = ScepService(
         authority=authority,
-        store=store,
+        storage=storage,
         crl=crl,
         ra_key=ra_key,
         ra_certificate=ra_certs[0],
@@ -194,13 +190,12 @@ def _assemble(
         authorizer=authorizer,
         approvals=approvals,
         admission=admission,
-        next_ca_certs=_next_ca_certificates(config, store),
+        next_ca_certs=_next_ca_certificates(config, storage.issuers),
         identity=config.identity_rule,
     )
     est = EstService(
         authority=authority,
-        store=store,
-        users=users,
+        storage=storage,
         profiles=config.profiles,
         authorizer=authorizer,
         approvals=approvals,
@@ -211,17 +206,17 @@ def _assemble(
         identity=config.identity_rule,
     )
     return Gateway(
-        config, store, authority, crl, ocsp, ra_certs[0], ra_key, authorizer, approvals, admission, scep, est
+        config, storage, authority, crl, ocsp, ra_certs[0], ra_key, authorizer, approvals, admission, scep, est
     )
 
 
-def _next_ca_certificates(config: GatewayConfig, store: Store) -> list[x509.Certificate]:
+def _next_ca_certificates(config: GatewayConfig, issuers: Issuers) -> list[x509.Certificate]:
     """The next RA and CA certificates `gateway ca rollover` wrote, for GetNextCACert; none before a
     rollover. Their keys stay on disk unread until the next CA is activated."""
     if not config["next_ca.cert"] or not config.path("next_ca.cert").is_file():
         return []
     next_ca = load_certificates(config.path("next_ca.cert"))[0]
-    if not any(i.kind == "next" and i.fingerprint_sha256 == fingerprint(next_ca) for i in store.list_issuers()):
+    if not any(i.kind == "next" and i.fingerprint_sha256 == fingerprint(next_ca) for i in issuers.list_issuers()):
         raise KeyMaterialError(
             f"the next CA certificate {config.path('next_ca.cert')} is not registered as the next CA in the "
             "database: run `gateway ca rollover --force` again"
@@ -232,8 +227,8 @@ def _next_ca_certificates(config: GatewayConfig, store: Store) -> list[x509.Cert
     return certs
 
 
-def _issuer_for(store: Store, name: str, cert: x509.Certificate) -> IssuerRecord:
-    issuer = store.issuer_by_name(name)
+def _issuer_for(issuers: Issuers, name: str, cert: x509.Certificate) -> IssuerRecord:
+    issuer = issuers.issuer_by_name(name)
     if issuer is None:
         raise KeyMaterialError(f"the database has no issuer {name!r}: was `gateway init` run on this database?")
     if issuer.fingerprint_sha256 != fingerprint(cert):
@@ -294,9 +289,9 @@ class GatewayLoader:
             try:
                 gateway = self._opener(self.config)
                 try:
-                    revision = issuer_revision(gateway.store.list_issuers())
+                    revision = issuer_revision(gateway.storage.issuers.list_issuers())
                 except BaseException:
-                    gateway.store.engine.dispose()
+                    gateway.storage.db.dispose()
                     raise
             except Unavailable as exc:
                 if self._failure is None:
@@ -315,7 +310,7 @@ class GatewayLoader:
         client-certificate issuers trusted now, for the TLS listener's context. Unavailable while the
         database is away; KeyMaterialError when the new material does not load (the old gateway stays)."""
         gateway = self.get()
-        issuers = gateway.store.list_issuers()
+        issuers = gateway.storage.issuers.list_issuers()
         revision = issuer_revision(issuers)
         with self._lock:
             if revision != self._revision:

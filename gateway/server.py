@@ -87,7 +87,7 @@ def trusted_client_issuers(config: GatewayConfig) -> list[x509.Certificate]:
     try:
         return gateway.trusted_client_issuers(dt.datetime.now(dt.UTC))
     finally:
-        gateway.store.engine.dispose()  # no database connection may cross the fork
+        gateway.storage.db.dispose()  # no database connection may cross the fork
 
 
 def _every(
@@ -120,7 +120,7 @@ def start_housekeeping(loader: GatewayLoader, stop: threading.Event) -> threadin
 
     def _purge() -> None:
         gateway = loader.get()
-        purge_stale(gateway.store, gateway.config.profiles, gateway.authority.clock())
+        purge_stale(gateway.storage.enrollments, gateway.config.profiles, gateway.authority.clock())
 
     return _every(HOUSEKEEPING_SECONDS, 0.2, stop, "housekeeping", _purge)
 

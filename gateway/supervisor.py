@@ -124,7 +124,7 @@ def check_start(config: GatewayConfig) -> None:
     """Fail at once, in one line, on what no retry can mend (keys, an old schema); a database that does
     not answer yet is only logged: the listeners answer 503 until it does."""
     try:
-        open_gateway(config).store.engine.dispose()
+        open_gateway(config).storage.db.dispose()
     except SchemaNotCurrent:
         raise
     except Unavailable as exc:

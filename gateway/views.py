@@ -93,12 +93,12 @@ ANSWERED_WITHOUT_GATEWAY = frozenset({"ca.healthz", "ca.readyz"})
 
 def _database_state(gw: Gateway) -> str:
     try:
-        gw.store.ping()
+        gw.storage.db.ping()
     except Unavailable as exc:
         log.warning("readiness: database read failed: %s", exc.detail)
         return "unreachable"
     try:
-        gw.store.check_writable()
+        gw.storage.db.check_writable()
     except Unavailable as exc:
         log.warning("readiness: database write check failed: %s", exc.detail)
         return "read-only" if _says_read_only(exc.detail) else "not writable"

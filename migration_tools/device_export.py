@@ -18,16 +18,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 
-from migration_tools.importer import ImportOptions, ImportSummary, Progress, Report
+from migration_tools.importer import AuditWriter, ImportOptions, ImportSummary, Progress, Report
 from migration_tools.inventory import HEX, InventoryError, Problem, read_file
 from shared_ca.errors import InvalidRequest
 from shared_ca.serials import serial_hex
+from shared_ca.storage.audit import AuditEvent
 from shared_ca.storage.device_contacts import check_device_fields
-from shared_ca.storage.inventory import CHUNK, DeviceAnnotation, InventoryStore, StoredCertificate
-from shared_ca.storage.repository import AuditEvent
+from shared_ca.storage.inventory import CHUNK, DeviceAnnotation, StoredCertificate
 
 # -- reading ---------------------------------------------------------------------------------------
 
@@ -140,13 +141,31 @@ def read_device_export(path: Path) -> list[ExportRow | Problem]:
 # -- matching and applying -------------------------------------------------------------------------
 
 
+class AnnotatedRecords(Protocol):
+    """The inventory storage an MDM export reads and annotates (shared_ca.storage.inventory)."""
+
+    def certificates_by_fingerprints(self, fingerprints: Sequence[str]) -> list[StoredCertificate]: ...
+    def certificates_by_serials(self, serials: Sequence[str]) -> list[StoredCertificate]: ...
+    def device_annotations(self, identities: Sequence[str]) -> dict[str, DeviceAnnotation]: ...
+    def annotate_devices(self, batch: Sequence[DeviceAnnotation], now: dt.datetime) -> None: ...
+
+
+class AnnotationStorage(Protocol):
+    """What a device-export import reads and writes (shared_ca.storage)."""
+
+    @property
+    def inventory(self) -> AnnotatedRecords: ...
+    @property
+    def audit(self) -> AuditWriter: ...
+
+
 class _Matcher:
     """Resolves rows of one chunk to device identities, with one look-up for the whole chunk."""
 
-    def __init__(self, store: InventoryStore, rows: Sequence[ExportRow], options: ImportOptions) -> None:
+    def __init__(self, records: AnnotatedRecords, rows: Sequence[ExportRow], options: ImportOptions) -> None:
         self.rule = options.identity
-        by_fingerprint = store.certificates_by_fingerprints([r.sha256 for r in rows if r.sha256])
-        by_serial = store.certificates_by_serials([serial_hex(r.serial) for r in rows if r.serial is not None])
+        by_fingerprint = records.certificates_by_fingerprints([r.sha256 for r in rows if r.sha256])
+        by_serial = records.certificates_by_serials([serial_hex(r.serial) for r in rows if r.serial is not None])
         self.by_fingerprint = {c.fingerprint_sha256: c for c in [*by_fingerprint, *by_serial]}
         self.by_serial: dict[str, list[str]] = collections.defaultdict(list)
         for cert in by_serial:
@@ -192,7 +211,7 @@ def _unchanged(wanted: DeviceAnnotation, current: DeviceAnnotation) -> bool:
 
 
 def import_device_export(
-    store: InventoryStore,
+    storage: AnnotationStorage,
     rows: Sequence[ExportRow | Problem],
     options: ImportOptions,
     now: dt.datetime,
@@ -212,9 +231,9 @@ def import_device_export(
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
         good = [r for r in chunk if isinstance(r, ExportRow)]
-        matcher = _Matcher(store, good, options)
+        matcher = _Matcher(storage.inventory, good, options)
         resolved = [matcher.resolve(item) if isinstance(item, ExportRow) else item for item in chunk]
-        current = store.device_annotations([found for found in resolved if isinstance(found, str)])
+        current = storage.inventory.device_annotations([found for found in resolved if isinstance(found, str)])
         changes: list[DeviceAnnotation] = []
         for item, found in zip(chunk, resolved, strict=True):  # in line order
             summary.read += 1
@@ -236,10 +255,10 @@ def import_device_export(
                     changes.append(wanted)
         summary.imported += len(changes)
         if changes and not options.dry_run:
-            store.annotate_devices(changes, now)
+            storage.inventory.annotate_devices(changes, now)
         if progress is not None:
             progress(len(chunk))
     if not options.dry_run:
         detail = {"kind": "csv", "read": summary.read, "annotated": summary.imported, "skipped": dict(summary.skipped)}
-        store.record_audit(AuditEvent(options.actor, "inventory.imported", detail=detail), now)
+        storage.audit.record_audit(AuditEvent(options.actor, "inventory.imported", detail=detail), now)
     return summary

@@ -1,4 +1,4 @@
-"""Applying a legacy inventory through the stores (`gateway migrate import`).
+"""Applying a legacy inventory through storage (`gateway migrate import`).
 
 For a certificate inventory: the legacy CA becomes a trusted issuer (kind 'legacy') with its
 migration window (migration_tools.legacy_issuers); every certificate it really signed is stored
@@ -17,21 +17,28 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from migration_tools.inventory import Inventory, InventoryEntry, Problem
-from migration_tools.legacy_issuers import CandidateIssuer, IssuerOutcome, register_issuers, signed_by
+from migration_tools.legacy_issuers import (
+    CandidateIssuer,
+    IssuerOutcome,
+    IssuerStorage,
+    LegacyRegistry,
+    register_issuers,
+    signed_by,
+)
 from shared_ca.identity import IdentityRule, certificate_sans
 from shared_ca.keys import describe_public_key
 from shared_ca.policy import common_name, san_text
 from shared_ca.serials import serial_hex
+from shared_ca.storage.audit import AuditEvent
 from shared_ca.storage.device_contacts import NewDevice
-from shared_ca.storage.inventory import CHUNK, ImportedCertificate, InventoryStore
-from shared_ca.storage.repository import AuditEvent
+from shared_ca.storage.inventory import CHUNK, CertificateBatch, ImportedCertificate
 
 Progress = Callable[[int], None]  # told how many more entries were handled
 Report = Callable[[Problem], None]  # told each skipped line or file, as it is found
@@ -159,18 +166,42 @@ def _note_device(
         seen.not_before, seen.not_after = cert.not_before, cert.not_after
 
 
+class ImportedRecords(LegacyRegistry, Protocol):
+    """The inventory storage an import writes (shared_ca.storage.inventory)."""
+
+    def add_imported_certificates(
+        self, batch: Sequence[ImportedCertificate], now: dt.datetime, *, dry_run: bool = False
+    ) -> CertificateBatch: ...
+    def add_imported_devices(
+        self, batch: Sequence[NewDevice], now: dt.datetime, *, dry_run: bool = False
+    ) -> tuple[int, int]: ...
+
+
+class AuditWriter(Protocol):
+    def record_audit(self, event: AuditEvent, now: dt.datetime) -> None: ...
+
+
+class ImportStorage(IssuerStorage, Protocol):
+    """What an inventory import reads and writes (shared_ca.storage)."""
+
+    @property
+    def inventory(self) -> ImportedRecords: ...
+    @property
+    def audit(self) -> AuditWriter: ...
+
+
 class _CertificateImport:
     """The state of one certificate import: counts, the batch being filled, and what was seen."""
 
     def __init__(
         self,
-        store: InventoryStore,
+        storage: ImportStorage,
         options: ImportOptions,
         now: dt.datetime,
         progress: Progress | None,
         report: Report | None,
     ) -> None:
-        self.store, self.options, self.now = store, options, now
+        self.storage, self.options, self.now = storage, options, now
         self.progress, self.report = progress, report
         self.summary = ImportSummary(options.kind, options.dry_run)
         self.devices: dict[str, _Device] = {}
@@ -212,7 +243,7 @@ class _CertificateImport:
     def flush(self) -> None:
         """Write the batch; note the device of every certificate stored."""
         certs = [cert for cert, _, _ in self.batch]
-        result = self.store.add_imported_certificates(certs, self.now, dry_run=self.options.dry_run)
+        result = self.storage.inventory.add_imported_certificates(certs, self.now, dry_run=self.options.dry_run)
         refused = set(result.serial_taken)
         for cert, identity, where in self.batch:
             if cert.fingerprint_sha256 in refused:
@@ -227,7 +258,7 @@ class _CertificateImport:
 
 
 def import_inventory(
-    store: InventoryStore,
+    storage: ImportStorage,
     inventory: Inventory,
     options: ImportOptions,
     now: dt.datetime,
@@ -236,14 +267,14 @@ def import_inventory(
     report: Report | None = None,
 ) -> ImportSummary:
     """Bring a certificate inventory in (see the module docstring); the counts of what happened."""
-    run = _CertificateImport(store, options, now, progress, report)
+    run = _CertificateImport(storage, options, now, progress, report)
     issuers, run.summary.issuers = register_issuers(
-        store, inventory, trust_until=options.trust_until, actor=options.actor, dry_run=options.dry_run, now=now
+        storage, inventory, trust_until=options.trust_until, actor=options.actor, dry_run=options.dry_run, now=now
     )
     for item in inventory.entries:
         run.take(item, issuers)
     run.flush()
-    _add_devices(store, run.devices, options, now, run.summary)
+    _add_devices(storage.inventory, run.devices, options, now, run.summary)
     if inventory.ca_certificates and run.summary.read == 0:
         trusted = "would be trusted" if options.dry_run else "are trusted"
         run.summary.warnings.append(
@@ -252,12 +283,13 @@ def import_inventory(
             "(give the certificates the legacy CA issued, or the CA's depot or index)"
         )
     if not options.dry_run:
-        store.record_audit(AuditEvent(options.actor, "inventory.imported", detail=_audit_detail(run.summary)), now)
+        event = AuditEvent(options.actor, "inventory.imported", detail=_audit_detail(run.summary))
+        storage.audit.record_audit(event, now)
     return run.summary
 
 
 def _add_devices(
-    store: InventoryStore,
+    records: ImportedRecords,
     devices: dict[str, _Device],
     options: ImportOptions,
     now: dt.datetime,
@@ -276,7 +308,7 @@ def _add_devices(
         )
         for identity, device in devices.items()
     ]
-    added, present = store.add_imported_devices(batch, now, dry_run=options.dry_run)
+    added, present = records.add_imported_devices(batch, now, dry_run=options.dry_run)
     summary.devices_added += added
     summary.devices_present += present
 

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -19,8 +20,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from migration_tools.inventory import Inventory, InventoryError
-from shared_ca.storage.inventory import InventoryStore
-from shared_ca.storage.repository import NewIssuer
+from shared_ca.storage.inventory import LegacyRegistration
+from shared_ca.storage.issuers import IssuerRecord, NewIssuer
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -86,8 +87,28 @@ def new_legacy_issuer(cert: x509.Certificate, trust_until: dt.datetime | None) -
     )
 
 
+class LegacyRegistry(Protocol):
+    """The inventory storage that registers legacy CAs (shared_ca.storage.inventory)."""
+
+    def issuer_by_fingerprint(self, fingerprint_sha256: str) -> IssuerRecord | None: ...
+    def register_legacy_issuer(self, issuer: NewIssuer, actor: str, now: dt.datetime) -> LegacyRegistration: ...
+
+
+class IssuerList(Protocol):
+    def list_issuers(self) -> list[IssuerRecord]: ...
+
+
+class IssuerStorage(Protocol):
+    """What registering an inventory's CAs reads and writes (shared_ca.storage)."""
+
+    @property
+    def inventory(self) -> LegacyRegistry: ...
+    @property
+    def issuers(self) -> IssuerList: ...
+
+
 def register_issuers(
-    store: InventoryStore,
+    storage: IssuerStorage,
     inventory: Inventory,
     *,
     trust_until: dt.datetime | None,
@@ -106,7 +127,7 @@ def register_issuers(
             continue
         known.add(new.fingerprint_sha256)
         name = ca.subject.public_bytes()
-        existing = store.issuer_by_fingerprint(new.fingerprint_sha256)
+        existing = storage.inventory.issuer_by_fingerprint(new.fingerprint_sha256)
         if existing is not None and existing.kind != "legacy":
             if inventory.kind != "pem":
                 raise InventoryError("PATH", f"CA {new.subject!r} is this gateway's own issuer {existing.name!r}")
@@ -129,13 +150,13 @@ def register_issuers(
             outcomes.append(IssuerOutcome(existing.name if existing else new.name, new.subject, window, action))
             found[name].append(CandidateIssuer(ca, existing.id if existing else None, usable=True))
             continue
-        registration = store.register_legacy_issuer(new, actor, now)
+        registration = storage.inventory.register_legacy_issuer(new, actor, now)
         record = registration.issuer
         action = "registered" if registration.created else "trust window moved" if registration.trust_changed else ""
         outcomes.append(IssuerOutcome(record.name, record.subject, record.trust_until, action or "unchanged"))
         found[name].append(CandidateIssuer(ca, record.id, usable=True))
     if inventory.kind == "pem":  # leaves of CAs registered before
-        for record in store.list_issuers():
+        for record in storage.issuers.list_issuers():
             if record.kind in ("legacy", "ca") and record.fingerprint_sha256 not in known:
                 cert = x509.load_der_x509_certificate(record.cert_der)
                 found[cert.subject.public_bytes()].append(CandidateIssuer(cert, record.id, usable=True))

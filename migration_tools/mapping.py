@@ -34,15 +34,17 @@ from urllib.parse import quote
 
 from cryptography import x509
 
-from shared_ca.errors import Conflict, NotFound, PolicyDenied
-from shared_ca.storage.devices import DeviceRecord, DeviceStore
-from shared_ca.storage.est_users import (
-    MAX_NAME,
-    EstUserStore,
-    hash_generated_secret,
-    new_generated_secret,
+from migration_tools.mapping_storage import (
+    BootstrapUsers,
+    CertificateStorage,
+    DeviceList,
+    MappingStorage,
+    UserByName,
 )
-from shared_ca.storage.repository import AuditEvent
+from shared_ca.errors import Conflict, NotFound, PolicyDenied
+from shared_ca.storage.audit import AuditEvent
+from shared_ca.storage.devices import DeviceRecord
+from shared_ca.storage.est_users import MAX_NAME, hash_generated_secret, new_generated_secret
 from shared_ca.storage.schema import MAPPING_MODES
 from shared_ca.trust import recognise
 
@@ -126,15 +128,15 @@ def bootstrap_username(identity: str) -> str:
     return f"{USERNAME_PREFIX}{slug}-{secrets.token_hex(_SUFFIX_BYTES)}"
 
 
-def certificate_refusal(devices: DeviceStore, device: DeviceRecord, now: dt.datetime) -> str | None:
+def certificate_refusal(storage: CertificateStorage, device: DeviceRecord, now: dt.datetime) -> str | None:
     """Why the device's current certificate cannot authenticate EST now; None when it can."""
     if device.certificate_id is None:
         return "no certificate on record"
-    record = devices.certificate_by_id(device.certificate_id)
+    record = storage.certificates.certificate_by_id(device.certificate_id)
     if record is None:
         return "its certificate is not in the store"
     try:
-        recognised = recognise(devices, x509.load_der_x509_certificate(record.der), now)
+        recognised = recognise(storage, x509.load_der_x509_certificate(record.der), now)
     except PolicyDenied as exc:
         return f"{exc.public_message} ({exc.detail})" if exc.detail != exc.public_message else exc.public_message
     if recognised is None:
@@ -145,7 +147,7 @@ def certificate_refusal(devices: DeviceStore, device: DeviceRecord, now: dt.date
 # -- the run --------------------------------------------------------------------------------------
 
 
-def _candidates(devices: DeviceStore, group: str | None) -> Iterator[DeviceRecord]:
+def _candidates(devices: DeviceList, group: str | None) -> Iterator[DeviceRecord]:
     after = 0
     while page := devices.devices(group=group, limit=PAGE, after_id=after):
         yield from page
@@ -153,8 +155,7 @@ def _candidates(devices: DeviceStore, group: str | None) -> Iterator[DeviceRecor
 
 
 def map_devices(
-    devices: DeviceStore,
-    users: EstUserStore,
+    storage: MappingStorage,
     request: MapRequest,
     now: dt.datetime,
     emit: Callable[[MappedDevice], None],
@@ -166,7 +167,7 @@ def map_devices(
     just made is disabled, and the device stays as it was.
     """
     summary = MapSummary()
-    for device in _candidates(devices, request.group):
+    for device in _candidates(storage.devices, request.group):
         if device.state == "mapped" and not request.rotate:
             summary.already_mapped += 1
             continue
@@ -175,12 +176,12 @@ def map_devices(
         if device.state == "mapped" and request.mode == device.mapping_mode == "certificate":
             summary.unchanged += 1  # the certificate still is the credential: nothing to renew
             continue
-        outcome = _map_one(devices, users, request, device, now, emit)
+        outcome = _map_one(storage, request, device, now, emit)
         if isinstance(outcome, SkippedDevice):
             summary.skipped.append(outcome)
             continue
         (summary.rotated if device.state == "mapped" else summary.mapped).append(device.identity)
-        if outcome is not None and _disable_quietly(users, outcome, request.actor, now):
+        if outcome is not None and _disable_quietly(storage.est_users, outcome, request.actor, now):
             summary.disabled_users += 1
     if summary.mapped or summary.rotated:
         detail: dict[str, Any] = {
@@ -191,13 +192,12 @@ def map_devices(
             "rotated": len(summary.rotated),
             "skipped": len(summary.skipped),
         }
-        devices.record_audit(AuditEvent(request.actor, "devices.mapped", detail=detail), now)
+        storage.audit.record_audit(AuditEvent(request.actor, "devices.mapped", detail=detail), now)
     return summary
 
 
 def _map_one(
-    devices: DeviceStore,
-    users: EstUserStore,
+    storage: MappingStorage,
     request: MapRequest,
     device: DeviceRecord,
     now: dt.datetime,
@@ -206,26 +206,26 @@ def _map_one(
     """Map one device: a SkippedDevice, or the name of the old bootstrap user it no longer needs (or None)."""
     url = request.device_est_url
     if request.mode == "certificate":
-        reason = certificate_refusal(devices, device, now)
+        reason = certificate_refusal(storage, device, now)
         if reason is not None:
             return SkippedDevice(device.identity, reason)
-        record = devices.certificate_by_id(device.certificate_id or 0)
+        record = storage.certificates.certificate_by_id(device.certificate_id or 0)
         assert record is not None  # certificate_refusal found it
         emit(MappedDevice(device.identity, url, "certificate"))
         credential = record.fingerprint_sha256
     else:
-        username, password = _new_bootstrap_user(users, request, device.identity, now)
+        username, password = _new_bootstrap_user(storage.est_users, request, device.identity, now)
         try:
             emit(MappedDevice(device.identity, url, "bootstrap", username, password))
         except BaseException:
-            _disable_quietly(users, username, request.actor, now)  # its secret reached no one
+            _disable_quietly(storage.est_users, username, request.actor, now)  # its secret reached no one
             raise
         credential = username
-    devices.set_mapping(device.identity, request.mode, credential, now, label=request.label)
+    storage.devices.set_mapping(device.identity, request.mode, credential, now, label=request.label)
     return device.est_credential if device.mapping_mode == "bootstrap" and device.est_credential else None
 
 
-def _new_bootstrap_user(users: EstUserStore, request: MapRequest, identity: str, now: dt.datetime) -> tuple[str, str]:
+def _new_bootstrap_user(users: BootstrapUsers, request: MapRequest, identity: str, now: dt.datetime) -> tuple[str, str]:
     """(name, password) of a new one-time EST user bound to `identity`; only the password's hash is stored."""
     password = new_generated_secret()
     for attempt in range(3):
@@ -250,7 +250,7 @@ def _new_bootstrap_user(users: EstUserStore, request: MapRequest, identity: str,
     raise AssertionError("unreachable")
 
 
-def _disable_quietly(users: EstUserStore, name: str, actor: str, now: dt.datetime) -> bool:
+def _disable_quietly(users: BootstrapUsers, name: str, actor: str, now: dt.datetime) -> bool:
     """Disable an EST user; False when it is gone or disabled already."""
     try:
         users.disable_est_user(name, actor=actor, now=now)
@@ -259,7 +259,7 @@ def _disable_quietly(users: EstUserStore, name: str, actor: str, now: dt.datetim
     return True
 
 
-def group_exposure(devices: DeviceStore, group: str) -> collections.Counter[str]:
+def group_exposure(devices: DeviceList, group: str) -> collections.Counter[str]:
     """How many devices of `group` are in each state (who a sunset would cut off: legacy and mapped)."""
     return collections.Counter(device.state for device in _candidates(devices, group))
 
@@ -368,7 +368,7 @@ def read_export(path: Path) -> list[MappedDevice]:
     return found
 
 
-def unused_credentials(rows: list[MappedDevice], users: EstUserStore, now: dt.datetime) -> list[MappedDevice]:
+def unused_credentials(rows: list[MappedDevice], users: UserByName, now: dt.datetime) -> list[MappedDevice]:
     """The bootstrap rows whose EST user can still enroll (active: not disabled, expired or used up).
     Their passwords exist only in the file the rows came from."""
     unused = []

@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from migration_tools.client_families import family_facts
 from migration_tools.report_model import (
@@ -31,14 +31,27 @@ from migration_tools.report_model import (
     TrendPoint,
 )
 from shared_ca.errors import InvalidRequest, NotFound
+from shared_ca.storage.devices import GroupRecord
 from shared_ca.storage.migration_report import (
     TO_MOVE_STATES,
     DayChange,
     DeviceFilter,
     DeviceStanding,
-    MigrationReportStore,
     StateCount,
 )
+
+
+class ReportQueries(Protocol):
+    """The storage a migration report reads (shared_ca.storage.migration_report)."""
+
+    def state_counts(self, group: str | None = None) -> list[StateCount]: ...
+    def group_policies(self, group: str | None = None) -> list[GroupRecord]: ...
+    def count_devices(self, where: DeviceFilter) -> int: ...
+    def device_standings(
+        self, where: DeviceFilter, *, after_id: int = 0, limit: int | None = None
+    ) -> list[DeviceStanding]: ...
+    def day_changes(self, group: str | None = None) -> list[DayChange]: ...
+
 
 DEFAULT_LIST_LIMIT = 1000
 TREND_CACHE_SECONDS = 60.0
@@ -137,7 +150,7 @@ def silent_filter(now: dt.datetime, silent_days: int, group: str | None) -> Devi
 
 
 def device_page(
-    store: MigrationReportStore,
+    queries: ReportQueries,
     now: dt.datetime,
     *,
     states: tuple[str, ...] = (),
@@ -156,7 +169,7 @@ def device_page(
         where = silent_filter(now, silent_days, group)
     else:
         where = DeviceFilter(states=states, group=group)
-    rows = store.device_standings(where, after_id=after_id, limit=limit + 1)
+    rows = queries.device_standings(where, after_id=after_id, limit=limit + 1)
     entries = tuple(judge_device(row, now, silent_days) for row in rows[:limit])
     return DevicePage(entries, entries[-1].id if len(rows) > limit else None)
 
@@ -185,8 +198,8 @@ def _trend(changes: list[DayChange], today: dt.date, days: int) -> tuple[TrendPo
     return tuple(points)
 
 
-def _groups(store: MigrationReportStore, counts: list[StateCount], group: str | None) -> tuple[GroupSummary, ...]:
-    policies = {p.name: p for p in store.group_policies(group)}
+def _groups(queries: ReportQueries, counts: list[StateCount], group: str | None) -> tuple[GroupSummary, ...]:
+    policies = {p.name: p for p in queries.group_policies(group)}
     names: set[str | None] = {c.group_name for c in counts} | set(policies)
     summaries = []
     for name in sorted(names, key=lambda n: (n is None, n or "")):
@@ -203,7 +216,7 @@ def _groups(store: MigrationReportStore, counts: list[StateCount], group: str | 
 
 
 def build_report(
-    store: MigrationReportStore,
+    queries: ReportQueries,
     now: dt.datetime,
     *,
     group: str | None = None,
@@ -211,17 +224,17 @@ def build_report(
     trend: TrendCache | None = None,
 ) -> MigrationReport:
     """The report over every device (or one group's); NotFound for a group nobody is in. The trend's
-    day changes come from `trend` when given (a dashboard's cache), else from the store."""
+    day changes come from `trend` when given (a dashboard's cache), else from `queries`."""
     settings = settings or ReportSettings()
-    counts = store.state_counts(group)
-    groups = _groups(store, counts, group)
+    counts = queries.state_counts(group)
+    groups = _groups(queries, counts, group)
     if group is not None and not groups:
         raise NotFound(f"no group {group!r}: no device is in it and it has no sunset policy")
     totals = StateTotals.of(counts)
     silent_where = silent_filter(now, settings.silent_days, group)
-    to_move = store.device_standings(DeviceFilter(states=TO_MOVE_STATES, group=group), limit=settings.list_limit)
-    silent = store.device_standings(silent_where, limit=settings.list_limit)
-    silent_total = len(silent) if settings.list_limit is None else store.count_devices(silent_where)
+    to_move = queries.device_standings(DeviceFilter(states=TO_MOVE_STATES, group=group), limit=settings.list_limit)
+    silent = queries.device_standings(silent_where, limit=settings.list_limit)
+    silent_total = len(silent) if settings.list_limit is None else queries.count_devices(silent_where)
     return MigrationReport(
         generated_at=now,
         group=group,
@@ -233,7 +246,7 @@ def build_report(
         silent_total=silent_total,
         silent=tuple(judge_device(d, now, settings.silent_days) for d in silent),
         trend=_trend(
-            trend.changes(store, group) if trend is not None else store.day_changes(group),
+            trend.changes(queries, group) if trend is not None else queries.day_changes(group),
             now.date(),
             settings.trend_days,
         ),
@@ -244,26 +257,26 @@ class TrendCache:
     """The trend's day changes per group, kept for `seconds`: the trend counts whole days, so a
     minute-old one draws the same picture, and it is the report's one expensive part (two scans of
     the devices). For the dashboard, whose summary is asked for by every open page every 30 s.
-    Kept per store engine; thread-safe."""
+    Kept per report repository; thread-safe."""
 
     def __init__(self, seconds: float = TREND_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
-        # Keyed by the store's engine (weakly: an engine gone takes its entries with it).
+        # Keyed by the repository (weakly: one gone takes its entries with it).
         self._entries: weakref.WeakKeyDictionary[Any, dict[str | None, tuple[float, list[DayChange]]]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
 
-    def changes(self, store: MigrationReportStore, group: str | None) -> list[DayChange]:
+    def changes(self, queries: ReportQueries, group: str | None) -> list[DayChange]:
         now = self._clock()
         with self._lock:
-            hit = self._entries.get(store.engine, {}).get(group)
+            hit = self._entries.get(queries, {}).get(group)
         if hit is not None and hit[0] > now:
             return hit[1]
-        changes = store.day_changes(group)
+        changes = queries.day_changes(group)
         with self._lock:
-            per_group = self._entries.setdefault(store.engine, {})
+            per_group = self._entries.setdefault(queries, {})
             if len(per_group) >= MAX_CACHED_GROUPS:
                 per_group.clear()  # an unbounded number of groups asked for: start afresh
             per_group[group] = (now + self.seconds, changes)

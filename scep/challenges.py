@@ -1,6 +1,6 @@
 """Who may enroll over SCEP: challenge validators, composed by wrapping (micromdm's middleware style).
 
-    Lockout(AnyOf([StaticChallenge(s), OneTimeChallenge(store)]), store, threshold=5, ...)
+    Lockout(AnyOf([StaticChallenge(s), OneTimeChallenge(enrollments)]), enrollments, threshold=5, ...)
 
 A validator returns ChallengeAccepted or raises Unauthorized with one client-safe message; the
 cause goes to the log. ChallengeNotVerifiable (a subclass) means no verdict could be reached (the
@@ -30,7 +30,7 @@ from typing import Protocol
 
 from shared_ca.authority import Clock, utcnow
 from shared_ca.errors import Unauthorized
-from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore
+from shared_ca.storage.enrollment import ChallengeRecord
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,32 @@ class StaticChallenge:
         return ChallengeAccepted(ChallengeKind.STATIC)
 
 
+class StoredChallenges(Protocol):
+    """The challenge storage a one-time challenge reads (shared_ca.storage.enrollment)."""
+
+    def usable_challenge(
+        self, secret_sha256: str, now: dt.datetime, *, profile: str, device_id: str | None, subject: str | None
+    ) -> ChallengeRecord | None: ...
+    def challenge(self, secret_sha256: str) -> ChallengeRecord | None: ...
+
+
+class ChallengeWriter(Protocol):
+    """The challenge storage `new_one_time_challenge` writes (shared_ca.storage.enrollment)."""
+
+    def create_challenge(
+        self,
+        secret_sha256: str,
+        *,
+        device_id: str | None,
+        profile: str,
+        expires_at: dt.datetime,
+        created_by: str,
+        now: dt.datetime,
+        uses: int = 1,
+        expected_subject: str | None = None,
+    ) -> ChallengeRecord: ...
+
+
 class OneTimeChallenge:
     """A stored, hashed challenge bound to a profile, optionally a device and an expected subject.
 
@@ -120,8 +146,8 @@ class OneTimeChallenge:
     killed, the database gone) spends nothing and can be sent again.
     """
 
-    def __init__(self, store: EnrollmentStore, clock: Clock = utcnow) -> None:
-        self.store = store
+    def __init__(self, challenges: StoredChallenges, clock: Clock = utcnow) -> None:
+        self.challenges = challenges
         self.clock = clock
 
     def validate(self, request: ChallengeRequest) -> ChallengeAccepted:
@@ -130,11 +156,11 @@ class OneTimeChallenge:
             raise Unauthorized(REFUSED, detail="no challenge password")
         digest = challenge_sha256(request.challenge_password)
         now = self.clock()
-        record = self.store.usable_challenge(
+        record = self.challenges.usable_challenge(
             digest, now, profile=request.profile, device_id=request.device_id, subject=request.subject
         )
         if record is None:
-            cause = _why_not_accepted(self.store.challenge(digest), request, now)
+            cause = _why_not_accepted(self.challenges.challenge(digest), request, now)
             log.info("SCEP transaction %s: one-time challenge refused: %s", request.transaction_id, cause)
             raise Unauthorized(REFUSED, detail=f"one-time challenge refused: {cause}")
         log.info("SCEP transaction %s: one-time challenge %d accepted", request.transaction_id, record.id)
@@ -159,7 +185,7 @@ def _why_not_accepted(record: ChallengeRecord | None, request: ChallengeRequest,
 
 
 def new_one_time_challenge(
-    store: EnrollmentStore,
+    challenges: ChallengeWriter,
     device_id: str | None,
     profile: str,
     ttl: dt.timedelta,
@@ -177,7 +203,7 @@ def new_one_time_challenge(
     """
     if secret is None:
         secret = secrets.token_hex(24)
-    store.create_challenge(
+    challenges.create_challenge(
         challenge_sha256(secret),
         device_id=device_id,
         profile=profile,

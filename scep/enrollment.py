@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -19,7 +21,7 @@ from scep.asn1 import MessageType
 from scep.challenges import REFUSED as CHALLENGE_REFUSED
 from scep.challenges import ChallengeNotVerifiable, ChallengeRequest
 from scep.clients import ScepClient
-from scep.lockout import challenge_check
+from scep.lockout import ChallengeStorage, challenge_check
 from scep.message import PkiRequest
 from scep.replies import Replies
 from shared_ca.admission import Admission
@@ -30,14 +32,37 @@ from shared_ca.csr import challenge_password, load_csr
 from shared_ca.errors import BadSignature, CAError, PolicyDenied, TooManyRequests, Unauthorized, Unavailable
 from shared_ca.identity import IdentityRule
 from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
     ChallengeSpent,
     EnrollmentEvent,
     NewScepTransaction,
+    ScepTransactionRecord,
     TransactionExists,
 )
-from shared_ca.trust import recognise
+from shared_ca.trust import CertificateByFingerprint, IssuerById, recognise
+
+
+class TransactionLookup(Protocol):
+    def scep_transaction(self, signer_key_sha256: str, transaction_id: str) -> ScepTransactionRecord | None: ...
+
+
+class EnrollmentRecords(ChallengeStorage, TransactionLookup, Protocol):
+    """The enrollment storage PKCSReq and RenewalReq read: transactions, challenges, lockout counters."""
+
+
+class EnrollmentStorage(Protocol):
+    """What PKCSReq and RenewalReq look up before they issue (shared_ca.storage)."""
+
+    @property
+    def enrollments(self) -> EnrollmentRecords: ...
+    @property
+    def certificates(self) -> CertificateByFingerprint: ...
+    @property
+    def issuers(self) -> IssuerById: ...
+    def look_ups(self) -> AbstractContextManager[None]:
+        """One read scope for the look-ups of one request."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +121,7 @@ class Enrollment:
         self,
         *,
         authority: CertificateAuthority,
-        store: EnrollmentStore,
+        storage: EnrollmentStorage,
         profiles: Mapping[str, Profile],
         authorizer: Authorizer,
         approvals: ApprovalQueue,
@@ -105,8 +130,10 @@ class Enrollment:
         replies: Replies,
     ) -> None:
         self.authority = authority
-        self.store = store
-        self.validators = {name: challenge_check(profile, store, authority.clock) for name, profile in profiles.items()}
+        self.storage = storage
+        self.validators = {
+            name: challenge_check(profile, storage.enrollments, authority.clock) for name, profile in profiles.items()
+        }
         self.authorizer = authorizer  # who may obtain what (shared_ca.authorization)
         self.approvals = approvals  # the manual-approval queue, shared with EST
         self.admission = admission
@@ -119,10 +146,9 @@ class Enrollment:
         key_sha, cert_sha = spki_sha256(signer), fingerprint(signer)
         assert request.csr_der is not None
         request_sha = hashlib.sha256(request.csr_der).hexdigest()
-        # The look-ups before issuance share one connection; the scope closes before the issuing
-        # write, so a lost race (TransactionExists) reads the winner afresh.
-        with self.store.reading():
-            existing = self.store.scep_transaction(key_sha, request.transaction_id)
+        # The look-ups before issuance share one read scope, closed before the issuing write.
+        with self.storage.look_ups():
+            existing = self.storage.enrollments.scep_transaction(key_sha, request.transaction_id)
             if existing is not None and existing.is_retransmission(cert_sha, request.message_type.value, request_sha):
                 log.info("SCEP %s: retransmission, answered as before", request.transaction_id)
                 outcome = f"retransmission:{existing.status}"
@@ -177,7 +203,7 @@ class Enrollment:
         §3.3.1.2: one we issued, or one a legacy CA issued inside its migration window, valid now), or
         whoever knows a challenge the profile accepts."""
         try:
-            known = recognise(self.store, request.signer_certificate, self.authority.clock())
+            known = recognise(self.storage, request.signer_certificate, self.authority.clock())
         except PolicyDenied as exc:  # ours, but revoked, expired, or its legacy window has ended
             cause = f"the signing certificate cannot renew: {exc.public_message}"
             raise PolicyDenied(cause, detail=exc.detail) from exc
@@ -256,7 +282,8 @@ class Enrollment:
 
     def _answer_winner(self, request: PkiRequest) -> bytes:
         """A concurrent request with the same transaction won: answer as it was answered."""
-        winner = self.store.scep_transaction(spki_sha256(request.signer_certificate), request.transaction_id)
+        signer_key = spki_sha256(request.signer_certificate)
+        winner = self.storage.enrollments.scep_transaction(signer_key, request.transaction_id)
         if winner is None:
             raise Unavailable("the SCEP transaction could not be recorded", detail="transaction vanished")
         return self.replies.answer(request, winner)

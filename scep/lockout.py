@@ -21,7 +21,9 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from scep.challenges import (
     LOCKED,
@@ -33,12 +35,13 @@ from scep.challenges import (
     ChallengeValidator,
     OneTimeChallenge,
     StaticChallenge,
+    StoredChallenges,
     WebhookChallenge,
 )
 from shared_ca.authority import Clock, utcnow
 from shared_ca.errors import Unauthorized
 from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore, FailureCount
+from shared_ca.storage.enrollment import FailureCount
 
 log = logging.getLogger(__name__)
 KEY_MAX = 255
@@ -64,6 +67,19 @@ def address_bucket(address: str | None) -> str:
 def _bounded(prefix: str, rest: str) -> str:
     key = prefix + rest
     return key if len(key) <= KEY_MAX else prefix + hashlib.sha256(rest.encode("utf-8")).hexdigest()
+
+
+class FailureCounters(Protocol):
+    """The lockout storage a Lockout uses (shared_ca.storage.enrollment)."""
+
+    def locks(self, keys: Iterable[str], now: dt.datetime) -> dict[str, dt.datetime]: ...
+    def count_failures(
+        self, thresholds: Mapping[str, int], now: dt.datetime, *, window: dt.timedelta, lock_for: dt.timedelta
+    ) -> dict[str, FailureCount]: ...
+
+
+class ChallengeStorage(StoredChallenges, FailureCounters, Protocol):
+    """What a profile's challenge check reads and writes."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,7 @@ class Lockout:
     def __init__(
         self,
         inner: ChallengeValidator,
-        store: EnrollmentStore,
+        counters: FailureCounters,
         *,
         threshold: int,
         window: dt.timedelta,
@@ -136,7 +152,7 @@ class Lockout:
         if threshold < 1 or (profile_threshold is not None and profile_threshold < 1):
             raise ValueError("the lockout threshold is at least 1")
         self.inner = inner
-        self.store = store
+        self.counters = counters
         self.threshold = threshold
         self.profile_threshold = profile_threshold
         self.window = window
@@ -151,7 +167,7 @@ class Lockout:
     def validate(self, request: ChallengeRequest) -> ChallengeAccepted:
         keys = self.keys(request)
         guarded = self.profile_threshold is not None
-        locks = self.store.locks([*keys.per_request, keys.profile] if guarded else keys.per_request, self.clock())
+        locks = self.counters.locks([*keys.per_request, keys.profile] if guarded else keys.per_request, self.clock())
         held = sorted((key.split(":", 1)[0], until) for key, until in locks.items() if key in keys.per_request)
         if held:
             kinds = ", ".join(kind for kind, _until in held)
@@ -177,7 +193,7 @@ class Lockout:
         thresholds = {key: self.threshold for key in keys.per_request if not (suspended and key == keys.value)}
         if self.profile_threshold is not None and not suspended:
             thresholds[keys.profile] = self.profile_threshold
-        counts = self.store.count_failures(thresholds, self.clock(), window=self.window, lock_for=self.lock_for)
+        counts = self.counters.count_failures(thresholds, self.clock(), window=self.window, lock_for=self.lock_for)
         for key, count in counts.items():
             if count.failures == thresholds[key]:  # this failure locked it
                 self._locked_now(request, key, count)
@@ -216,13 +232,13 @@ class Lockout:
             )
 
 
-def challenge_check(profile: Profile, store: EnrollmentStore, clock: Clock) -> Lockout:
+def challenge_check(profile: Profile, storage: ChallengeStorage, clock: Clock) -> Lockout:
     """The profile's challenge check: static, one-time and webhook, under a lockout (with the
     profile-wide guard of its static challenge, when it has one)."""
     validators: list[ChallengeValidator] = []
     if profile.scep_challenge:
         validators.append(StaticChallenge(profile.scep_challenge))
-    validators.append(OneTimeChallenge(store, clock))
+    validators.append(OneTimeChallenge(storage, clock))
     if profile.scep_webhook_url:
         validators.append(
             WebhookChallenge(
@@ -234,7 +250,7 @@ def challenge_check(profile: Profile, store: EnrollmentStore, clock: Clock) -> L
     window = dt.timedelta(minutes=profile.scep_lockout_minutes)
     return Lockout(
         AnyOf(validators),
-        store,
+        storage,
         threshold=profile.scep_lockout_threshold,
         window=window,
         lock_for=window,

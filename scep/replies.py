@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from cryptography import x509
 
@@ -23,13 +24,22 @@ from scep.message import PkiRequest, ReplyContext, ScepMessageError
 from shared_ca.errors import CAError, ErrorKind, TooManyRequests
 from shared_ca.identity import IdentityRule
 from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import (
     EnrollmentEvent,
     NewScepTransaction,
     ScepTransactionRecord,
     TransactionExists,
 )
+
+
+class OutcomeLog(Protocol):
+    """The enrollment storage replies write (shared_ca.storage.enrollment)."""
+
+    def record_event(self, event: EnrollmentEvent, now: dt.datetime) -> int: ...
+    def record_scep_outcome(
+        self, txn: NewScepTransaction, event: EnrollmentEvent, now: dt.datetime
+    ) -> ScepTransactionRecord: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +69,13 @@ class Replies:
         self,
         *,
         ra: RaIdentity,
-        store: EnrollmentStore,
+        enrollments: OutcomeLog,
         identity: IdentityRule,
         clock: Callable[[], dt.datetime],
         nonce: Callable[[], bytes],
     ) -> None:
         self.ra = ra
-        self.store = store
+        self.enrollments = enrollments
         self.identity = identity  # names the device in events
         self.clock = clock
         self.nonce = nonce
@@ -164,9 +174,9 @@ class Replies:
         device = self.device_of(request)
         event = self.enrollment_event(profile, client, request, outcome, "none", device, {"cause": exc.detail})
         try:
-            self.store.record_scep_outcome(failed, event, self.clock())
+            self.enrollments.record_scep_outcome(failed, event, self.clock())
         except TransactionExists:
-            self.store.record_event(event, self.clock())
+            self.enrollments.record_event(event, self.clock())
 
     # -- enrollment events --------------------------------------------------------------------------
 
@@ -235,6 +245,6 @@ class Replies:
             client_family=client.family(operation, transaction_id, cipher, digest),
         )
         try:
-            self.store.record_event(event, self.clock())
+            self.enrollments.record_event(event, self.clock())
         except CAError as exc:  # an event must never turn an answer into an error
             log.error("could not record the SCEP enrollment event: %s", exc.detail)

@@ -5,10 +5,12 @@ An unknown transaction, certificate or issuer is NotFound, which scep.replies an
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from cryptography import x509
 
 from scep.clients import ScepClient
-from scep.enrollment import spki_sha256
+from scep.enrollment import TransactionLookup, spki_sha256
 from scep.message import PkiRequest
 from scep.replies import Replies
 from shared_ca.authority import CertificateAuthority
@@ -16,23 +18,36 @@ from shared_ca.crl import CrlPublisher
 from shared_ca.errors import NotFound
 from shared_ca.profiles import Profile
 from shared_ca.serials import serial_hex
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.certificates import CertificateRecord
+
+
+class CertificateBySerial(Protocol):
+    def certificate(self, issuer_id: int, serial_hex: str) -> CertificateRecord | None: ...
+
+
+class RetrievalStorage(Protocol):
+    """What CertPoll and GetCert read (shared_ca.storage)."""
+
+    @property
+    def enrollments(self) -> TransactionLookup: ...
+    @property
+    def certificates(self) -> CertificateBySerial: ...
 
 
 class Retrieval:
     """Answers the retrieval messages for one CA. Immutable; one per worker."""
 
     def __init__(
-        self, *, authority: CertificateAuthority, store: EnrollmentStore, crl: CrlPublisher, replies: Replies
+        self, *, authority: CertificateAuthority, storage: RetrievalStorage, crl: CrlPublisher, replies: Replies
     ) -> None:
         self.authority = authority
-        self.store = store
+        self.storage = storage
         self.crl = crl
         self.replies = replies
 
     def poll(self, request: PkiRequest, profile: Profile, client: ScepClient) -> bytes:
         """CertPoll: the answer of the transaction, PENDING while it waits for approval or capacity."""
-        txn = self.store.scep_transaction(spki_sha256(request.signer_certificate), request.transaction_id)
+        txn = self.storage.enrollments.scep_transaction(spki_sha256(request.signer_certificate), request.transaction_id)
         if txn is None:
             raise NotFound("no request with this transactionID")
         self.replies.event(profile, client, "CertPoll", f"poll:{txn.status}", request.reply)
@@ -44,7 +59,7 @@ class Retrieval:
         assert wanted is not None
         record = None
         if wanted.issuer_der == self.authority.certificate.subject.public_bytes():
-            record = self.store.certificate(self.authority.issuer.id, serial_hex(wanted.serial_number))
+            record = self.storage.certificates.certificate(self.authority.issuer.id, serial_hex(wanted.serial_number))
         if record is None:
             raise NotFound("no such certificate")
         self.replies.event(profile, client, "GetCert", "delivered", request.reply)

@@ -13,6 +13,8 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -20,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from scep.asn1 import FailInfo, MessageType
 from scep.builder import RaIdentity, build_next_ca_reply, degenerate_certs_only
 from scep.clients import ScepClient
-from scep.enrollment import Enrollment, too_many_requests
+from scep.enrollment import Enrollment, EnrollmentRecords, too_many_requests
 from scep.message import PkiRequest, ScepMessageError, parse_pki_message
-from scep.replies import Replies
-from scep.retrieval import Retrieval
+from scep.replies import OutcomeLog, Replies
+from scep.retrieval import CertificateBySerial, Retrieval
 from shared_ca.admission import Admission
 from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority
@@ -32,11 +34,33 @@ from shared_ca.crl import CrlPublisher
 from shared_ca.errors import AlgorithmNotAllowed, CAError, Unavailable
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.profiles import Profile
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.trust import CertificateByFingerprint, IssuerById
 
 log = logging.getLogger(__name__)
 BUSY = "the gateway is busy; try again later"
 AT_CAPACITY = "at capacity: no slot within the queue wait (admission.max_in_flight, admission.queue_wait_ms)"
+
+
+class ScepRecords(EnrollmentRecords, OutcomeLog, Protocol):
+    """Everything SCEP records about enrollments (shared_ca.storage.enrollment)."""
+
+
+class ScepCertificates(CertificateByFingerprint, CertificateBySerial, Protocol):
+    """The certificates SCEP looks up: a renewal's signer, GetCert's certificate."""
+
+
+class ScepStorage(Protocol):
+    """What SCEP reads and writes (shared_ca.storage.repositories.Storage)."""
+
+    @property
+    def enrollments(self) -> ScepRecords: ...
+    @property
+    def certificates(self) -> ScepCertificates: ...
+    @property
+    def issuers(self) -> IssuerById: ...
+    def look_ups(self) -> AbstractContextManager[None]:
+        """One read scope for the look-ups of one request."""
+        ...
 
 
 class ScepService:
@@ -46,7 +70,7 @@ class ScepService:
         self,
         *,
         authority: CertificateAuthority,
-        store: EnrollmentStore,
+        storage: ScepStorage,
         crl: CrlPublisher,
         ra_key: rsa.RSAPrivateKey,
         ra_certificate: x509.Certificate,
@@ -67,10 +91,12 @@ class ScepService:
         self._ca_ra_certs = degenerate_certs_only([ra_certificate, *authority.chain])
         # GetNextCACert (RFC 8894 §4.7): the next RA and CA certificates, signed once by the current RA.
         self._next_ca_reply = build_next_ca_reply(ra, next_ca_certs) if next_ca_certs else None
-        self._replies = Replies(ra=ra, store=store, identity=identity, clock=authority.clock, nonce=nonce)
+        self._replies = Replies(
+            ra=ra, enrollments=storage.enrollments, identity=identity, clock=authority.clock, nonce=nonce
+        )
         self._enrollment = Enrollment(
             authority=authority,
-            store=store,
+            storage=storage,
             profiles=profiles,
             authorizer=authorizer,
             approvals=approvals,
@@ -78,7 +104,7 @@ class ScepService:
             identity=identity,
             replies=self._replies,
         )
-        self._retrieval = Retrieval(authority=authority, store=store, crl=crl, replies=self._replies)
+        self._retrieval = Retrieval(authority=authority, storage=storage, crl=crl, replies=self._replies)
 
     # -- what needs no pkiMessage -------------------------------------------------------------------
 

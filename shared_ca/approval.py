@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
@@ -27,17 +28,60 @@ from shared_ca.authorization import (
     Authorization,
     Authorizer,
     CertificateRequest,
+    CredentialUses,
     Principal,
     PrincipalKind,
     spending_use,
 )
 from shared_ca.errors import Conflict, NotFound, PolicyDenied
 from shared_ca.profiles import Profile
-from shared_ca.storage.approvals import ApprovalExists, ApprovalRecord, ApprovalStore, NewApproval, approval_key
+from shared_ca.storage.approvals import ApprovalExists, ApprovalRecord, NewApproval, approval_key
+from shared_ca.storage.certificates import CertificateRecord
 from shared_ca.storage.enrollment_records import CompletePending, EnrollmentEvent, NewScepTransaction
-from shared_ca.storage.est_users import EstUserStore
-from shared_ca.storage.repository import CertificateRecord
-from shared_ca.trust import recognise
+from shared_ca.storage.est_users import EstUserRecord
+from shared_ca.trust import CertificateByFingerprint, IssuerById, recognise
+
+
+class QueuedRequests(Protocol):
+    """The approval storage the queue uses (shared_ca.storage.approvals)."""
+
+    def hold(
+        self,
+        new: NewApproval,
+        event: EnrollmentEvent,
+        now: dt.datetime,
+        *,
+        scep_transaction: NewScepTransaction | None = None,
+    ) -> ApprovalRecord: ...
+    def approval(self, approval_id: int) -> ApprovalRecord | None: ...
+    def approval_by_key(self, protocol: str, request_key: str) -> ApprovalRecord | None: ...
+    def list_approvals(
+        self, *, status: str | None = "pending", profile: str | None = None, deferred: bool | None = False
+    ) -> list[ApprovalRecord]: ...
+    def claim_deferred(self, now: dt.datetime, lease_until: dt.datetime) -> ApprovalRecord | None: ...
+    def reject(self, approval_id: int, reason: str, *, actor: str, now: dt.datetime) -> ApprovalRecord: ...
+
+
+class QueueUsers(CredentialUses, Protocol):
+    def est_user_by_id(self, user_id: int) -> EstUserRecord | None: ...
+
+
+class QueueCertificates(CertificateByFingerprint, Protocol):
+    def certificate_by_id(self, cert_id: int) -> CertificateRecord | None: ...
+
+
+class ApprovalStorage(Protocol):
+    """What the queue reads and writes: the queue, the EST users it spends, the certificates it renews."""
+
+    @property
+    def approvals(self) -> QueuedRequests: ...
+    @property
+    def est_users(self) -> QueueUsers: ...
+    @property
+    def certificates(self) -> QueueCertificates: ...
+    @property
+    def issuers(self) -> IssuerById: ...
+
 
 DEFERRED_LEASE = dt.timedelta(minutes=2)  # a worker issuing a deferred request holds it this long at most
 _CHALLENGE_KINDS = (PrincipalKind.STATIC_CHALLENGE, PrincipalKind.ONE_TIME_CHALLENGE, PrincipalKind.WEBHOOK)
@@ -102,15 +146,15 @@ class ApprovalQueue:
         *,
         authority: CertificateAuthority,
         authorizer: Authorizer,
-        approvals: ApprovalStore,
-        users: EstUserStore,
+        storage: ApprovalStorage,
         profiles: Mapping[str, Profile],
         clock: Callable[[], dt.datetime],
     ) -> None:
         self.authority = authority
         self.authorizer = authorizer
-        self.approvals = approvals
-        self.users = users
+        self.storage = storage
+        self.approvals = storage.approvals
+        self.users = storage.est_users
         self.profiles = profiles
         self.clock = clock
 
@@ -250,10 +294,10 @@ class ApprovalQueue:
             return Principal.challenge(kind, queued.profile, queued.device_identity)
         principal: Principal | None = None
         if kind is PrincipalKind.CERTIFICATE:
-            record = self.approvals.certificate_by_id(queued.renewal_of_id or 0)
+            record = self.storage.certificates.certificate_by_id(queued.renewal_of_id or 0)
             if record is None:
                 raise PolicyDenied(f"the certificate that asked for request {queued.id} is gone")
-            recognised = recognise(self.approvals, x509.load_der_x509_certificate(record.der), now)
+            recognised = recognise(self.storage, x509.load_der_x509_certificate(record.der), now)
             if recognised is None:
                 raise PolicyDenied(f"the certificate that asked for request {queued.id} is not trusted now")
             principal = self.authorizer.certificate_principal(recognised)

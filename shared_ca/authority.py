@@ -1,4 +1,4 @@
-"""One signing CA: issue, renew and revoke, each recorded in the store before it is returned.
+"""One signing CA: issue, renew and revoke, each recorded in storage before it is returned.
 
 The CA's certificate, chain and key are loaded once and never change in a process; everything
 that must be consistent across processes and hosts lives in the store.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -21,15 +22,10 @@ from shared_ca.errors import Conflict, KeyMaterialError, NotFound
 from shared_ca.keys import PrivateKey, key_matches_certificate
 from shared_ca.policy import IssuancePolicy, common_name, san_text
 from shared_ca.serials import new_serial, serial_hex
+from shared_ca.storage.audit import AuditEvent
+from shared_ca.storage.certificates import CertificateRecord, NewCertificate, SerialCollision
 from shared_ca.storage.enrollment_records import CompletePending, EnrollmentEvent, NewScepTransaction
-from shared_ca.storage.repository import (
-    AuditEvent,
-    CertificateRecord,
-    IssuerRecord,
-    NewCertificate,
-    SerialCollision,
-    Store,
-)
+from shared_ca.storage.issuers import IssuerRecord
 
 Clock = Callable[[], dt.datetime]
 MAX_SERIAL_ATTEMPTS = 5
@@ -97,6 +93,27 @@ class PublicUrls:
         return f"{self.base_url.rstrip('/')}/ca/{issuer_name}.crt"
 
 
+class CertificateLedger(Protocol):
+    """The certificate storage a CA uses (shared_ca.storage.certificates)."""
+
+    def record_issued(
+        self,
+        cert: NewCertificate,
+        event: AuditEvent,
+        now: dt.datetime,
+        *,
+        supersede: tuple[int, dt.datetime] | None = None,
+        enrollment: EnrollmentEvent | None = None,
+        scep_transaction: NewScepTransaction | CompletePending | None = None,
+    ) -> CertificateRecord: ...
+
+    def certificate(self, issuer_id: int, serial_hex: str) -> CertificateRecord | None: ...
+
+    def revoke(
+        self, cert_id: int, reason: str, revoked_at: dt.datetime, event: AuditEvent, now: dt.datetime
+    ) -> CertificateRecord: ...
+
+
 @dataclass(frozen=True)
 class Issued:
     """A certificate that has been signed and recorded."""
@@ -106,11 +123,11 @@ class Issued:
 
 
 class CertificateAuthority:
-    """A CA that signs with its key and records everything it signs in `store`."""
+    """A CA that signs with its key and records everything it signs in `certificates`."""
 
     def __init__(
         self,
-        store: Store,
+        certificates: CertificateLedger,
         issuer: IssuerRecord,
         certificate: x509.Certificate,
         chain: tuple[x509.Certificate, ...],
@@ -120,7 +137,7 @@ class CertificateAuthority:
     ) -> None:
         if not key_matches_certificate(key, certificate):
             raise KeyMaterialError(f"the key of issuer {issuer.name!r} does not match its certificate")
-        self.store = store
+        self.certificates = certificates
         self.issuer = issuer
         self.certificate = certificate
         self.chain = chain  # the CA certificate first, then its own issuers
@@ -218,7 +235,7 @@ class CertificateAuthority:
         """Sign the certificate `policy` describes and record it with its audit event, atomically.
 
         `enrollment` and `scep_transaction` are recorded in the same database transaction (see
-        Store.record_issued); TransactionExists means a concurrent request won and nothing was kept.
+        Certificates.record_issued); TransactionExists means a concurrent request won and nothing was kept.
         """
         now = self.clock()
         if self.certificate.not_valid_after_utc <= now:
@@ -255,7 +272,7 @@ class CertificateAuthority:
             )
             action = "certificate.renewed" if renewal_of else "certificate.issued"
             try:
-                record = self.store.record_issued(
+                record = self.certificates.record_issued(
                     row,
                     AuditEvent(actor, action, self.issuer.id, row.serial_hex, detail),
                     now,
@@ -271,7 +288,7 @@ class CertificateAuthority:
     # -- revocation -------------------------------------------------------------------------------
 
     def find(self, serial: str) -> CertificateRecord:
-        record = self.store.certificate(self.issuer.id, serial)
+        record = self.certificates.certificate(self.issuer.id, serial)
         if record is None:
             raise NotFound(f"no certificate with serial {serial} from issuer {self.name!r}")
         return record
@@ -283,4 +300,4 @@ class CertificateAuthority:
         if record.effective_status(now) == "revoked":
             raise Conflict(f"certificate {serial} is already revoked")
         event = AuditEvent(actor, "certificate.revoked", self.issuer.id, serial, {"reason": reason.value})
-        return self.store.revoke(record.id, reason.value, now, event, now)
+        return self.certificates.revoke(record.id, reason.value, now, event, now)

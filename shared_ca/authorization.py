@@ -30,6 +30,7 @@ import datetime as dt
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from cryptography import x509
 
@@ -39,12 +40,26 @@ from shared_ca.identity import IdentityRule, certificate_sans
 from shared_ca.keys import PublicKey, public_key_bytes
 from shared_ca.policy import IssuancePolicy, authorize_request
 from shared_ca.profiles import Profile
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.est_users import EstUserRecord, EstUserStore
-from shared_ca.storage.repository import CertificateRecord
+from shared_ca.storage.certificates import CertificateRecord
+from shared_ca.storage.devices import ScepGate
+from shared_ca.storage.est_users import EstUserRecord
 from shared_ca.trust import RecognisedCertificate
 
 ADMIN_PROTOCOL = "admin"
+
+
+class DeviceStandings(Protocol):
+    """The device storage the Authorizer reads (shared_ca.storage.devices): the migration model."""
+
+    def mapped_label(self, identity: str) -> str | None: ...
+    def scep_gate(self, identity: str) -> ScepGate | None: ...
+
+
+class CredentialUses(Protocol):
+    """The EST user storage `spending_use` writes (shared_ca.storage.est_users)."""
+
+    def consume_use(self, user_id: int, now: dt.datetime) -> bool: ...
+    def refund_use(self, user_id: int) -> None: ...
 
 
 class PrincipalKind(enum.Enum):
@@ -136,7 +151,7 @@ class Authorizer:
         *,
         default_profile: str,
         clock: Callable[[], dt.datetime],
-        devices: DeviceStore | None = None,
+        devices: DeviceStandings | None = None,
         est_url: str = "",
     ) -> None:
         self.identity = identity
@@ -317,7 +332,7 @@ class Authorizer:
 
 
 @contextlib.contextmanager
-def spending_use(users: EstUserStore, principal: Principal, now: dt.datetime) -> Iterator[None]:
+def spending_use(users: CredentialUses, principal: Principal, now: dt.datetime) -> Iterator[None]:
     """Spend one use of the principal's EST user (if it has counted uses) for what the block issues;
     the use is given back when the block raises. PolicyDenied when none is left."""
     user = principal.user

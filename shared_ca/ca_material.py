@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
@@ -12,7 +13,8 @@ from shared_ca.authority import fingerprint, signature_hash
 from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import PrivateKey, key_matches_certificate, parse_private_key
 from shared_ca.serials import new_serial
-from shared_ca.storage.repository import AuditEvent, IssuerRecord, NewIssuer, Store
+from shared_ca.storage.audit import AuditEvent
+from shared_ca.storage.issuers import IssuerRecord, NewIssuer
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,14 @@ def material_from_pkcs12(data: bytes, password: bytes | None, now: dt.datetime) 
     return material
 
 
+class IssuerRegistry(Protocol):
+    """The issuer storage `register_issuer` writes (shared_ca.storage.issuers)."""
+
+    def add_issuer(self, issuer: NewIssuer, event: AuditEvent, now: dt.datetime) -> IssuerRecord: ...
+
+
 def register_issuer(
-    store: Store,
+    issuers: IssuerRegistry,
     name: str,
     cert: x509.Certificate,
     *,
@@ -147,4 +155,4 @@ def register_issuer(
         trust_until=trust_until,
     )
     event = AuditEvent(actor, "issuer.added", detail={"name": name, "kind": kind, "subject": issuer.subject})
-    return store.add_issuer(issuer, event, now)
+    return issuers.add_issuer(issuer, event, now)

@@ -82,7 +82,7 @@ class OcspResponder:
                 200, unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED), f"serial {serial_hex(serial)}: not our issuer"
             )
         now = authority.clock()
-        record = authority.store.certificate(authority.issuer.id, serial_hex(serial))
+        record = authority.certificates.certificate(authority.issuer.id, serial_hex(serial))
         builder = ocsp.OCSPResponseBuilder()
         if record is None:
             status_text = "unknown"

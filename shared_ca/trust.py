@@ -3,26 +3,45 @@ inside its migration window, and whether it is still valid.
 
 Both protocols ask this: SCEP for renewal without a challenge, EST for client-certificate
 authentication. A certificate is recognised by its exact DER (its SHA-256 fingerprint) among the
-certificates the store holds: ones this gateway issued and ones imported from a legacy CA.
+certificates storage holds: ones this gateway issued and ones imported from a legacy CA.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 
 from shared_ca.authority import fingerprint
 from shared_ca.errors import PolicyDenied
-from shared_ca.storage.repository import CertificateRecord, IssuerRecord, Store
+from shared_ca.storage.certificates import CertificateRecord
+from shared_ca.storage.issuers import IssuerRecord
 
 OWN_ISSUER_KINDS = ("ca",)
 
 
+class CertificateByFingerprint(Protocol):
+    def certificate_by_fingerprint(self, fingerprint_sha256: str) -> CertificateRecord | None: ...
+
+
+class IssuerById(Protocol):
+    def issuer_by_id(self, issuer_id: int) -> IssuerRecord | None: ...
+
+
+class KnownCertificates(Protocol):
+    """The storage `recognise` reads: certificates by fingerprint, and their issuers."""
+
+    @property
+    def certificates(self) -> CertificateByFingerprint: ...
+    @property
+    def issuers(self) -> IssuerById: ...
+
+
 @dataclass(frozen=True)
 class RecognisedCertificate:
-    """A presented certificate the store knows, valid now, from an issuer we trust now."""
+    """A presented certificate storage knows, valid now, from an issuer we trust now."""
 
     record: CertificateRecord
     issuer: IssuerRecord
@@ -32,13 +51,15 @@ class RecognisedCertificate:
         return self.issuer.kind == "legacy"
 
 
-def recognise(store: Store, certificate: x509.Certificate, now: dt.datetime) -> RecognisedCertificate | None:
+def recognise(
+    storage: KnownCertificates, certificate: x509.Certificate, now: dt.datetime
+) -> RecognisedCertificate | None:
     """None for a certificate we never issued nor imported; PolicyDenied when we know it but it may not
     authenticate now (revoked, expired, or its legacy issuer's migration window has ended)."""
-    record = store.certificate_by_fingerprint(fingerprint(certificate))
+    record = storage.certificates.certificate_by_fingerprint(fingerprint(certificate))
     if record is None:
         return None
-    issuer = store.issuer_by_id(record.issuer_id)
+    issuer = storage.issuers.issuer_by_id(record.issuer_id)
     if issuer is None:
         return None
     if issuer.kind == "legacy":

@@ -23,7 +23,7 @@ from shared_ca.authority import CertificateAuthority, PublicUrls
 from shared_ca.ca_material import create_root_ca, register_issuer
 from shared_ca.keys import KeyType, generate_private_key
 from shared_ca.storage.db import create_store_engine, migrate_to_head, sqlite_url
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from tests.support import SettableClock
 
 PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "")
@@ -60,11 +60,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
+def store(database_url: str) -> Iterator[Storage]:
     engine = create_store_engine(database_url)
     migrate_to_head(engine)
     try:
-        yield Store(engine)
+        yield Storage.open(engine)
     finally:
         engine.dispose()
 
@@ -75,13 +75,13 @@ def clock() -> SettableClock:
 
 
 @pytest.fixture
-def authority(store: Store, clock: SettableClock) -> CertificateAuthority:
+def authority(store: Storage, clock: SettableClock) -> CertificateAuthority:
     """A P-256 root CA registered in `store` (fast to create), on a settable clock."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
     material = create_root_ca(generate_private_key(KeyType.P256), name, 3650, clock())
-    issuer = register_issuer(store, "ca", material.certificate, kind="ca", actor="test", now=clock())
+    issuer = register_issuer(store.issuers, "ca", material.certificate, kind="ca", actor="test", now=clock())
     return CertificateAuthority(
-        store, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
+        store.certificates, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
     )
 
 
@@ -105,7 +105,7 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
 def app(gateway_config: GatewayConfig) -> Iterator[Flask]:
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].get().store.engine.dispose()
+    application.extensions["gateway"].get().storage.db.dispose()
 
 
 @pytest.fixture

@@ -30,13 +30,13 @@ from cryptography.x509.oid import AttributeOID, NameOID
 from sqlalchemy import select
 
 from gateway.config import load_config
-from gateway.runtime import open_store
+from gateway.runtime import open_storage
 from scep.asn1 import Digest, MessageType
 from scep.client_messages import CertRepReply, build_pki_request, parse_cert_rep, read_certs_only, self_signed_signer
 from scep.envelope import ContentCipher
 from shared_ca.keys import PrivateKey
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentRecord
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import certificates
 from tests.test_est_auth_matrix import Answer, basic, est_path
 from tests.test_serve import (
@@ -105,7 +105,7 @@ class World:
 
     server: Server
     workdir: Path
-    store: EnrollmentStore
+    store: Storage
     ra: x509.Certificate
     ca: x509.Certificate
     bootstrap_secret: str
@@ -248,24 +248,24 @@ class Ledger:
     last_event: int
 
 
-def stored_serials(store: EnrollmentStore) -> dict[str, tuple[str, str]]:
+def stored_serials(store: Storage) -> dict[str, tuple[str, str]]:
     """Every row of the certificates table: serial → (profile, protocol)."""
     query = select(certificates.c.serial_hex, certificates.c.profile, certificates.c.protocol)
     with store.engine.connect() as conn:
         return {row.serial_hex: (row.profile, row.protocol) for row in conn.execute(query)}
 
 
-def ledger(store: EnrollmentStore) -> Ledger:
-    newest = store.enrollment_events(limit=1)
+def ledger(store: Storage) -> Ledger:
+    newest = store.enrollments.enrollment_events(limit=1)
     return Ledger(frozenset(stored_serials(store)), newest[0].id if newest else 0)
 
 
-def issued_since(store: EnrollmentStore, before: Ledger) -> dict[str, tuple[str, str]]:
+def issued_since(store: Storage, before: Ledger) -> dict[str, tuple[str, str]]:
     return {serial: row for serial, row in stored_serials(store).items() if serial not in before.serials}
 
 
-def events_since(store: EnrollmentStore, before: Ledger) -> list[EnrollmentRecord]:
-    return [e for e in reversed(store.enrollment_events(limit=50)) if e.id > before.last_event]
+def events_since(store: Storage, before: Ledger) -> list[EnrollmentRecord]:
+    return [e for e in reversed(store.enrollments.enrollment_events(limit=50)) if e.id > before.last_event]
 
 
 def logged_messages(server: Server) -> list[str]:
@@ -363,7 +363,7 @@ def build_world(workdir: Path) -> World:
     bootstrap, challenge, refused = _prepare(data_dir)
     server = start_server(data_dir, workdir, http_port=http_port)
     try:
-        store = open_store(load_config(data_dir, environ={}))
+        store = open_storage(load_config(data_dir, environ={}))
         ra, ca = _ra_and_ca(server)
         world = World(server, workdir, store, ra, ca, bootstrap, challenge, refused)
         world.est_device = _enroll_over_est(world, "dev-1", ["dev-1.example"])

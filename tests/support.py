@@ -22,7 +22,8 @@ from shared_ca.errors import PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY, certificate_sans
 from shared_ca.keys import PrivateKey, PublicKey
 from shared_ca.profiles import Profile
-from shared_ca.storage.repository import CertificateRecord
+from shared_ca.storage.certificates import CertificateRecord, Certificates
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import certificates
 from shared_ca.trust import recognise
 
@@ -41,6 +42,12 @@ class SettableClock:
 
 
 _RSA_CACHE: dict[int, rsa.RSAPrivateKey] = {}
+
+
+def storage_of(authority: CertificateAuthority) -> Storage:
+    """The repositories of the database an authority of the tests records in."""
+    assert isinstance(authority.certificates, Certificates)
+    return Storage.open(authority.certificates.db.engine)
 
 
 def rsa_key(bits: int = 2048, *, fresh: bool = False) -> rsa.RSAPrivateKey:
@@ -165,7 +172,7 @@ def renew(
     """Renew `current` the way a device holding it would: recognised, authorized by the Authorizer (its own
     profile, subject and SANs, `profile`'s renewal rules), then issued by the CA."""
     held = x509.load_der_x509_certificate(current.der)
-    recognised = recognise(authority.store, held, authority.clock())
+    recognised = recognise(storage_of(authority), held, authority.clock())
     if recognised is None:
         raise PolicyDenied("the certificate to renew was not issued by this CA")
     authorizer = Authorizer(DEFAULT_IDENTITY, default_profile=profile.name, clock=authority.clock)

@@ -23,8 +23,8 @@ from werkzeug.test import TestResponse
 from gateway.cli import main
 from scep.asn1 import FailInfo
 from shared_ca.errors import Conflict, NotFound
-from shared_ca.storage.admin import AdminTokenStore, admin_token_sha256
-from shared_ca.storage.repository import Store
+from shared_ca.storage.admin import AdminTokens, admin_token_sha256
+from shared_ca.storage.repositories import Storage
 from tests.support import SettableClock
 from tests.test_scep_service import device_key, enroll, enrollment, failure, get_ca, name
 
@@ -35,8 +35,8 @@ NDES = "/certsrv/mscep_admin/"
 NDES_SCRAPE = re.compile(r"challenge password is: <B> ([A-Z0-9]{16,32}) </B>")
 
 
-def tokens_of(app: Flask) -> AdminTokenStore:
-    return AdminTokenStore(app.extensions["gateway"].get().store.engine)
+def tokens_of(app: Flask) -> AdminTokens:
+    return Storage.open(app.extensions["gateway"].get().storage.engine).admin_tokens
 
 
 @pytest.fixture
@@ -80,8 +80,8 @@ def run(runner: CliRunner, data_dir: Path, *args: str, code: int = 0) -> str:
 # -- storage ----------------------------------------------------------------------------------------
 
 
-def test_tokens_are_stored_hashed_and_authenticate_until_disabled(store: Store, clock: SettableClock) -> None:
-    tokens = AdminTokenStore(store.engine)
+def test_tokens_are_stored_hashed_and_authenticate_until_disabled(store: Storage, clock: SettableClock) -> None:
+    tokens = store.admin_tokens
     created = tokens.create_admin_token("mdm", created_by="test", now=clock())
     assert len(created.token) >= 43  # 32 random bytes, URL-safe base64
     assert "token=<secret>" in repr(created)
@@ -97,13 +97,13 @@ def test_tokens_are_stored_hashed_and_authenticate_until_disabled(store: Store, 
     assert tokens.disable_admin_token("mdm", actor="test", now=clock() + dt.timedelta(hours=1)) == disabled
     assert tokens.authenticate_admin_token(created.token, clock()) is None
     assert tokens.admin_token_for_secret(created.token) == disabled
-    actions = [e.action for e in store.audit_events() if e.action.startswith("admin_token.")]
+    actions = [e.action for e in store.audit.audit_events() if e.action.startswith("admin_token.")]
     assert sorted(actions) == ["admin_token.created", "admin_token.disabled"]
-    assert all(created.token not in json.dumps(e.detail) for e in store.audit_events())
+    assert all(created.token not in json.dumps(e.detail) for e in store.audit.audit_events())
 
 
-def test_token_names_are_unique_and_checked(store: Store, clock: SettableClock) -> None:
-    tokens = AdminTokenStore(store.engine)
+def test_token_names_are_unique_and_checked(store: Storage, clock: SettableClock) -> None:
+    tokens = store.admin_tokens
     tokens.create_admin_token("mdm", created_by="test", now=clock())
     tokens.disable_admin_token("mdm", actor="test", now=clock())
     with pytest.raises(Conflict, match="already exists"):
@@ -168,8 +168,8 @@ def test_api_creates_a_challenge(client: FlaskClient, app: Flask, token: str) ->
     expires = dt.datetime.fromisoformat(reply["expires_at"].replace("Z", "+00:00"))
     assert reply["expires_at"].endswith("Z")
     assert dt.timedelta(seconds=599) <= expires - before <= dt.timedelta(seconds=602)
-    store = app.extensions["gateway"].get().store
-    events = [e for e in store.audit_events(action="scep.challenge.created")]
+    store = app.extensions["gateway"].get().storage
+    events = [e for e in store.audit.audit_events(action="scep.challenge.created")]
     assert events[0].actor == "admin-token:mdm" and reply["challenge"] not in json.dumps(events[0].detail)
     record = tokens_of(app).admin_token("mdm")
     assert record is not None and record.last_used_at is not None
@@ -258,7 +258,7 @@ def test_api_names_the_bad_field(client: FlaskClient, app: Flask, token: str, bo
     assert response.status_code == 400, response.data
     assert response.mimetype == "text/plain"
     assert response.data.decode().startswith(f"{field}: ")
-    assert app.extensions["gateway"].get().store.audit_events(action="scep.challenge.created") == []
+    assert app.extensions["gateway"].get().storage.audit.audit_events(action="scep.challenge.created") == []
 
 
 def test_api_boundaries_are_accepted(client: FlaskClient, token: str) -> None:
@@ -318,7 +318,7 @@ def test_ndes_page_hands_out_a_one_time_challenge(client: FlaskClient, app: Flas
     ca_der = app.extensions["gateway"].get().authority.certificate.public_bytes(Encoding.DER)
     ca_sha1 = hashlib.sha1(ca_der).hexdigest()  # noqa: S324 - NDES shows the SHA-1 thumbprint
     assert f"<B> {ca_sha1.upper()} </B>" in page
-    [created] = app.extensions["gateway"].get().store.audit_events(action="scep.challenge.created")
+    [created] = app.extensions["gateway"].get().storage.audit.audit_events(action="scep.challenge.created")
     assert created.actor == "admin-token:mdm" and created.detail["device"] is None
     assert created.detail["profile"] == "default" and created.detail["uses"] == 1
     assert ndes_secret(client, token) != secret  # every fetch is a new challenge
@@ -344,7 +344,7 @@ def test_ndes_page_refuses_missing_or_wrong_credentials(
     _unauthorized(response, "Basic")
     assert response.headers["WWW-Authenticate"] == 'Basic realm="SCEP challenge"'
     assert cause in caplog.text
-    assert app.extensions["gateway"].get().store.audit_events(action="scep.challenge.created") == []
+    assert app.extensions["gateway"].get().storage.audit.audit_events(action="scep.challenge.created") == []
 
 
 def test_ndes_page_refuses_a_disabled_token(client: FlaskClient, app: Flask, token: str) -> None:

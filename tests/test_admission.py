@@ -27,7 +27,7 @@ from scep.asn1 import FailInfo, MessageType, PkiStatus
 from scep.client_messages import issuer_and_serial_der
 from shared_ca.admission import Admission, AdmissionSettings, TokenBuckets
 from shared_ca.approval import drain_deferred
-from shared_ca.storage.est_users import EstUserStore, hash_password
+from shared_ca.storage.est_users import hash_password
 from shared_ca.storage.schema import enrollment_events
 from tests.support import SettableClock, ec_key, issued_count, make_csr, subject
 from tests.test_scep_service import (
@@ -119,11 +119,11 @@ def busy_app(data_dir: Path) -> Iterator[Flask]:
     }
     app = create_app(load_config(data_dir, environ=environ))
     gw = gateway(app)
-    EstUserStore(gw.store.engine).add_est_user(
+    gw.storage.est_users.add_est_user(
         "alice", hash_password(PASSWORD), kind="password", created_by="test", now=gw.authority.clock()
     )
     yield app
-    gw.store.engine.dispose()
+    gw.storage.engine.dispose()
 
 
 def gateway(app: Flask) -> Gateway:
@@ -156,7 +156,7 @@ def _get_cert(ra: Any, sent: Any) -> Any:
 
 def test_at_capacity_a_scep_enrollment_is_pending_then_issued_in_the_background(busy_app: Flask) -> None:
     client, gw = busy_app.test_client(), gateway(busy_app)
-    before = issued_count(gw.store.engine)  # the RA and TLS certificates of `gateway init`
+    before = issued_count(gw.storage.engine)  # the RA and TLS certificates of `gateway init`
     ra = get_ca(client)
     key = device_key(3)
     sent = enrollment(ra, "deferred-1", key=key)
@@ -171,7 +171,7 @@ def test_at_capacity_a_scep_enrollment_is_pending_then_issued_in_the_background(
         get_cert = post(client, _get_cert(ra, sent).der)  # anything else is 503 with Retry-After
         assert get_cert.status_code == 503 and get_cert.headers["Retry-After"] == "7"
         assert drain_deferred(gw.approvals, gw.admission, actor="test") == 0  # no spare slot: nothing issued
-    assert issued_count(gw.store.engine) == before
+    assert issued_count(gw.storage.engine) == before
     (queued,) = gw.approvals.approvals.list_approvals(deferred=True)
     assert (queued.protocol, queued.subject, queued.deferred) == ("scep", "CN=deferred-1", True)
     assert gw.approvals.pending() == []  # not an administrator's to decide
@@ -180,13 +180,13 @@ def test_at_capacity_a_scep_enrollment_is_pending_then_issued_in_the_background(
     issued = reply_of(post(client, poll.der), ra, poll)
     cert = issued_cert(issued, key)
     assert cert.subject == subject("deferred-1")
-    assert issued_count(gw.store.engine) == before + 1
+    assert issued_count(gw.storage.engine) == before + 1
     assert gw.admission.snapshot()["scep:deferred"] == 1 and gw.admission.snapshot()["scep:shed"] == 1
     assert drain_deferred(gw.approvals, gw.admission, actor="test") == 0  # issued once
     # Its issuance event says it was deferred (no administrator approved it) and how the device
     # authenticated, as a SCEP event does: its static challenge.
     e = enrollment_events.c
-    with gw.store.engine.connect() as conn:
+    with gw.storage.engine.connect() as conn:
         kinds = conn.execute(
             select(e.operation, e.challenge_kind).where(e.device_identity == "deferred-1", e.outcome == "issued")
         ).all()
@@ -195,7 +195,7 @@ def test_at_capacity_a_scep_enrollment_is_pending_then_issued_in_the_background(
 
 def test_the_background_issuer_stops_when_clients_are_waiting(busy_app: Flask) -> None:
     client, gw = busy_app.test_client(), gateway(busy_app)
-    before = issued_count(gw.store.engine)
+    before = issued_count(gw.storage.engine)
     ra = get_ca(client)
     with gw.admission.enter("test"):
         for n in range(3):
@@ -203,15 +203,15 @@ def test_the_background_issuer_stops_when_clients_are_waiting(busy_app: Flask) -
             assert reply_of(post(client, sent.der), ra, sent).status is PkiStatus.PENDING
     waiting = iter([True, False, False])  # clients waited after the first issuance; nobody after that
     assert drain_deferred(gw.approvals, gw.admission, actor="test", busy=lambda: next(waiting)) == 1
-    assert issued_count(gw.store.engine) == before + 1
+    assert issued_count(gw.storage.engine) == before + 1
     assert drain_deferred(gw.approvals, gw.admission, actor="test", busy=lambda: next(waiting)) == 2
-    assert issued_count(gw.store.engine) == before + 3
+    assert issued_count(gw.storage.engine) == before + 3
     assert gw.approvals.approvals.list_approvals(deferred=True) == []
 
 
 def test_a_deferred_request_no_longer_allowed_is_rejected_not_issued(busy_app: Flask) -> None:
     client, gw = busy_app.test_client(), gateway(busy_app)
-    before = issued_count(gw.store.engine)
+    before = issued_count(gw.storage.engine)
     ra = get_ca(client)
     key = device_key(4)
     sent = enrollment(ra, "deferred-2", key=key)
@@ -227,24 +227,24 @@ def test_a_deferred_request_no_longer_allowed_is_rejected_not_issued(busy_app: F
     refused = reply_of(post(client, poll.der), ra, poll)
     assert (refused.status, refused.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
     assert refused.fail_info_text == "profile 'default' is not served over SCEP"
-    assert issued_count(gw.store.engine) == before
+    assert issued_count(gw.storage.engine) == before
     assert queued.id not in [q.id for q in gw.approvals.approvals.list_approvals(deferred=True)]
 
 
 def test_at_capacity_an_est_enrollment_is_202_and_its_retry_gets_the_certificate(busy_app: Flask) -> None:
     client, gw = busy_app.test_client(), gateway(busy_app)
-    before = issued_count(gw.store.engine)
+    before = issued_count(gw.storage.engine)
     key = ec_key()
     with gw.admission.enter("test"):
         deferred = est(client, "simpleenroll", "est-deferred", key)
         assert deferred.status_code == 202 and deferred.headers["Retry-After"] == "7"
         shed = est(client, "serverkeygen", "est-keygen")  # a generated key is never stored: 503
         assert shed.status_code == 503 and shed.headers["Retry-After"] == "7"
-    assert issued_count(gw.store.engine) == before  # nothing stored, nothing issued
+    assert issued_count(gw.storage.engine) == before  # nothing stored, nothing issued
     assert gw.approvals.approvals.list_approvals(deferred=None, status=None) == []
     retried = est(client, "simpleenroll", "est-deferred", key)
     assert retried.status_code == 200
-    assert issued_count(gw.store.engine) == before + 1
+    assert issued_count(gw.storage.engine) == before + 1
     assert gw.admission.snapshot()["est:deferred"] == 1 and gw.admission.snapshot()["est:shed"] == 1
 
 
@@ -254,7 +254,7 @@ def test_a_hammering_address_gets_429_on_est_and_a_failure_on_scep(data_dir: Pat
     gw = gateway(app)
     clock = SettableClock()
     try:
-        EstUserStore(gw.store.engine).add_est_user(
+        gw.storage.est_users.add_est_user(
             "alice", hash_password(PASSWORD), kind="password", created_by="test", now=clock()
         )
         client = app.test_client()
@@ -281,7 +281,7 @@ def test_a_hammering_address_gets_429_on_est_and_a_failure_on_scep(data_dir: Pat
         assert reply_of(again, ra, sent).status is PkiStatus.SUCCESS
         assert gw.admission.snapshot()["est:rate-limited"] == 1 and gw.admission.snapshot()["scep:rate-limited"] == 1
     finally:
-        gw.store.engine.dispose()
+        gw.storage.engine.dispose()
 
 
 def test_a_hammered_device_is_limited_whatever_the_address(data_dir: Path) -> None:
@@ -289,17 +289,17 @@ def test_a_hammered_device_is_limited_whatever_the_address(data_dir: Path) -> No
     app = create_app(load_config(data_dir, environ=environ))
     gw = gateway(app)
     try:
-        EstUserStore(gw.store.engine).add_est_user(
+        gw.storage.est_users.add_est_user(
             "alice", hash_password(PASSWORD), kind="password", created_by="test", now=gw.authority.clock()
         )
         client = app.test_client()
-        before = issued_count(gw.store.engine)
+        before = issued_count(gw.storage.engine)
         assert est(client, "simpleenroll", "same-device", REMOTE_ADDR="192.0.2.20").status_code == 200
         limited = est(client, "simpleenroll", "same-device", REMOTE_ADDR="192.0.2.21")
         assert limited.status_code == 429
-        assert issued_count(gw.store.engine) == before + 1
+        assert issued_count(gw.storage.engine) == before + 1
     finally:
-        gw.store.engine.dispose()
+        gw.storage.engine.dispose()
 
 
 def test_a_hammered_device_is_limited_over_scep_too(data_dir: Path) -> None:
@@ -308,7 +308,7 @@ def test_a_hammered_device_is_limited_over_scep_too(data_dir: Path) -> None:
     gw = gateway(app)
     try:
         client = app.test_client()
-        before = issued_count(gw.store.engine)
+        before = issued_count(gw.storage.engine)
         ra = get_ca(client)
         first = enrollment(ra, "scep-same", key=device_key(6))
         answered = client.post(
@@ -325,6 +325,6 @@ def test_a_hammered_device_is_limited_over_scep_too(data_dir: Path) -> None:
         assert (refused.status, refused.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
         assert refused.fail_info_text == "too many requests; try again later"
         assert gw.admission.snapshot()["scep:rate-limited"] == 1
-        assert issued_count(gw.store.engine) == before + 1
+        assert issued_count(gw.storage.engine) == before + 1
     finally:
-        gw.store.engine.dispose()
+        gw.storage.engine.dispose()

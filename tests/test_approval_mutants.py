@@ -17,13 +17,12 @@ from shared_ca.authorization import Authorizer, CertificateRequest, Principal, P
 from shared_ca.errors import PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY
 from shared_ca.profiles import Profile
-from shared_ca.storage.approvals import ApprovalStore
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment import Enrollments
 from shared_ca.storage.enrollment_records import EnrollmentEvent
-from shared_ca.storage.est_users import EstUserRecord, EstUserStore
+from shared_ca.storage.est_users import EstUserRecord
+from shared_ca.storage.repositories import Storage
 from shared_ca.trust import RecognisedCertificate
-from tests.support import SettableClock, ec_key, subject
+from tests.support import SettableClock, ec_key, storage_of, subject
 from tests.test_authorization import DEFAULT, WIFI, World, ask, dns
 
 MANUAL = replace(DEFAULT, approval="manual")
@@ -37,7 +36,7 @@ class Queue:
 
     world: World
     queue: ApprovalQueue
-    events: EnrollmentStore
+    events: Enrollments
 
     def held(self, principal: Principal, request: CertificateRequest, *, profile: Profile = MANUAL,
              protocol: str = "est", device: str | None = "dev-1") -> Held:  # fmt: skip
@@ -60,19 +59,19 @@ class Queue:
 
 @pytest.fixture
 def q(authority: CertificateAuthority, clock: SettableClock) -> Queue:
-    engine = authority.store.engine
+    engine = storage_of(authority).engine
     authorizer = Authorizer(DEFAULT_IDENTITY, default_profile="default", clock=clock)
-    users = EstUserStore(engine)
+    storage = Storage.open(engine)
+    users = storage.est_users
     queue = ApprovalQueue(
         authority=authority,
         authorizer=authorizer,
-        approvals=ApprovalStore(engine),
-        users=users,
+        storage=storage,
         profiles={"default": MANUAL, "wifi": MANUAL_WIFI},
         clock=clock,
     )
-    world = World(authority, authorizer, DeviceStore(engine), users, clock)
-    return Queue(world, queue, EnrollmentStore(engine))
+    world = World(authority, authorizer, Storage.open(engine).devices, users, clock)
+    return Queue(world, queue, Storage.open(engine).enrollments)
 
 
 def test_approving_a_renewal_issues_what_was_asked_and_records_who_approved(q: Queue) -> None:

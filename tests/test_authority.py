@@ -27,9 +27,10 @@ from shared_ca.keys import KeyType, PrivateKey, generate_private_key, public_key
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES, Profile
 from shared_ca.serials import new_serial, serial_hex
-from shared_ca.storage.repository import AuditEvent, Store
+from shared_ca.storage.audit import AuditEvent
+from shared_ca.storage.repositories import Storage
 from tests.conftest import BASE_URL
-from tests.support import SettableClock, ec_key, ed_key, renew, rsa_key, subject
+from tests.support import SettableClock, ec_key, ed_key, renew, rsa_key, storage_of, subject
 
 DEFAULT = DEFAULT_PROFILES["default"]
 ExtensionT = TypeVar("ExtensionT", bound=x509.ExtensionType)
@@ -186,7 +187,7 @@ def test_expired_ca_refuses_to_issue(authority: CertificateAuthority, clock: Set
     clock.now = authority.certificate.not_valid_after_utc + dt.timedelta(seconds=1)
     with pytest.raises(KeyMaterialError, match="has expired"):
         _issue(authority, replace(DEFAULT, validity_days=1))
-    assert authority.store.count_certificates() == 0
+    assert storage_of(authority).certificates.count_certificates() == 0
 
 
 @pytest.mark.parametrize(
@@ -198,13 +199,13 @@ def test_expired_ca_refuses_to_issue(authority: CertificateAuthority, clock: Set
     ],
 )
 def test_other_ca_key_types_sign_verifiable_certificates(
-    store: Store, clock: SettableClock, key_type: KeyType, algorithm: type[hashes.HashAlgorithm] | None
+    store: Storage, clock: SettableClock, key_type: KeyType, algorithm: type[hashes.HashAlgorithm] | None
 ) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"CA {key_type.value}")])
     material = create_root_ca(generate_private_key(key_type), name, 365, clock())
-    issuer = register_issuer(store, key_type.value, material.certificate, kind="ca", actor="test", now=clock())
+    issuer = register_issuer(store.issuers, key_type.value, material.certificate, kind="ca", actor="test", now=clock())
     ca = CertificateAuthority(
-        store, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
+        store.certificates, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
     )
     cert = _issue(ca).certificate
     cert.verify_directly_issued_by(material.certificate)
@@ -255,7 +256,7 @@ def test_record_and_audit_event(authority: CertificateAuthority, clock: Settable
     sans: list[x509.GeneralName] = [x509.DNSName("dev1.example"), x509.RFC822Name("dev1@example.com")]
     issued = _issue(authority, DEFAULT, subject("dev1", O="Org"), sans, requester="alice@10.0.0.5")
     cert, record = issued.certificate, issued.record
-    store = authority.store
+    store = storage_of(authority)
 
     assert record.serial_hex == serial_hex(cert.serial_number)
     assert record.issuer_id == authority.issuer.id
@@ -277,11 +278,11 @@ def test_record_and_audit_event(authority: CertificateAuthority, clock: Settable
     assert x509.load_der_x509_certificate(record.der) == cert
     assert record.effective_status(clock()) == "valid"
 
-    assert store.certificate(authority.issuer.id, record.serial_hex) == record
-    assert store.certificate_by_fingerprint(record.fingerprint_sha256) == record
-    assert store.certificates_by_serial(record.serial_hex) == [record]
+    assert store.certificates.certificate(authority.issuer.id, record.serial_hex) == record
+    assert store.certificates.certificate_by_fingerprint(record.fingerprint_sha256) == record
+    assert store.certificates.certificates_by_serial(record.serial_hex) == [record]
 
-    events = store.audit_events(action="certificate.issued")
+    events = store.audit.audit_events(action="certificate.issued")
     assert len(events) == 1
     event = events[0]
     assert event.serial_hex == record.serial_hex
@@ -295,7 +296,7 @@ def test_serials_are_unique_and_random(authority: CertificateAuthority) -> None:
     serials = {_issue(authority).certificate.serial_number for _ in range(20)}
     assert len(serials) == 20
     assert all(0 < s < 2**159 for s in serials)
-    assert authority.store.count_certificates(authority.issuer.id) == 20
+    assert storage_of(authority).certificates.count_certificates(authority.issuer.id) == 20
 
 
 # -- serial collisions ---------------------------------------------------------------------------
@@ -318,11 +319,11 @@ def test_forced_serial_collision_is_retried(authority: CertificateAuthority, mon
     assert len(drawn) == 2
     assert second.certificate.serial_number == drawn[1] != taken
     assert second.record.serial_hex == serial_hex(drawn[1])
-    store = authority.store
-    assert store.count_certificates() == 2
-    assert store.certificate(authority.issuer.id, serial_hex(taken)) == first.record
+    store = storage_of(authority)
+    assert store.certificates.count_certificates() == 2
+    assert store.certificates.certificate(authority.issuer.id, serial_hex(taken)) == first.record
     # The losing attempt left neither a row nor an audit event behind.
-    assert sorted(e.serial_hex or "" for e in store.audit_events(action="certificate.issued")) == sorted(
+    assert sorted(e.serial_hex or "" for e in store.audit.audit_events(action="certificate.issued")) == sorted(
         [first.record.serial_hex, second.record.serial_hex]
     )
 
@@ -341,8 +342,8 @@ def test_exhausted_serial_retries_are_a_conflict(
     with pytest.raises(Conflict, match="unique serial"):
         _issue(authority)
     assert len(calls) == MAX_SERIAL_ATTEMPTS
-    assert authority.store.count_certificates() == 1
-    assert len(authority.store.audit_events(action="certificate.issued")) == 1
+    assert storage_of(authority).certificates.count_certificates() == 1
+    assert len(storage_of(authority).audit.audit_events(action="certificate.issued")) == 1
 
 
 def test_same_serial_under_another_issuer_is_no_collision(
@@ -352,14 +353,22 @@ def test_same_serial_under_another_issuer_is_no_collision(
     taken = _issue(authority).certificate.serial_number
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Second CA")])
     material = create_root_ca(generate_private_key(KeyType.P256), name, 365, clock())
-    issuer = register_issuer(authority.store, "second", material.certificate, kind="ca", actor="t", now=clock())
+    issuer = register_issuer(
+        storage_of(authority).issuers, "second", material.certificate, kind="ca", actor="t", now=clock()
+    )
     second = CertificateAuthority(
-        authority.store, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
+        storage_of(authority).certificates,
+        issuer,
+        material.certificate,
+        material.chain,
+        material.key,
+        PublicUrls(BASE_URL),
+        clock,
     )
     monkeypatch.setattr("shared_ca.authority.new_serial", lambda: taken)
     issued = _issue(second)
     assert issued.certificate.serial_number == taken
-    assert len(authority.store.certificates_by_serial(serial_hex(taken))) == 2
+    assert len(storage_of(authority).certificates.certificates_by_serial(serial_hex(taken))) == 2
 
 
 # -- key material --------------------------------------------------------------------------------
@@ -368,7 +377,7 @@ def test_same_serial_under_another_issuer_is_no_collision(
 def test_ca_key_not_matching_its_certificate_is_refused(authority: CertificateAuthority) -> None:
     with pytest.raises(KeyMaterialError, match="does not match its certificate"):
         CertificateAuthority(
-            authority.store,
+            storage_of(authority).certificates,
             authority.issuer,
             authority.certificate,
             authority.chain,
@@ -381,7 +390,12 @@ def test_ca_key_of_another_type_is_refused(authority: CertificateAuthority) -> N
     other: PrivateKey = ed25519.Ed25519PrivateKey.generate()
     with pytest.raises(KeyMaterialError):
         CertificateAuthority(
-            authority.store, authority.issuer, authority.certificate, authority.chain, other, authority.urls
+            storage_of(authority).certificates,
+            authority.issuer,
+            authority.certificate,
+            authority.chain,
+            other,
+            authority.urls,
         )
 
 
@@ -410,7 +424,7 @@ def test_renewal_keeps_subject_and_sans_and_links_the_records(
     assert renewed.record.protocol == "scep"
     assert renewed.record.sans == old.record.sans
 
-    events = authority.store.audit_events(action="certificate.renewed")
+    events = storage_of(authority).audit.audit_events(action="certificate.renewed")
     assert [(e.serial_hex, e.actor, e.detail["renewal_of"]) for e in events] == [
         (renewed.record.serial_hex, "device", old.record.serial_hex)
     ]
@@ -419,34 +433,34 @@ def test_renewal_keeps_subject_and_sans_and_links_the_records(
 def test_renewal_supersedes_the_old_certificate_after_the_grace_period(
     authority: CertificateAuthority, clock: SettableClock
 ) -> None:
-    store = authority.store
+    store = storage_of(authority)
     old = _issue(authority, RENEWING)
     renew(authority, old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
     renewed_at = clock()
 
-    during_grace = store.certificate_by_id(old.record.id)
+    during_grace = store.certificates.certificate_by_id(old.record.id)
     assert during_grace is not None
     assert during_grace.status == "valid"
     assert during_grace.supersede_at == renewed_at + dt.timedelta(hours=2)
     assert during_grace.effective_status(clock()) == "valid"
-    assert store.apply_due_supersessions(clock(), "crl") == 0
+    assert store.crls.apply_due_supersessions(clock(), "crl") == 0
 
     clock.advance(hours=1, minutes=59)
     assert during_grace.effective_status(clock()) == "valid"
-    assert store.apply_due_supersessions(clock(), "crl") == 0
+    assert store.crls.apply_due_supersessions(clock(), "crl") == 0
 
     clock.advance(minutes=2)
     assert during_grace.effective_status(clock()) == "revoked"  # even before the sweep
-    assert [r.id for r in store.list_certificates(now=clock(), status="revoked")] == [old.record.id]
-    assert store.apply_due_supersessions(clock(), "crl") == 1
-    after = store.certificate_by_id(old.record.id)
+    assert [r.id for r in store.certificates.list_certificates(now=clock(), status="revoked")] == [old.record.id]
+    assert store.crls.apply_due_supersessions(clock(), "crl") == 1
+    after = store.certificates.certificate_by_id(old.record.id)
     assert after is not None
     assert after.status == "revoked"
     assert after.revocation_reason == "superseded"
     assert after.revoked_at == renewed_at + dt.timedelta(hours=2)
-    assert store.apply_due_supersessions(clock(), "crl") == 0  # applied once only
+    assert store.crls.apply_due_supersessions(clock(), "crl") == 0  # applied once only
 
-    revoked_events = store.audit_events(action="certificate.revoked")
+    revoked_events = store.audit.audit_events(action="certificate.revoked")
     assert [(e.serial_hex, e.actor, e.detail) for e in revoked_events] == [
         (old.record.serial_hex, "crl", {"reason": "superseded"})
     ]
@@ -458,8 +472,8 @@ def test_renewal_without_revoke_on_renewal_leaves_the_old_certificate_alone(
     old = _issue(authority)
     renew(authority, old.record, ec_key().public_key(), DEFAULT, protocol="est", actor="device")
     clock.advance(days=30)
-    assert authority.store.apply_due_supersessions(clock(), "crl") == 0
-    after = authority.store.certificate_by_id(old.record.id)
+    assert storage_of(authority).crls.apply_due_supersessions(clock(), "crl") == 0
+    after = storage_of(authority).certificates.certificate_by_id(old.record.id)
     assert after is not None
     assert after.supersede_at is None
     assert after.effective_status(clock()) == "valid"
@@ -469,7 +483,7 @@ def test_renewal_with_zero_grace_supersedes_at_once(authority: CertificateAuthor
     profile = replace(RENEWING, renewal_grace_hours=0)
     old = _issue(authority, profile)
     renew(authority, old.record, ec_key().public_key(), profile, protocol="est", actor="device")
-    after = authority.store.certificate_by_id(old.record.id)
+    after = storage_of(authority).certificates.certificate_by_id(old.record.id)
     assert after is not None
     assert after.effective_status(clock()) == "revoked"
 
@@ -479,14 +493,14 @@ def test_renewing_a_revoked_certificate_is_refused(authority: CertificateAuthori
     revoked = authority.revoke(old.record.serial_hex, x509.ReasonFlags.key_compromise, actor="admin")
     with pytest.raises(PolicyDenied, match="is revoked"):
         renew(authority, revoked, ec_key().public_key(), DEFAULT, protocol="est", actor="device")
-    assert authority.store.count_certificates() == 1
+    assert storage_of(authority).certificates.count_certificates() == 1
 
 
 def test_renewing_a_superseded_certificate_is_refused(authority: CertificateAuthority, clock: SettableClock) -> None:
     old = _issue(authority, RENEWING)
     renew(authority, old.record, ec_key().public_key(), RENEWING, protocol="est", actor="device")
     clock.advance(hours=3)
-    current = authority.store.certificate_by_id(old.record.id)
+    current = storage_of(authority).certificates.certificate_by_id(old.record.id)
     assert current is not None
     with pytest.raises(PolicyDenied, match="is revoked"):
         renew(authority, current, ec_key().public_key(), RENEWING, protocol="est", actor="device")
@@ -497,7 +511,7 @@ def test_renewing_an_expired_certificate_is_refused(authority: CertificateAuthor
     clock.advance(days=1, minutes=1)
     with pytest.raises(PolicyDenied, match="is expired"):
         renew(authority, old.record, ec_key().public_key(), DEFAULT, protocol="est", actor="device")
-    assert authority.store.count_certificates() == 1
+    assert storage_of(authority).certificates.count_certificates() == 1
 
 
 def test_renewal_key_reuse_refused_by_profile(authority: CertificateAuthority) -> None:
@@ -527,9 +541,9 @@ def test_revoke(authority: CertificateAuthority, clock: SettableClock, reason: x
     assert record.revocation_reason == stored
     assert record.revoked_at == clock()
     assert record.effective_status(clock()) == "revoked"
-    assert authority.store.certificate(authority.issuer.id, issued.record.serial_hex) == record
+    assert storage_of(authority).certificates.certificate(authority.issuer.id, issued.record.serial_hex) == record
 
-    events = authority.store.audit_events(action="certificate.revoked")
+    events = storage_of(authority).audit.audit_events(action="certificate.revoked")
     assert [(e.serial_hex, e.issuer_id, e.actor, e.detail, e.occurred_at) for e in events] == [
         (issued.record.serial_hex, authority.issuer.id, "admin", {"reason": stored}, clock())
     ]
@@ -542,24 +556,24 @@ def test_revoking_twice_is_a_conflict(authority: CertificateAuthority) -> None:
         authority.revoke(serial, x509.ReasonFlags.key_compromise, actor="admin")
     record = authority.find(serial)
     assert record.revocation_reason == "superseded"  # the first reason stands
-    assert len(authority.store.audit_events(action="certificate.revoked")) == 1
+    assert len(storage_of(authority).audit.audit_events(action="certificate.revoked")) == 1
 
 
 def test_store_refuses_a_second_revocation_too(authority: CertificateAuthority, clock: SettableClock) -> None:
     """Two nodes racing past the authority's check: the database row decides."""
     record = _issue(authority).record
     event = AuditEvent("admin", "certificate.revoked", authority.issuer.id, record.serial_hex, {})
-    authority.store.revoke(record.id, "keyCompromise", clock(), event, clock())
+    storage_of(authority).certificates.revoke(record.id, "keyCompromise", clock(), event, clock())
     with pytest.raises(Conflict):
-        authority.store.revoke(record.id, "keyCompromise", clock(), event, clock())
-    assert len(authority.store.audit_events(action="certificate.revoked")) == 1
+        storage_of(authority).certificates.revoke(record.id, "keyCompromise", clock(), event, clock())
+    assert len(storage_of(authority).audit.audit_events(action="certificate.revoked")) == 1
 
 
 def test_revoking_an_unknown_serial_is_not_found(authority: CertificateAuthority) -> None:
     _issue(authority)
     with pytest.raises(NotFound, match="no certificate with serial abc123"):
         authority.revoke("abc123", x509.ReasonFlags.key_compromise, actor="admin")
-    assert authority.store.audit_events(action="certificate.revoked") == []
+    assert storage_of(authority).audit.audit_events(action="certificate.revoked") == []
 
 
 def test_revoking_an_expired_certificate_is_allowed(authority: CertificateAuthority, clock: SettableClock) -> None:

@@ -30,11 +30,12 @@ from shared_ca.keys import KeyType, PrivateKey, generate_private_key
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES, Profile, profile_from_mapping
 from shared_ca.storage.device_contacts import NewDevice
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.est_users import EstUserRecord, EstUserStore, hash_generated_secret, new_generated_secret
-from shared_ca.storage.repository import Store
+from shared_ca.storage.devices import Devices
+from shared_ca.storage.est_users import EstUserRecord, EstUsers, hash_generated_secret, new_generated_secret
+from shared_ca.storage.inventory import InventoryRecords
+from shared_ca.storage.repositories import Storage
 from shared_ca.trust import RecognisedCertificate, recognise
-from tests.support import SettableClock, ec_key, subject
+from tests.support import SettableClock, ec_key, storage_of, subject
 
 DEFAULT = DEFAULT_PROFILES["default"]
 SERVER = DEFAULT_PROFILES["tls-server"]
@@ -46,8 +47,8 @@ PROFILES = {"default": DEFAULT, "tls-server": SERVER, "wifi": WIFI}
 class World:
     authority: CertificateAuthority
     authorizer: Authorizer
-    devices: DeviceStore
-    users: EstUserStore
+    devices: Devices
+    users: EstUsers
     clock: SettableClock
 
     def issue(
@@ -63,7 +64,7 @@ class World:
         key = key or ec_key()
         policy = authorize_request(profile, name, list(sans), key.public_key(), self.clock())
         issued = (authority or self.authority).issue(policy, protocol="test", actor="test")
-        recognised = recognise(self.authority.store, issued.certificate, self.clock())
+        recognised = recognise(storage_of(self.authority), issued.certificate, self.clock())
         assert recognised is not None
         return recognised
 
@@ -91,11 +92,11 @@ class World:
 
 @pytest.fixture
 def world(authority: CertificateAuthority, clock: SettableClock) -> World:
-    devices = DeviceStore(authority.store.engine)
+    devices = Storage.open(storage_of(authority).engine).devices
     authorizer = Authorizer(
         DEFAULT_IDENTITY, default_profile="default", clock=clock, devices=devices, est_url="https://gw/est"
     )
-    return World(authority, authorizer, devices, EstUserStore(authority.store.engine), clock)
+    return World(authority, authorizer, devices, Storage.open(storage_of(authority).engine).est_users, clock)
 
 
 def ask(cn: str = "dev-1", *sans: x509.GeneralName, key: PrivateKey | None = None, **extra: str) -> CertificateRequest:
@@ -266,13 +267,18 @@ def test_a_certificate_of_a_profile_that_no_longer_exists_renews_nowhere(world: 
 def _legacy_ca(world: World) -> CertificateAuthority:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Legacy CA")])
     material = create_root_ca(generate_private_key(KeyType.P256), name, 3650, world.clock())
-    store: Store = world.authority.store
-    issuer = register_issuer(
-        store, "legacy", material.certificate, kind="legacy", actor="t", now=world.clock(),
+    store: Storage = storage_of(world.authority)
+    issuer = register_issuer(store.issuers, "legacy", material.certificate, kind="legacy", actor="t", now=world.clock(),
         trust_until=world.clock() + dt.timedelta(days=90),
     )  # fmt: skip
     return CertificateAuthority(
-        store, issuer, material.certificate, material.chain, material.key, PublicUrls("http://legacy"), world.clock
+        store.certificates,
+        issuer,
+        material.certificate,
+        material.chain,
+        material.key,
+        PublicUrls("http://legacy"),
+        world.clock,
     )
 
 
@@ -285,7 +291,7 @@ def test_a_legacy_certificate_renews_into_the_label_its_device_was_mapped_to(wor
     world.allow(principal, DEFAULT, "est", ask("old-1"))
     world.refuse(principal, WIFI, "est", ask("old-1"), "may not enroll under this profile")
     # Mapped to the wifi label: that profile, and no other.
-    world.devices.add_devices([NewDevice(identity="old-1", source="test")], world.clock())
+    InventoryRecords(world.devices.db).add_imported_devices([NewDevice(identity="old-1", source="test")], world.clock())
     world.devices.set_mapping("old-1", "certificate", held.record.fingerprint_sha256, world.clock(), label="wifi")
     principal = world.authorizer.certificate_principal(held)
     world.allow(principal, WIFI, "est", ask("old-1"))
@@ -380,7 +386,9 @@ def test_the_profile_rules_come_before_authentication(world: World) -> None:
 
 def test_the_scep_sunset_and_no_downgrade_rules(world: World) -> None:
     now = world.clock()
-    world.devices.add_devices([NewDevice(identity="dev-1", source="test", group_name="kiosks")], now)
+    InventoryRecords(world.devices.db).add_imported_devices(
+        [NewDevice(identity="dev-1", source="test", group_name="kiosks")], now
+    )
     world.devices.set_group_policy("kiosks", sunset_at=now + dt.timedelta(seconds=1), allow_downgrade=False,
                                    actor="t", now=now)  # fmt: skip
     world.allow(STATIC, DEFAULT, "scep", ask("dev-1"))  # one second before the sunset

@@ -21,18 +21,19 @@ from shared_ca.authorization import Authorizer, Principal, PrincipalKind
 from shared_ca.errors import PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.storage.device_contacts import NewDevice
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.est_users import EstUserStore, hash_generated_secret, new_generated_secret
+from shared_ca.storage.est_users import hash_generated_secret, new_generated_secret
+from shared_ca.storage.inventory import InventoryRecords
+from shared_ca.storage.repositories import Storage
 from shared_ca.trust import recognise
-from tests.support import SettableClock, ec_key, subject
+from tests.support import SettableClock, ec_key, storage_of, subject
 from tests.test_authorization import ADMIN, DEFAULT, SERVER, STATIC, WIFI, World, _issuer_der, _legacy_ca, ask, dns
 
 
 @pytest.fixture
 def world(authority: CertificateAuthority, clock: SettableClock) -> World:
-    devices = DeviceStore(authority.store.engine)
+    devices = Storage.open(storage_of(authority).engine).devices
     authorizer = Authorizer(DEFAULT_IDENTITY, default_profile="default", clock=clock, devices=devices)
-    return World(authority, authorizer, devices, EstUserStore(authority.store.engine), clock)
+    return World(authority, authorizer, devices, Storage.open(storage_of(authority).engine).est_users, clock)
 
 
 def refusal(call: object, *args: object, **kwargs: object) -> PolicyDenied:
@@ -130,7 +131,7 @@ def test_the_renewal_window_opens_at_its_exact_second(world: World) -> None:
 
 def test_a_migrated_device_stays_on_est_unless_its_group_allows_the_downgrade(world: World) -> None:
     now = world.clock()
-    world.devices.add_devices(
+    InventoryRecords(world.devices.db).add_imported_devices(
         [
             NewDevice(identity="moved", source="test", state="migrated", group_name="kiosks"),
             NewDevice(identity="still-legacy", source="test", group_name="kiosks"),
@@ -150,7 +151,9 @@ def test_a_migrated_device_stays_on_est_unless_its_group_allows_the_downgrade(wo
 
 def test_the_sunset_refusal_without_an_est_url(world: World) -> None:
     now = world.clock()
-    world.devices.add_devices([NewDevice(identity="dev-1", source="test", group_name="old")], now)
+    InventoryRecords(world.devices.db).add_imported_devices(
+        [NewDevice(identity="dev-1", source="test", group_name="old")], now
+    )
     world.devices.set_group_policy("old", sunset_at=now, allow_downgrade=False, actor="t", now=now)
     gate = world.devices.scep_gate("dev-1")
     assert gate is not None and gate.sunset_at is not None
@@ -164,9 +167,11 @@ def test_the_sunset_refusal_without_an_est_url(world: World) -> None:
 def test_the_sunset_finds_a_device_named_by_its_subject_alt_name(
     authority: CertificateAuthority, clock: SettableClock
 ) -> None:
-    devices = DeviceStore(authority.store.engine)
+    devices = Storage.open(storage_of(authority).engine).devices
     by_dns = Authorizer(IdentityRule.parse("san:dns"), default_profile="default", clock=clock, devices=devices)
-    devices.add_devices([NewDevice(identity="dev-1.example", source="test", group_name="old")], clock())
+    InventoryRecords(devices.db).add_imported_devices(
+        [NewDevice(identity="dev-1.example", source="test", group_name="old")], clock()
+    )
     devices.set_group_policy("old", sunset_at=clock(), allow_downgrade=False, actor="t", now=clock())
     request = ask("any-name", dns("dev-1.example"))
     with pytest.raises(PolicyDenied, match=r"^SCEP enrollment ended on "):
@@ -176,7 +181,7 @@ def test_the_sunset_finds_a_device_named_by_its_subject_alt_name(
 def test_a_bound_credential_finds_its_device_by_subject_alt_name(
     authority: CertificateAuthority, clock: SettableClock
 ) -> None:
-    users = EstUserStore(authority.store.engine)
+    users = Storage.open(storage_of(authority).engine).est_users
     by_dns = Authorizer(IdentityRule.parse("san:dns"), default_profile="default", clock=clock)
     secret = hash_generated_secret(new_generated_secret())
     boot = users.add_est_user(
@@ -234,10 +239,10 @@ def test_a_certificate_authenticates_from_its_exact_not_before(world: World) -> 
     held = world.issue(subject("dev-1"))
     certificate = x509.load_der_x509_certificate(held.record.der)
     not_before = held.record.not_before
-    early = refusal(recognise, world.authority.store, certificate, not_before - dt.timedelta(microseconds=1))
+    early = refusal(recognise, storage_of(world.authority), certificate, not_before - dt.timedelta(microseconds=1))
     assert early.public_message == "the certificate is not yet valid"
     assert early.detail == f"notBefore {not_before}"
-    assert recognise(world.authority.store, certificate, not_before) is not None
+    assert recognise(storage_of(world.authority), certificate, not_before) is not None
 
 
 def test_a_legacy_window_is_closed_at_its_exact_end(world: World) -> None:
@@ -245,7 +250,7 @@ def test_a_legacy_window_is_closed_at_its_exact_end(world: World) -> None:
     certificate = x509.load_der_x509_certificate(legacy.record.der)
     until = legacy.issuer.trust_until
     assert until is not None
-    assert recognise(world.authority.store, certificate, until - dt.timedelta(microseconds=1)) is not None
-    closed = refusal(recognise, world.authority.store, certificate, until)
+    assert recognise(storage_of(world.authority), certificate, until - dt.timedelta(microseconds=1)) is not None
+    closed = refusal(recognise, storage_of(world.authority), certificate, until)
     assert closed.public_message == "the certificate's legacy issuer is no longer trusted"
     assert re.fullmatch(r"migration window of issuer 'legacy' ended .+", closed.detail)

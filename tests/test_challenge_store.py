@@ -14,10 +14,11 @@ import pytest
 from sqlalchemy import select
 
 from shared_ca.errors import Conflict
+from shared_ca.storage.audit import AuditLog
 from shared_ca.storage.db import create_store_engine
-from shared_ca.storage.enrollment import ChallengeRecord, EnrollmentStore
+from shared_ca.storage.enrollment import ChallengeRecord, Enrollments
 from shared_ca.storage.enrollment_records import ChallengeSpent, spend_challenge_use
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import challenge_failures
 from tests.support import SettableClock, run_together
 
@@ -25,18 +26,18 @@ HOUR = dt.timedelta(hours=1)
 
 
 @pytest.fixture
-def enrollments(store: Store) -> EnrollmentStore:
-    return EnrollmentStore(store.engine)
+def enrollments(store: Storage) -> Enrollments:
+    return store.enrollments
 
 
-def create(enrollments: EnrollmentStore, clock: SettableClock, secret_sha256: str = "1" * 64, **kw: Any) -> int:
+def create(enrollments: Enrollments, clock: SettableClock, secret_sha256: str = "1" * 64, **kw: Any) -> int:
     fields: dict[str, Any] = {"device_id": "device1", "profile": "default", "expires_at": clock() + HOUR}
     fields.update(kw)
     return enrollments.create_challenge(secret_sha256, created_by="admin", now=clock(), **fields).id
 
 
 def consume(
-    enrollments: EnrollmentStore, now: dt.datetime, secret_sha256: str = "1" * 64, **kw: Any
+    enrollments: Enrollments, now: dt.datetime, secret_sha256: str = "1" * 64, **kw: Any
 ) -> ChallengeRecord | None:
     """What an accepted request does: find the challenge that fits, then spend its use in a transaction
     of its own (recording the request's transaction does it there). The challenge after, or None."""
@@ -46,7 +47,7 @@ def consume(
     if fits is None:
         return None
     try:
-        with enrollments.engine.begin() as conn:
+        with enrollments.db.engine.begin() as conn:
             spend_challenge_use(conn, fits.id, now)
     except ChallengeSpent:
         return None
@@ -56,33 +57,33 @@ def consume(
 # -- one-time challenges -------------------------------------------------------------------------
 
 
-def test_a_single_use_challenge_is_spent_once(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_single_use_challenge_is_spent_once(enrollments: Enrollments, clock: SettableClock) -> None:
     challenge_id = create(enrollments, clock)
     spent = consume(enrollments, clock())
     assert spent is not None
     assert (spent.id, spent.uses_left, spent.device_id, spent.created_by) == (challenge_id, 0, "device1", "admin")
     assert consume(enrollments, clock()) is None
     assert enrollments.challenge("1" * 64) == spent
-    [audit] = enrollments.audit_events(action="scep.challenge.created")
+    [audit] = AuditLog(enrollments.db).audit_events(action="scep.challenge.created")
     assert audit.detail == {"challenge": challenge_id, "device": "device1", "profile": "default", "uses": 1}
 
 
-def test_finding_a_challenge_spends_nothing(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_finding_a_challenge_spends_nothing(enrollments: Enrollments, clock: SettableClock) -> None:
     challenge_id = create(enrollments, clock)
     fields: dict[str, Any] = {"profile": "default", "device_id": "device1", "subject": "CN=device1"}
     for _ in range(3):
         found = enrollments.usable_challenge("1" * 64, clock(), **fields)
         assert found is not None and (found.id, found.uses_left) == (challenge_id, 1)
-    with enrollments.engine.begin() as conn:
+    with enrollments.db.engine.begin() as conn:
         spend_challenge_use(conn, challenge_id, clock())
     assert enrollments.usable_challenge("1" * 64, clock(), **fields) is None
-    with pytest.raises(ChallengeSpent, match="no use left"), enrollments.engine.begin() as conn:
+    with pytest.raises(ChallengeSpent, match="no use left"), enrollments.db.engine.begin() as conn:
         spend_challenge_use(conn, challenge_id, clock())
 
 
-def test_an_expired_challenge_cannot_be_spent(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_an_expired_challenge_cannot_be_spent(enrollments: Enrollments, clock: SettableClock) -> None:
     challenge_id = create(enrollments, clock)
-    with pytest.raises(ChallengeSpent), enrollments.engine.begin() as conn:
+    with pytest.raises(ChallengeSpent), enrollments.db.engine.begin() as conn:
         spend_challenge_use(conn, challenge_id, clock() + HOUR)
     assert (enrollments.challenge("1" * 64) or pytest.fail("gone")).uses_left == 1
 
@@ -98,7 +99,7 @@ def test_an_expired_challenge_cannot_be_spent(enrollments: EnrollmentStore, cloc
     ],
 )
 def test_a_challenge_that_does_not_fit_is_not_spent(
-    enrollments: EnrollmentStore, clock: SettableClock, request_fields: dict[str, Any]
+    enrollments: Enrollments, clock: SettableClock, request_fields: dict[str, Any]
 ) -> None:
     create(enrollments, clock, expected_subject="CN=device1")
     assert consume(enrollments, clock(), **request_fields) is None
@@ -106,14 +107,14 @@ def test_a_challenge_that_does_not_fit_is_not_spent(
     assert spent is not None and spent.uses_left == 0
 
 
-def test_an_unbound_challenge_serves_any_device_and_subject(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_an_unbound_challenge_serves_any_device_and_subject(enrollments: Enrollments, clock: SettableClock) -> None:
     create(enrollments, clock, device_id=None, uses=3)
     firsts = [consume(enrollments, clock(), device_id=d, subject=f"CN={d}") for d in ("a", None, "c")]
     assert [c.uses_left if c else None for c in firsts] == [2, 1, 0]
     assert consume(enrollments, clock()) is None
 
 
-def test_a_challenge_expires(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_challenge_expires(enrollments: Enrollments, clock: SettableClock) -> None:
     create(enrollments, clock, uses=2)
     assert consume(enrollments, clock() + HOUR - dt.timedelta(seconds=1)) is not None
     assert consume(enrollments, clock() + HOUR) is None  # expires_at itself is too late
@@ -122,7 +123,7 @@ def test_a_challenge_expires(enrollments: EnrollmentStore, clock: SettableClock)
     assert enrollments.challenge("1" * 64) is None
 
 
-def test_challenge_creation_rules(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_challenge_creation_rules(enrollments: Enrollments, clock: SettableClock) -> None:
     create(enrollments, clock)
     with pytest.raises(Conflict, match="already stored"):
         create(enrollments, clock)
@@ -135,7 +136,7 @@ def test_challenge_creation_rules(enrollments: EnrollmentStore, clock: SettableC
     assert enrollments.challenge("4" * 64) is not None
 
 
-def test_64_threads_race_for_a_single_use_challenge(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_64_threads_race_for_a_single_use_challenge(enrollments: Enrollments, clock: SettableClock) -> None:
     create(enrollments, clock)
     results, errors = run_together(64, lambda i: consume(enrollments, clock()))
     assert errors == []
@@ -147,7 +148,7 @@ def consume_in_process(url: str, secrets: list[str], start: BarrierType, out: Qu
     """Child process: 8 threads each try every challenge once; reports the secrets it won."""
     engine = create_store_engine(url, pool_size=8)
     try:
-        enrollments = EnrollmentStore(engine)
+        enrollments = Storage.open(engine).enrollments
         now = dt.datetime.now(dt.UTC)
         won: list[str] = []
         lock = threading.Lock()
@@ -175,7 +176,7 @@ def consume_in_process(url: str, secrets: list[str], start: BarrierType, out: Qu
 
 @pytest.mark.slow
 def test_two_processes_spend_each_use_exactly_once(
-    enrollments: EnrollmentStore, clock: SettableClock, database_url: str
+    enrollments: Enrollments, clock: SettableClock, database_url: str
 ) -> None:
     secrets = [f"{i:064x}" for i in range(20)]
     for i, secret in enumerate(secrets):
@@ -205,18 +206,18 @@ WINDOW = dt.timedelta(minutes=15)
 LOCK = dt.timedelta(minutes=30)
 
 
-def fail(enrollments: EnrollmentStore, now: dt.datetime, *keys: str, threshold: int = 3) -> dt.datetime | None:
+def fail(enrollments: Enrollments, now: dt.datetime, *keys: str, threshold: int = 3) -> dt.datetime | None:
     return enrollments.record_failure(keys, now, window=WINDOW, threshold=threshold, lock_for=LOCK)
 
 
-def failures(store: Store, key: str) -> int:
-    with store.engine.connect() as conn:
+def failures(enrollments: Enrollments, key: str) -> int:
+    with enrollments.db.engine.connect() as conn:
         return int(
             conn.execute(select(challenge_failures.c.failures).where(challenge_failures.c.key == key)).scalar_one()
         )
 
 
-def test_the_threshold_locks_for_lock_for(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_the_threshold_locks_for_lock_for(enrollments: Enrollments, clock: SettableClock) -> None:
     key = "address:192.0.2.7"
     assert fail(enrollments, clock(), key) is None
     clock.advance(minutes=1)
@@ -231,7 +232,7 @@ def test_the_threshold_locks_for_lock_for(enrollments: EnrollmentStore, clock: S
     assert enrollments.locked([key], clock()) is None  # the lock lifted exactly at locked_until
 
 
-def test_failures_lapse_after_the_window(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_failures_lapse_after_the_window(enrollments: Enrollments, clock: SettableClock) -> None:
     key = "challenge:" + "9" * 64
     fail(enrollments, clock(), key)
     fail(enrollments, clock(), key)
@@ -242,7 +243,7 @@ def test_failures_lapse_after_the_window(enrollments: EnrollmentStore, clock: Se
     assert fail(enrollments, clock(), key) == clock() + LOCK
 
 
-def test_each_key_counts_and_locks_separately(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_each_key_counts_and_locks_separately(enrollments: Enrollments, clock: SettableClock) -> None:
     address, first, second = "address:192.0.2.7", "challenge:" + "1" * 64, "challenge:" + "2" * 64
     fail(enrollments, clock(), first, address)
     fail(enrollments, clock(), second, address)
@@ -253,7 +254,7 @@ def test_each_key_counts_and_locks_separately(enrollments: EnrollmentStore, cloc
 
 
 def test_lapsed_failure_counters_are_purged_once_their_lock_lifted(
-    enrollments: EnrollmentStore, clock: SettableClock
+    enrollments: Enrollments, clock: SettableClock
 ) -> None:
     counted, locked = "address:192.0.2.7", "address:192.0.2.8"
     fail(enrollments, clock(), counted)
@@ -261,7 +262,7 @@ def test_lapsed_failure_counters_are_purged_once_their_lock_lifted(
         fail(enrollments, clock(), locked)
 
     def stored() -> set[str]:
-        with enrollments.engine.connect() as conn:
+        with enrollments.db.engine.connect() as conn:
             return set(conn.execute(select(challenge_failures.c.key)).scalars())
 
     assert enrollments.purge_failures(clock() - dt.timedelta(seconds=1), clock()) == 0  # both still counting
@@ -273,13 +274,13 @@ def test_lapsed_failure_counters_are_purged_once_their_lock_lifted(
     assert stored() == set()
 
 
-def test_a_threshold_of_one_locks_at_the_first_failure(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_threshold_of_one_locks_at_the_first_failure(enrollments: Enrollments, clock: SettableClock) -> None:
     assert fail(enrollments, clock(), "address:x", threshold=1) == clock() + LOCK
     with pytest.raises(ValueError, match="at least 1"):
         fail(enrollments, clock(), "address:x", threshold=0)
 
 
-def test_concurrent_failures_are_all_counted(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_concurrent_failures_are_all_counted(enrollments: Enrollments, clock: SettableClock) -> None:
     key = "address:192.0.2.99"
     results, errors = run_together(32, lambda i: fail(enrollments, clock(), key, "address:shared", threshold=100))
     assert errors == [] and len(results) == 32

@@ -25,7 +25,7 @@ from sqlalchemy import update
 from gateway.cli import main
 from gateway.config import load_config
 from shared_ca.storage.db import create_store_engine, head_revision
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import certificates
 from tests.support import csr_der, csr_pem, ec_key, make_csr, rsa_key, subject
 
@@ -79,11 +79,11 @@ def assert_clean_failure(result: Result, *fragments: str, exit_code: int | None 
 
 
 @contextmanager
-def open_store(data_dir: Path) -> Iterator[Store]:
+def open_storage(data_dir: Path) -> Iterator[Storage]:
     """The data directory's store, for looking behind the CLI; the engine is disposed afterwards."""
     engine = create_store_engine(load_config(data_dir, environ={}).database_url)
     try:
-        yield Store(engine)
+        yield Storage.open(engine)
     finally:
         engine.dispose()
 
@@ -264,7 +264,7 @@ def populated(runner: CliRunner, data_dir: Path) -> dict[str, str]:
         serials[name], _ = issue(runner, data_dir, csr_pem(make_csr(ec_key(), subject(f"dev-{name}"))))
     ok(gw(runner, data_dir, "cert", "revoke", serials["revoked"], "--reason", "key_compromise"))
     # Nothing expires within a test run: age one record in the store instead.
-    with open_store(data_dir) as store, store.engine.begin() as conn:
+    with open_storage(data_dir) as store, store.engine.begin() as conn:
         past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
         conn.execute(update(certificates).where(certificates.c.serial_hex == serials["expired"]).values(not_after=past))
     return serials
@@ -401,10 +401,10 @@ def test_show_refusals(runner: CliRunner, data_dir: Path, serial: str, fragments
 
 
 def latest_crl(data_dir: Path) -> x509.CertificateRevocationList:
-    with open_store(data_dir) as store:
-        issuer = store.issuer_by_name("ca")
+    with open_storage(data_dir) as store:
+        issuer = store.issuers.issuer_by_name("ca")
         assert issuer is not None
-        record = store.latest_crl(issuer.id)
+        record = store.crls.latest_crl(issuer.id)
     assert record is not None
     crl = x509.load_der_x509_crl(record.der)
     ca_key = ca_certificate(data_dir).public_key()
@@ -545,7 +545,7 @@ def test_db_upgrade_creates_the_schema(runner: CliRunner, tmp_path: Path, databa
     assert ok(runner.invoke(main, args)).stdout == f"database at {head} (was {head})\n"
     engine = create_store_engine(database_url)
     try:
-        assert Store(engine).list_issuers() == []
+        assert Storage.open(engine).issuers.list_issuers() == []
     finally:
         engine.dispose()
 

@@ -17,7 +17,7 @@ from gateway.cli import main
 from gateway.config import GatewayConfig
 from scep.challenges import challenge_sha256
 from shared_ca.storage.db import create_store_engine
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.repositories import Storage
 
 
 def run(runner: CliRunner, data_dir: Path, *args: str, code: int = 0) -> str:
@@ -77,7 +77,7 @@ def test_challenge_new_still_adds_a_challenge(runner: CliRunner, data_dir: Path,
     assert re.fullmatch(r"[0-9a-f]{48}", secret)
     engine = create_store_engine(gateway_config.database_url)
     try:
-        record = EnrollmentStore(engine).challenge(challenge_sha256(secret))
+        record = Storage.open(engine).enrollments.challenge(challenge_sha256(secret))
     finally:
         engine.dispose()
     assert record is not None and (record.device_id, record.uses_left) == ("dev-old", 2)

@@ -32,6 +32,7 @@ from gateway.config import load_config
 from gateway.initdir import InitOptions, initialise
 from shared_ca.errors import Conflict, Unavailable
 from shared_ca.keys import KeyType
+from shared_ca.storage.audit import AuditEvent
 from shared_ca.storage.db import (
     create_store_engine,
     database_failure,
@@ -39,7 +40,7 @@ from shared_ca.storage.db import (
     migrate_to_head,
     sqlite_url,
 )
-from shared_ca.storage.repository import AuditEvent, Store
+from shared_ca.storage.repositories import Storage
 from tests.support import csr_pem, ec_key, make_csr, subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,15 +213,15 @@ def test_store_write_on_a_read_only_sqlite_is_unavailable_without_the_statement(
     writable = create_store_engine(sqlite_url(path))
     migrate_to_head(writable)
     writable.dispose()
-    store = Store(create_store_engine(f"sqlite:///file:{path}?mode=ro&uri=true"))
+    store = Storage.open(create_store_engine(f"sqlite:///file:{path}?mode=ro&uri=true"))
     try:
         with pytest.raises(Unavailable) as caught:
-            store.record_audit(
+            store.audit.record_audit(
                 AuditEvent("tester", "secret-action", detail={"token": "hunter2"}), dt.datetime.now(dt.UTC)
             )
         assert caught.value.detail == "database error: attempt to write a readonly database (SQLITE_READONLY)"
         assert caught.value.__suppress_context__  # a traceback of it does not print SQLAlchemy's message
-        assert store.list_issuers() == []
+        assert store.issuers.list_issuers() == []
     finally:
         store.engine.dispose()
 

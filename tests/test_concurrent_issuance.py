@@ -33,9 +33,9 @@ from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES
 from shared_ca.serials import serial_hex
 from shared_ca.storage.db import create_store_engine
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import audit_events, certificates
-from tests.support import ec_key, subject
+from tests.support import ec_key, storage_of, subject
 
 PROCESSES = 2
 THREADS_PER_PROCESS = 8
@@ -79,13 +79,15 @@ def issue_in_process(job: IssuingJob, start: BarrierType, results: QueueType[Wor
     lock = threading.Lock()
     engine = create_store_engine(job.database_url, pool_size=job.threads)
     try:
-        store = Store(engine)
-        issuer = store.issuer_by_name(job.issuer_name)
+        store = Storage.open(engine)
+        issuer = store.issuers.issuer_by_name(job.issuer_name)
         if issuer is None:
             raise LookupError(f"issuer {job.issuer_name!r} is not in the store")
         certificate = x509.load_pem_x509_certificate(job.ca_cert_pem)
         key = parse_private_key(job.ca_key_pem, None, source="test CA key")
-        authority = CertificateAuthority(store, issuer, certificate, (certificate,), key, PublicUrls(BASE_URL))
+        authority = CertificateAuthority(
+            store.certificates, issuer, certificate, (certificate,), key, PublicUrls(BASE_URL)
+        )
         public_keys = [_ec_public_key(pem) for pem in job.subject_keys_pem]
         profile = DEFAULT_PROFILES["default"]
         threads_ready = threading.Barrier(job.threads)
@@ -132,7 +134,7 @@ def test_two_processes_eight_threads_issue_2000_unique_recorded_certificates(
     ca_public_key = authority.certificate.public_key()
     assert isinstance(ca_public_key, ec.EllipticCurvePublicKey)
     assert isinstance(ca_public_key.curve, ec.SECP256R1)
-    store = authority.store
+    store = storage_of(authority)
     ca_key_pem = authority.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     ca_cert_pem = authority.certificate.public_bytes(Encoding.PEM)
     subject_keys = tuple(
@@ -189,7 +191,7 @@ def test_two_processes_eight_threads_issue_2000_unique_recorded_certificates(
         ).all()
 
     assert (rows, distinct_serials, distinct_fingerprints) == (TOTAL, TOTAL, TOTAL)
-    assert store.count_certificates() == TOTAL
+    assert store.certificates.count_certificates() == TOTAL
     assert {serial for serial, _ in stored} == set(returned)
 
     assert len(issued_events) == TOTAL

@@ -24,9 +24,10 @@ from shared_ca.keys import KeyType, generate_private_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES, Profile
-from shared_ca.storage.repository import CrlRecord, Store
+from shared_ca.storage.crls import CrlRecord
+from shared_ca.storage.repositories import Storage
 from tests.conftest import BASE_URL
-from tests.support import SettableClock, ec_key, renew, subject
+from tests.support import SettableClock, ec_key, renew, storage_of, subject
 
 DEFAULT = DEFAULT_PROFILES["default"]
 RENEWING = replace(DEFAULT, name="renewing", revoke_on_renewal=True, renewal_grace_hours=2)
@@ -57,18 +58,18 @@ def _ca_key(authority: CertificateAuthority) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _other_ca(store: Store, clock: SettableClock, name: str) -> CertificateAuthority:
+def _other_ca(store: Storage, clock: SettableClock, name: str) -> CertificateAuthority:
     subject_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Other CA {name}")])
     material = create_root_ca(generate_private_key(KeyType.P256), subject_name, 365, clock())
-    issuer = register_issuer(store, name, material.certificate, kind="ca", actor="test", now=clock())
+    issuer = register_issuer(store.issuers, name, material.certificate, kind="ca", actor="test", now=clock())
     return CertificateAuthority(
-        store, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
+        store.certificates, issuer, material.certificate, material.chain, material.key, PublicUrls(BASE_URL), clock
     )
 
 
 @pytest.fixture
 def publisher(authority: CertificateAuthority) -> CrlPublisher:
-    return CrlPublisher(authority, VALIDITY, REFRESH)
+    return CrlPublisher(authority, storage_of(authority).crls, VALIDITY, REFRESH)
 
 
 # -- CRL: building and numbering -----------------------------------------------------------------
@@ -76,7 +77,7 @@ def publisher(authority: CertificateAuthority) -> CrlPublisher:
 
 def test_refresh_must_be_shorter_than_validity(authority: CertificateAuthority) -> None:
     with pytest.raises(ValueError, match="shorter than its validity"):
-        CrlPublisher(authority, dt.timedelta(hours=1), dt.timedelta(hours=1))
+        CrlPublisher(authority, storage_of(authority).crls, dt.timedelta(hours=1), dt.timedelta(hours=1))
 
 
 def test_empty_crl(authority: CertificateAuthority, publisher: CrlPublisher, clock: SettableClock) -> None:
@@ -96,8 +97,8 @@ def test_empty_crl(authority: CertificateAuthority, publisher: CrlPublisher, clo
     assert len(crl) == 0
     assert crl.is_signature_valid(_ca_key(authority))
     assert isinstance(crl.signature_hash_algorithm, hashes.SHA256)
-    assert authority.store.latest_crl(authority.issuer.id) == record
-    events = authority.store.audit_events(action="crl.published")
+    assert storage_of(authority).crls.latest_crl(authority.issuer.id) == record
+    events = storage_of(authority).audit.audit_events(action="crl.published")
     assert [(e.actor, e.detail) for e in events] == [("tester", {"number": 1, "entries": 0})]
 
 
@@ -113,7 +114,7 @@ def test_crl_numbers_increase(authority: CertificateAuthority, publisher: CrlPub
     for _ in range(4):
         record = publisher.publish("tester")
         numbers.append(_load_crl(record).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-        assert authority.store.latest_crl(authority.issuer.id) == record
+        assert storage_of(authority).crls.latest_crl(authority.issuer.id) == record
         clock.advance(minutes=1)
     assert numbers == [1, 2, 3, 4]
 
@@ -148,7 +149,7 @@ def test_revoked_entries_and_reasons(
     assert entry.revocation_date_utc == _second(unspecified_at)
     # RFC 5280 §5.3.1: reasonCode unspecified SHOULD be absent.
     assert len(entry.extensions) == 0
-    assert authority.store.audit_events(action="crl.published")[0].detail == {"number": 1, "entries": 2}
+    assert storage_of(authority).audit.audit_events(action="crl.published")[0].detail == {"number": 1, "entries": 2}
 
 
 def test_expired_certificates_leave_the_crl(
@@ -185,10 +186,10 @@ def test_superseded_certificates_appear_after_the_grace_period(
     assert entry.revocation_date_utc == _second(renewed_at + dt.timedelta(hours=2))
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is x509.ReasonFlags.superseded
     # Publishing applied the supersession to the row.
-    row = authority.store.certificate_by_id(old.record.id)
+    row = storage_of(authority).certificates.certificate_by_id(old.record.id)
     assert row is not None
     assert (row.status, row.revocation_reason) == ("revoked", "superseded")
-    assert authority.store.certificate_by_id(renewed.record.id) is not None
+    assert storage_of(authority).certificates.certificate_by_id(renewed.record.id) is not None
 
 
 def test_build_crl_directly(authority: CertificateAuthority, clock: SettableClock) -> None:
@@ -212,7 +213,7 @@ def test_is_due(authority: CertificateAuthority, publisher: CrlPublisher, clock:
 
 
 def test_is_due_past_next_update(authority: CertificateAuthority, clock: SettableClock) -> None:
-    publisher = CrlPublisher(authority, dt.timedelta(hours=1), dt.timedelta(minutes=59))
+    publisher = CrlPublisher(authority, storage_of(authority).crls, dt.timedelta(hours=1), dt.timedelta(minutes=59))
     crl = publisher.publish("tester")
     stale = replace(crl, next_update=crl.this_update + dt.timedelta(minutes=30))
     clock.advance(minutes=31)
@@ -268,20 +269,20 @@ def test_publish_returns_a_concurrent_newer_crl(
     authority: CertificateAuthority, publisher: CrlPublisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two nodes publish at once: the one holding the older number yields to the newer CRL."""
-    store = authority.store
-    allocate = store.allocate_crl_number
+    store = storage_of(authority)
+    allocate = publisher.crls.allocate_crl_number
 
     def allocate_then_lose_the_race(issuer_id: int) -> int:
         number = allocate(issuer_id)
-        monkeypatch.setattr(store, "allocate_crl_number", allocate)
+        monkeypatch.setattr(publisher.crls, "allocate_crl_number", allocate)
         publisher.publish("other-node")  # takes number + 1 and stores it first
         return number
 
-    monkeypatch.setattr(store, "allocate_crl_number", allocate_then_lose_the_race)
+    monkeypatch.setattr(publisher.crls, "allocate_crl_number", allocate_then_lose_the_race)
     result = publisher.publish("tester")
     assert result.number == 2
-    assert store.latest_crl(authority.issuer.id) == result
-    assert [e.actor for e in store.audit_events(action="crl.published")] == ["other-node"]
+    assert store.crls.latest_crl(authority.issuer.id) == result
+    assert [e.actor for e in store.audit.audit_events(action="crl.published")] == ["other-node"]
 
 
 # -- CRL checked by OpenSSL ----------------------------------------------------------------------
@@ -330,7 +331,7 @@ def test_openssl_verify_with_crl(authority: CertificateAuthority, publisher: Crl
 
 
 def test_openssl_refuses_a_crl_from_another_ca(
-    authority: CertificateAuthority, store: Store, clock: SettableClock, tmp_path: Path
+    authority: CertificateAuthority, store: Storage, clock: SettableClock, tmp_path: Path
 ) -> None:
     """The negative control for the test above: OpenSSL does check the CRL's signer."""
     other = _other_ca(store, clock, "other")
@@ -496,7 +497,7 @@ def test_ocsp_unknown_serial(authority: CertificateAuthority, responder: OcspRes
 
 
 def test_ocsp_foreign_issuer_is_unauthorized(
-    authority: CertificateAuthority, responder: OcspResponder, store: Store, clock: SettableClock
+    authority: CertificateAuthority, responder: OcspResponder, store: Storage, clock: SettableClock
 ) -> None:
     other = _other_ca(store, clock, "foreign")
     issued = _issue(other)
@@ -508,7 +509,7 @@ def test_ocsp_foreign_issuer_is_unauthorized(
 
 
 def test_ocsp_same_name_other_key_is_unauthorized(
-    authority: CertificateAuthority, responder: OcspResponder, store: Store, clock: SettableClock
+    authority: CertificateAuthority, responder: OcspResponder, store: Storage, clock: SettableClock
 ) -> None:
     """The issuer key hash matters, not just the name: a rogue CA named like ours gets no answer."""
     material = create_root_ca(generate_private_key(KeyType.P256), authority.certificate.subject, 365, clock())
@@ -554,7 +555,7 @@ def test_ocsp_truncated_request_is_malformed(authority: CertificateAuthority, re
 
 
 def test_ocsp_answers_for_each_of_several_issuers(
-    authority: CertificateAuthority, store: Store, clock: SettableClock
+    authority: CertificateAuthority, store: Storage, clock: SettableClock
 ) -> None:
     other = _other_ca(store, clock, "second")
     responder = OcspResponder([authority, other], OCSP_VALIDITY)
@@ -627,7 +628,7 @@ def test_openssl_notices_a_nonce_that_was_not_echoed(
 
 
 def test_openssl_ocsp_rejects_a_response_signed_by_another_ca(
-    authority: CertificateAuthority, store: Store, clock: SettableClock, tmp_path: Path
+    authority: CertificateAuthority, store: Storage, clock: SettableClock, tmp_path: Path
 ) -> None:
     """Negative control: OpenSSL does check who signed the response."""
     other = _other_ca(store, clock, "impostor")

@@ -32,10 +32,10 @@ from shared_ca.authority import fingerprint, utcnow
 from shared_ca.errors import Unavailable
 from shared_ca.policy import authorize_csr
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.admin import AdminTokenStore
 from shared_ca.storage.device_contacts import NewDevice
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.migration_report import MigrationReportStore
+from shared_ca.storage.inventory import InventoryRecords
+from shared_ca.storage.migration_report import MigrationReportQueries
+from shared_ca.storage.repositories import Storage
 from tests.support import make_csr, subject
 from tests.test_migration_report import enroll
 
@@ -48,7 +48,7 @@ DAY = dt.timedelta(days=1)
 def fill_fleet(app: Flask) -> None:
     """Nine devices: legacy with weak clients, mapped (one silent), migrated, native, retired, two groups."""
     gateway = app.extensions["gateway"].get()
-    devices = DeviceStore(gateway.store.engine)
+    devices = gateway.storage.devices
     now = utcnow()
     enroll(gateway.authority, "kiosk-1", "scep", cipher="des", digest="sha1", challenge="static")
     enroll(gateway.authority, "kiosk-2", "scep", digest="md5")
@@ -56,7 +56,7 @@ def fill_fleet(app: Flask) -> None:
     enroll(gateway.authority, "laptop-2", "scep")
     enroll(gateway.authority, "laptop-3", "scep")
     enroll(gateway.authority, "laptop-3", "est")  # moved from SCEP: migrated
-    devices.add_devices(
+    InventoryRecords(devices.db).add_imported_devices(
         [
             NewDevice("old-1", "import:test", group_name="kiosks", first_seen_at=now - 60 * DAY),
             NewDevice("gone-1", "import:test", state="retired", first_seen_at=now - 50 * DAY),
@@ -82,8 +82,8 @@ def fleet(app: Flask) -> Flask:
 @pytest.fixture
 def token(app: Flask) -> str:
     return (
-        AdminTokenStore(app.extensions["gateway"].get().store.engine)
-        .create_admin_token("dash", created_by="t", now=utcnow())
+        Storage.open(app.extensions["gateway"].get().storage.engine)
+        .admin_tokens.create_admin_token("dash", created_by="t", now=utcnow())
         .token
     )
 
@@ -97,7 +97,7 @@ def get(client: FlaskClient, path: str, token: str | None = None, **kw: Any) -> 
 def the_report(app: Flask, **settings: Any) -> dict[str, Any]:
     gateway = app.extensions["gateway"].get()
     config = ReportSettings(silent_days=gateway.config["migration.silent_days"], **settings)
-    report = build_report(MigrationReportStore(gateway.store.engine), utcnow(), settings=config)
+    report = build_report(gateway.storage.migration_report, utcnow(), settings=config)
     return report_to_dict(report)
 
 
@@ -168,14 +168,14 @@ def test_device_filters(
 
 
 def _disabled(app: Flask) -> str:
-    tokens = AdminTokenStore(app.extensions["gateway"].get().store.engine)
+    tokens = Storage.open(app.extensions["gateway"].get().storage.engine).admin_tokens
     made = tokens.create_admin_token("old", created_by="t", now=utcnow())
     tokens.disable_admin_token("old", actor="t", now=utcnow())
     return made.token
 
 
 def _read_only(app: Flask) -> str:
-    tokens = AdminTokenStore(app.extensions["gateway"].get().store.engine)
+    tokens = Storage.open(app.extensions["gateway"].get().storage.engine).admin_tokens
     return tokens.create_admin_token("viewer", created_by="t", now=utcnow(), scopes=("read",)).token
 
 
@@ -221,7 +221,7 @@ def cert_app(gateway_config: GatewayConfig, app: Flask) -> Iterator[tuple[Flask,
     values = {**gateway_config.values, CLIENT_CERT_SETTING: f"{pinned}, not-a-fingerprint"}
     pinned_app = create_app(dataclasses.replace(gateway_config, values=values))
     yield pinned_app, certificate
-    pinned_app.extensions["gateway"].get().store.engine.dispose()
+    pinned_app.extensions["gateway"].get().storage.engine.dispose()
 
 
 def test_admin_client_certificate(cert_app: tuple[Flask, x509.Certificate], app: Flask, caplog: Any) -> None:
@@ -293,8 +293,8 @@ def test_database_trouble_is_503_not_500(client: FlaskClient, token: str, monkey
     def down(*args: Any, **kwargs: Any) -> None:
         raise Unavailable("the certificate store is unavailable", detail="database error: gone")
 
-    monkeypatch.setattr(MigrationReportStore, "state_counts", down)
-    monkeypatch.setattr(MigrationReportStore, "device_standings", down)
+    monkeypatch.setattr(MigrationReportQueries, "state_counts", down)
+    monkeypatch.setattr(MigrationReportQueries, "device_standings", down)
     for path in (SUMMARY, DEVICES):
         response = get(client, path, token)
         assert (response.status_code, response.data) == (503, b"the certificate store is unavailable\n")

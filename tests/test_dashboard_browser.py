@@ -30,7 +30,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import load_config
 from shared_ca.authority import utcnow
-from shared_ca.storage.admin import AdminTokenStore
+from shared_ca.storage.repositories import Storage
 from tests.test_dashboard import fill_fleet
 from tests.test_serve import Server, fetch, free_ports, gateway_command, init_data_dir, start_server, stop_server
 
@@ -71,10 +71,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     app = create_app(load_config(data_dir, environ={}))
     try:
         fill_fleet(app)
-        engine = app.extensions["gateway"].get().store.engine
-        token = AdminTokenStore(engine).create_admin_token("browser", created_by="test", now=utcnow()).token
+        engine = app.extensions["gateway"].get().storage.engine
+        token = Storage.open(engine).admin_tokens.create_admin_token("browser", created_by="test", now=utcnow()).token
     finally:
-        app.extensions["gateway"].get().store.engine.dispose()
+        app.extensions["gateway"].get().storage.engine.dispose()
     server = start_server(data_dir, workdir, http_port=http_port)
     try:
         yield Served(server, token)

@@ -14,10 +14,10 @@ from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.identity import IdentityRule
 from shared_ca.policy import authorize_csr
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.devices import DeviceStore, NewDevice
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.devices import Devices, NewDevice
 from shared_ca.storage.enrollment_records import EnrollmentEvent
-from shared_ca.storage.repository import Store
+from shared_ca.storage.inventory import InventoryRecords
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import devices
 from tests.support import SettableClock, make_csr, subject
 
@@ -103,12 +103,12 @@ def issue(
     authority.issue(policy, protocol=protocol, actor="t", enrollment=event)
 
 
-def devices_of(store: Store) -> DeviceStore:
-    return DeviceStore(store.engine)
+def devices_of(store: Storage) -> Devices:
+    return store.devices
 
 
 def test_scep_issuance_creates_a_legacy_device_with_its_fingerprint(
-    store: Store, authority: CertificateAuthority
+    store: Storage, authority: CertificateAuthority
 ) -> None:
     issue(authority, "dev1", "scep", cipher="des")
     device = devices_of(store).device("dev1")
@@ -119,7 +119,9 @@ def test_scep_issuance_creates_a_legacy_device_with_its_fingerprint(
     assert device.certificate_id is not None and device.certificate_not_after is not None
 
 
-def test_est_issuance_migrates_the_device(store: Store, authority: CertificateAuthority, clock: SettableClock) -> None:
+def test_est_issuance_migrates_the_device(
+    store: Storage, authority: CertificateAuthority, clock: SettableClock
+) -> None:
     issue(authority, "dev2", "scep", cipher="aes256")
     devices_of(store).set_mapping("dev2", "certificate", None, clock())
     assert devices_of(store).device("dev2").state == "mapped"  # type: ignore[union-attr]
@@ -132,7 +134,7 @@ def test_est_issuance_migrates_the_device(store: Store, authority: CertificateAu
 
 
 def test_a_device_first_seen_on_est_is_native_and_stays_so_on_est(
-    store: Store, authority: CertificateAuthority, clock: SettableClock
+    store: Storage, authority: CertificateAuthority, clock: SettableClock
 ) -> None:
     issue(authority, "new-on-est", "est")
     device = devices_of(store).device("new-on-est")
@@ -144,7 +146,7 @@ def test_a_device_first_seen_on_est_is_native_and_stays_so_on_est(
 
 
 def test_a_native_device_issued_over_scep_becomes_a_scep_device_still_to_move(
-    store: Store, authority: CertificateAuthority, clock: SettableClock
+    store: Storage, authority: CertificateAuthority, clock: SettableClock
 ) -> None:
     issue(authority, "both", "est")
     clock.advance(days=1)
@@ -158,7 +160,7 @@ def test_a_native_device_issued_over_scep_becomes_a_scep_device_still_to_move(
 
 
 def test_a_retired_native_device_back_on_est_is_native(
-    store: Store, authority: CertificateAuthority, clock: SettableClock
+    store: Storage, authority: CertificateAuthority, clock: SettableClock
 ) -> None:
     issue(authority, "gone", "est")
     with store.engine.begin() as conn:
@@ -175,11 +177,11 @@ def test_an_imported_device_cannot_be_native() -> None:
         NewDevice("imp", "est")
 
 
-def test_refused_requests_move_no_device(store: Store, authority: CertificateAuthority, clock: SettableClock) -> None:
+def test_refused_requests_move_no_device(store: Storage, authority: CertificateAuthority, clock: SettableClock) -> None:
     issue(authority, "dev3", "scep", cipher="des")
     before = devices_of(store).device("dev3")
     clock.advance(hours=2)
-    events = EnrollmentStore(store.engine)
+    events = store.enrollments
     events.record_event(
         EnrollmentEvent(
             protocol="est", operation="simpleenroll", outcome="refused:unauthorized", device_identity="dev3"
@@ -194,11 +196,11 @@ def test_refused_requests_move_no_device(store: Store, authority: CertificateAut
     assert devices_of(store).device("nobody") is None
 
 
-def test_a_contact_updates_last_seen(store: Store, authority: CertificateAuthority, clock: SettableClock) -> None:
+def test_a_contact_updates_last_seen(store: Storage, authority: CertificateAuthority, clock: SettableClock) -> None:
     issue(authority, "dev4", "scep", cipher="des")
     first = devices_of(store).device("dev4")
     clock.advance(days=1)
-    EnrollmentStore(store.engine).record_event(
+    store.enrollments.record_event(
         EnrollmentEvent(
             protocol="scep", operation="GetCert", outcome="delivered", device_identity="dev4", cipher="3des"
         ),
@@ -213,18 +215,18 @@ def test_a_contact_updates_last_seen(store: Store, authority: CertificateAuthori
 # -- imports, groups, mapping, retirement ---------------------------------------------------------------
 
 
-def test_add_devices_is_idempotent(store: Store, clock: SettableClock) -> None:
+def test_add_devices_is_idempotent(store: Storage, clock: SettableClock) -> None:
     devices = devices_of(store)
     batch = [NewDevice(f"imp-{i}", "import:pem", group_name="stores") for i in range(5)]
-    assert devices.add_devices(batch, clock()) == 5
-    assert devices.add_devices(batch, clock()) == 0
+    assert InventoryRecords(devices.db).add_imported_devices(batch, clock()) == (5, 0)
+    assert InventoryRecords(devices.db).add_imported_devices(batch, clock()) == (0, 5)
     assert len(devices.devices(group="stores")) == 5
     assert [d.identity for d in devices.devices(limit=2, after_id=devices.devices(limit=1)[0].id)] == ["imp-1", "imp-2"]
 
 
-def test_annotate_and_field_checks(store: Store, clock: SettableClock) -> None:
+def test_annotate_and_field_checks(store: Storage, clock: SettableClock) -> None:
     devices = devices_of(store)
-    devices.add_devices([NewDevice("ann-1", "import:csv")], clock())
+    InventoryRecords(devices.db).add_imported_devices([NewDevice("ann-1", "import:csv")], clock())
     assert devices.annotate("ann-1", group="hq", owner="Ann", tags=["kiosk", "floor-2"], now=clock())
     device = devices.device("ann-1")
     assert device is not None and (device.group_name, device.owner, device.tags) == ("hq", "Ann", ("kiosk", "floor-2"))
@@ -237,9 +239,11 @@ def test_annotate_and_field_checks(store: Store, clock: SettableClock) -> None:
         NewDevice("x", "import:csv", state="gone")
 
 
-def test_mapping_moves_only_legacy_devices(store: Store, clock: SettableClock) -> None:
+def test_mapping_moves_only_legacy_devices(store: Storage, clock: SettableClock) -> None:
     devices = devices_of(store)
-    devices.add_devices([NewDevice("m-1", "import:pem"), NewDevice("m-2", "import:pem", state="migrated")], clock())
+    InventoryRecords(devices.db).add_imported_devices(
+        [NewDevice("m-1", "import:pem"), NewDevice("m-2", "import:pem", state="migrated")], clock()
+    )
     assert devices.set_mapping("m-1", "bootstrap", "boot-m-1", clock()).state == "mapped"
     assert devices.set_mapping("m-2", "certificate", None, clock()).state == "migrated"
     with pytest.raises(NotFound):
@@ -248,9 +252,9 @@ def test_mapping_moves_only_legacy_devices(store: Store, clock: SettableClock) -
         devices.set_mapping("m-1", "sms", None, clock())
 
 
-def test_group_policy_and_scep_gate(store: Store, clock: SettableClock) -> None:
+def test_group_policy_and_scep_gate(store: Storage, clock: SettableClock) -> None:
     devices = devices_of(store)
-    devices.add_devices([NewDevice("g-1", "import:pem", group_name="branch")], clock())
+    InventoryRecords(devices.db).add_imported_devices([NewDevice("g-1", "import:pem", group_name="branch")], clock())
     assert devices.scep_gate("g-1") == devices.scep_gate("g-1")  # stable
     gate = devices.scep_gate("g-1")
     assert gate is not None and gate.sunset_at is None and not gate.allow_downgrade
@@ -263,14 +267,14 @@ def test_group_policy_and_scep_gate(store: Store, clock: SettableClock) -> None:
     assert devices.scep_gate("unknown") is None
 
 
-def test_retire_stale(store: Store, authority: CertificateAuthority, clock: SettableClock) -> None:
+def test_retire_stale(store: Storage, authority: CertificateAuthority, clock: SettableClock) -> None:
     issue(authority, "old-1", "scep", cipher="des")
     issue(authority, "revoked-1", "scep", cipher="des")
     issue(authority, "fine-1", "scep", cipher="des")
     devices = devices_of(store)
     revoked = devices.device("revoked-1")
     assert revoked is not None and revoked.certificate_id is not None
-    record = next(c for c in store.list_certificates(now=clock()) if c.id == revoked.certificate_id)
+    record = next(c for c in store.certificates.list_certificates(now=clock()) if c.id == revoked.certificate_id)
     authority.revoke(record.serial_hex, x509.ReasonFlags.key_compromise, actor="t")
     assert devices.retire_stale(clock(), dt.timedelta(days=30)) == 1
     assert devices.device("revoked-1").state == "retired"  # type: ignore[union-attr]

@@ -17,18 +17,20 @@ from shared_ca.authority import CertificateAuthority, Issued
 from shared_ca.errors import Conflict, InvalidRequest, NotFound
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.approvals import ApprovalExists, ApprovalRecord, ApprovalStore, NewApproval
+from shared_ca.storage.approvals import ApprovalExists, ApprovalRecord, Approvals, NewApproval
+from shared_ca.storage.audit import AuditEvent, AuditLog
+from shared_ca.storage.certificates import NewCertificate, SerialCollision
 from shared_ca.storage.db import MIGRATIONS_DIR, current_revision, head_revision, migrate_to_head
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.enrollment import Enrollments
 from shared_ca.storage.enrollment_records import (
     CompletePending,
     EnrollmentEvent,
     NewScepTransaction,
     TransactionExists,
 )
-from shared_ca.storage.repository import AuditEvent, NewCertificate, SerialCollision, Store
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import metadata, scep_transactions
-from tests.support import SettableClock, ec_key, run_together, subject
+from tests.support import SettableClock, ec_key, run_together, storage_of, subject
 
 KEY = ec_key()
 SIGNER = "a" * 64
@@ -63,8 +65,8 @@ def event(outcome: str = "issued", **changes: Any) -> EnrollmentEvent:
 
 
 @pytest.fixture
-def enrollments(store: Store) -> EnrollmentStore:
-    return EnrollmentStore(store.engine)
+def enrollments(store: Storage) -> Enrollments:
+    return store.enrollments
 
 
 def issue(authority: CertificateAuthority, cn: str = "device1", **kwargs: Any) -> Issued:
@@ -72,22 +74,27 @@ def issue(authority: CertificateAuthority, cn: str = "device1", **kwargs: Any) -
     return authority.issue(policy, protocol="scep", actor="scep", **kwargs)
 
 
-def transaction_rows(store: Store) -> int:
+def transaction_rows(store: Storage) -> int:
     with store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(scep_transactions)).scalar_one())
 
 
-def counts(authority: CertificateAuthority, enrollments: EnrollmentStore) -> tuple[int, int, int, int]:
+def counts(authority: CertificateAuthority, enrollments: Enrollments) -> tuple[int, int, int, int]:
     """(certificates, certificate.issued audit events, enrollment events, SCEP transactions)."""
-    store = authority.store
-    issued_events = len(store.audit_events(action="certificate.issued"))
-    return store.count_certificates(), issued_events, len(enrollments.enrollment_events()), transaction_rows(store)
+    store = storage_of(authority)
+    issued_events = len(store.audit.audit_events(action="certificate.issued"))
+    return (
+        store.certificates.count_certificates(),
+        issued_events,
+        len(enrollments.enrollment_events()),
+        transaction_rows(store),
+    )
 
 
 # -- migration -----------------------------------------------------------------------------------
 
 
-def test_migration_0002_creates_the_enrollment_tables_and_constraints(store: Store) -> None:
+def test_migration_0002_creates_the_enrollment_tables_and_constraints(store: Storage) -> None:
     assert ScriptDirectory(str(MIGRATIONS_DIR)).get_revision("0002_enrollment") is not None
     inspector = inspect(store.engine)
     assert {"enrollment_events", "scep_transactions", "scep_challenges", "challenge_failures"} <= set(
@@ -101,7 +108,7 @@ def test_migration_0002_creates_the_enrollment_tables_and_constraints(store: Sto
     assert inspector.get_pk_constraint("challenge_failures")["constrained_columns"] == ["key"]
 
 
-def test_migration_0002_downgrades_and_upgrades_again(store: Store) -> None:
+def test_migration_0002_downgrades_and_upgrades_again(store: Storage) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with store.engine.connect() as conn:
@@ -113,7 +120,7 @@ def test_migration_0002_downgrades_and_upgrades_again(store: Store) -> None:
     assert current_revision(store.engine) == head_revision()
 
 
-def test_schema_module_matches_the_migrations(store: Store) -> None:
+def test_schema_module_matches_the_migrations(store: Storage) -> None:
     """schema.py (what the code queries) and the migrations (what databases hold) do not drift."""
     with store.engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -123,7 +130,7 @@ def test_schema_module_matches_the_migrations(store: Store) -> None:
 # -- enrollment events ---------------------------------------------------------------------------
 
 
-def test_a_refusal_is_recorded_on_its_own(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_refusal_is_recorded_on_its_own(enrollments: Enrollments, clock: SettableClock) -> None:
     event_id = enrollments.record_event(event("refused", challenge_kind="none"), clock())
     other = enrollments.record_event(event("issued", device_identity="device2", protocol="est"), clock())
     [record] = enrollments.enrollment_events(device_identity="device1")
@@ -146,9 +153,7 @@ def test_values_that_cannot_be_stored_are_refused_before_the_database() -> None:
         event(device_identity="d" * 256)
 
 
-def test_the_longest_transaction_id_is_stored_on_every_backend(
-    enrollments: EnrollmentStore, clock: SettableClock
-) -> None:
+def test_the_longest_transaction_id_is_stored_on_every_backend(enrollments: Enrollments, clock: SettableClock) -> None:
     longest = replace(TXN, transaction_id="9" * 255, status="failed")
     enrollments.record_scep_outcome(longest, event("failure:badRequest", transaction_id="9" * 255), clock())
     found = enrollments.scep_transaction(SIGNER, "9" * 255)
@@ -159,7 +164,7 @@ def test_the_longest_transaction_id_is_stored_on_every_backend(
 
 
 def test_issuance_records_certificate_transaction_and_event_together(
-    authority: CertificateAuthority, enrollments: EnrollmentStore
+    authority: CertificateAuthority, enrollments: Enrollments
 ) -> None:
     issued = issue(authority, enrollment=event(), scep_transaction=TXN)
     found = enrollments.scep_transaction(SIGNER, TXN.transaction_id)
@@ -181,7 +186,7 @@ def test_issuance_records_certificate_transaction_and_event_together(
 
 
 def test_a_duplicate_transaction_rolls_back_the_whole_issuance(
-    authority: CertificateAuthority, enrollments: EnrollmentStore
+    authority: CertificateAuthority, enrollments: Enrollments
 ) -> None:
     first = issue(authority, enrollment=event(), scep_transaction=TXN)
     with pytest.raises(TransactionExists) as caught:
@@ -193,9 +198,9 @@ def test_a_duplicate_transaction_rolls_back_the_whole_issuance(
 
 
 def test_serial_collision_inside_a_scep_transaction_keeps_nothing(
-    authority: CertificateAuthority, enrollments: EnrollmentStore, clock: SettableClock
+    authority: CertificateAuthority, enrollments: Enrollments, clock: SettableClock
 ) -> None:
-    store = authority.store
+    store = storage_of(authority)
     row = NewCertificate(
         authority.issuer.id,
         "abc",
@@ -211,9 +216,9 @@ def test_serial_collision_inside_a_scep_transaction_keeps_nothing(
         None,
         b"0",
     )
-    store.record_issued(row, AuditEvent("t", "certificate.issued"), clock())
+    store.certificates.record_issued(row, AuditEvent("t", "certificate.issued"), clock())
     with pytest.raises(SerialCollision):
-        store.record_issued(
+        store.certificates.record_issued(
             replace(row, fingerprint_sha256="2" * 64),
             AuditEvent("t", "certificate.issued"),
             clock(),
@@ -222,11 +227,13 @@ def test_serial_collision_inside_a_scep_transaction_keeps_nothing(
         )
     assert counts(authority, enrollments) == (1, 1, 0, 0)
     with pytest.raises(ValueError, match="status 'issued'"):
-        store.record_issued(row, AuditEvent("t", "x"), clock(), scep_transaction=replace(TXN, status="pending"))
+        store.certificates.record_issued(
+            row, AuditEvent("t", "x"), clock(), scep_transaction=replace(TXN, status="pending")
+        )
 
 
 def test_concurrent_retransmissions_issue_one_certificate(
-    authority: CertificateAuthority, enrollments: EnrollmentStore
+    authority: CertificateAuthority, enrollments: Enrollments
 ) -> None:
     results, errors = run_together(16, lambda i: issue(authority, f"d{i}", enrollment=event(), scep_transaction=TXN))
     assert len(results) == 1
@@ -238,7 +245,7 @@ def test_concurrent_retransmissions_issue_one_certificate(
 
 
 def test_a_new_enrollment_replaces_a_finished_transaction_of_the_same_pair(
-    authority: CertificateAuthority, enrollments: EnrollmentStore
+    authority: CertificateAuthority, enrollments: Enrollments
 ) -> None:
     """certmonger resubmit and scepclient RenewalReq reuse the (signer key, transactionID) pair."""
     first = issue(authority, enrollment=event(), scep_transaction=TXN)
@@ -253,7 +260,7 @@ def test_a_new_enrollment_replaces_a_finished_transaction_of_the_same_pair(
     assert counts(authority, enrollments) == (2, 2, 2, 1)
 
 
-def test_a_pending_transaction_is_not_replaced(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_pending_transaction_is_not_replaced(enrollments: Enrollments, clock: SettableClock) -> None:
     pending = enrollments.record_scep_outcome(replace(TXN, status="pending"), event("pending"), clock())
     with pytest.raises(TransactionExists):
         enrollments.record_scep_outcome(
@@ -265,7 +272,7 @@ def test_a_pending_transaction_is_not_replaced(enrollments: EnrollmentStore, clo
 # -- outcomes without a certificate, and manual approval -----------------------------------------
 
 
-def test_failed_and_pending_outcomes_are_recorded_once(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_failed_and_pending_outcomes_are_recorded_once(enrollments: Enrollments, clock: SettableClock) -> None:
     failed = replace(TXN, status="failed", fail_info="badRequest", fail_info_text="wrong challenge")
     record = enrollments.record_scep_outcome(failed, event("failure:badRequest"), clock())
     assert enrollments.scep_transaction(SIGNER, TXN.transaction_id) == record
@@ -277,7 +284,7 @@ def test_failed_and_pending_outcomes_are_recorded_once(enrollments: EnrollmentSt
         enrollments.record_scep_outcome(TXN, event(), clock())
 
 
-def _held(approvals: ApprovalStore, clock: SettableClock) -> ApprovalRecord:
+def _held(approvals: Approvals, clock: SettableClock) -> ApprovalRecord:
     new = NewApproval(
         protocol="scep",
         profile="default",
@@ -295,9 +302,9 @@ def _held(approvals: ApprovalStore, clock: SettableClock) -> ApprovalRecord:
 
 
 def test_approving_a_pending_request_issues_once(
-    authority: CertificateAuthority, enrollments: EnrollmentStore, clock: SettableClock
+    authority: CertificateAuthority, enrollments: Enrollments, clock: SettableClock
 ) -> None:
-    approvals = ApprovalStore(enrollments.engine)
+    approvals = Storage.open(enrollments.db.engine).approvals
     pending = _held(approvals, clock)
     waiting = enrollments.scep_transaction(SIGNER, TXN.transaction_id)
     assert waiting is not None and (waiting.status, waiting.approval_id) == ("pending", pending.id)
@@ -329,16 +336,16 @@ def test_approving_a_pending_request_issues_once(
 
 
 def test_rejecting_a_pending_request(
-    authority: CertificateAuthority, enrollments: EnrollmentStore, clock: SettableClock
+    authority: CertificateAuthority, enrollments: Enrollments, clock: SettableClock
 ) -> None:
-    approvals = ApprovalStore(enrollments.engine)
+    approvals = Storage.open(enrollments.db.engine).approvals
     pending = _held(approvals, clock)
     rejected = approvals.reject(pending.id, "not a known router", actor="admin", now=clock())
     assert (rejected.status, rejected.reason, rejected.decided_by) == ("rejected", "not a known router", "admin")
     polled = enrollments.scep_transaction(SIGNER, TXN.transaction_id)
     assert polled is not None
     assert (polled.status, polled.fail_info, polled.fail_info_text) == ("rejected", "badRequest", "not a known router")
-    [audit] = enrollments.audit_events(action="request.rejected")
+    [audit] = AuditLog(enrollments.db).audit_events(action="request.rejected")
     assert (audit.actor, audit.detail) == ("admin", {"request": pending.id, "reason": "not a known router"})
     with pytest.raises(Conflict, match="not pending"):
         approvals.reject(pending.id, "again", actor="admin", now=clock())
@@ -346,4 +353,4 @@ def test_rejecting_a_pending_request(
         issue(authority, scep_transaction=CompletePending(pending.id, "admin"))
     with pytest.raises(NotFound):
         approvals.reject(pending.id + 100, "who", actor="admin", now=clock())
-    assert authority.store.count_certificates() == 0
+    assert storage_of(authority).certificates.count_certificates() == 0

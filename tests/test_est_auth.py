@@ -37,8 +37,9 @@ from shared_ca.errors import CAError, PolicyDenied, Unauthorized
 from shared_ca.keys import KeyType, generate_private_key
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.est_users import EstUserRecord, EstUserStore, check_secret
-from tests.support import SettableClock, ec_key, subject
+from shared_ca.storage.est_users import EstUserRecord, EstUsers, check_secret
+from shared_ca.storage.repositories import Storage
+from tests.support import SettableClock, ec_key, storage_of, subject
 
 PASSWORD = "correct horse battery"
 SECRET = "generated-bootstrap-secret-0123456789"
@@ -276,7 +277,7 @@ def test_parse_trusted_proxies() -> None:
 @dataclass
 class World:
     authority: CertificateAuthority
-    users: EstUserStore
+    users: EstUsers
     auth: EstAuthenticator
     clock: SettableClock
 
@@ -293,11 +294,11 @@ class World:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Legacy CA")])
         material = create_root_ca(generate_private_key(KeyType.P256), name, 3650, self.clock())
         issuer = register_issuer(
-            self.authority.store, "legacy", material.certificate, kind="legacy", actor="t", now=self.clock(),
-            trust_until=trust_until,
+            storage_of(self.authority).issuers, "legacy", material.certificate, kind="legacy", actor="t",
+            now=self.clock(), trust_until=trust_until,
         )  # fmt: skip
         return CertificateAuthority(
-            self.authority.store, issuer, material.certificate, material.chain, material.key,
+            storage_of(self.authority).certificates, issuer, material.certificate, material.chain, material.key,
             PublicUrls("http://legacy.example"), self.clock,
         )  # fmt: skip
 
@@ -308,7 +309,12 @@ class World:
 
 @pytest.fixture
 def world(authority: CertificateAuthority, clock: SettableClock) -> World:
-    return World(authority, EstUserStore(authority.store.engine), EstAuthenticator(authority.store, clock), clock)
+    return World(
+        authority,
+        Storage.open(storage_of(authority).engine).est_users,
+        EstAuthenticator(storage_of(authority), clock),
+        clock,
+    )
 
 
 def refused(world: World, expected: type[CAError], public: str, detail: str, **login: Any) -> CAError:

@@ -34,12 +34,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from gateway.config import load_config
-from gateway.runtime import open_gateway, open_store
+from gateway.runtime import open_gateway, open_storage
 from shared_ca.authority import utcnow
 from shared_ca.keys import PrivateKey
 from shared_ca.policy import authorize_request
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentRecord
+from shared_ca.storage.repositories import Storage
 from tests.support import csr_der, ec_key, make_csr, subject
 from tests.test_scep_interop import client_env, server_log
 from tests.test_serve import (
@@ -211,22 +211,22 @@ class Ledger:
     last_event: int
 
 
-def ledger(store: EnrollmentStore) -> Ledger:
-    serials = frozenset(r.serial_hex for r in store.list_certificates(now=utcnow()))
-    newest = store.enrollment_events(limit=1)
+def ledger(store: Storage) -> Ledger:
+    serials = frozenset(r.serial_hex for r in store.certificates.list_certificates(now=utcnow()))
+    newest = store.enrollments.enrollment_events(limit=1)
     return Ledger(serials, newest[0].id if newest else 0)
 
 
-def events_since(store: EnrollmentStore, before: Ledger) -> list[EnrollmentRecord]:
-    return [e for e in reversed(store.enrollment_events(limit=100)) if e.id > before.last_event]
+def events_since(store: Storage, before: Ledger) -> list[EnrollmentRecord]:
+    return [e for e in reversed(store.enrollments.enrollment_events(limit=100)) if e.id > before.last_event]
 
 
-def issued_since(store: EnrollmentStore, before: Ledger) -> set[str]:
-    return {r.serial_hex for r in store.list_certificates(now=utcnow())} - before.serials
+def issued_since(store: Storage, before: Ledger) -> set[str]:
+    return {r.serial_hex for r in store.certificates.list_certificates(now=utcnow())} - before.serials
 
 
 def assert_refused(
-    store: EnrollmentStore,
+    store: Storage,
     before: Ledger,
     answer: Answer,
     *,
@@ -350,8 +350,8 @@ def proxy_server(server: Server, workdir: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def store(server: Server) -> Iterator[EnrollmentStore]:
-    opened = open_store(load_config(server.data_dir, environ={}))
+def store(server: Server) -> Iterator[Storage]:
+    opened = open_storage(load_config(server.data_dir, environ={}))
     try:
         yield opened
     finally:
@@ -390,7 +390,7 @@ def proxy_headers(cert_file: Path, verify: str) -> dict[str, str]:
 
 
 def test_no_credentials_on_simpleenroll_is_401_with_a_basic_challenge(
-    server: Server, store: EnrollmentStore, workdir: Path
+    server: Server, store: Storage, workdir: Path
 ) -> None:
     before = ledger(store)
     run = curl(server, workdir / "curl", "anonymous", "simpleenroll", csr_body(ec_key(), "matrix-anonymous"))
@@ -406,7 +406,7 @@ def test_no_credentials_on_simpleenroll_is_401_with_a_basic_challenge(
     )
 
 
-def test_no_credentials_on_simplereenroll_is_401(server: Server, store: EnrollmentStore) -> None:
+def test_no_credentials_on_simplereenroll_is_401(server: Server, store: Storage) -> None:
     before = ledger(store)
     answer = post(server, "simplereenroll", csr_body(ec_key(), "matrix-anonymous"))
     assert_refused(
@@ -414,9 +414,7 @@ def test_no_credentials_on_simplereenroll_is_401(server: Server, store: Enrollme
     )
 
 
-def test_wrong_password_and_unknown_user_are_the_same_401(
-    server: Server, store: EnrollmentStore, workdir: Path
-) -> None:
+def test_wrong_password_and_unknown_user_are_the_same_401(server: Server, store: Storage, workdir: Path) -> None:
     body = csr_body(ec_key(), "matrix-guess")
     before = ledger(store)
     run = curl(server, workdir / "curl", "wrong-password", "simpleenroll", body, "--user", f"{GOOD}:Not-The-Password")
@@ -448,7 +446,7 @@ def test_wrong_password_and_unknown_user_are_the_same_401(
     assert unknown.body == run.answer.body  # no user enumeration
 
 
-def test_disabled_user_is_403(server: Server, store: EnrollmentStore) -> None:
+def test_disabled_user_is_403(server: Server, store: Storage) -> None:
     before = ledger(store)
     answer = post(server, "simpleenroll", csr_body(ec_key(), "matrix-disabled-device"), auth=(DISABLED, PASSWORD))
     assert_refused(store, before, answer, status=403, operation="simpleenroll", message="disabled", server=server)
@@ -461,7 +459,7 @@ def test_disabled_user_is_403(server: Server, store: EnrollmentStore) -> None:
     )
 
 
-def test_used_up_user_enrolls_once_then_403(server: Server, store: EnrollmentStore, module_state: Module) -> None:
+def test_used_up_user_enrolls_once_then_403(server: Server, store: Storage, module_state: Module) -> None:
     # A refused request spends no use.
     before = ledger(store)
     refused = post(server, "simpleenroll", tampered_csr_body("matrix-once-0"), auth=(ONCE, PASSWORD))
@@ -480,7 +478,7 @@ def test_used_up_user_enrolls_once_then_403(server: Server, store: EnrollmentSto
 
 
 def test_user_bound_to_another_label_is_403_on_the_default_label(
-    server: Server, store: EnrollmentStore, module_state: Module
+    server: Server, store: Storage, module_state: Module
 ) -> None:
     before = ledger(store)
     answer = post(server, "simpleenroll", csr_body(ec_key(), "matrix-labelled"), auth=(OTHER, PASSWORD))
@@ -507,7 +505,7 @@ def test_user_bound_to_another_label_is_403_on_the_default_label(
 
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
 def test_foreign_client_certificate_is_refused_at_the_handshake(
-    server: Server, store: EnrollmentStore, foreign: ClientCredentials, tls: str
+    server: Server, store: Storage, foreign: ClientCredentials, tls: str
 ) -> None:
     before = ledger(store)
     context = tls_context(server.ca_pem, client=foreign)
@@ -528,7 +526,7 @@ def test_foreign_client_certificate_is_refused_at_the_handshake(
 
 
 def test_foreign_client_certificate_is_refused_at_the_handshake_by_curl(
-    server: Server, store: EnrollmentStore, foreign: ClientCredentials, workdir: Path
+    server: Server, store: Storage, foreign: ClientCredentials, workdir: Path
 ) -> None:
     before = ledger(store)
     cert_file, key_file = foreign
@@ -550,7 +548,7 @@ def test_foreign_client_certificate_is_refused_at_the_handshake_by_curl(
 
 
 def test_foreign_client_certificate_through_a_trusted_proxy_is_403(
-    proxy_server: Server, store: EnrollmentStore, foreign: ClientCredentials
+    proxy_server: Server, store: Storage, foreign: ClientCredentials
 ) -> None:
     before = ledger(store)
     answer = post(
@@ -593,7 +591,7 @@ def test_foreign_client_certificate_through_a_trusted_proxy_is_403(
 
 
 def test_proxy_that_failed_verification_is_ignored_401(
-    proxy_server: Server, store: EnrollmentStore, client_a: ClientCredentials
+    proxy_server: Server, store: Storage, client_a: ClientCredentials
 ) -> None:
     before = ledger(store)
     answer = post(
@@ -615,7 +613,7 @@ def test_proxy_that_failed_verification_is_ignored_401(
 
 
 def test_proxy_header_from_an_untrusted_peer_is_ignored_401(
-    server: Server, store: EnrollmentStore, client_a: ClientCredentials
+    server: Server, store: Storage, client_a: ClientCredentials
 ) -> None:
     """The main server trusts no proxy: a forged header authenticates nobody."""
     before = ledger(store)
@@ -628,7 +626,7 @@ def test_proxy_header_from_an_untrusted_peer_is_ignored_401(
 
 
 def test_our_client_certificate_through_a_trusted_proxy_renews(
-    proxy_server: Server, store: EnrollmentStore, client_a: ClientCredentials, module_state: Module
+    proxy_server: Server, store: Storage, client_a: ClientCredentials, module_state: Module
 ) -> None:
     """Control for the proxy refusals: the same path with our certificate and SUCCESS renews."""
     before = ledger(store)
@@ -649,7 +647,7 @@ def test_our_client_certificate_through_a_trusted_proxy_renews(
 
 
 def test_a_trusted_proxy_that_does_not_say_https_gets_no_est(
-    proxy_server: Server, store: EnrollmentStore, client_a: ClientCredentials
+    proxy_server: Server, store: Storage, client_a: ClientCredentials
 ) -> None:
     """Trusting a proxy is believing what it says: a request it says came over plain HTTP is not EST."""
     before = ledger(store)
@@ -667,9 +665,7 @@ def test_a_trusted_proxy_that_does_not_say_https_gets_no_est(
     assert "est.trusted_proxies is deprecated" in proxy_server.stderr_text()  # the old name still works
 
 
-def test_revoked_client_certificate_is_403(
-    server: Server, store: EnrollmentStore, workdir: Path, module_state: Module
-) -> None:
+def test_revoked_client_certificate_is_403(server: Server, store: Storage, workdir: Path, module_state: Module) -> None:
     cert_file, key_file = enroll(server, workdir, module_state, "matrix-revoked")
     serial = serial_hex(x509.load_pem_x509_certificate(cert_file.read_bytes()))
     revoked = gateway_command(
@@ -714,9 +710,7 @@ def test_revoked_client_certificate_is_403(
     assert_refused(store, before, run.answer, status=403, operation="simpleenroll", message="revoked", server=server)
 
 
-def test_expired_client_certificate_is_403(
-    server: Server, store: EnrollmentStore, workdir: Path, module_state: Module
-) -> None:
+def test_expired_client_certificate_is_403(server: Server, store: Storage, workdir: Path, module_state: Module) -> None:
     """Issued by our CA and recorded, but already expired: the handshake lets it through (no time check
     there), the request gets a clear 403."""
     key = ec_key()
@@ -731,7 +725,7 @@ def test_expired_client_certificate_is_403(
         )
         issued = gateway.authority.issue(policy, protocol="est", actor="test:expired")
     finally:
-        gateway.store.engine.dispose()
+        gateway.storage.engine.dispose()
     module_state.expected.add(issued.record.serial_hex)
     assert issued.certificate.not_valid_after_utc < utcnow()
     client = write_client_credentials(workdir, "matrix-expired", issued.certificate, key)
@@ -741,7 +735,7 @@ def test_expired_client_certificate_is_403(
     assert_refused(store, before, answer, status=403, operation="simplereenroll", message="expired", server=server)
 
 
-def test_renewing_another_subject_is_403(server: Server, store: EnrollmentStore, client_a: ClientCredentials) -> None:
+def test_renewing_another_subject_is_403(server: Server, store: Storage, client_a: ClientCredentials) -> None:
     before = ledger(store)
     answer = post(server, "simplereenroll", csr_body(ec_key(), "matrix-b"), client=client_a)
     event = assert_refused(
@@ -756,7 +750,7 @@ def test_renewing_another_subject_is_403(server: Server, store: EnrollmentStore,
     assert event.device_identity == "matrix-a"
 
 
-def test_basic_credentials_alone_cannot_simplereenroll_403(server: Server, store: EnrollmentStore) -> None:
+def test_basic_credentials_alone_cannot_simplereenroll_403(server: Server, store: Storage) -> None:
     before = ledger(store)
     answer = post(server, "simplereenroll", csr_body(ec_key(), "matrix-a"), auth=(GOOD, PASSWORD))
     assert_refused(
@@ -772,7 +766,7 @@ def test_basic_credentials_alone_cannot_simplereenroll_403(server: Server, store
 
 @pytest.mark.parametrize("operation", ["simpleenroll", "simplereenroll"])
 def test_good_certificate_with_a_wrong_password_is_401(
-    server: Server, store: EnrollmentStore, client_a: ClientCredentials, operation: str
+    server: Server, store: Storage, client_a: ClientCredentials, operation: str
 ) -> None:
     before = ledger(store)
     answer = post(server, operation, csr_body(ec_key(), "matrix-a"), client=client_a, auth=(GOOD, "Not-The-Password"))
@@ -782,7 +776,7 @@ def test_good_certificate_with_a_wrong_password_is_401(
 
 
 def test_good_certificate_with_a_good_password_enrolls_its_own_subject(
-    server: Server, store: EnrollmentStore, client_a: ClientCredentials, module_state: Module
+    server: Server, store: Storage, client_a: ClientCredentials, module_state: Module
 ) -> None:
     before = ledger(store)
     answer = post(server, "simpleenroll", csr_body(ec_key(), "matrix-a"), client=client_a, auth=(GOOD, PASSWORD))
@@ -795,7 +789,7 @@ def test_good_certificate_with_a_good_password_enrolls_its_own_subject(
     assert event.detail["principal"] == "CN=matrix-a"
 
 
-def test_csr_whose_signature_does_not_verify_is_400(server: Server, store: EnrollmentStore) -> None:
+def test_csr_whose_signature_does_not_verify_is_400(server: Server, store: Storage) -> None:
     before = ledger(store)
     answer = post(server, "simpleenroll", tampered_csr_body("matrix-tampered"), auth=(GOOD, PASSWORD))
     assert_refused(store, before, answer, status=400, operation="simpleenroll", message="signature", server=server)

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from est import cmc
 from est import cmc_asn1 as asn1
 from gateway.config import load_config
-from gateway.runtime import open_store
+from gateway.runtime import open_storage
 from tests import test_est_cmc as cmc_tests
 from tests.support import multipart_parts
 from tests.test_scep_interop import (
@@ -73,9 +73,9 @@ def verify(server: Server, cert_file: Path) -> None:
 
 
 def est_events(server: Server, device: str) -> list[tuple[str, str, str]]:
-    store = open_store(load_config(server.data_dir, environ={}))
+    store = open_storage(load_config(server.data_dir, environ={}))
     try:
-        events = store.enrollment_events(device_identity=device)
+        events = store.enrollments.enrollment_events(device_identity=device)
     finally:
         store.engine.dispose()
     return [(e.protocol, e.operation, e.outcome) for e in reversed(events)]

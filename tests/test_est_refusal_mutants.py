@@ -29,7 +29,7 @@ from gateway.app import create_app
 from gateway.config import load_config
 from gateway.runtime import Gateway
 from shared_ca.storage.enrollment_records import EnrollmentRecord
-from shared_ca.storage.est_users import EstUserStore, hash_password
+from shared_ca.storage.est_users import hash_password
 from tests import test_est_cmc as cmc_tests
 from tests.support import csr_der, ec_key, make_csr, subject
 from tests.test_est_serverkeygen import SYM, attribute, csr_with, octets
@@ -51,11 +51,11 @@ def est_app(data_dir: Path) -> Iterator[Flask]:
         config.write(MANUAL)
     application = create_app(load_config(data_dir, environ={}))
     gw: Gateway = application.extensions["gateway"].get()
-    users, now, labels = EstUserStore(gw.store.engine), dt.datetime.now(dt.UTC), ("default", "manual")
+    users, now, labels = gw.storage.est_users, dt.datetime.now(dt.UTC), ("default", "manual")
     users.add_est_user("alice", hash_password(PASSWORD), kind="password", created_by="t", now=now, labels=labels)
     users.add_est_user("once", hash_password(PASSWORD), kind="password", created_by="t", now=now, uses_left=1)
     yield application
-    gw.store.engine.dispose()
+    gw.storage.engine.dispose()
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def gateway_of(app: Flask) -> Gateway:
 
 
 def newest_event(app: Flask, device: str | None = None) -> EnrollmentRecord:
-    return gateway_of(app).store.enrollment_events(device_identity=device, limit=1)[0]
+    return gateway_of(app).storage.enrollments.enrollment_events(device_identity=device, limit=1)[0]
 
 
 def refused(response: Any, status: int, text: str) -> None:
@@ -170,9 +170,9 @@ def test_a_renewal_event_names_the_certificate_renewed_and_a_legacy_issuer(
 
     legacy, _key, legacy_ca = legacy_certificate(0x5EED, "old-device")
     import_legacy(runner, data_dir, tmp_path, legacy_ca, legacy)
-    store = gateway_of(est_app).store
-    record = store.certificate_by_fingerprint(legacy.fingerprint(hashes.SHA256()).hex())
-    issuer = store.issuer_by_id(record.issuer_id) if record is not None else None
+    store = gateway_of(est_app).storage
+    record = store.certificates.certificate_by_fingerprint(legacy.fingerprint(hashes.SHA256()).hex())
+    issuer = store.issuers.issuer_by_id(record.issuer_id) if record is not None else None
     assert issuer is not None
     body = b64_csr(make_csr(ec_key(), subject("old-device")))
     assert post(est, "simplereenroll", body, environ=tls(legacy)).status_code == 200
@@ -189,7 +189,9 @@ def test_an_issued_certificate_records_its_requester_and_is_logged(
     with caplog.at_level(logging.INFO, logger="est.service"):
         response = post(est, "simpleenroll", b64_csr(make_csr(ec_key(), subject("logged"))), headers=basic())
     (cert,) = certs_of(response.get_data())
-    record = gateway_of(est_app).store.certificate_by_fingerprint(cert.fingerprint(hashes.SHA256()).hex())
+    record = gateway_of(est_app).storage.certificates.certificate_by_fingerprint(
+        cert.fingerprint(hashes.SHA256()).hex()
+    )
     assert record is not None and record.requester == CLIENT
     assert f"EST simpleenroll: issued {record.serial_hex} to CN=logged" in caplog.messages
 

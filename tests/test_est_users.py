@@ -1,4 +1,4 @@
-"""EST users: migration 0004, EstUserStore (add, look up, disable, spend and refund uses, the race for
+"""EST users: migration 0004, EstUsers (add, look up, disable, spend and refund uses, the race for
 the last use) and `gateway est-user add/list/disable` with each refusal naming its field."""
 
 from __future__ import annotations
@@ -26,17 +26,16 @@ from shared_ca.storage.db import (
     head_revision,
     migrate_to_head,
 )
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentEvent
 from shared_ca.storage.est_users import (
     EstUserRecord,
-    EstUserStore,
+    EstUsers,
     check_secret,
     hash_generated_secret,
     hash_password,
     new_generated_secret,
 )
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from tests.support import SettableClock, run_together
 from tests.test_cli import assert_clean_failure, ok
 
@@ -44,11 +43,11 @@ FAST_HASH = hash_generated_secret("bootstrap-secret-for-tests")
 
 
 @pytest.fixture
-def users(store: Store) -> EstUserStore:
-    return EstUserStore(store.engine)
+def users(store: Storage) -> EstUsers:
+    return store.est_users
 
 
-def add(users: EstUserStore, clock: SettableClock, name: str = "alice", **changes: Any) -> EstUserRecord:
+def add(users: EstUsers, clock: SettableClock, name: str = "alice", **changes: Any) -> EstUserRecord:
     fields: dict[str, Any] = {"kind": "bootstrap", "created_by": "test", "now": clock()}
     return users.add_est_user(name, changes.pop("secret_hash", FAST_HASH), **{**fields, **changes})
 
@@ -56,7 +55,7 @@ def add(users: EstUserStore, clock: SettableClock, name: str = "alice", **change
 # -- migration -----------------------------------------------------------------------------------
 
 
-def test_migration_0004_adds_est_users_and_the_tls_version_column(store: Store) -> None:
+def test_migration_0004_adds_est_users_and_the_tls_version_column(store: Storage) -> None:
     assert current_revision(store.engine) == head_revision()
     inspector = inspect(store.engine)
     assert "tls_version" in {c["name"] for c in inspector.get_columns("enrollment_events")}
@@ -73,7 +72,7 @@ def test_migration_0004_adds_est_users_and_the_tls_version_column(store: Store) 
     )
 
 
-def test_migration_0004_downgrades_keeping_enrollment_events_intact(store: Store) -> None:
+def test_migration_0004_downgrades_keeping_enrollment_events_intact(store: Storage) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with store.engine.connect() as conn:
@@ -89,8 +88,8 @@ def test_migration_0004_downgrades_keeping_enrollment_events_intact(store: Store
     assert current_revision(store.engine) == head_revision()
 
 
-def test_enrollment_events_carry_the_tls_version(store: Store, clock: SettableClock) -> None:
-    enrollments = EnrollmentStore(store.engine)
+def test_enrollment_events_carry_the_tls_version(store: Storage, clock: SettableClock) -> None:
+    enrollments = store.enrollments
     enrollments.record_event(EnrollmentEvent("est", "simpleenroll", "issued", tls_version="TLSv1.3"), clock())
     enrollments.record_event(EnrollmentEvent("scep", "PKCSReq", "issued"), clock())
     assert [e.tls_version for e in enrollments.enrollment_events()] == [None, "TLSv1.3"]
@@ -99,7 +98,7 @@ def test_enrollment_events_carry_the_tls_version(store: Store, clock: SettableCl
 # -- the store -----------------------------------------------------------------------------------
 
 
-def test_add_and_look_up(users: EstUserStore, store: Store, clock: SettableClock) -> None:
+def test_add_and_look_up(users: EstUsers, store: Storage, clock: SettableClock) -> None:
     expires = clock() + dt.timedelta(days=7)
     added = add(users, clock, labels=("default", "wifi"), device_identity="dev-1", uses_left=3, expires_at=expires)
     assert (added.name, added.kind, added.labels, added.device_identity) == (
@@ -115,7 +114,7 @@ def test_add_and_look_up(users: EstUserStore, store: Store, clock: SettableClock
     assert users.est_user("nobody") is None
     add(users, clock, "bob", kind="password", secret_hash=hash_password("correct horse"))
     assert [u.name for u in users.list_est_users()] == ["alice", "bob"]
-    [event] = [e for e in store.audit_events() if e.action == "est_user.created" and e.detail["name"] == "alice"]
+    [event] = [e for e in store.audit.audit_events() if e.action == "est_user.created" and e.detail["name"] == "alice"]
     assert event.detail == {
         "est_user": added.id,
         "name": "alice",
@@ -141,9 +140,7 @@ def test_add_and_look_up(users: EstUserStore, store: Store, clock: SettableClock
         pytest.param({"expires_at": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)}, "expires_at must be", id="fail/past"),
     ],
 )
-def test_add_refuses_bad_values(
-    users: EstUserStore, clock: SettableClock, changes: dict[str, Any], message: str
-) -> None:
+def test_add_refuses_bad_values(users: EstUsers, clock: SettableClock, changes: dict[str, Any], message: str) -> None:
     changes = dict(changes)  # the parameter is shared by every backend's run
     name = changes.pop("name", "alice")
     with pytest.raises(ValueError, match=message):
@@ -151,14 +148,14 @@ def test_add_refuses_bad_values(
     assert users.list_est_users() == []
 
 
-def test_names_are_unique_even_once_disabled(users: EstUserStore, clock: SettableClock) -> None:
+def test_names_are_unique_even_once_disabled(users: EstUsers, clock: SettableClock) -> None:
     add(users, clock, "a.b_c@d-1")
     users.disable_est_user("a.b_c@d-1", actor="test", now=clock())
     with pytest.raises(Conflict, match=re.escape("an EST user named 'a.b_c@d-1' already exists")):
         add(users, clock, "a.b_c@d-1")
 
 
-def test_disable(users: EstUserStore, store: Store, clock: SettableClock) -> None:
+def test_disable(users: EstUsers, store: Storage, clock: SettableClock) -> None:
     added = add(users, clock)
     clock.advance(minutes=1)
     disabled = users.disable_est_user("alice", actor="admin", now=clock())
@@ -167,10 +164,10 @@ def test_disable(users: EstUserStore, store: Store, clock: SettableClock) -> Non
         users.disable_est_user("alice", actor="admin", now=clock())
     with pytest.raises(NotFound, match="no EST user named 'nobody'"):
         users.disable_est_user("nobody", actor="admin", now=clock())
-    assert [e.actor for e in store.audit_events(action="est_user.disabled")] == ["admin"]
+    assert [e.actor for e in store.audit.audit_events(action="est_user.disabled")] == ["admin"]
 
 
-def test_consume_and_refund_uses(users: EstUserStore, clock: SettableClock) -> None:
+def test_consume_and_refund_uses(users: EstUsers, clock: SettableClock) -> None:
     limited = add(users, clock, "limited", uses_left=2)
     unlimited = add(users, clock, "unlimited")
     clock.advance(minutes=1)
@@ -188,7 +185,7 @@ def test_consume_and_refund_uses(users: EstUserStore, clock: SettableClock) -> N
     assert not users.consume_use(10_000, clock())  # no such user
 
 
-def test_consume_refuses_disabled_and_expired_users(users: EstUserStore, clock: SettableClock) -> None:
+def test_consume_refuses_disabled_and_expired_users(users: EstUsers, clock: SettableClock) -> None:
     expiring = add(users, clock, "expiring", expires_at=clock() + dt.timedelta(hours=1))
     disabled = add(users, clock, "disabled")
     users.disable_est_user("disabled", actor="test", now=clock())
@@ -199,7 +196,7 @@ def test_consume_refuses_disabled_and_expired_users(users: EstUserStore, clock: 
 
 
 @pytest.mark.parametrize("uses", [1, 3])
-def test_concurrent_attempts_spend_exactly_the_uses_left(users: EstUserStore, clock: SettableClock, uses: int) -> None:
+def test_concurrent_attempts_spend_exactly_the_uses_left(users: EstUsers, clock: SettableClock, uses: int) -> None:
     user = add(users, clock, uses_left=uses)
     results, errors = run_together(16, lambda _i: users.consume_use(user.id, clock()))
     assert errors == []
@@ -232,9 +229,9 @@ def est(runner: CliRunner, data_dir: Path, *args: str, stdin: str | None = None)
     return runner.invoke(main, ["est-user", *args, "--data-dir", str(data_dir)], input=stdin)
 
 
-def cli_users(data_dir: Path) -> EstUserStore:
+def cli_users(data_dir: Path) -> Storage:
     engine = create_store_engine(load_config(data_dir, environ={}).database_url)
-    return EstUserStore(engine)
+    return Storage.open(engine)
 
 
 def test_cli_add_list_disable(runner: CliRunner, data_dir: Path) -> None:
@@ -245,7 +242,7 @@ def test_cli_add_list_disable(runner: CliRunner, data_dir: Path) -> None:
     assert len(secret) >= 32 and "shown only now" in generated.stderr
     store = cli_users(data_dir)
     try:
-        alice, device = store.est_user("alice"), store.est_user("dev-1")
+        alice, device = store.est_users.est_user("alice"), store.est_users.est_user("dev-1")
         assert alice is not None and alice.kind == "password" and alice.secret_hash.startswith("scrypt$14$8$1$")
         assert check_secret(alice.secret_hash, "correct horse") and alice.labels == ("default",)
         assert device is not None and device.kind == "bootstrap" and device.secret_hash.startswith("sha256$")

@@ -32,7 +32,8 @@ from gateway.config import load_config
 from gateway.middleware import CLIENT_CERT_DER, TLS_UNIQUE, TLS_VERSION
 from gateway.runtime import Gateway
 from shared_ca.errors import Conflict, NotFound
-from shared_ca.storage.est_users import EstUserStore, hash_password
+from shared_ca.storage.est_users import hash_password
+from shared_ca.storage.repositories import Storage
 from tests import test_est_cmc as cmc_tests
 from tests.support import csr_der, ec_key, make_csr, multipart_parts, subject
 
@@ -63,7 +64,7 @@ def est_app(data_dir: Path) -> Iterator[Flask]:
         config.write(EXTRA_PROFILES)
     application = create_app(load_config(data_dir, environ={}))
     gw: Gateway = application.extensions["gateway"].get()
-    users = EstUserStore(gw.store.engine)
+    users = gw.storage.est_users
     now = dt.datetime.now(dt.UTC)
     labels = ("default", "manual", "linked", "strict", "nokeygen")
     users.add_est_user("alice", hash_password(PASSWORD), kind="password", created_by="test", now=now, labels=labels)
@@ -74,7 +75,7 @@ def est_app(data_dir: Path) -> Iterator[Flask]:
         "boot-dev9", hash_password(PASSWORD), kind="bootstrap", created_by="test", now=now, device_identity="dev9"
     )
     yield application
-    gw.store.engine.dispose()
+    gw.storage.engine.dispose()
 
 
 @pytest.fixture
@@ -139,14 +140,14 @@ def enroll(client: FlaskClient, cn: str = "device1", key: ec.EllipticCurvePrivat
 
 def est_certificates(app: Flask) -> list[str]:
     """Serials of the certificates issued over EST."""
-    records = gateway_of(app).store.list_certificates(now=dt.datetime.now(dt.UTC))
+    records = gateway_of(app).storage.certificates.list_certificates(now=dt.datetime.now(dt.UTC))
     return [r.serial_hex for r in records if r.protocol == "est"]
 
 
 def events(app: Flask, device: str) -> list[tuple[str, str, str]]:
     return [
         (e.operation, e.outcome, e.challenge_kind)
-        for e in reversed(gateway_of(app).store.enrollment_events(device_identity=device))
+        for e in reversed(gateway_of(app).storage.enrollments.enrollment_events(device_identity=device))
     ]
 
 
@@ -218,7 +219,9 @@ def test_simpleenroll_accepts_every_body_form(est: FlaskClient, est_app: Flask, 
     assert response.status_code == 200, response.get_data(as_text=True)
     (cert,) = certs_of(response.get_data())
     assert cert.public_key() == key.public_key()
-    record = gateway_of(est_app).store.certificate_by_fingerprint(cert.fingerprint(hashes.SHA256()).hex())
+    record = gateway_of(est_app).storage.certificates.certificate_by_fingerprint(
+        cert.fingerprint(hashes.SHA256()).hex()
+    )
     assert record is not None and record.protocol == "est"
     assert ("simpleenroll", "issued", "basic") in events(est_app, "forms")
 
@@ -265,7 +268,7 @@ def test_one_use_credential_enrolls_once(est: FlaskClient, est_app: Flask) -> No
 def test_a_refused_request_gives_the_use_back(est: FlaskClient, est_app: Flask) -> None:
     bad = make_csr(ec_key(), x509.Name([]))  # no subject and no SAN: the policy refuses
     assert post(est, "simpleenroll", b64_csr(bad), headers=basic("once")).status_code == 403
-    users = EstUserStore(gateway_of(est_app).store.engine)
+    users = Storage.open(gateway_of(est_app).storage.engine).est_users
     assert users.est_user("once") is not None and users.est_user("once").uses_left == 1  # type: ignore[union-attr]
 
 
@@ -332,7 +335,9 @@ def test_simplereenroll_renews_and_rekeys(est: FlaskClient, est_app: Flask) -> N
     assert rekeyed.status_code == 200
     (renewed,) = certs_of(rekeyed.get_data())
     assert renewed.subject == cert.subject and renewed.public_key() == new_key.public_key()
-    record = gateway_of(est_app).store.certificate_by_fingerprint(renewed.fingerprint(hashes.SHA256()).hex())
+    record = gateway_of(est_app).storage.certificates.certificate_by_fingerprint(
+        renewed.fingerprint(hashes.SHA256()).hex()
+    )
     assert record is not None and record.renewed_from_id is not None
     assert ("simplereenroll", "issued", "certificate") in events(est_app, "renewer")
 
@@ -356,10 +361,10 @@ def test_the_look_ups_before_issuance_share_one_connection(
     certificate: bool,
 ) -> None:
     """The client certificate, its issuer, the Basic user and the approval queue are read in one pool
-    checkout (Store.reading); issuing (or queueing) takes its own."""
+    checkout (Storage.reading); issuing (or queueing) takes its own."""
     key = ec_key()
     cert = enroll(est, "one-read", key)
-    engine = gateway_of(est_app).store.engine
+    engine = gateway_of(est_app).storage.engine
     checkouts: list[object] = []
     connect = engine.connect
 
@@ -424,7 +429,7 @@ def test_manual_approval_answers_202_then_the_certificate(est: FlaskClient, est_
     # The certificate delivered is the very one the approval issued: same serial, same DER.
     assert int(record.serial_hex, 16) == cert.serial_number
     assert record.fingerprint_sha256 == cert.fingerprint(hashes.SHA256()).hex()
-    assert EstUserStore(gw.store.engine).est_user("once").uses_left == 0  # type: ignore[union-attr]
+    assert gw.storage.est_users.est_user("once").uses_left == 0  # type: ignore[union-attr]
 
 
 def test_a_rejected_request_is_403(est: FlaskClient, est_app: Flask) -> None:
@@ -524,7 +529,7 @@ def test_fullcmc_revocation_needs_the_certificate_itself(est: FlaskClient, est_a
     body = cmc_revocation(cert, key, gw.authority.certificate)
     assert post(est, "fullcmc", body, headers=basic()).status_code == 403  # Basic cannot revoke
     assert post(est, "fullcmc", body, environ=tls(other)).status_code == 403  # another device's certificate
-    record = gw.store.certificate_by_fingerprint(cert.fingerprint(hashes.SHA256()).hex())
+    record = gw.storage.certificates.certificate_by_fingerprint(cert.fingerprint(hashes.SHA256()).hex())
     assert record is not None and record.status == "valid"
 
 

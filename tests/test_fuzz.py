@@ -90,7 +90,7 @@ def test_inputs_reach_deep_code(env: FuzzGateway, targets: dict[str, Target]) ->
     for _ in range(150):
         for name, target in targets.items():
             statuses[name][env.run(make_case(target, rng)).status] += 1
-    events = env.gateway.store.enrollment_events(limit=1_000_000)
+    events = env.gateway.storage.enrollments.enrollment_events(limit=1_000_000)
     outcomes = collections.Counter((event.protocol, event.outcome.split(":")[0]) for event in events)
     assert statuses["scep"][200] >= 60, statuses  # a CertRep: SUCCESS, PENDING or a signed FAILURE
     assert statuses["est"][200] >= 5 and statuses["est"][403] >= 10, statuses  # issued, and refused by policy

@@ -17,7 +17,6 @@ from migration_tools.legacy_issuers import new_legacy_issuer
 from shared_ca.authority import fingerprint
 from shared_ca.errors import KeyMaterialError, Unavailable
 from shared_ca.keys import KeyType
-from shared_ca.storage.inventory import InventoryStore
 from tests.test_migration_import import LegacyCA
 
 
@@ -39,7 +38,7 @@ class Opener:
 
     def close(self) -> None:
         for gateway in self.opened:
-            gateway.store.engine.dispose()
+            gateway.storage.engine.dispose()
 
 
 class Clock:
@@ -122,13 +121,13 @@ def test_refresh_follows_a_new_legacy_issuer_and_keeps_the_gateway_until_then(ga
         assert [fingerprint(c) for c in loader.refresh(now)] == [fingerprint(first.authority.certificate)]
         assert loader.loaded is first  # nothing changed: nothing rebuilt
         legacy = LegacyCA(name="Refreshed Legacy CA")
-        register = InventoryStore(first.store.engine).register_legacy_issuer
+        register = first.storage.inventory.register_legacy_issuer
         register(new_legacy_issuer(legacy.certificate, now + dt.timedelta(days=30)), "test", now)
         trusted = loader.refresh(now)
         assert fingerprint(legacy.certificate) in {fingerprint(c) for c in trusted}
         rebuilt = loader.loaded
         assert rebuilt is not None and rebuilt is not first
-        assert rebuilt.admission is first.admission and rebuilt.store is first.store  # the worker's own
+        assert rebuilt.admission is first.admission and rebuilt.storage is first.storage  # the worker's own
         assert loader.refresh(now) == trusted and loader.loaded is rebuilt
     finally:
         opener.close()

@@ -15,22 +15,22 @@ from gateway.config import GatewayConfig
 from gateway.housekeeping import CHALLENGE_RETENTION, Purged, purge_stale
 from gateway.runtime import GatewayLoader, open_gateway
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.enrollment import EnrollmentStore
-from shared_ca.storage.repository import Store
+from shared_ca.storage.enrollment import Enrollments
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import challenge_failures, scep_challenges
 from tests.support import SettableClock
 
 WINDOW = dt.timedelta(minutes=DEFAULT_PROFILES["default"].scep_lockout_minutes)
 
 
-def rows(enrollments: EnrollmentStore) -> tuple[int, int]:
-    with enrollments.engine.connect() as conn:
+def rows(enrollments: Enrollments) -> tuple[int, int]:
+    with enrollments.db.engine.connect() as conn:
         challenges = conn.execute(select(func.count()).select_from(scep_challenges)).scalar_one()
         counters = conn.execute(select(func.count()).select_from(challenge_failures)).scalar_one()
     return int(challenges), int(counters)
 
 
-def stale_world(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def stale_world(enrollments: Enrollments, clock: SettableClock) -> None:
     """A challenge that expires in an hour, one still valid for a year, and one wrong guess counted."""
     for secret, lifetime in (("1" * 64, dt.timedelta(hours=1)), ("2" * 64, dt.timedelta(days=365))):
         enrollments.create_challenge(
@@ -39,8 +39,8 @@ def stale_world(enrollments: EnrollmentStore, clock: SettableClock) -> None:
     enrollments.record_failure(["address:192.0.2.1"], clock(), window=WINDOW, threshold=3, lock_for=WINDOW)
 
 
-def test_stale_rows_are_deleted_after_their_retention_and_nothing_else(store: Store, clock: SettableClock) -> None:
-    enrollments = EnrollmentStore(store.engine)
+def test_stale_rows_are_deleted_after_their_retention_and_nothing_else(store: Storage, clock: SettableClock) -> None:
+    enrollments = store.enrollments
     stale_world(enrollments, clock)
     assert purge_stale(enrollments, DEFAULT_PROFILES, clock()) == Purged(challenges=0, failure_counters=0)
     assert rows(enrollments) == (2, 1)
@@ -60,7 +60,7 @@ def test_a_serving_worker_runs_housekeeping_by_itself(
     gateway = open_gateway(gateway_config)
     stop = threading.Event()
     try:
-        enrollments = gateway.store
+        enrollments = gateway.storage.enrollments
         now = gateway.authority.clock()
         expired = now - CHALLENGE_RETENTION - dt.timedelta(days=1)
         enrollments.create_challenge(
@@ -74,4 +74,4 @@ def test_a_serving_worker_runs_housekeeping_by_itself(
             time.sleep(0.05)
     finally:
         stop.set()
-        gateway.store.engine.dispose()
+        gateway.storage.engine.dispose()

@@ -44,7 +44,7 @@ from shared_ca.keys import KeyType, generate_private_key, load_certificates
 from shared_ca.ocsp import OcspResponder
 from shared_ca.policy import authorize_csr
 from shared_ca.storage.db import create_store_engine, sqlite_url
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.repositories import Storage
 from tests.support import make_csr, subject
 
 OCSP_TYPE = "application/ocsp-response"
@@ -208,20 +208,22 @@ def unreachable_app(app: Flask, database_url: str, tmp_path: Path) -> Iterator[F
     else:
         broken_url = url.set(host="127.0.0.1", port=closed_port()).render_as_string(hide_password=False)
     engine = create_store_engine(broken_url)
-    store = EnrollmentStore(engine)
+    store = Storage.open(engine)
     gw = gateway_of(app)
     old = gw.authority
-    authority = CertificateAuthority(store, old.issuer, old.certificate, old.chain, old.key, old.urls, old.clock)
+    authority = CertificateAuthority(
+        store.certificates, old.issuer, old.certificate, old.chain, old.key, old.urls, old.clock
+    )
     broken = dataclasses.replace(
         gw,
-        store=store,
+        storage=store,
         authority=authority,
-        crl=CrlPublisher(authority, gw.crl.validity, gw.crl.refresh),
+        crl=CrlPublisher(authority, store.crls, gw.crl.validity, gw.crl.refresh),
         ocsp=OcspResponder([authority], gw.ocsp.validity),
         scep=ScepService(
             authority=authority,
-            store=store,
-            crl=CrlPublisher(authority, gw.crl.validity, gw.crl.refresh),
+            storage=store,
+            crl=CrlPublisher(authority, store.crls, gw.crl.validity, gw.crl.refresh),
             ra_key=gw.ra_key,
             ra_certificate=gw.ra_certificate,
             profiles=gw.config.profiles,
@@ -273,7 +275,7 @@ def test_readyz_follows_the_sqlite_file_going_away_and_coming_back(tmp_path: Pat
     data_dir = tmp_path / "data"
     initialise(InitOptions(data_dir=data_dir, ca_key_type=KeyType.P256))
     app = create_app(load_config(data_dir, environ={}))
-    engine = gateway_of(app).store.engine
+    engine = gateway_of(app).storage.engine
     try:
         client = app.test_client()
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.config import load_config
-from gateway.runtime import open_store
+from gateway.runtime import open_storage
 from scep.asn1 import FailInfo, PkiStatus
 from scep.challenges import LOCKED, REFUSED
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.repositories import Storage
 from tests.support import rsa_key
 from tests.test_proxies_serve import ScepAnswer, scep_enroll, scep_event
 from tests.test_serve import Server, child_env, free_ports, init_data_dir, start_server, stop_server
@@ -47,8 +47,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def store(server: Server) -> Iterator[EnrollmentStore]:
-    opened = open_store(load_config(server.data_dir, environ={}))
+def store(server: Server) -> Iterator[Storage]:
+    opened = open_storage(load_config(server.data_dir, environ={}))
     try:
         yield opened
     finally:
@@ -57,7 +57,7 @@ def store(server: Server) -> Iterator[EnrollmentStore]:
 
 def refused(
     server: Server,
-    store: EnrollmentStore,
+    store: Storage,
     cn: str,
     challenge: str,
     client: str,
@@ -66,27 +66,25 @@ def refused(
 ) -> ScepAnswer:
     """A PKCSReq through the proxy for `client` (X-Forwarded-For `forwarded_for`, else `client`) that must
     be refused with `text`, issuing nothing, its event naming `client`."""
-    before = store.count_certificates()
+    before = store.certificates.count_certificates()
     answer = scep_enroll(server, cn, challenge, {"X-Forwarded-For": forwarded_for or client})
     assert answer.reply.status is PkiStatus.FAILURE, (cn, client)
     assert (answer.reply.fail_info, answer.reply.fail_info_text) == (FailInfo.BAD_REQUEST, text), (cn, client)
-    assert store.count_certificates() == before
+    assert store.certificates.count_certificates() == before
     event = scep_event(store, answer)
     assert (event.outcome, event.client_address) == ("failure:badRequest", client)
     return answer
 
 
-def enrolled(server: Server, store: EnrollmentStore, cn: str, client: str) -> None:
-    before = store.count_certificates()
+def enrolled(server: Server, store: Storage, cn: str, client: str) -> None:
+    before = store.certificates.count_certificates()
     answer = scep_enroll(server, cn, SECRET, {"X-Forwarded-For": client}, key=rsa_key(fresh=True))
     assert answer.reply.status is PkiStatus.SUCCESS, answer.reply.fail_info_text
-    assert store.count_certificates() == before + 1
+    assert store.certificates.count_certificates() == before + 1
     assert scep_event(store, answer).client_address == client
 
 
-def test_a_guessing_address_locks_itself_and_the_fleet_behind_the_proxy_enrolls(
-    server: Server, store: EnrollmentStore
-) -> None:
+def test_a_guessing_address_locks_itself_and_the_fleet_behind_the_proxy_enrolls(server: Server, store: Storage) -> None:
     guesser = "198.51.100.7"
     for n in range(THRESHOLD):  # a new device name and a new guess each time: only its address counts up
         refused(server, store, f"guessed-{n}", f"guess-{n}", guesser, REFUSED)
@@ -94,7 +92,7 @@ def test_a_guessing_address_locks_itself_and_the_fleet_behind_the_proxy_enrolls(
     enrolled(server, store, "good-device", "198.51.100.8")  # the same proxy, another client
 
 
-def test_forging_left_entries_does_not_make_a_new_address(server: Server, store: EnrollmentStore) -> None:
+def test_forging_left_entries_does_not_make_a_new_address(server: Server, store: Storage) -> None:
     """Through the proxy the rightmost X-Forwarded-For entry is the client's real address; what the
     client writes to its left changes nothing."""
     for n in range(THRESHOLD):
@@ -104,7 +102,7 @@ def test_forging_left_entries_does_not_make_a_new_address(server: Server, store:
     assert scep_event(store, answer).client_address == "198.51.100.20"
 
 
-def test_one_device_guessed_from_many_addresses_is_locked(server: Server, store: EnrollmentStore) -> None:
+def test_one_device_guessed_from_many_addresses_is_locked(server: Server, store: Storage) -> None:
     victim = "victim-device"
     for n in range(THRESHOLD):
         refused(server, store, victim, f"victim-guess-{n}", f"203.0.113.{n + 1}", REFUSED)
@@ -112,7 +110,7 @@ def test_one_device_guessed_from_many_addresses_is_locked(server: Server, store:
     enrolled(server, store, "bystander", "203.0.113.1")  # the guessing addresses are not locked themselves
 
 
-def test_an_ipv6_client_is_counted_by_its_64(server: Server, store: EnrollmentStore) -> None:
+def test_an_ipv6_client_is_counted_by_its_64(server: Server, store: Storage) -> None:
     for n in range(THRESHOLD):
         refused(server, store, f"v6-guess-{n}", f"v6-{n}", f"2001:db8:5:6::{n + 1}", REFUSED)
     refused(server, store, "v6-next", SECRET, "2001:db8:5:6:ffff::1", LOCKED)

@@ -27,10 +27,9 @@ from shared_ca.authority import CertificateAuthority, fingerprint
 from shared_ca.authorization import Authorizer, CertificateRequest
 from shared_ca.identity import DEFAULT_IDENTITY
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.approvals import ApprovalStore
 from shared_ca.storage.db import MIGRATIONS_DIR, current_revision, head_revision, migrate_to_head
-from shared_ca.storage.est_users import EstUserStore, hash_generated_secret, new_generated_secret
-from shared_ca.storage.repository import Store
+from shared_ca.storage.est_users import hash_generated_secret, new_generated_secret
+from shared_ca.storage.repositories import Storage
 from tests.support import SettableClock, ec_key, subject
 
 SECRET = "challenge-in-clear-0005"
@@ -59,7 +58,7 @@ def _csr(cn: str, key: Any = None, challenge: str | None = SECRET) -> bytes:
 
 
 @pytest.fixture
-def at_0005(store: Store) -> Iterator[Engine]:
+def at_0005(store: Storage) -> Iterator[Engine]:
     _to(store.engine, "0005_devices", down=True)
     yield store.engine
 
@@ -133,7 +132,7 @@ def test_0006_moves_the_queue_and_drops_every_stored_request(
     assert rows[4].request_sha256 == hashlib.sha256(b"\x30\x03bad").hexdigest() and rows[4].approval_id is None
     assert SECRET.encode() not in dump  # no challengePassword survives, in clear or in a request
 
-    approvals = ApprovalStore(engine)
+    approvals = Storage.open(engine).approvals
     queued = {q.protocol: q for q in approvals.list_approvals()}
     assert set(queued) == {"scep", "est"}
     assert rows[1].approval_id == queued["scep"].id
@@ -146,14 +145,14 @@ def test_0006_moves_the_queue_and_drops_every_stored_request(
         "CN=est-wait",
     )
 
-    users = EstUserStore(engine)
+    users = Storage.open(engine).est_users
     assert (users.est_user("alice") or est).labels == ()  # type: ignore[union-attr]
     assert users.est_user("wifi-only").labels == ("wifi",)  # type: ignore[union-attr]
 
     # The moved EST request is found by what it asks, even re-signed, and can still be approved.
     authorizer = Authorizer(DEFAULT_IDENTITY, default_profile="default", clock=clock)
     queue = ApprovalQueue(
-        authority=authority, authorizer=authorizer, approvals=approvals, users=users, profiles=PROFILES, clock=clock
+        authority=authority, authorizer=authorizer, storage=Storage.open(engine), profiles=PROFILES, clock=clock
     )
     resigned = CertificateRequest.from_csr(x509.load_der_x509_csr(_csr("est-wait", est_key, None)))
     assert queue.find_request("est", "default", resigned, "user:alice") == est
@@ -180,4 +179,4 @@ def test_0006_downgrades_and_upgrades_again(at_0005: Engine) -> None:
         assert conn.execute(text("SELECT label FROM est_users WHERE name = 'multi'")).scalar() == "wifi"
         assert "approval_requests" not in inspect(conn).get_table_names()
     migrate_to_head(at_0005)
-    assert EstUserStore(at_0005).est_user("multi").labels == ("wifi",)  # type: ignore[union-attr]
+    assert Storage.open(at_0005).est_users.est_user("multi").labels == ("wifi",)  # type: ignore[union-attr]

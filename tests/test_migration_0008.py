@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.storage.db import current_revision
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from tests.test_migration_0006 import _to
 
 T0 = dt.datetime(2026, 1, 5, 12, tzinfo=dt.UTC)
@@ -20,7 +20,7 @@ DAY = dt.timedelta(days=1)
 
 
 @pytest.fixture
-def at_0007(store: Store) -> Iterator[Engine]:
+def at_0007(store: Storage) -> Iterator[Engine]:
     _to(store.engine, "0007_deferred", down=True)
     yield store.engine
 

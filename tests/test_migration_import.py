@@ -45,9 +45,9 @@ from shared_ca.ca_material import create_root_ca, register_issuer
 from shared_ca.errors import Conflict, PolicyDenied
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.keys import KeyType, generate_private_key
+from shared_ca.storage.audit import AuditLog
 from shared_ca.storage.db import create_store_engine, migrate_to_head
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.inventory import InventoryStore
+from shared_ca.storage.repositories import Storage
 from shared_ca.trust import recognise
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -177,11 +177,11 @@ def fleet(legacy_ca: LegacyCA) -> list[Issued]:
 
 
 @pytest.fixture
-def inventory_store(database_url: str) -> Iterator[InventoryStore]:
+def inventory_store(database_url: str) -> Iterator[Storage]:
     engine = create_store_engine(database_url)
     migrate_to_head(engine)
     try:
-        yield InventoryStore(engine)
+        yield Storage.open(engine)
     finally:
         engine.dispose()
 
@@ -192,7 +192,7 @@ def options(kind: str = "micromdm-depot", **extra: object) -> ImportOptions:
     return ImportOptions(**values)  # type: ignore[arg-type]
 
 
-def run_import(store: InventoryStore, path: Path, kind: str = "micromdm-depot", **extra: object) -> ImportSummary:
+def run_import(store: Storage, path: Path, kind: str = "micromdm-depot", **extra: object) -> ImportSummary:
     problems: list[Problem] = []
     summary = import_inventory(store, open_inventory(kind, path), options(kind, **extra), NOW, report=problems.append)
     assert sum(summary.skipped.values()) == len(problems)
@@ -200,9 +200,14 @@ def run_import(store: InventoryStore, path: Path, kind: str = "micromdm-depot", 
     return summary
 
 
-def counts(store: InventoryStore) -> tuple[int, int, int, int]:
-    devices = DeviceStore(store.engine).devices()
-    return len(store.list_issuers()), store.count_certificates(), len(devices), len(store.audit_events())
+def counts(store: Storage) -> tuple[int, int, int, int]:
+    devices = store.devices.devices()
+    return (
+        len(store.issuers.list_issuers()),
+        store.certificates.count_certificates(),
+        len(devices),
+        len(store.audit.audit_events()),
+    )
 
 
 # -- parsers ------------------------------------------------------------------------------------------
@@ -375,15 +380,15 @@ def test_a_quote_left_open_is_its_lines_problem_and_the_rest_is_read() -> None:
 
 
 def test_depot_import_keeps_status_and_creates_devices(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]
 ) -> None:
     summary = run_import(inventory_store, write_depot(tmp_path / "depot", legacy_ca, fleet), group="fleet-a")
     assert (summary.read, summary.imported, summary.already_present, summary.devices_added) == (5, 5, 0, 4)
     assert [(i.action, i.trust_until) for i in summary.issuers] == [("registered", WINDOW)]
     assert summary.issuers_changed
-    issuer = inventory_store.issuers_of_kind("legacy")[0]
+    issuer = inventory_store.issuers.issuers_of_kind("legacy")[0]
     assert issuer.name.startswith("legacy-legacy-scep-ca-") and issuer.trust_until == WINDOW
-    records = {r.serial_hex: r for r in inventory_store.list_certificates(now=NOW)}
+    records = {r.serial_hex: r for r in inventory_store.certificates.list_certificates(now=NOW)}
     old, new, _, expired, revoked = (records[format(i.cert.serial_number, "x")] for i in fleet)
     assert (old.status, old.revocation_reason, old.revoked_at) == ("revoked", "superseded", fleet[0].revoked_at)
     assert (revoked.status, revoked.revocation_reason) == ("revoked", "keyCompromise")
@@ -391,7 +396,7 @@ def test_depot_import_keeps_status_and_creates_devices(
     assert {(r.protocol, r.profile, r.requester, r.issuer_id) for r in records.values()} == {
         ("import", "legacy-import", None, issuer.id)
     }
-    devices = {d.identity: d for d in DeviceStore(inventory_store.engine).devices()}
+    devices = {d.identity: d for d in Storage.open(inventory_store.db.engine).devices.devices()}
     assert {k: d.state for k, d in devices.items()} == {
         "device1": "legacy",
         "device2": "legacy",
@@ -408,7 +413,7 @@ def test_depot_import_keeps_status_and_creates_devices(
 
 
 def test_import_twice_adds_nothing(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]
 ) -> None:
     depot = write_depot(tmp_path / "depot", legacy_ca, fleet)
     run_import(inventory_store, depot)
@@ -420,7 +425,7 @@ def test_import_twice_adds_nothing(
 
 
 def test_first_import_needs_a_trust_window_and_later_ones_move_it(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]
 ) -> None:
     depot = write_depot(tmp_path / "depot", legacy_ca, fleet)
     with pytest.raises(InventoryError, match=r"^--trust-until: CA 'CN=Legacy SCEP CA' is imported for the first"):
@@ -430,8 +435,8 @@ def test_first_import_needs_a_trust_window_and_later_ones_move_it(
     later = WINDOW + dt.timedelta(days=30)
     moved = run_import(inventory_store, depot, trust_until=later)
     assert [(i.action, i.trust_until) for i in moved.issuers] == [("trust window moved", later)]
-    assert moved.issuers_changed and inventory_store.issuers_of_kind("legacy")[0].trust_until == later
-    assert [e.action for e in inventory_store.audit_events(limit=3)] == [
+    assert moved.issuers_changed and inventory_store.issuers.issuers_of_kind("legacy")[0].trust_until == later
+    assert [e.action for e in AuditLog(inventory_store.db).audit_events(limit=3)] == [
         "inventory.imported",
         "issuer.trust_window",
         "inventory.imported",
@@ -439,7 +444,7 @@ def test_first_import_needs_a_trust_window_and_later_ones_move_it(
 
 
 def test_dry_run_writes_nothing_and_counts_the_same(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]
 ) -> None:
     depot = write_depot(tmp_path / "depot", legacy_ca, fleet)
     dry = run_import(inventory_store, depot, dry_run=True)
@@ -454,7 +459,7 @@ def test_dry_run_writes_nothing_and_counts_the_same(
 
 
 def test_certificates_not_signed_by_the_ca_or_off_the_index_are_skipped(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA
 ) -> None:
     impostor = LegacyCA(name="Legacy SCEP CA")  # same name, other key
     good = Issued(legacy_ca.issue("good"))
@@ -487,7 +492,7 @@ def test_certificates_not_signed_by_the_ca_or_off_the_index_are_skipped(
 
 
 def test_serial_taken_by_another_certificate_and_listed_twice(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA
 ) -> None:
     first = Issued(legacy_ca.issue("first", serial=7))
     run_import(inventory_store, write_depot(tmp_path / "one", legacy_ca, [first]))
@@ -506,20 +511,20 @@ def test_serial_taken_by_another_certificate_and_listed_twice(
         1,
         1,
     )
-    assert DeviceStore(inventory_store.engine).device("clash") is None
+    assert Storage.open(inventory_store.db.engine).devices.device("clash") is None
 
 
-def test_identity_rule_names_the_devices(tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA) -> None:
+def test_identity_rule_names_the_devices(tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA) -> None:
     items = [Issued(legacy_ca.issue("a", dns="a.example")), Issued(legacy_ca.issue("b"))]
     summary = run_import(
         inventory_store, write_depot(tmp_path / "d", legacy_ca, items), identity=IdentityRule.parse("san:dns")
     )
     assert (summary.imported, dict(summary.skipped)) == (1, {"no device identity": 1})
-    assert [d.identity for d in DeviceStore(inventory_store.engine).devices()] == ["a.example"]
+    assert [d.identity for d in Storage.open(inventory_store.db.engine).devices.devices()] == ["a.example"]
 
 
 def test_imported_certificates_authenticate_inside_the_window_only(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]
 ) -> None:
     run_import(inventory_store, write_depot(tmp_path / "depot", legacy_ca, fleet))
     found = recognise(inventory_store, fleet[1].cert, NOW)
@@ -531,31 +536,29 @@ def test_imported_certificates_authenticate_inside_the_window_only(
             recognise(inventory_store, refused.cert, NOW)
 
 
-def test_openssl_ca_import(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
-) -> None:
+def test_openssl_ca_import(tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]) -> None:
     summary = run_import(inventory_store, write_openssl_ca(tmp_path / "ca", legacy_ca, fleet), "openssl-ca")
     assert (summary.imported, summary.devices_added) == (5, 4)
-    assert DeviceStore(inventory_store.engine).device("device2") is not None
-    assert {r.revocation_reason for r in inventory_store.list_certificates(now=NOW, status="revoked")} == {
+    assert Storage.open(inventory_store.db.engine).devices.device("device2") is not None
+    assert {r.revocation_reason for r in inventory_store.certificates.list_certificates(now=NOW, status="revoked")} == {
         None,
         "keyCompromise",
     }
 
 
-def test_own_ca_is_not_a_legacy_ca(tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA) -> None:
+def test_own_ca_is_not_a_legacy_ca(tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA) -> None:
     material = create_root_ca(generate_private_key(KeyType.P256), legacy_ca.certificate.subject, 365, NOW)
-    register_issuer(inventory_store, "ca", material.certificate, kind="ca", actor="t", now=NOW)
+    register_issuer(inventory_store.issuers, "ca", material.certificate, kind="ca", actor="t", now=NOW)
     depot = tmp_path / "depot"
     write_depot(depot, legacy_ca, [])
     (depot / "ca.pem").write_bytes(pem(material.certificate))
     with pytest.raises(InventoryError, match=r"^PATH: CA 'CN=Legacy SCEP CA' is this gateway's own issuer 'ca'"):
         run_import(inventory_store, depot)
     with pytest.raises(Conflict, match="not a legacy CA"):
-        inventory_store.register_legacy_issuer(new_legacy_issuer(material.certificate, WINDOW), "t", NOW)
+        inventory_store.inventory.register_legacy_issuer(new_legacy_issuer(material.certificate, WINDOW), "t", NOW)
 
 
-def test_pem_leaves_need_a_trusted_issuer(tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA) -> None:
+def test_pem_leaves_need_a_trusted_issuer(tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA) -> None:
     other = LegacyCA(name="Other CA")
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(pem(legacy_ca.issue("p1")) + pem(legacy_ca.certificate) + pem(other.issue("stray")))
@@ -572,7 +575,7 @@ def test_pem_leaves_need_a_trusted_issuer(tmp_path: Path, inventory_store: Inven
 
 
 def test_device_export_annotates_matched_devices(
-    tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA, fleet: list[Issued]
+    tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA, fleet: list[Issued]
 ) -> None:
     run_import(inventory_store, write_depot(tmp_path / "depot", legacy_ca, fleet))
     fingerprint = fleet[2].cert.fingerprint(hashes.SHA256()).hex()
@@ -592,7 +595,7 @@ def test_device_export_annotates_matched_devices(
         return import_device_export(inventory_store, rows, options("csv", **extra), NOW, report=problems.append)
 
     dry = annotate(dry_run=True)
-    assert DeviceStore(inventory_store.engine).device("device2").owner is None  # type: ignore[union-attr]
+    assert Storage.open(inventory_store.db.engine).devices.device("device2").owner is None  # type: ignore[union-attr]
     summary = annotate(group="default")
     assert dry.rows() == summary.rows()
     assert (summary.read, summary.imported, dict(summary.skipped)) == (
@@ -602,7 +605,7 @@ def test_device_export_annotates_matched_devices(
     )
     assert [p.where for p in problems[:3]] == ["mdm.csv:5", "mdm.csv:6", "mdm.csv:7"]
     assert "device 'device3' is already named on line 4" in str(problems[2])
-    devices = DeviceStore(inventory_store.engine)
+    devices = Storage.open(inventory_store.db.engine).devices
     d1, d2, d3 = (devices.device(f"device{n}") for n in (1, 2, 3))
     assert d2 is not None and (d2.group_name, d2.owner, d2.tags) == ("lab", "bob", ("x", "y"))
     assert d1 is not None and (d1.group_name, d1.owner, d1.tags) == ("field", None, ())
@@ -611,7 +614,7 @@ def test_device_export_annotates_matched_devices(
     assert (again.imported, again.already_present) == (0, 3)
 
 
-def test_device_export_serial_among_several_cas(tmp_path: Path, inventory_store: InventoryStore) -> None:
+def test_device_export_serial_among_several_cas(tmp_path: Path, inventory_store: Storage) -> None:
     first, second = LegacyCA(name="CA one"), LegacyCA(name="CA two")
     run_import(inventory_store, write_depot(tmp_path / "one", first, [Issued(first.issue("alpha", serial=9))]))
     run_import(inventory_store, write_depot(tmp_path / "two", second, [Issued(second.issue("beta", serial=9))]))
@@ -622,7 +625,7 @@ def test_device_export_serial_among_several_cas(tmp_path: Path, inventory_store:
         1,
         ["mdm.csv:2: serial 9 names certificates of 2 devices: add a device_id column"],
     )
-    assert DeviceStore(inventory_store.engine).device("beta").owner == "y"  # type: ignore[union-attr]
+    assert Storage.open(inventory_store.db.engine).devices.device("beta").owner == "y"  # type: ignore[union-attr]
 
 
 # -- the command --------------------------------------------------------------------------------------
@@ -634,7 +637,7 @@ def invoke(runner: CliRunner, data_dir: Path, *args: str) -> tuple[int, str, str
 
 
 def test_a_pem_of_ca_certificates_only_is_imported_with_a_warning(
-    runner: CliRunner, data_dir: Path, tmp_path: Path, inventory_store: InventoryStore, legacy_ca: LegacyCA
+    runner: CliRunner, data_dir: Path, tmp_path: Path, inventory_store: Storage, legacy_ca: LegacyCA
 ) -> None:
     only_ca = tmp_path / "ca-only.pem"
     only_ca.write_bytes(pem(legacy_ca.certificate))

@@ -34,8 +34,7 @@ from gateway.config import load_config
 from shared_ca.authority import utcnow
 from shared_ca.errors import PolicyDenied
 from shared_ca.storage.db import create_store_engine
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.inventory import InventoryStore
+from shared_ca.storage.repositories import Storage
 from shared_ca.trust import recognise
 from tests.test_scep_interop import client_binary, client_env
 from tests.test_serve import OPENSSL, free_ports
@@ -196,10 +195,10 @@ def openssl_ca(tmp_path_factory: pytest.TempPathFactory) -> MadeInventory:
 
 
 @pytest.fixture
-def inventory_store(data_dir: Path) -> Iterator[InventoryStore]:
+def inventory_store(data_dir: Path) -> Iterator[Storage]:
     engine = create_store_engine(load_config(data_dir, environ={}).database_url)
     try:
-        yield InventoryStore(engine)
+        yield Storage.open(engine)
     finally:
         engine.dispose()
 
@@ -246,15 +245,15 @@ def test_real_micromdm_depot_layout(micromdm_depot: MadeInventory) -> None:
 
 
 def test_import_real_micromdm_depot(
-    runner: CliRunner, data_dir: Path, micromdm_depot: MadeInventory, inventory_store: InventoryStore
+    runner: CliRunner, data_dir: Path, micromdm_depot: MadeInventory, inventory_store: Storage
 ) -> None:
     window = utcnow() + dt.timedelta(days=60)
     args = ("--from", "micromdm-depot", str(micromdm_depot.path))
     counts = summary_counts(run(runner, data_dir, *args, "--trust-until", window.isoformat(), "--group", "ios"))
     assert (counts["read"], counts["imported"], counts["skipped"], counts["devices added"]) == (4, 4, 0, 3)
-    (issuer,) = inventory_store.issuers_of_kind("legacy")
+    (issuer,) = inventory_store.issuers.issuers_of_kind("legacy")
     assert issuer.subject == "OU=SCEP CA,O=scep-ca,C=US" and issuer.name.startswith("legacy-scep-ca-")
-    devices = DeviceStore(inventory_store.engine)
+    devices = inventory_store.devices
     assert {d.identity: (d.state, d.group_name) for d in devices.devices()} == {n: ("legacy", "ios") for n in DEVICES}
     first = load(micromdm_depot.work / "device1" / "first.pem")
     renewed = load(micromdm_depot.work / "device1" / "client.pem")
@@ -262,7 +261,7 @@ def test_import_real_micromdm_depot(
     assert found is not None and found.legacy and found.issuer.id == issuer.id
     with pytest.raises(PolicyDenied, match="revoked"):
         recognise(inventory_store, first, utcnow())
-    assert inventory_store.certificate_by_fingerprint(found.record.fingerprint_sha256) is not None
+    assert inventory_store.certificates.certificate_by_fingerprint(found.record.fingerprint_sha256) is not None
     with pytest.raises(PolicyDenied, match="no longer trusted"):
         recognise(inventory_store, renewed, window + dt.timedelta(seconds=1))
     again = summary_counts(run(runner, data_dir, *args))
@@ -270,18 +269,18 @@ def test_import_real_micromdm_depot(
 
 
 def test_import_real_openssl_ca(
-    runner: CliRunner, data_dir: Path, openssl_ca: MadeInventory, inventory_store: InventoryStore
+    runner: CliRunner, data_dir: Path, openssl_ca: MadeInventory, inventory_store: Storage
 ) -> None:
     window = utcnow() + dt.timedelta(days=60)
     counts = summary_counts(
         run(runner, data_dir, "--from", "openssl-ca", str(openssl_ca.path), "--trust-until", window.isoformat())
     )
     assert (counts["read"], counts["imported"], counts["devices added"]) == (3, 3, 3)
-    revoked = inventory_store.list_certificates(now=utcnow(), status="revoked")
+    revoked = inventory_store.certificates.list_certificates(now=utcnow(), status="revoked")
     assert [(r.common_name, r.revocation_reason, r.serial_hex) for r in revoked] == [
         ("ossl-2", "keyCompromise", "1001")
     ]
-    states = {d.identity: d.state for d in DeviceStore(inventory_store.engine).devices()}
+    states = {d.identity: d.state for d in Storage.open(inventory_store.db.engine).devices.devices()}
     assert states == {"ossl-1": "legacy", "ossl-2": "retired", "ossl-3": "legacy"}
     found = recognise(inventory_store, load(openssl_ca.work / "d1.pem"), utcnow())
     assert found is not None and found.legacy

@@ -45,10 +45,12 @@ from shared_ca.keys import KeyType, PrivateKey, generate_private_key
 from shared_ca.policy import authorize_csr
 from shared_ca.profiles import DEFAULT_PROFILES
 from shared_ca.storage.device_contacts import NewDevice
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.est_users import EstUserStore, check_est_user_name
+from shared_ca.storage.devices import Devices
+from shared_ca.storage.est_users import check_est_user_name
+from shared_ca.storage.inventory import InventoryRecords
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import metadata
-from tests.support import SettableClock, ec_key, make_csr, subject
+from tests.support import SettableClock, ec_key, make_csr, storage_of, subject
 from tests.test_est_views import b64_csr, basic, certs_of, post, tls
 
 BASE = "https://est.example:8443/.well-known/est"
@@ -62,10 +64,12 @@ def legacy_ca(ca: CertificateAuthority, trust_until: dt.datetime | None, name: s
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Legacy CA {name}")])
     material = create_root_ca(generate_private_key(KeyType.P256), ca_name, 3650, now)
     issuer = register_issuer(
-        ca.store, name, material.certificate, kind="legacy", actor="t", now=now, trust_until=trust_until
+        storage_of(ca).issuers, name, material.certificate, kind="legacy", actor="t", now=now, trust_until=trust_until
     )
     urls = PublicUrls("http://legacy.example")
-    return CertificateAuthority(ca.store, issuer, material.certificate, material.chain, material.key, urls, ca.clock)
+    return CertificateAuthority(
+        storage_of(ca).certificates, issuer, material.certificate, material.chain, material.key, urls, ca.clock
+    )
 
 
 def issue(ca: CertificateAuthority, cn: str, key: PrivateKey | None = None) -> Issued:
@@ -74,7 +78,7 @@ def issue(ca: CertificateAuthority, cn: str, key: PrivateKey | None = None) -> I
 
 
 def add_device(
-    devices: DeviceStore,
+    devices: Devices,
     identity: str,
     *,
     group: str | None = "lab",
@@ -91,7 +95,7 @@ def add_device(
         certificate_id=record.id if record else None,
         certificate_not_after=record.not_after if record else None,
     )
-    assert devices.add_devices([device], now or dt.datetime.now(dt.UTC)) == 1
+    assert InventoryRecords(devices.db).add_imported_devices([device], now or dt.datetime.now(dt.UTC)) == (1, 0)
 
 
 def run(runner: CliRunner, data_dir: Path, *args: str, code: int = 0) -> str:
@@ -111,9 +115,9 @@ def gateway_of(app: Flask) -> Gateway:
     return gw
 
 
-def database_text(devices: DeviceStore) -> str:
+def database_text(devices: Devices) -> str:
     """Every value of every table, as text: where a secret must not be."""
-    with devices.engine.connect() as conn:
+    with devices.db.engine.connect() as conn:
         return "\n".join(repr(row) for table in metadata.sorted_tables for row in conn.execute(select(table)))
 
 
@@ -123,13 +127,14 @@ def database_text(devices: DeviceStore) -> str:
 class Fleet:
     def __init__(self, authority: CertificateAuthority) -> None:
         self.ca = authority
-        self.devices = DeviceStore(authority.store.engine)
-        self.users = EstUserStore(authority.store.engine)
+        self.storage = storage_of(authority)
+        self.devices = self.storage.devices
+        self.users = self.storage.est_users
         self.rows: list[MappedDevice] = []
 
     def map(self, mode: str, **options: Any) -> Any:
         request = MapRequest(mode=mode, est_url=BASE, actor="test", **options)
-        return map_devices(self.devices, self.users, request, self.ca.clock(), self.rows.append)
+        return map_devices(self.storage, request, self.ca.clock(), self.rows.append)
 
 
 @pytest.fixture
@@ -163,7 +168,7 @@ def test_certificate_mode_maps_only_devices_whose_certificate_authenticates_now(
     own = fleet.devices.device("own-1")
     assert own is not None and (own.state, own.mapping_mode) == ("mapped", "certificate")
     assert own.certificate_id is not None
-    certificate = fleet.devices.certificate_by_id(own.certificate_id)
+    certificate = fleet.storage.certificates.certificate_by_id(own.certificate_id)
     assert certificate is not None and own.est_credential == certificate.fingerprint_sha256
     assert [d.state for d in map(fleet.devices.device, ("revoked-1", "shop-1", "migrated-1")) if d] == [
         "legacy",
@@ -210,7 +215,7 @@ def test_bootstrap_mode_gives_each_device_a_one_time_credential_stored_hashed(
         assert device is not None
         assert (device.state, device.mapping_mode, device.est_credential) == ("mapped", "bootstrap", row.username)
         assert fleet.devices.mapped_label(row.device_id) == "wifi"  # what its legacy certificate renews into
-    assert fleet.devices.audit_events(action="devices.mapped")[0].detail["mapped"] == len(lab)
+    assert fleet.storage.audit.audit_events(action="devices.mapped")[0].detail["mapped"] == len(lab)
 
 
 def test_a_second_run_maps_only_new_devices(fleet: Fleet) -> None:
@@ -262,7 +267,7 @@ def test_a_row_that_cannot_be_written_maps_nothing(fleet: Fleet) -> None:
 
     request = MapRequest(mode="bootstrap", est_url=BASE, actor="t", group="shop")
     with pytest.raises(OSError, match="No space"):
-        map_devices(fleet.devices, fleet.users, request, fleet.ca.clock(), full_disk)
+        map_devices(fleet.storage, request, fleet.ca.clock(), full_disk)
     shop = fleet.devices.device("shop-1")
     assert shop is not None and shop.state == "legacy"
     (orphan,) = fleet.users.list_est_users()
@@ -382,7 +387,7 @@ def test_bootstrap_credential_enrolls_over_est_exactly_once(
     app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path, tmp_path: Path
 ) -> None:
     gw = gateway_of(app)
-    devices = DeviceStore(gw.store.engine)
+    devices = gw.storage.devices
     add_device(devices, "kiosk-1")
     add_device(devices, "kiosk-2", group="shop")
     out = tmp_path / "push.csv"
@@ -421,7 +426,7 @@ def test_certificate_mode_devices_reenroll_with_their_scep_certificate(
     app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path, tmp_path: Path
 ) -> None:
     gw = gateway_of(app)
-    devices = DeviceStore(gw.store.engine)
+    devices = gw.storage.devices
     legacy = legacy_ca(gw.authority, gw.authority.clock() + dt.timedelta(days=30))
     keys = {"own-1": ec_key(), "legacy-1": ec_key()}
     held = {
@@ -448,7 +453,7 @@ def test_certificate_mode_devices_reenroll_with_their_scep_certificate(
 
 
 def test_map_with_rotate_through_the_command(app: Flask, runner: CliRunner, data_dir: Path, tmp_path: Path) -> None:
-    devices = DeviceStore(gateway_of(app).store.engine)
+    devices = Storage.open(gateway_of(app).storage.engine).devices
     add_device(devices, "kiosk-1")
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
     run(runner, data_dir, "migrate", "map", "--mode", "bootstrap", "--out", str(first))
@@ -459,7 +464,7 @@ def test_map_with_rotate_through_the_command(app: Flask, runner: CliRunner, data
     output = run(runner, data_dir, "migrate", "map", "--mode", "bootstrap", "--rotate", "--out", str(second), "--force")
     assert facts(output)["rotated"] == "1" and facts(output)["disabled"] == "1 previous bootstrap users"
     (old,), (new,) = csv_rows(first), csv_rows(second)
-    users = EstUserStore(devices.engine)
+    users = Storage.open(devices.db.engine).est_users
     old_user, new_user = users.est_user(old["username"]), users.est_user(new["username"])
     assert old_user is not None and old_user.disabled_at is not None
     assert new_user is not None and new_user.disabled_at is None
@@ -468,7 +473,7 @@ def test_map_with_rotate_through_the_command(app: Flask, runner: CliRunner, data
 def test_force_never_replaces_a_file_holding_credentials_not_used_yet(
     app: Flask, client: FlaskClient, runner: CliRunner, data_dir: Path, tmp_path: Path
 ) -> None:
-    devices = DeviceStore(gateway_of(app).store.engine)
+    devices = Storage.open(gateway_of(app).storage.engine).devices
     add_device(devices, "kiosk-1")
     add_device(devices, "kiosk-2")
     out = tmp_path / "kiosks.json"

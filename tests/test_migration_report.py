@@ -44,11 +44,10 @@ from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.policy import authorize_csr
 from shared_ca.profiles import DEFAULT_PROFILES
 from shared_ca.storage.device_contacts import NewDevice
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentEvent
-from shared_ca.storage.migration_report import DayChange, DeviceStanding, MigrationReportStore
-from shared_ca.storage.repository import Store
+from shared_ca.storage.inventory import InventoryRecords
+from shared_ca.storage.migration_report import DayChange, DeviceStanding
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import devices
 from tests.support import SettableClock, make_csr, subject
 
@@ -87,9 +86,9 @@ class Fleet:
     retired_serial: str
 
 
-def build_fleet(store: Store, authority: CertificateAuthority, clock: SettableClock) -> Fleet:
+def build_fleet(store: Storage, authority: CertificateAuthority, clock: SettableClock) -> Fleet:
     """Ten devices in every state, three groups, 40 days of history (see the test for what each is)."""
-    devs, events = DeviceStore(store.engine), EnrollmentStore(store.engine)
+    devs, events = store.devices, store.enrollments
     now = clock.now.replace(hour=12, minute=0, second=0, microsecond=0)
     base = now - 40 * DAY
     clock.now = base
@@ -115,7 +114,7 @@ def build_fleet(store: Store, authority: CertificateAuthority, clock: SettableCl
     events.record_event(pending, base + 12 * DAY)
     clock.now = base + 20 * DAY
     enroll(authority, "est-native", "est")
-    devs.add_devices(
+    InventoryRecords(devs.db).add_imported_devices(
         [
             NewDevice(
                 "imported-old",
@@ -143,13 +142,13 @@ def build_fleet(store: Store, authority: CertificateAuthority, clock: SettableCl
 
 
 @pytest.fixture
-def fleet(store: Store, authority: CertificateAuthority, clock: SettableClock) -> Fleet:
+def fleet(store: Storage, authority: CertificateAuthority, clock: SettableClock) -> Fleet:
     return build_fleet(store, authority, clock)
 
 
 @pytest.fixture
-def report(store: Store, fleet: Fleet) -> MigrationReport:
-    return build_report(MigrationReportStore(store.engine), fleet.now)
+def report(store: Storage, fleet: Fleet) -> MigrationReport:
+    return build_report(store.migration_report, fleet.now)
 
 
 def by_identity(report: MigrationReport) -> dict[str, Any]:
@@ -271,18 +270,18 @@ def test_next_actions(device: DeviceStanding, actions: tuple[str, ...]) -> None:
     assert next_actions(device, NOW, 14) == actions
 
 
-def test_silent_mapped_devices(store: Store, report: MigrationReport, fleet: Fleet) -> None:
+def test_silent_mapped_devices(store: Storage, report: MigrationReport, fleet: Fleet) -> None:
     assert report.silent_total == 1
     assert [d.identity for d in report.silent] == ["scep-strong"]
-    later = build_report(MigrationReportStore(store.engine), fleet.now + 13 * DAY)
+    later = build_report(store.migration_report, fleet.now + 13 * DAY)
     assert [d.identity for d in later.silent] == ["scep-strong", "mapped-fresh"]  # mapped 15 days before
     assert by_identity(later)["mapped-fresh"].actions == ("silent on EST since mapping for 15 days",)
-    tolerant = build_report(MigrationReportStore(store.engine), fleet.now, settings=ReportSettings(silent_days=36))
+    tolerant = build_report(store.migration_report, fleet.now, settings=ReportSettings(silent_days=36))
     assert tolerant.silent_total == 0
     assert by_identity(tolerant)["scep-strong"].actions == (ACTION_PUSH_BOOTSTRAP,)
 
 
-def test_trend_per_day(store: Store, report: MigrationReport, fleet: Fleet) -> None:
+def test_trend_per_day(store: Storage, report: MigrationReport, fleet: Fleet) -> None:
     points = {p.day: (p.legacy, p.mapped, p.migrated) for p in report.trend}
     today, base = fleet.now.date(), fleet.base.date()
     assert report.trend[0].day == today - 89 * DAY and report.trend[-1].day == today
@@ -295,22 +294,22 @@ def test_trend_per_day(store: Store, report: MigrationReport, fleet: Fleet) -> N
     assert points[base + 20 * DAY] == (5, 2, 1)  # est-native, first seen that day, is native: not in the trend
     assert points[today - 2 * DAY] == (5, 3, 1)  # mapped-fresh mapped
     assert points[today] == (report.totals.legacy, report.totals.mapped, report.totals.migrated)  # retired-1 gone
-    short = build_report(MigrationReportStore(store.engine), fleet.now, settings=ReportSettings(trend_days=3))
+    short = build_report(store.migration_report, fleet.now, settings=ReportSettings(trend_days=3))
     assert short.trend == report.trend[-3:]
 
 
-def test_one_group_and_unknown_group(store: Store, fleet: Fleet) -> None:
-    kiosks = build_report(MigrationReportStore(store.engine), fleet.now, group="kiosks")
+def test_one_group_and_unknown_group(store: Storage, fleet: Fleet) -> None:
+    kiosks = build_report(store.migration_report, fleet.now, group="kiosks")
     assert kiosks.group == "kiosks" and [g.name for g in kiosks.groups] == ["kiosks"]
     assert (kiosks.totals.legacy, kiosks.totals.total, kiosks.to_move_total) == (3, 3, 3)
     assert {d.identity for d in kiosks.to_move} == {"scep-des", "scep-md5", "imported-old"}
     assert kiosks.trend[-1].legacy == 3
     with pytest.raises(NotFound, match="no group 'nobody'"):
-        build_report(MigrationReportStore(store.engine), fleet.now, group="nobody")
+        build_report(store.migration_report, fleet.now, group="nobody")
 
 
-def test_list_limit_keeps_the_totals(store: Store, fleet: Fleet) -> None:
-    capped = build_report(MigrationReportStore(store.engine), fleet.now, settings=ReportSettings(list_limit=2))
+def test_list_limit_keeps_the_totals(store: Storage, fleet: Fleet) -> None:
+    capped = build_report(store.migration_report, fleet.now, settings=ReportSettings(list_limit=2))
     assert [d.identity for d in capped.to_move] == ["scep-des", "scep-md5"] and capped.to_move_total == 7
     assert capped.silent_total == 1
 
@@ -328,8 +327,8 @@ def test_settings_are_checked(settings: dict[str, int], message: str) -> None:
         ReportSettings(**settings)
 
 
-def test_device_pages_follow_the_keyset(store: Store, fleet: Fleet) -> None:
-    reports = MigrationReportStore(store.engine)
+def test_device_pages_follow_the_keyset(store: Storage, fleet: Fleet) -> None:
+    reports = store.migration_report
     seen, after = [], 0
     while True:
         page = device_page(reports, fleet.now, states=("legacy", "mapped"), after_id=after, limit=3)
@@ -348,14 +347,14 @@ def test_device_pages_follow_the_keyset(store: Store, fleet: Fleet) -> None:
     assert len(device_page(reports, fleet.now, limit=100).devices) == 10
 
 
-def test_totals_take_a_fixed_number_of_queries(store: Store, fleet: Fleet) -> None:
+def test_totals_take_a_fixed_number_of_queries(store: Storage, fleet: Fleet) -> None:
     """No per-device query: 500 more devices, the same statements."""
     statements: list[str] = []
 
     def count(*args: Any) -> None:
         statements.append(str(args[2]))
 
-    reports = MigrationReportStore(store.engine)
+    reports = store.migration_report
     settings = ReportSettings(list_limit=5)
     event.listen(store.engine, "before_cursor_execute", count)
     try:
@@ -523,16 +522,18 @@ def test_html_is_self_contained(report: MigrationReport) -> None:
     assert "@import" not in page and "url(" not in page
 
 
-def test_client_supplied_text_is_defused_in_every_format(store: Store, clock: SettableClock) -> None:
-    devs = DeviceStore(store.engine)
-    devs.add_devices([NewDevice('=HYPERLINK("http://x")', "import:t", group_name="<b>g</b>")], clock())
-    events = EnrollmentStore(store.engine)
+def test_client_supplied_text_is_defused_in_every_format(store: Storage, clock: SettableClock) -> None:
+    devs = store.devices
+    InventoryRecords(devs.db).add_imported_devices(
+        [NewDevice('=HYPERLINK("http://x")', "import:t", group_name="<b>g</b>")], clock()
+    )
+    events = store.enrollments
     hostile = EnrollmentEvent(
         protocol="scep", operation="PKCSReq", outcome="pending", device_identity='=HYPERLINK("http://x")',
         user_agent="evil\x1b[2J<script>alert(1)</script>", cipher="des", digest="md5", challenge_kind="static",
     )  # fmt: skip
     events.record_event(hostile, clock())
-    report = build_report(MigrationReportStore(store.engine), clock())
+    report = build_report(store.migration_report, clock())
     rows = table_of_csv(render(report, "csv"))
     assert rows[0]["identity"] == '\'=HYPERLINK("http://x")'
     assert rows[0]["weak"] == "DES; MD5; static challenge"
@@ -542,8 +543,8 @@ def test_client_supplied_text_is_defused_in_every_format(store: Store, clock: Se
     assert json.loads(render(report, "json"))["to_move"][0]["client"]["user_agent"].startswith("evil\x1b")
 
 
-def test_an_empty_fleet(store: Store, clock: SettableClock) -> None:
-    report = build_report(MigrationReportStore(store.engine), clock())
+def test_an_empty_fleet(store: Storage, clock: SettableClock) -> None:
+    report = build_report(store.migration_report, clock())
     assert (report.totals.total, report.totals.percent_migrated, report.trend, report.groups) == (0, None, (), ())
     for fmt in ("table", "csv", "json", "html"):
         assert render(report, fmt)
@@ -572,7 +573,7 @@ def test_cli_report_retires_stale_devices_first(runner: CliRunner, data_dir: Pat
         serial = enroll(gateway.authority, "router-2", "scep")
         gateway.authority.revoke(serial, x509.ReasonFlags.superseded, actor="test")
     finally:
-        gateway.store.engine.dispose()
+        gateway.storage.engine.dispose()
     out = tmp_path / "report.json"
     result = runner.invoke(
         main, ["migrate", "report", "--format", "json", "--out", str(out), "--data-dir", str(data_dir)]
@@ -619,8 +620,8 @@ def test_the_html_device_tables_have_a_width_for_every_column() -> None:
     assert set(_DEVICE_WIDTHS) == set(DEVICE_COLUMNS) and sum(_DEVICE_WIDTHS.values()) == 100
 
 
-def test_the_trend_cache_keeps_a_groups_changes_for_its_seconds(store: Store, fleet: Fleet) -> None:
-    reports = MigrationReportStore(store.engine)
+def test_the_trend_cache_keeps_a_groups_changes_for_its_seconds(store: Storage, fleet: Fleet) -> None:
+    reports = store.migration_report
     calls: list[str | None] = []
     counted = reports.day_changes
 

@@ -13,14 +13,16 @@ from flask.testing import FlaskClient
 
 from gateway.cli import main
 from scep.asn1 import FailInfo, PkiStatus
-from shared_ca.storage.devices import DeviceStore
+from shared_ca.storage.audit import AuditLog
+from shared_ca.storage.devices import Devices
+from shared_ca.storage.repositories import Storage
 from tests.test_migration_map import add_device, facts, gateway_of, run
 from tests.test_migration_report import enroll
 from tests.test_scep_service import Ra, device_key, enrollment, failure, get_ca, issued_cert, post, reply_of
 
 
-def devices_of(app: Flask) -> DeviceStore:
-    return DeviceStore(gateway_of(app).store.engine)
+def devices_of(app: Flask) -> Devices:
+    return Storage.open(gateway_of(app).storage.engine).devices
 
 
 def day(offset: int) -> str:
@@ -100,7 +102,7 @@ def test_sunset_dates(app: Flask, runner: CliRunner, data_dir: Path, date: str, 
     run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", date)
     group = devices.group("lab")
     assert group is not None and group.sunset_at == stored and not group.allow_downgrade
-    (event,) = devices.audit_events(action="device_group.policy")
+    (event,) = AuditLog(devices.db).audit_events(action="device_group.policy")
     assert event.detail["sunset_at"] == stored.isoformat()
 
 

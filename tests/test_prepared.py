@@ -1,4 +1,4 @@
-"""shared_ca.storage.prepared and Store.reading, on SQLite and (in CI) PostgreSQL.
+"""shared_ca.storage.prepared and Storage.reading, on SQLite and (in CI) PostgreSQL.
 
 A PreparedStatement must write exactly what SQLAlchemy Core writes for the same statement and
 values, raise the errors Core raises, and run inside the caller's transaction.
@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, case, delete, func, insert, select, text, upda
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 
 from shared_ca.storage.prepared import PreparedStatement
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import audit_events, certificates, devices, issuers
 
 NOW = dt.datetime(2026, 11, 27, 10, 30, 15, 123456, tzinfo=dt.UTC)
@@ -56,14 +56,14 @@ def _certificate_row(issuer_id: int, serial: str) -> dict[str, Any]:
     }
 
 
-def _stored(store: Store, table: Any, row_id: int, *, without: tuple[str, ...] = ()) -> dict[str, Any]:
+def _stored(store: Storage, table: Any, row_id: int, *, without: tuple[str, ...] = ()) -> dict[str, Any]:
     """A row as the database holds it (no type processing on the way out), minus `without`."""
     with store.engine.connect() as conn:
         row = conn.execute(select(text("*")).select_from(table).where(table.c.id == row_id)).mappings().one()
     return {k: v for k, v in row.items() if k not in ("id", *without)}
 
 
-def test_insert_stores_what_core_stores(store: Store) -> None:
+def test_insert_stores_what_core_stores(store: Storage) -> None:
     prepared = PreparedStatement(insert(issuers).returning(issuers.c.id), columns_from_params=True)
     core_row, fast_row = _issuer_row("core"), _issuer_row("fast")
     fast_row["fingerprint_sha256"] = core_row["fingerprint_sha256"][::-1]
@@ -78,7 +78,7 @@ def test_insert_stores_what_core_stores(store: Store) -> None:
     assert (stored.not_before, stored.cert_der) == (NOW, b"\x30\x03\x02\x01\x00")
 
 
-def test_literals_and_repeated_binds_are_filled_in(store: Store) -> None:
+def test_literals_and_repeated_binds_are_filled_in(store: Storage) -> None:
     """An UPDATE with a literal value, a CASE literal and one bind used twice."""
     with store.engine.begin() as conn:
         issuer_id = conn.execute(insert(issuers).returning(issuers.c.id), _issuer_row("ca")).scalar_one()
@@ -112,7 +112,7 @@ def test_literals_and_repeated_binds_are_filled_in(store: Store) -> None:
     assert [tuple(r) for r in rows] == [("revoked", "keyCompromise", NOW, NOW)] * 2
 
 
-def test_runs_inside_the_callers_transaction(store: Store) -> None:
+def test_runs_inside_the_callers_transaction(store: Storage) -> None:
     prepared = PreparedStatement(insert(audit_events), columns_from_params=True)
     row = {"occurred_at": NOW, "actor": "t", "action": "rolled-back", "issuer_id": None, "serial_hex": None}
     with pytest.raises(RuntimeError), store.engine.begin() as conn:
@@ -122,7 +122,7 @@ def test_runs_inside_the_callers_transaction(store: Store) -> None:
         assert conn.execute(select(audit_events.c.id)).all() == []
 
 
-def test_a_duplicate_raises_integrity_error_and_keeps_nothing(store: Store) -> None:
+def test_a_duplicate_raises_integrity_error_and_keeps_nothing(store: Storage) -> None:
     prepared = PreparedStatement(insert(issuers).returning(issuers.c.id), columns_from_params=True)
     with store.engine.begin() as conn:
         prepared.inserted_id(conn, _issuer_row("one"))
@@ -134,7 +134,7 @@ def test_a_duplicate_raises_integrity_error_and_keeps_nothing(store: Store) -> N
         assert conn.execute(select(issuers.c.name)).scalars().all() == ["one"]
 
 
-def test_a_value_the_column_refuses_raises_statement_error(store: Store) -> None:
+def test_a_value_the_column_refuses_raises_statement_error(store: Storage) -> None:
     prepared = PreparedStatement(insert(audit_events), columns_from_params=True)
     naive = {
         "occurred_at": dt.datetime(2026, 1, 1),
@@ -148,19 +148,19 @@ def test_a_value_the_column_refuses_raises_statement_error(store: Store) -> None
         prepared.execute(conn, naive)
 
 
-def test_a_missing_parameter_is_refused(store: Store) -> None:
+def test_a_missing_parameter_is_refused(store: Storage) -> None:
     prepared = PreparedStatement(delete(devices).where(devices.c.identity == bindparam("identity")))
     with pytest.raises(InvalidRequestError, match="identity"), store.engine.begin() as conn:
         prepared.rowcount(conn, {})
 
 
-def test_inserted_id_needs_a_row_back(store: Store) -> None:
+def test_inserted_id_needs_a_row_back(store: Storage) -> None:
     prepared = PreparedStatement(update(audit_events).where(audit_events.c.id == -1).values(action="x"))
     with pytest.raises(ValueError, match="no row"), store.engine.begin() as conn:
         prepared.inserted_id(conn, {})
 
 
-def test_reading_lends_one_connection_to_every_read(store: Store) -> None:
+def test_reading_lends_one_connection_to_every_read(store: Storage) -> None:
     checkouts: list[object] = []
     original = store.engine.connect
 
@@ -171,40 +171,40 @@ def test_reading_lends_one_connection_to_every_read(store: Store) -> None:
 
     store.engine.connect = counting_connect  # type: ignore[method-assign]
     try:
-        with store.reading():
-            assert store.list_issuers() == []
-            assert store.issuer_by_name("x") is None
-            with store.reading():  # nested: still the same connection
-                assert store.certificate_by_fingerprint("00" * 32) is None
+        with store.db.reading():
+            assert store.issuers.list_issuers() == []
+            assert store.issuers.issuer_by_name("x") is None
+            with store.db.reading():  # nested: still the same connection
+                assert store.certificates.certificate_by_fingerprint("00" * 32) is None
         assert len(checkouts) == 1
-        store.list_issuers()  # after the scope: a connection of its own again
+        store.issuers.list_issuers()  # after the scope: a connection of its own again
         assert len(checkouts) == 2
     finally:
         store.engine.connect = original  # type: ignore[method-assign]
 
 
-def test_writes_inside_a_read_scope_take_their_own_connection(store: Store) -> None:
-    from shared_ca.storage.repository import AuditEvent
+def test_writes_inside_a_read_scope_take_their_own_connection(store: Storage) -> None:
+    from shared_ca.storage.audit import AuditEvent
 
-    with store.reading():
-        store.record_audit(AuditEvent("t", "inside"), NOW)
-    assert [e.action for e in store.audit_events()] == ["inside"]
+    with store.db.reading():
+        store.audit.record_audit(AuditEvent("t", "inside"), NOW)
+    assert [e.action for e in store.audit.audit_events()] == ["inside"]
 
 
-def test_a_read_scope_is_per_engine(store: Store, tmp_path: Any) -> None:
+def test_a_read_scope_is_per_engine(store: Storage, tmp_path: Any) -> None:
     from shared_ca.storage.db import create_store_engine, migrate_to_head, sqlite_url
 
     other_engine = create_store_engine(sqlite_url(tmp_path / "other.db"))
     migrate_to_head(other_engine)
-    other = Store(other_engine)
+    other = Storage.open(other_engine)
     try:
-        with store.reading():
-            assert other.list_issuers() == []  # another database: its own connection, not the lent one
+        with store.db.reading():
+            assert other.issuers.list_issuers() == []  # another database: its own connection, not the lent one
     finally:
         other_engine.dispose()
 
 
-def test_first_returns_what_core_returns(store: Store) -> None:
+def test_first_returns_what_core_returns(store: Storage) -> None:
     """A SELECT's row with each column's result processing: aware datetimes, booleans, bytes, NULLs,
     a labelled column and an outer join."""
     with store.engine.begin() as conn:
@@ -231,7 +231,7 @@ def test_first_returns_what_core_returns(store: Store) -> None:
     assert (row["ca"], row["der"], row["revoked_at"]) == ("ca", bytes(range(256)), None)
 
 
-def test_first_reads_booleans_and_aggregates(store: Store) -> None:
+def test_first_reads_booleans_and_aggregates(store: Storage) -> None:
     from shared_ca.storage.schema import device_groups
 
     with store.engine.begin() as conn:

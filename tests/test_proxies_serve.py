@@ -22,12 +22,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config import load_config
-from gateway.runtime import open_store
+from gateway.runtime import open_storage
 from scep.asn1 import Digest, MessageType, PkiStatus
 from scep.client_messages import CertRepReply, build_pki_request, parse_cert_rep, self_signed_signer
 from scep.envelope import ContentCipher
-from shared_ca.storage.enrollment import EnrollmentStore
 from shared_ca.storage.enrollment_records import EnrollmentRecord
+from shared_ca.storage.repositories import Storage
 from tests.support import ec_key, rsa_key, subject
 from tests.test_est_auth_matrix import PASSWORD, add_est_user, basic, csr_body, est_path
 from tests.test_scep_service import csr_der
@@ -83,8 +83,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 @pytest.fixture(scope="module")
-def store(setup: Setup) -> Iterator[EnrollmentStore]:
-    opened = open_store(load_config(setup.data_dir, environ={}))
+def store(setup: Setup) -> Iterator[Storage]:
+    opened = open_storage(load_config(setup.data_dir, environ={}))
     try:
         yield opened
     finally:
@@ -169,36 +169,36 @@ def scep_enroll(
     return ScepAnswer(reply, transaction_id, request_id)
 
 
-def scep_event(store: EnrollmentStore, answer: ScepAnswer) -> EnrollmentRecord:
-    (event,) = store.enrollment_events(transaction_id=answer.transaction_id)
+def scep_event(store: Storage, answer: ScepAnswer) -> EnrollmentRecord:
+    (event,) = store.enrollments.enrollment_events(transaction_id=answer.transaction_id)
     return event
 
 
 # -- nobody trusted -----------------------------------------------------------------------------------
 
 
-def test_the_credentials_work_over_https(setup: Setup, store: EnrollmentStore) -> None:
+def test_the_credentials_work_over_https(setup: Setup, store: Storage) -> None:
     """Control: the same requests over TLS succeed, so each 404 below is the listener's, not the credentials'."""
-    before = store.count_certificates()
+    before = store.certificates.count_certificates()
     assert est_enroll(setup.plain, {}, tls=True).status == 200
     assert admin_challenge(setup.plain, setup.token, {}, tls=True).status == 201
     assert dashboard(setup.plain, setup.token, {}, tls=True) == (200, 200)
-    assert store.count_certificates() == before + 1
+    assert store.certificates.count_certificates() == before + 1
 
 
 @pytest.mark.parametrize("claim", list(CLAIMS_HTTPS))
-def test_claiming_https_on_the_http_port_unlocks_nothing(setup: Setup, store: EnrollmentStore, claim: str) -> None:
+def test_claiming_https_on_the_http_port_unlocks_nothing(setup: Setup, store: Storage, claim: str) -> None:
     headers = CLAIMS_HTTPS[claim]
-    before = store.count_certificates()
+    before = store.certificates.count_certificates()
     assert est_enroll(setup.plain, headers).status == 404
     assert admin_challenge(setup.plain, setup.token, headers).status == 404
     assert dashboard(setup.plain, setup.token, headers) == (404, 404)
     healthz = json.loads(call(setup.plain, "/healthz", headers=headers).body)
     assert healthz["listener"] == "http"
-    assert store.count_certificates() == before
+    assert store.certificates.count_certificates() == before
 
 
-def test_a_forged_client_address_reaches_no_event_and_no_log(setup: Setup, store: EnrollmentStore) -> None:
+def test_a_forged_client_address_reaches_no_event_and_no_log(setup: Setup, store: Storage) -> None:
     forged = {"X-Forwarded-For": "192.0.2.66", "Forwarded": "for=192.0.2.67"}
     answer = scep_enroll(setup.plain, "forged-address", "no-such-challenge", forged)
     assert answer.reply.status is PkiStatus.FAILURE
@@ -212,22 +212,22 @@ def test_a_forged_client_address_reaches_no_event_and_no_log(setup: Setup, store
 
 
 @pytest.mark.parametrize("claim", list(CLAIMS_HTTPS))
-def test_a_trusted_proxy_is_believed(setup: Setup, store: EnrollmentStore, claim: str) -> None:
+def test_a_trusted_proxy_is_believed(setup: Setup, store: Storage, claim: str) -> None:
     headers = CLAIMS_HTTPS[claim]
-    before = store.count_certificates()
+    before = store.certificates.count_certificates()
     assert est_enroll(setup.proxied, headers).status == 200
     assert admin_challenge(setup.proxied, setup.token, headers).status == 201
     assert dashboard(setup.proxied, setup.token, headers) == (200, 200)
-    assert store.count_certificates() == before + 1
+    assert store.certificates.count_certificates() == before + 1
 
 
-def test_a_trusted_proxy_that_says_nothing_is_plain_http(setup: Setup, store: EnrollmentStore) -> None:
-    before = store.count_certificates()
+def test_a_trusted_proxy_that_says_nothing_is_plain_http(setup: Setup, store: Storage) -> None:
+    before = store.certificates.count_certificates()
     for said in ({}, {"X-Forwarded-Proto": "http"}, {"Forwarded": "proto=http"}):
         assert est_enroll(setup.proxied, said).status == 404, said
         assert admin_challenge(setup.proxied, setup.token, said).status == 404, said
         assert dashboard(setup.proxied, setup.token, said) == (404, 404), said
-    assert store.count_certificates() == before
+    assert store.certificates.count_certificates() == before
 
 
 @pytest.mark.parametrize(
@@ -238,7 +238,7 @@ def test_a_trusted_proxy_that_says_nothing_is_plain_http(setup: Setup, store: En
     ],
 )
 def test_the_forwarded_client_address_reaches_the_event_and_the_access_log(
-    setup: Setup, store: EnrollmentStore, headers: dict[str, str], client: str
+    setup: Setup, store: Storage, headers: dict[str, str], client: str
 ) -> None:
     answer = scep_enroll(setup.proxied, f"proxied-{client}", "no-such-challenge", headers)
     assert answer.reply.status is PkiStatus.FAILURE

@@ -65,7 +65,7 @@ def est_app(
     monkeypatch.setattr(runtime, "utcnow", clock)
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].get().store.engine.dispose()
+    application.extensions["gateway"].get().storage.engine.dispose()
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def est(est_app: Flask) -> FlaskClient:
 
 def count(app: Flask) -> int:
     """Certificates in the app's database."""
-    return issued_count(app.extensions["gateway"].get().store.engine)
+    return issued_count(app.extensions["gateway"].get().storage.engine)
 
 
 def enroll(client: FlaskClient, cn: str) -> x509.Certificate:
@@ -159,8 +159,8 @@ def test_fullcmc_does_not_revoke_a_legacy_ca_certificate(
     bystander = enroll(est, "bystander")
     legacy, legacy_key, legacy_ca = legacy_certificate(bystander.serial_number, "legacy-device")
     import_legacy(runner, data_dir, tmp_path, legacy_ca, legacy)
-    store = est_app.extensions["gateway"].get().store
-    record = store.certificate_by_fingerprint(legacy.fingerprint(hashes.SHA256()).hex())
+    store = est_app.extensions["gateway"].get().storage
+    record = store.certificates.certificate_by_fingerprint(legacy.fingerprint(hashes.SHA256()).hex())
     assert record is not None and record.status == "valid"
     # The legacy certificate authenticates (it may enroll its own subject), so the refusal below is
     # the revocation's own rule and not a failed authentication.
@@ -172,7 +172,7 @@ def test_fullcmc_does_not_revoke_a_legacy_ca_certificate(
     assert_refused(refused, 403)
     assert bystander.serial_number not in revoked_serials(est)
     for cert in (bystander, legacy):
-        kept = store.certificate_by_fingerprint(cert.fingerprint(hashes.SHA256()).hex())
+        kept = store.certificates.certificate_by_fingerprint(cert.fingerprint(hashes.SHA256()).hex())
         assert kept is not None and kept.status == "valid", cert.subject
     assert count(est_app) == before
 

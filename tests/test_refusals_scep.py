@@ -67,13 +67,13 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
 
 def count(app: Flask) -> int:
     """Certificates in the app's database."""
-    return issued_count(app.extensions["gateway"].get().store.engine)
+    return issued_count(app.extensions["gateway"].get().storage.engine)
 
 
 def subjects(app: Flask) -> list[str]:
     """The subjects of every certificate in the app's database."""
     gw = app.extensions["gateway"].get()
-    return sorted(r.subject for r in gw.store.list_certificates(now=dt.datetime.now(dt.UTC)))
+    return sorted(r.subject for r in gw.storage.certificates.list_certificates(now=dt.datetime.now(dt.UTC)))
 
 
 # -- a renewal keeps the subject ---------------------------------------------------------------------
@@ -179,7 +179,7 @@ def clocked_app(
     monkeypatch.setattr(runtime, "utcnow", clock)
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].get().store.engine.dispose()
+    application.extensions["gateway"].get().storage.engine.dispose()
 
 
 def test_a_signer_certificate_that_is_not_yet_valid_renews_nothing(clocked_app: Flask, clock: SettableClock) -> None:

@@ -21,8 +21,8 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 from migration_tools.report import next_actions
 from scep.asn1 import FailInfo, PkiStatus
-from shared_ca.storage.devices import DeviceStore
 from shared_ca.storage.migration_report import DeviceStanding
+from shared_ca.storage.repositories import Storage
 from tests.support import SettableClock, issued_count
 from tests.test_migration_map import add_device, run
 from tests.test_scep_service import device_key, enrollment, get_ca, issued_cert, post, reply_of
@@ -50,15 +50,15 @@ def clocked_app(
     monkeypatch.setattr(runtime, "utcnow", clock)
     application = create_app(gateway_config)
     yield application
-    application.extensions["gateway"].get().store.engine.dispose()
+    application.extensions["gateway"].get().storage.engine.dispose()
 
 
 @pytest.mark.parametrize(("offset", "open_"), OFFSETS)
 def test_scep_closes_at_the_sunset_instant(
     clocked_app: Flask, clock: SettableClock, runner: CliRunner, data_dir: Path, offset: int, open_: bool
 ) -> None:
-    engine = clocked_app.extensions["gateway"].get().store.engine
-    add_device(DeviceStore(engine), "lab-1", group="lab")
+    engine = clocked_app.extensions["gateway"].get().storage.engine
+    add_device(Storage.open(engine).devices, "lab-1", group="lab")
     run(runner, data_dir, "migrate", "sunset", "--group", "lab", "--date", SUNSET.isoformat())
     client = clocked_app.test_client()
     ra = get_ca(client)
@@ -76,7 +76,7 @@ def test_scep_closes_at_the_sunset_instant(
         assert not reply.certificates
         assert issued_count(engine) == before
     # A device of another group is not affected by the lab's sunset, at the same instant.
-    add_device(DeviceStore(engine), "shop-1", group="shop")
+    add_device(Storage.open(engine).devices, "shop-1", group="shop")
     other = enrollment(ra, "shop-1", key=device_key(2), transaction_id=f"other{offset:+d}")
     assert reply_of(post(client, other.der), ra, other).status is PkiStatus.SUCCESS
 

@@ -116,7 +116,7 @@ def webhook_app(data_dir: Path, webhook: Webhook) -> Iterator[Flask]:
         )
     application = create_app(load_config(data_dir, environ={}))
     yield application
-    application.extensions["gateway"].get().store.engine.dispose()
+    application.extensions["gateway"].get().storage.engine.dispose()
 
 
 @pytest.mark.parametrize("outage", ["stopped", "http-500", "timeout"])
@@ -125,7 +125,7 @@ def test_a_webhook_outage_is_503_and_the_same_message_succeeds_once_it_is_back(
 ) -> None:
     client = webhook_app.test_client()
     ra = get_ca(client)
-    engine = webhook_app.extensions["gateway"].get().store.engine
+    engine = webhook_app.extensions["gateway"].get().storage.engine
     sent = enrollment(ra, f"hooked-{outage}", key=device_key(), challenge="whatever-the-mdm-sent")
     if outage == "stopped":
         webhook.stop()

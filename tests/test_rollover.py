@@ -32,7 +32,7 @@ from shared_ca.authority import fingerprint
 from shared_ca.errors import CAError
 from shared_ca.keys import KeyType
 from shared_ca.storage.db import create_store_engine
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from tests.test_cli import gw, ok
 
 NEXT_FILES = ("ca-next/ca.crt", "ca-next/ca.key", "ra-next/ra.crt", "ra-next/ra.key")
@@ -55,7 +55,7 @@ def open_app(data_dir: Path) -> Iterator[list[Flask]]:
     apps: list[Flask] = []
     yield apps
     for application in apps:
-        application.extensions["gateway"].get().store.engine.dispose()
+        application.extensions["gateway"].get().storage.engine.dispose()
 
 
 def fresh_client(data_dir: Path, apps: list[Flask]) -> FlaskClient:
@@ -85,7 +85,7 @@ def issuers(data_dir: Path) -> dict[str, str]:
     url = load_config(data_dir, environ={}).database_url
     engine = create_store_engine(url)
     try:
-        return {i.name: i.kind for i in Store(engine).list_issuers()}
+        return {i.name: i.kind for i in Storage.open(engine).issuers.list_issuers()}
     finally:
         engine.dispose()
 
@@ -129,11 +129,11 @@ def test_rollover_writes_next_ca_and_ra(runner: CliRunner, data_dir: Path) -> No
     url = load_config(data_dir, environ={}).database_url
     engine = create_store_engine(url)
     try:
-        store = Store(engine)
-        issuer = store.issuer_by_name("ca-next")
+        store = Storage.open(engine)
+        issuer = store.issuers.issuer_by_name("ca-next")
         assert issuer is not None and issuer.fingerprint_sha256 == fingerprint(next_ca)
-        assert store.count_certificates(issuer.id) == 1
-        assert store.certificate_by_fingerprint(fingerprint(next_ra)) is not None
+        assert store.certificates.count_certificates(issuer.id) == 1
+        assert store.certificates.certificate_by_fingerprint(fingerprint(next_ra)) is not None
     finally:
         engine.dispose()
 

@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
 from gateway.config import load_config
-from gateway.runtime import open_store
+from gateway.runtime import open_storage
 from scep.asn1 import Digest, MessageType, PkiStatus
 from scep.client import make_csr as scep_csr
 from scep.client_messages import build_pki_request, parse_cert_rep, self_signed_signer
@@ -248,7 +248,7 @@ def test_two_nodes_share_one_database(nodes: list[Node], tmp_path: Path) -> None
     assert contest.count(PkiStatus.SUCCESS) == 1, f"{contest.count(PkiStatus.SUCCESS)} attempts spent the challenge"
     assert contest.count(PkiStatus.FAILURE) == CHALLENGE_ATTEMPTS - 1
 
-    store = open_store(load_config(data_dir, environ={}))
+    store = open_storage(load_config(data_dir, environ={}))
     try:
         with store.engine.connect() as conn:
             c, e = certificates.c, enrollment_events.c

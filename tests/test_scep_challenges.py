@@ -34,9 +34,10 @@ from scep.challenges import (
 )
 from scep.lockout import Lockout
 from shared_ca.errors import ErrorKind, Unauthorized
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.audit import AuditLog
+from shared_ca.storage.enrollment import Enrollments
 from shared_ca.storage.enrollment_records import ChallengeSpent, spend_challenge_use
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import scep_challenges
 from tests.support import SettableClock, run_together
 
@@ -54,11 +55,11 @@ HMAC_KEY = b"webhook-key"
 
 
 @pytest.fixture
-def enrollments(store: Store) -> EnrollmentStore:
-    return EnrollmentStore(store.engine)
+def enrollments(store: Storage) -> Enrollments:
+    return store.enrollments
 
 
-def one_time(enrollments: EnrollmentStore, clock: SettableClock, **kw: Any) -> str:
+def one_time(enrollments: Enrollments, clock: SettableClock, **kw: Any) -> str:
     fields: dict[str, Any] = {"device_id": "device1", "profile": "default", "ttl": HOUR}
     fields.update(kw)
     return new_one_time_challenge(enrollments, created_by="mdm", now=clock(), **fields)
@@ -93,7 +94,7 @@ def test_static_challenge_accepts_the_secret_and_hides_it() -> None:
 # -- one-time ------------------------------------------------------------------------------------
 
 
-def test_one_time_challenge_is_spent_by_its_device(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_one_time_challenge_is_spent_by_its_device(enrollments: Enrollments, clock: SettableClock) -> None:
     secret = one_time(enrollments, clock, expected_subject=REQUEST.subject)
     assert len(secret) == 48 and int(secret, 16) >= 0  # 192 bits, PrintableString-safe
     validator = OneTimeChallenge(enrollments, clock)
@@ -103,7 +104,7 @@ def test_one_time_challenge_is_spent_by_its_device(enrollments: EnrollmentStore,
     assert accepted.challenge_id is not None
     # Accepting spends nothing: the request's recorded transaction does (NewScepTransaction.spends_challenge).
     assert validator.validate(request) == accepted
-    with enrollments.engine.begin() as conn:
+    with enrollments.db.engine.begin() as conn:
         spend_challenge_use(conn, accepted.challenge_id, clock())
     assert (
         refused(validator, request).detail
@@ -111,12 +112,12 @@ def test_one_time_challenge_is_spent_by_its_device(enrollments: EnrollmentStore,
     )
 
 
-def test_only_the_hash_of_a_one_time_challenge_is_stored(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_only_the_hash_of_a_one_time_challenge_is_stored(enrollments: Enrollments, clock: SettableClock) -> None:
     secret = one_time(enrollments, clock)
-    with enrollments.engine.connect() as conn:
+    with enrollments.db.engine.connect() as conn:
         rows = conn.execute(select(scep_challenges)).mappings().all()
     assert [r["secret_sha256"] for r in rows] == [hashlib.sha256(secret.encode()).hexdigest()]
-    assert secret not in repr([dict(r) for r in rows]) + repr(enrollments.audit_events())
+    assert secret not in repr([dict(r) for r in rows]) + repr(AuditLog(enrollments.db).audit_events())
     assert one_time(enrollments, clock) != secret
 
 
@@ -131,7 +132,7 @@ def test_only_the_hash_of_a_one_time_challenge_is_stored(enrollments: Enrollment
     ],
 )
 def test_a_one_time_challenge_refused_for_another_request_stays_usable(
-    enrollments: EnrollmentStore,
+    enrollments: Enrollments,
     clock: SettableClock,
     caplog: pytest.LogCaptureFixture,
     change: dict[str, Any],
@@ -147,7 +148,7 @@ def test_a_one_time_challenge_refused_for_another_request_stays_usable(
     assert validator.validate(request).kind is ChallengeKind.ONE_TIME
 
 
-def test_a_one_time_challenge_expires(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_one_time_challenge_expires(enrollments: Enrollments, clock: SettableClock) -> None:
     secret = one_time(enrollments, clock, uses=2)
     validator = OneTimeChallenge(enrollments, clock)
     request = replace(REQUEST, challenge_password=secret)
@@ -158,7 +159,7 @@ def test_a_one_time_challenge_expires(enrollments: EnrollmentStore, clock: Setta
 
 
 def test_64_concurrent_requests_spend_a_single_use_challenge_once(
-    enrollments: EnrollmentStore, clock: SettableClock
+    enrollments: Enrollments, clock: SettableClock
 ) -> None:
     request = replace(REQUEST, challenge_password=one_time(enrollments, clock))
     validator = OneTimeChallenge(enrollments, clock)
@@ -166,7 +167,7 @@ def test_64_concurrent_requests_spend_a_single_use_challenge_once(
     def accept_and_record(_: int) -> int:
         accepted = validator.validate(request)  # refused once another request's use is recorded
         assert accepted.challenge_id is not None
-        with enrollments.engine.begin() as conn:  # the spend the request's recorded transaction makes
+        with enrollments.db.engine.begin() as conn:  # the spend the request's recorded transaction makes
             spend_challenge_use(conn, accepted.challenge_id, clock())
         return accepted.challenge_id
 
@@ -192,13 +193,13 @@ class Scripted:
         return self.outcome
 
 
-def test_any_of_takes_the_first_that_accepts(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_any_of_takes_the_first_that_accepts(enrollments: Enrollments, clock: SettableClock) -> None:
     secret = one_time(enrollments, clock)
     either = AnyOf([StaticChallenge("s3cret"), OneTimeChallenge(enrollments, clock)])
     assert either.validate(REQUEST).kind is ChallengeKind.STATIC
     accepted = either.validate(replace(REQUEST, challenge_password=secret))
     assert accepted.kind is ChallengeKind.ONE_TIME and accepted.challenge_id is not None
-    with enrollments.engine.begin() as conn:
+    with enrollments.db.engine.begin() as conn:
         spend_challenge_use(conn, accepted.challenge_id, clock())
     error = refused(either, replace(REQUEST, challenge_password=secret))
     assert type(error) is Unauthorized and "wrong static challenge; one-time challenge refused" in error.detail
@@ -218,11 +219,11 @@ def test_any_of_without_a_verdict_is_not_verifiable() -> None:
 # -- Lockout -------------------------------------------------------------------------------------
 
 
-def lockout(inner: Any, enrollments: EnrollmentStore, clock: SettableClock, threshold: int = 3) -> Lockout:
+def lockout(inner: Any, enrollments: Enrollments, clock: SettableClock, threshold: int = 3) -> Lockout:
     return Lockout(inner, enrollments, threshold=threshold, window=dt.timedelta(minutes=15), lock_for=HOUR, clock=clock)
 
 
-def test_wrong_attempts_from_one_address_lock_it_out(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_wrong_attempts_from_one_address_lock_it_out(enrollments: Enrollments, clock: SettableClock) -> None:
     guarded = lockout(StaticChallenge("s3cret"), enrollments, clock)
     for guess in ("a", "b", "c"):  # a new guess for a new device each time: only the address counter reaches 3
         wrong = replace(REQUEST, challenge_password=guess, device_id=f"guess-{guess}")
@@ -234,7 +235,7 @@ def test_wrong_attempts_from_one_address_lock_it_out(enrollments: EnrollmentStor
     assert guarded.validate(REQUEST).kind is ChallengeKind.STATIC
 
 
-def test_a_locked_request_never_reaches_the_inner_validator(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_a_locked_request_never_reaches_the_inner_validator(enrollments: Enrollments, clock: SettableClock) -> None:
     secret = one_time(enrollments, clock, device_id=None)
     guarded = lockout(OneTimeChallenge(enrollments, clock), enrollments, clock, threshold=2)
     for n, address in enumerate(("198.51.100.1", "198.51.100.2")):  # one spent-looking challenge, two addresses
@@ -245,7 +246,7 @@ def test_a_locked_request_never_reaches_the_inner_validator(enrollments: Enrollm
     assert guarded.validate(good).kind is ChallengeKind.ONE_TIME  # the addresses and devices are not locked
 
 
-def test_no_verdict_is_not_counted_as_a_wrong_attempt(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_no_verdict_is_not_counted_as_a_wrong_attempt(enrollments: Enrollments, clock: SettableClock) -> None:
     down = Scripted(ChallengeNotVerifiable(REFUSED, detail="webhook down"))
     guarded = lockout(down, enrollments, clock, threshold=1)
     for _ in range(3):
@@ -388,7 +389,7 @@ def test_webhook_configuration_is_checked() -> None:
 
 
 def test_webhook_timeouts_do_not_lock_anyone_out(
-    webhook: Webhook, enrollments: EnrollmentStore, clock: SettableClock
+    webhook: Webhook, enrollments: Enrollments, clock: SettableClock
 ) -> None:
     webhook.behaviour = "timeout"
     guarded = lockout(WebhookChallenge(webhook.url, HMAC_KEY, timeout=0.2), enrollments, clock, threshold=1)

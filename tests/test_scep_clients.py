@@ -21,8 +21,7 @@ from migration_tools.client_families import EST_NO, FAMILIES, UNKNOWN, family_fa
 from scep.asn1 import PkiStatus
 from scep.clients import ClientFamily, ScepFingerprint, family_from_user_agent, recognise_client
 from scep.message import decode_signed_message
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.repository import Store
+from shared_ca.storage.repositories import Storage
 from tests.test_migration_0006 import _to
 from tests.test_scep_service import device_key, enrollment, get_ca, reply_of
 
@@ -144,7 +143,7 @@ def test_a_scep_enrollment_keeps_its_client_family_on_the_device(app: Flask, cli
     ra = get_ca(client)
     sent = enrollment(ra, "windows-1", key=device_key(1))
     assert reply_of(send(client, sent.der, NDES_AGENT), ra, sent).status is PkiStatus.SUCCESS
-    devices = DeviceStore(app.extensions["gateway"].get().store.engine)
+    devices = Storage.open(app.extensions["gateway"].get().storage.engine).devices
     device = devices.device("windows-1")
     assert device is not None and device.scep_client == "windows"
     # A later contact that tells nothing keeps what an earlier one told.
@@ -158,7 +157,7 @@ def test_a_scep_enrollment_keeps_its_client_family_on_the_device(app: Flask, cli
 
 
 @pytest.fixture
-def at_0008(store: Store) -> Iterator[Engine]:
+def at_0008(store: Storage) -> Iterator[Engine]:
     _to(store.engine, "0008_native", down=True)
     yield store.engine
 

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from cryptography.x509.oid import NameOID
 
 from gateway.config import load_config
-from gateway.runtime import open_store
+from gateway.runtime import open_storage
 from shared_ca.storage.enrollment_records import EnrollmentRecord
 from tests.test_serve import (
     Server,
@@ -141,9 +141,9 @@ def assert_recorded_as_scep(server: Server, *certs: x509.Certificate) -> None:
 
 def enrollment_event(server: Server, cert: x509.Certificate) -> EnrollmentRecord:
     """The enrollment event the server wrote with the issuance of `cert`."""
-    store = open_store(load_config(server.data_dir, environ={}))
+    store = open_storage(load_config(server.data_dir, environ={}))
     try:
-        events = store.enrollment_events(device_identity=common_name(cert))
+        events = store.enrollments.enrollment_events(device_identity=common_name(cert))
     finally:
         store.engine.dispose()
     matching = [event for event in events if event.serial_hex == serial_hex(cert)]

@@ -27,10 +27,15 @@ def _legacy_certificate(app: Flask, issuer_name: str, trust_until: dt.datetime, 
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Legacy MDM CA {issuer_name}")])
     material = create_root_ca(generate_private_key(KeyType.P256), subject, 3650, now)
     issuer = register_issuer(
-        store, issuer_name, material.certificate, kind="legacy", actor="test", now=now, trust_until=trust_until
+        store.issuers, issuer_name, material.certificate, kind="legacy", actor="test", now=now, trust_until=trust_until
     )
     legacy = CertificateAuthority(
-        store, issuer, material.certificate, material.chain, material.key, PublicUrls("http://legacy.example")
+        store.certificates,
+        issuer,
+        material.certificate,
+        material.chain,
+        material.key,
+        PublicUrls("http://legacy.example"),
     )
     policy = authorize_request(DEFAULT_PROFILES["default"], name(cn), [], device_key(3).public_key(), now)
     return legacy.issue(policy, protocol="import", actor="test").certificate
@@ -49,7 +54,7 @@ def test_legacy_certificate_renews_inside_the_window(
     renewed = enroll(client, ra, renewal)
     assert renewed.issuer == ra.ca.subject  # now from our CA
     assert renewed.subject == old.subject
-    events = store_of(app).enrollment_events(transaction_id=renewal.transaction_id)
+    events = store_of(app).enrollments.enrollment_events(transaction_id=renewal.transaction_id)
     assert [(e.outcome, e.challenge_kind) for e in events] == [("issued", "renewal")]
 
 

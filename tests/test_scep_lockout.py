@@ -27,8 +27,8 @@ from scep.challenges import (
 )
 from scep.lockout import KEY_MAX, Lockout, address_bucket, lockout_keys
 from shared_ca.errors import Unauthorized
-from shared_ca.storage.enrollment import EnrollmentStore
-from shared_ca.storage.repository import Store
+from shared_ca.storage.enrollment import Enrollments
+from shared_ca.storage.repositories import Storage
 from tests.support import SettableClock
 
 SECRET = "s3cret-static"
@@ -45,12 +45,12 @@ WINDOW = dt.timedelta(minutes=15)
 
 
 @pytest.fixture
-def enrollments(store: Store) -> EnrollmentStore:
-    return EnrollmentStore(store.engine)
+def enrollments(store: Storage) -> Enrollments:
+    return store.enrollments
 
 
 def guarded(
-    enrollments: EnrollmentStore, clock: SettableClock, *, threshold: int = 3, profile_threshold: int | None = 6
+    enrollments: Enrollments, clock: SettableClock, *, threshold: int = 3, profile_threshold: int | None = 6
 ) -> Lockout:
     inner = AnyOf([StaticChallenge(SECRET), OneTimeChallenge(enrollments, clock)])
     return Lockout(
@@ -113,7 +113,7 @@ def test_keys_name_what_is_guessed_and_who_guesses() -> None:
 
 
 def test_one_address_guessing_many_devices_locks_only_that_address(
-    enrollments: EnrollmentStore, clock: SettableClock
+    enrollments: Enrollments, clock: SettableClock
 ) -> None:
     lockout = guarded(enrollments, clock)
     for n in range(3):
@@ -124,7 +124,7 @@ def test_one_address_guessing_many_devices_locks_only_that_address(
     assert answer(lockout) == "accepted"
 
 
-def test_one_device_guessed_from_many_addresses_is_locked(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_one_device_guessed_from_many_addresses_is_locked(enrollments: Enrollments, clock: SettableClock) -> None:
     lockout = guarded(enrollments, clock)
     for n in range(3):
         assert answer(lockout, challenge_password=f"guess-{n}", client_address=f"198.51.100.{n}") == REFUSED
@@ -132,7 +132,7 @@ def test_one_device_guessed_from_many_addresses_is_locked(enrollments: Enrollmen
     assert answer(lockout, client_address="198.51.100.0", device_id="device2") == "accepted"  # others enroll
 
 
-def test_an_ipv6_client_counts_by_its_64(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_an_ipv6_client_counts_by_its_64(enrollments: Enrollments, clock: SettableClock) -> None:
     lockout = guarded(enrollments, clock)
     for n in range(3):  # a new address of the same /64, a new device, a new guess each time
         assert answer(lockout, challenge_password=f"g{n}", device_id=f"v{n}", client_address=f"2001:db8:1:2::{n}") == (
@@ -142,7 +142,7 @@ def test_an_ipv6_client_counts_by_its_64(enrollments: EnrollmentStore, clock: Se
     assert answer(lockout, client_address="2001:db8:1:3::1") == "accepted"
 
 
-def test_mapped_and_plain_ipv4_are_one_address(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_mapped_and_plain_ipv4_are_one_address(enrollments: Enrollments, clock: SettableClock) -> None:
     lockout = guarded(enrollments, clock)
     for n, address in enumerate(["192.0.2.9", "::ffff:192.0.2.9", "192.0.2.9"]):
         assert answer(lockout, challenge_password=f"g{n}", device_id=f"v{n}", client_address=address) == REFUSED
@@ -150,7 +150,7 @@ def test_mapped_and_plain_ipv4_are_one_address(enrollments: EnrollmentStore, clo
 
 
 def test_a_noisy_device_locks_its_address_and_itself_not_its_neighbours(
-    enrollments: EnrollmentStore, clock: SettableClock
+    enrollments: Enrollments, clock: SettableClock
 ) -> None:
     """The address counter locks requests from that address only; a device key locks only that device."""
     lockout = guarded(enrollments, clock, threshold=3)
@@ -161,7 +161,7 @@ def test_a_noisy_device_locks_its_address_and_itself_not_its_neighbours(
 
 
 def test_the_profile_guard_suspends_the_static_challenge_alone(
-    enrollments: EnrollmentStore, clock: SettableClock, caplog: pytest.LogCaptureFixture
+    enrollments: Enrollments, clock: SettableClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Untargeted guessing: every guess from a new address, for a new device, with a new value."""
     lockout = guarded(enrollments, clock, threshold=3, profile_threshold=6)
@@ -189,7 +189,7 @@ def test_the_profile_guard_suspends_the_static_challenge_alone(
 
 
 def test_the_profile_guard_counts_distinct_guesses_not_one_stale_value(
-    enrollments: EnrollmentStore, clock: SettableClock
+    enrollments: Enrollments, clock: SettableClock
 ) -> None:
     """A fleet still sending an old static secret locks that value after `threshold` tries; later tries
     are refused unseen and never reach the profile counter."""
@@ -199,9 +199,7 @@ def test_the_profile_guard_counts_distinct_guesses_not_one_stale_value(
     assert answer(lockout, device_id="new", client_address="198.51.100.9") == "accepted"
 
 
-def test_without_a_profile_threshold_there_is_no_profile_guard(
-    enrollments: EnrollmentStore, clock: SettableClock
-) -> None:
+def test_without_a_profile_threshold_there_is_no_profile_guard(enrollments: Enrollments, clock: SettableClock) -> None:
     lockout = guarded(enrollments, clock, threshold=3, profile_threshold=None)
     for n in range(20):
         answer(lockout, challenge_password=f"g{n}", device_id=f"d{n}", client_address=f"203.0.113.{n}")
@@ -216,14 +214,14 @@ def test_the_suspended_static_challenge_is_not_even_compared() -> None:
     assert caught.value.public_message == REFUSED and "suspended" in caught.value.detail
 
 
-def test_thresholds_are_checked(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_thresholds_are_checked(enrollments: Enrollments, clock: SettableClock) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         guarded(enrollments, clock, profile_threshold=0)
     with pytest.raises(ValueError, match="at least 1"):
         enrollments.count_failures({"profile:x": 0}, clock(), window=WINDOW, lock_for=WINDOW)
 
 
-def test_locks_reads_any_number_of_keys(enrollments: EnrollmentStore, clock: SettableClock) -> None:
+def test_locks_reads_any_number_of_keys(enrollments: Enrollments, clock: SettableClock) -> None:
     keys = [f"address:default:192.0.2.{n}" for n in range(7)]
     enrollments.count_failures({key: 1 for key in keys[::2]}, clock(), window=WINDOW, lock_for=WINDOW)
     assert enrollments.locks(keys, clock()) == dict.fromkeys(keys[::2], clock() + WINDOW)

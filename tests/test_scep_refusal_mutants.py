@@ -73,7 +73,7 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
 
 def events(app: Flask, transaction_id: str) -> list[tuple[str, str, str | None]]:
     """(operation, outcome, device) of the events of one transaction, newest first."""
-    found = store_of(app).enrollment_events(transaction_id=transaction_id)
+    found = store_of(app).enrollments.enrollment_events(transaction_id=transaction_id)
     return [(e.operation, e.outcome, e.device_identity) for e in found]
 
 
@@ -106,7 +106,7 @@ def test_get_crl_answers_publishes_as_scep_and_records_each_request(client: Flas
     reply = reply_of(post(client, ours.der), ra, ours)
     assert reply.status is PkiStatus.SUCCESS and reply.crl is not None
     assert events(app, "get-crl") == [("GetCRL", "delivered", "asker")]
-    published = gw.store.audit_events(action="crl.published", limit=1)
+    published = gw.storage.audit.audit_events(action="crl.published", limit=1)
     assert [e.actor for e in published] == ["scep"]  # the revocation made it due: this GetCRL published it
 
     other = asking(ra, MessageType.GetCRL, issuer_and_serial_der(name("Other CA"), 1), "get-crl-other")
@@ -172,11 +172,11 @@ def test_a_renewal_records_what_it_renews_who_asked_and_is_logged(
     with caplog.at_level(logging.INFO, logger="scep.enrollment"):
         renewed = enroll(client, ra, renewal)
     gw = app.extensions["gateway"].get()
-    old = gw.store.certificate(gw.authority.issuer.id, format(cert.serial_number, "x"))
-    new = gw.store.certificate(gw.authority.issuer.id, format(renewed.serial_number, "x"))
+    old = gw.storage.certificates.certificate(gw.authority.issuer.id, format(cert.serial_number, "x"))
+    new = gw.storage.certificates.certificate(gw.authority.issuer.id, format(renewed.serial_number, "x"))
     assert old is not None and new is not None
     assert (new.renewed_from_id, new.requester, new.protocol) == (old.id, "127.0.0.1", "scep")
-    (audit,) = gw.store.audit_events(action="certificate.renewed", limit=1)
+    (audit,) = gw.storage.audit.audit_events(action="certificate.renewed", limit=1)
     assert (audit.actor, audit.serial_hex) == ("scep:127.0.0.1", new.serial_hex)
     assert f"SCEP renewal-1: issued {new.serial_hex} to CN=renew-me" in caplog.messages
 
@@ -216,7 +216,7 @@ def test_each_refusal_of_the_signer_says_why(client: FlaskClient, app: Flask) ->
     )
     refused = failure(client, ra, renewal)
     assert refused.fail_info_text == "the signing certificate cannot renew: the certificate is revoked"
-    (event,) = store_of(app).enrollment_events(transaction_id="renew-revoked")
+    (event,) = store_of(app).enrollments.enrollment_events(transaction_id="renew-revoked")
     assert event.detail["cause"] == "the certificate is revoked"
 
 
@@ -226,7 +226,7 @@ def test_a_lockout_refusal_logs_the_client_it_counted(client: FlaskClient, app: 
     assert failure(client, ra, wrong, "/scep/locked").fail_info is FailInfo.BAD_REQUEST  # the threshold: locked now
     right = enrollment(ra, "guesser", challenge=CHALLENGE, key=device_key(1), transaction_id="guess-2")
     assert failure(client, ra, right, "/scep/locked").fail_info is FailInfo.BAD_REQUEST
-    (event,) = store_of(app).enrollment_events(transaction_id="guess-2")
+    (event,) = store_of(app).enrollments.enrollment_events(transaction_id="guess-2")
     assert event.detail["cause"].endswith("; client 127.0.0.1)")
 
 
@@ -258,7 +258,7 @@ def test_a_webhook_outage_says_the_check_is_unavailable_and_logs_why(
         cause = "one-time challenge refused: unknown challenge; webhook answered HTTP 500"  # every check's verdict
         assert f"POST /scep/hooked refused (503): {cause}" in caplog.messages
     finally:
-        application.extensions["gateway"].get().store.engine.dispose()
+        application.extensions["gateway"].get().storage.engine.dispose()
 
 
 def test_a_transaction_keeps_its_subject_and_a_failed_retry_takes_its_place(client: FlaskClient, app: Flask) -> None:
@@ -267,11 +267,11 @@ def test_a_transaction_keeps_its_subject_and_a_failed_retry_takes_its_place(clie
     first = enrollment(ra, "txn-device", key=key, transaction_id="txn-1")
     enroll(client, ra, first)
     store = store_of(app)
-    issued = store.scep_transaction(spki_sha256(first.signer), "txn-1")
+    issued = store.enrollments.scep_transaction(spki_sha256(first.signer), "txn-1")
     assert issued is not None and (issued.status, issued.subject) == ("issued", "CN=txn-device")
     wrong = enrollment(ra, "txn-device", key=key, challenge="wrong", transaction_id="txn-1")
     assert failure(client, ra, wrong).fail_info is FailInfo.BAD_REQUEST
-    failed = store.scep_transaction(spki_sha256(first.signer), "txn-1")
+    failed = store.enrollments.scep_transaction(spki_sha256(first.signer), "txn-1")
     assert failed is not None and (failed.status, failed.fail_info) == ("failed", "badRequest")
     assert failure(client, ra, wrong).fail_info is FailInfo.BAD_REQUEST  # answered from the stored failure
     assert [outcome for _op, outcome, _device in events(app, "txn-1")][:2] == [
@@ -320,10 +320,10 @@ def test_a_signing_time_exactly_at_the_tolerance_is_accepted(
             ra, "beyond", signing_time=clock() - tolerance - dt.timedelta(seconds=1), transaction_id="beyond"
         )
         assert failure(client, ra, beyond).fail_info is FailInfo.BAD_TIME
-        (event,) = store_of(app).enrollment_events(transaction_id="beyond")
+        (event,) = store_of(app).enrollments.enrollment_events(transaction_id="beyond")
         signed_at = (clock() - tolerance - dt.timedelta(seconds=1)).isoformat()
         assert event.detail["cause"] == (
             f"signingTime {signed_at} is 1 day, 0:00:01 from the server's clock (tolerance 1440 min)"
         )
     finally:
-        app.extensions["gateway"].get().store.engine.dispose()
+        app.extensions["gateway"].get().storage.engine.dispose()

@@ -50,7 +50,7 @@ from scep.client_messages import (
 )
 from scep.envelope import ContentCipher, seal_envelope
 from shared_ca.cms import CmsSigner, SigningKey, build_signed_data
-from shared_ca.storage.enrollment import EnrollmentStore
+from shared_ca.storage.repositories import Storage
 from tests.support import ec_key, rsa_key
 
 CHALLENGE = "s3cret"
@@ -102,8 +102,8 @@ def gateway_config(data_dir: Path) -> GatewayConfig:
     return load_config(data_dir, environ={})
 
 
-def store_of(app: Flask) -> EnrollmentStore:
-    store: EnrollmentStore = app.extensions["gateway"].get().store
+def store_of(app: Flask) -> Storage:
+    store: Storage = app.extensions["gateway"].get().storage
     return store
 
 
@@ -237,7 +237,7 @@ def failure(client: FlaskClient, ra: Ra, sent: Sent, path: str = "/scep") -> Cer
 
 def certs_for(app: Flask, cn: str) -> list[Any]:
     gw = app.extensions["gateway"].get()
-    records = gw.store.list_certificates(now=dt.datetime.now(dt.UTC), issuer_id=gw.authority.issuer.id)
+    records = gw.storage.certificates.list_certificates(now=dt.datetime.now(dt.UTC), issuer_id=gw.authority.issuer.id)
     return [r for r in records if r.subject == f"CN={cn}"]
 
 
@@ -326,7 +326,7 @@ def test_pkcsreq_success_for_every_cipher_and_digest(
     assert cert.issuer == ra.ca.subject
     assert reply.digest is digest
     assert reply.content_cipher is cipher
-    events = store_of(app).enrollment_events(transaction_id=sent.transaction_id)
+    events = store_of(app).enrollments.enrollment_events(transaction_id=sent.transaction_id)
     assert [(e.outcome, e.cipher, e.digest) for e in events] == [("issued", cipher.value, digest.value)]
 
 
@@ -402,7 +402,7 @@ def test_wrong_or_missing_challenge_is_bad_request(client: FlaskClient, app: Fla
     reply = failure(client, ra, sent)
     assert reply.fail_info is FailInfo.BAD_REQUEST
     assert reply.fail_info_text == "the challenge password is not valid"
-    events = store_of(app).enrollment_events(transaction_id=sent.transaction_id)
+    events = store_of(app).enrollments.enrollment_events(transaction_id=sent.transaction_id)
     assert [e.outcome for e in events] == ["failure:badRequest"]
 
 
@@ -483,7 +483,7 @@ def test_renewal_signed_by_the_issued_certificate(client: FlaskClient, app: Flas
     renewed = enroll(client, ra, renewal)
     assert renewed.serial_number != cert.serial_number
     assert renewed.subject == cert.subject
-    events = store_of(app).enrollment_events(transaction_id="renewal-1")
+    events = store_of(app).enrollments.enrollment_events(transaction_id="renewal-1")
     assert [(e.outcome, e.challenge_kind) for e in events] == [("issued", "renewal")]
 
 
@@ -619,17 +619,17 @@ def test_every_pki_operation_writes_one_event(client: FlaskClient, app: Flask) -
     failure(client, ra, bad)
     md5 = enrollment(ra, "evented", digest=Digest.MD5, key=device_key(1), transaction_id="event-md5")
     failure(client, ra, md5)
-    (issued,) = store.enrollment_events(transaction_id="event-ok")
+    (issued,) = store.enrollments.enrollment_events(transaction_id="event-ok")
     assert (issued.protocol, issued.operation, issued.outcome) == ("scep", "PKCSReq", "issued")
     assert (issued.profile, issued.device_identity, issued.challenge_kind) == ("default", "evented", "static")
     assert issued.serial_hex is not None
-    (refused,) = store.enrollment_events(transaction_id="event-bad")
+    (refused,) = store.enrollments.enrollment_events(transaction_id="event-bad")
     assert refused.outcome == "failure:badRequest"
-    (bad_alg,) = store.enrollment_events(transaction_id="event-md5")
+    (bad_alg,) = store.enrollments.enrollment_events(transaction_id="event-md5")
     assert bad_alg.outcome == "failure:badAlg"
     # A retransmission is one more request, so one more event.
     enroll(client, ra, ok)
-    assert len(store.enrollment_events(transaction_id="event-ok")) == 2
+    assert len(store.enrollments.enrollment_events(transaction_id="event-ok")) == 2
 
 
 # -- hostile input ------------------------------------------------------------------------------------------
@@ -982,4 +982,4 @@ def test_signing_time_must_be_close_to_the_server_clock(
             assert reply.fail_info_text == "the message's signingTime is too far from the server's time"
         assert len(certs_for(app, "timed")) == (1 if issued else 0)
     finally:
-        app.extensions["gateway"].get().store.engine.dispose()
+        app.extensions["gateway"].get().storage.engine.dispose()

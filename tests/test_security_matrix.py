@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared_ca.storage.est_users import EstUserStore
+from shared_ca.storage.repositories import Storage
 from tests.security_matrix_checks import (
     SERVER_AUTH,
     Ask,
@@ -554,7 +554,7 @@ def test_est_user_for_tls_server_is_refused_by_the_cli(world: World) -> None:
     assert refused.returncode == 1, refused
     assert "Error: --label: profile 'tls-server' is not served over EST" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
-    assert EstUserStore(world.store.engine).est_user("tls-admin") is None
+    assert Storage.open(world.store.engine).est_users.est_user("tls-admin") is None
 
 
 def scep_renew(world: World, url_path: str, out: Path) -> tuple[int, str, dict[str, tuple[str, str]]]:

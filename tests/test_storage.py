@@ -26,6 +26,9 @@ from shared_ca.crl import CrlPublisher
 from shared_ca.errors import Conflict, Unavailable
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import DEFAULT_PROFILES, Profile
+from shared_ca.storage.audit import AuditEvent
+from shared_ca.storage.certificates import CertificateRecord, NewCertificate, SerialCollision
+from shared_ca.storage.crls import CrlRecord, RevokedEntry
 from shared_ca.storage.db import (
     create_store_engine,
     current_revision,
@@ -35,18 +38,10 @@ from shared_ca.storage.db import (
     sqlite_url,
     validate_database_url,
 )
-from shared_ca.storage.repository import (
-    AuditEvent,
-    CertificateRecord,
-    CrlRecord,
-    NewCertificate,
-    NewIssuer,
-    RevokedEntry,
-    SerialCollision,
-    Store,
-)
+from shared_ca.storage.issuers import NewIssuer
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import certificates
-from tests.support import SettableClock, ec_key, renew, subject
+from tests.support import SettableClock, ec_key, renew, storage_of, subject
 
 DEFAULT = DEFAULT_PROFILES["default"]
 KEY = ec_key()
@@ -104,10 +99,10 @@ def test_migrations_to_head_are_idempotent(engine: Engine) -> None:
 
 def test_migrations_keep_data(engine: Engine, clock: SettableClock) -> None:
     migrate_to_head(engine)
-    store = Store(engine)
-    store.record_audit(AuditEvent("tester", "test.kept"), clock())
+    store = Storage.open(engine)
+    store.audit.record_audit(AuditEvent("tester", "test.kept"), clock())
     migrate_to_head(engine)
-    assert [e.action for e in store.audit_events()] == ["test.kept"]
+    assert [e.action for e in store.audit.audit_events()] == ["test.kept"]
 
 
 def _migrate_in_child(url: str, start: BarrierType, results: QueueType[str]) -> None:
@@ -154,7 +149,7 @@ def test_unmigrated_database_is_refused(engine: Engine) -> None:
     assert "gateway db upgrade" in caught.value.detail
 
 
-def test_database_at_an_unknown_revision_is_refused(store: Store) -> None:
+def test_database_at_an_unknown_revision_is_refused(store: Storage) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(Unavailable) as caught:
@@ -165,7 +160,7 @@ def test_database_at_an_unknown_revision_is_refused(store: Store) -> None:
 # -- constraints ---------------------------------------------------------------------------------
 
 
-def test_issuer_serial_unique_constraint_exists(store: Store) -> None:
+def test_issuer_serial_unique_constraint_exists(store: Storage) -> None:
     constraints = inspect(store.engine).get_unique_constraints("certificates")
     by_name = {c["name"]: c["column_names"] for c in constraints}
     assert by_name.get("uq_certificates_issuer_serial") == ["issuer_id", "serial_hex"]
@@ -189,43 +184,51 @@ def test_duplicate_serial_is_refused_by_the_database(authority: CertificateAutho
         "der": b"\x30\x00",
         "created_at": record.created_at,
     }
-    with pytest.raises(IntegrityError), authority.store.engine.begin() as conn:
+    with pytest.raises(IntegrityError), storage_of(authority).engine.begin() as conn:
         conn.execute(insert(certificates).values(**row))
-    with authority.store.engine.begin() as conn:  # another serial goes in
+    with storage_of(authority).engine.begin() as conn:  # another serial goes in
         conn.execute(insert(certificates).values(**{**row, "serial_hex": "abc"}))
-    assert authority.store.count_certificates() == 2
+    assert storage_of(authority).certificates.count_certificates() == 2
 
 
 def test_duplicate_serial_raises_serial_collision(authority: CertificateAuthority, clock: SettableClock) -> None:
-    store = authority.store
+    store = storage_of(authority)
     issuer_id = authority.issuer.id
-    store.record_issued(_row(issuer_id, "abc", "1" * 64, clock()), AuditEvent("t", "certificate.issued"), clock())
+    store.certificates.record_issued(
+        _row(issuer_id, "abc", "1" * 64, clock()), AuditEvent("t", "certificate.issued"), clock()
+    )
     with pytest.raises(SerialCollision):
-        store.record_issued(_row(issuer_id, "abc", "2" * 64, clock()), AuditEvent("t", "certificate.issued"), clock())
-    assert store.count_certificates() == 1
-    assert len(store.audit_events(action="certificate.issued")) == 1  # rolled back with the row
+        store.certificates.record_issued(
+            _row(issuer_id, "abc", "2" * 64, clock()), AuditEvent("t", "certificate.issued"), clock()
+        )
+    assert store.certificates.count_certificates() == 1
+    assert len(store.audit.audit_events(action="certificate.issued")) == 1  # rolled back with the row
 
 
 def test_duplicate_fingerprint_is_a_conflict_not_a_collision(
     authority: CertificateAuthority, clock: SettableClock
 ) -> None:
-    store = authority.store
+    store = storage_of(authority)
     issuer_id = authority.issuer.id
-    store.record_issued(_row(issuer_id, "abc", "1" * 64, clock()), AuditEvent("t", "certificate.issued"), clock())
+    store.certificates.record_issued(
+        _row(issuer_id, "abc", "1" * 64, clock()), AuditEvent("t", "certificate.issued"), clock()
+    )
     with pytest.raises(Conflict, match="already recorded"):
-        store.record_issued(_row(issuer_id, "abd", "1" * 64, clock()), AuditEvent("t", "certificate.issued"), clock())
+        store.certificates.record_issued(
+            _row(issuer_id, "abd", "1" * 64, clock()), AuditEvent("t", "certificate.issued"), clock()
+        )
 
 
 def test_same_serial_for_another_issuer_is_allowed(authority: CertificateAuthority, clock: SettableClock) -> None:
-    store = authority.store
-    other = store.add_issuer(
+    store = storage_of(authority)
+    other = store.issuers.add_issuer(
         replace(_new_issuer(authority), name="legacy", fingerprint_sha256="e" * 64, kind="legacy"),
         AuditEvent("t", "issuer.added"),
         clock(),
     )
-    store.record_issued(_row(authority.issuer.id, "abc", "1" * 64, clock()), AuditEvent("t", "x"), clock())
-    store.record_issued(_row(other.id, "abc", "2" * 64, clock()), AuditEvent("t", "x"), clock())
-    assert {r.issuer_id for r in store.certificates_by_serial("abc")} == {authority.issuer.id, other.id}
+    store.certificates.record_issued(_row(authority.issuer.id, "abc", "1" * 64, clock()), AuditEvent("t", "x"), clock())
+    store.certificates.record_issued(_row(other.id, "abc", "2" * 64, clock()), AuditEvent("t", "x"), clock())
+    assert {r.issuer_id for r in store.certificates.certificates_by_serial("abc")} == {authority.issuer.id, other.id}
 
 
 def _new_issuer(authority: CertificateAuthority) -> NewIssuer:
@@ -254,45 +257,47 @@ def test_issuer_registered_twice_is_a_conflict(
     authority: CertificateAuthority, clock: SettableClock, change: dict[str, Any]
 ) -> None:
     with pytest.raises(Conflict, match="already registered"):
-        authority.store.add_issuer(replace(_new_issuer(authority), **change), AuditEvent("t", "issuer.added"), clock())
-    assert len(authority.store.list_issuers()) == 1
+        storage_of(authority).issuers.add_issuer(
+            replace(_new_issuer(authority), **change), AuditEvent("t", "issuer.added"), clock()
+        )
+    assert len(storage_of(authority).issuers.list_issuers()) == 1
 
 
 def test_issuer_lookups(authority: CertificateAuthority) -> None:
-    store = authority.store
-    assert store.issuer_by_name("ca") == authority.issuer
-    assert store.issuer_by_id(authority.issuer.id) == authority.issuer
-    assert store.list_issuers() == [authority.issuer]
-    assert store.issuer_by_name("nope") is None
-    assert store.issuer_by_id(authority.issuer.id + 100) is None
+    store = storage_of(authority)
+    assert store.issuers.issuer_by_name("ca") == authority.issuer
+    assert store.issuers.issuer_by_id(authority.issuer.id) == authority.issuer
+    assert store.issuers.list_issuers() == [authority.issuer]
+    assert store.issuers.issuer_by_name("nope") is None
+    assert store.issuers.issuer_by_id(authority.issuer.id + 100) is None
     assert authority.issuer.not_after == authority.certificate.not_valid_after_utc
     assert authority.issuer.not_after.tzinfo is dt.UTC
-    added = store.audit_events(action="issuer.added")
+    added = store.audit.audit_events(action="issuer.added")
     assert [(e.issuer_id, e.detail["name"]) for e in added] == [(authority.issuer.id, "ca")]
 
 
 # -- availability --------------------------------------------------------------------------------
 
 
-def test_ping_on_a_live_database(store: Store) -> None:
-    store.ping()
+def test_ping_on_a_live_database(store: Storage) -> None:
+    store.db.ping()
 
 
 def test_ping_on_a_removed_sqlite_directory_is_unavailable(tmp_path: Path) -> None:
     directory = tmp_path / "gone"
     directory.mkdir()
-    store = Store(create_store_engine(sqlite_url(directory / "gateway.db")))
+    store = Storage.open(create_store_engine(sqlite_url(directory / "gateway.db")))
     try:
-        store.ping()
+        store.db.ping()
         store.engine.dispose()
         shutil.rmtree(directory)
         with pytest.raises(Unavailable, match="store is unavailable") as caught:
-            store.ping()
+            store.db.ping()
         assert "unable to open database file" in caught.value.detail
         with pytest.raises(Unavailable):
-            store.count_certificates()
+            store.certificates.count_certificates()
         with pytest.raises(Unavailable):
-            store.record_audit(AuditEvent("t", "x"), dt.datetime.now(dt.UTC))
+            store.audit.record_audit(AuditEvent("t", "x"), dt.datetime.now(dt.UTC))
     finally:
         store.engine.dispose()
 
@@ -304,7 +309,7 @@ def test_ping_on_an_unreachable_postgresql_is_unavailable() -> None:
     )
     try:
         with pytest.raises(Unavailable, match="store is unavailable"):
-            Store(engine).ping()
+            Storage.open(engine).db.ping()
     finally:
         engine.dispose()
 
@@ -364,7 +369,7 @@ def test_validate_database_url(url: str, problem: str | None) -> None:
 
 
 def test_list_certificates_status_filters(authority: CertificateAuthority, clock: SettableClock) -> None:
-    store = authority.store
+    store = storage_of(authority)
     renewing = Profile(name="renewing", revoke_on_renewal=True, renewal_grace_hours=1)
     valid = _issue(authority, "valid")
     revoked = _issue(authority, "revoked")
@@ -376,7 +381,7 @@ def test_list_certificates_status_filters(authority: CertificateAuthority, clock
     authority.revoke(expired_revoked.record.serial_hex, x509.ReasonFlags.key_compromise, actor="admin")
 
     def ids(status: str | None, now: dt.datetime) -> list[int]:
-        return [r.id for r in store.list_certificates(now=now, status=status)]
+        return [r.id for r in store.certificates.list_certificates(now=now, status=status)]
 
     everything = [valid, revoked, expired, expired_revoked, superseded, successor]
     now = clock()
@@ -392,33 +397,35 @@ def test_list_certificates_status_filters(authority: CertificateAuthority, clock
 
     # The filters agree with each record's own effective_status.
     for status in ("valid", "revoked", "expired"):
-        assert all(r.effective_status(later) == status for r in store.list_certificates(now=later, status=status))
+        assert all(
+            r.effective_status(later) == status for r in store.certificates.list_certificates(now=later, status=status)
+        )
 
 
 def test_list_certificates_paging_and_issuer(authority: CertificateAuthority) -> None:
-    store = authority.store
+    store = storage_of(authority)
     issued = [_issue(authority, f"d{i}").record.id for i in range(5)]
     now = authority.clock()
-    assert [r.id for r in store.list_certificates(now=now, limit=2)] == issued[:2]
-    assert [r.id for r in store.list_certificates(now=now, limit=2, offset=2)] == issued[2:4]
-    assert [r.id for r in store.list_certificates(now=now, offset=4)] == issued[4:]
-    assert [r.id for r in store.list_certificates(now=now, issuer_id=authority.issuer.id)] == issued
-    assert store.list_certificates(now=now, issuer_id=authority.issuer.id + 1) == []
-    assert store.count_certificates(authority.issuer.id) == 5
-    assert store.count_certificates(authority.issuer.id + 1) == 0
+    assert [r.id for r in store.certificates.list_certificates(now=now, limit=2)] == issued[:2]
+    assert [r.id for r in store.certificates.list_certificates(now=now, limit=2, offset=2)] == issued[2:4]
+    assert [r.id for r in store.certificates.list_certificates(now=now, offset=4)] == issued[4:]
+    assert [r.id for r in store.certificates.list_certificates(now=now, issuer_id=authority.issuer.id)] == issued
+    assert store.certificates.list_certificates(now=now, issuer_id=authority.issuer.id + 1) == []
+    assert store.certificates.count_certificates(authority.issuer.id) == 5
+    assert store.certificates.count_certificates(authority.issuer.id + 1) == 0
 
 
-def test_list_certificates_unknown_status(store: Store) -> None:
+def test_list_certificates_unknown_status(store: Storage) -> None:
     with pytest.raises(ValueError, match="unknown status 'active'"):
-        store.list_certificates(now=dt.datetime.now(dt.UTC), status="active")
+        store.certificates.list_certificates(now=dt.datetime.now(dt.UTC), status="active")
 
 
 def test_certificate_lookups_miss(authority: CertificateAuthority) -> None:
-    store = authority.store
-    assert store.certificate(authority.issuer.id, "abc") is None
-    assert store.certificate_by_id(12345) is None
-    assert store.certificate_by_fingerprint("0" * 64) is None
-    assert store.certificates_by_serial("abc") == []
+    store = storage_of(authority)
+    assert store.certificates.certificate(authority.issuer.id, "abc") is None
+    assert store.certificates.certificate_by_id(12345) is None
+    assert store.certificates.certificate_by_fingerprint("0" * 64) is None
+    assert store.certificates.certificates_by_serial("abc") == []
 
 
 def _record(**changes: object) -> CertificateRecord:
@@ -456,46 +463,46 @@ def test_effective_status(record: CertificateRecord, at: dt.datetime, expected: 
 
 
 def test_revoked_entries_revision_and_due_supersessions(authority: CertificateAuthority, clock: SettableClock) -> None:
-    store = authority.store
+    store = storage_of(authority)
     issuer_id = authority.issuer.id
-    assert store.revoked_entries(issuer_id, clock()) == []
-    assert store.crl_revision(issuer_id) == 0
+    assert store.crls.revoked_entries(issuer_id, clock()) == []
+    assert store.crls.crl_revision(issuer_id) == 0
 
     first = _issue(authority, "a")
     clock.advance(minutes=5)
     authority.revoke(first.record.serial_hex, x509.ReasonFlags.unspecified, actor="admin")
     revoked_at = clock()
-    entries = store.revoked_entries(issuer_id, clock())
+    entries = store.crls.revoked_entries(issuer_id, clock())
     assert [(e.serial_hex, e.revoked_at, e.reason) for e in entries] == [
         (first.record.serial_hex, revoked_at, "unspecified")
     ]
-    assert store.crl_revision(issuer_id) == 1  # bumped in the revocation's own transaction
-    assert store.revoked_entries(issuer_id + 1, clock()) == []
+    assert store.crls.crl_revision(issuer_id) == 1  # bumped in the revocation's own transaction
+    assert store.crls.revoked_entries(issuer_id + 1, clock()) == []
 
     renewing = Profile(name="renewing", revoke_on_renewal=True, renewal_grace_hours=1)
     old = _issue(authority, "b", renewing)
     renew(authority, old.record, ec_key().public_key(), renewing, protocol="est", actor="d")
     supersede_at = clock() + dt.timedelta(hours=1)
-    assert store.due_supersessions(issuer_id, clock()) == 0  # the grace period has not ended
+    assert store.crls.due_supersessions(issuer_id, clock()) == 0  # the grace period has not ended
     clock.advance(hours=2)
-    assert store.due_supersessions(issuer_id, clock()) == 1
-    entries = store.revoked_entries(issuer_id, clock())
+    assert store.crls.due_supersessions(issuer_id, clock()) == 1
+    entries = store.crls.revoked_entries(issuer_id, clock())
     assert [(e.serial_hex, e.revoked_at, e.reason) for e in entries] == [
         (first.record.serial_hex, revoked_at, "unspecified"),
         (old.record.serial_hex, supersede_at, "superseded"),
     ]
-    assert store.apply_due_supersessions(clock(), "timer") == 1
-    assert store.due_supersessions(issuer_id, clock()) == 0
-    assert store.crl_revision(issuer_id) == 2
+    assert store.crls.apply_due_supersessions(clock(), "timer") == 1
+    assert store.crls.due_supersessions(issuer_id, clock()) == 0
+    assert store.crls.crl_revision(issuer_id) == 2
 
 
 def test_a_revocation_committed_after_a_crl_read_its_entries_makes_it_due(
     authority: CertificateAuthority, clock: SettableClock
 ) -> None:
     """The race a timestamp comparison misses: the CRL read the entries before the revocation committed."""
-    publisher = CrlPublisher(authority, dt.timedelta(hours=24), dt.timedelta(hours=1))
+    publisher = CrlPublisher(authority, storage_of(authority).crls, dt.timedelta(hours=24), dt.timedelta(hours=1))
     cert = _issue(authority, "late")
-    store = authority.store
+    store = publisher.crls
     original = store.revoked_entries
 
     def entries_then_revocation(issuer_id: int, now: dt.datetime) -> list[RevokedEntry]:
@@ -524,24 +531,26 @@ def _crl(issuer_id: int, number: int, at: dt.datetime) -> CrlRecord:
 
 
 def test_save_crl_never_replaces_a_newer_crl(authority: CertificateAuthority, clock: SettableClock) -> None:
-    store = authority.store
+    store = storage_of(authority)
     issuer_id = authority.issuer.id
-    assert store.latest_crl(issuer_id) is None
-    one, two, three = (store.allocate_crl_number(issuer_id) for _ in range(3))
+    assert store.crls.latest_crl(issuer_id) is None
+    one, two, three = (store.crls.allocate_crl_number(issuer_id) for _ in range(3))
     assert (one, two, three) == (1, 2, 3)
 
-    assert store.save_crl(_crl(issuer_id, two, clock()), AuditEvent("n2", "crl.published", issuer_id), clock())
-    assert not store.save_crl(_crl(issuer_id, one, clock()), AuditEvent("n1", "crl.published", issuer_id), clock())
-    assert not store.save_crl(_crl(issuer_id, two, clock()), AuditEvent("n2b", "crl.published", issuer_id), clock())
-    assert store.latest_crl(issuer_id) == _crl(issuer_id, two, clock())
+    assert store.crls.save_crl(_crl(issuer_id, two, clock()), AuditEvent("n2", "crl.published", issuer_id), clock())
+    assert not store.crls.save_crl(_crl(issuer_id, one, clock()), AuditEvent("n1", "crl.published", issuer_id), clock())
+    assert not store.crls.save_crl(
+        _crl(issuer_id, two, clock()), AuditEvent("n2b", "crl.published", issuer_id), clock()
+    )
+    assert store.crls.latest_crl(issuer_id) == _crl(issuer_id, two, clock())
 
     clock.advance(minutes=1)
-    assert store.save_crl(_crl(issuer_id, three, clock()), AuditEvent("n3", "crl.published", issuer_id), clock())
-    assert store.latest_crl(issuer_id) == _crl(issuer_id, three, clock())
-    assert [e.actor for e in store.audit_events(action="crl.published")] == ["n3", "n2"]
+    assert store.crls.save_crl(_crl(issuer_id, three, clock()), AuditEvent("n3", "crl.published", issuer_id), clock())
+    assert store.crls.latest_crl(issuer_id) == _crl(issuer_id, three, clock())
+    assert [e.actor for e in store.audit.audit_events(action="crl.published")] == ["n3", "n2"]
 
 
-def test_allocate_crl_number_is_unique_under_concurrency(store: Store, authority: CertificateAuthority) -> None:
+def test_allocate_crl_number_is_unique_under_concurrency(store: Storage, authority: CertificateAuthority) -> None:
     issuer_id = authority.issuer.id
     numbers: list[int] = []
     errors: list[BaseException] = []
@@ -551,7 +560,7 @@ def test_allocate_crl_number_is_unique_under_concurrency(store: Store, authority
     def allocate() -> None:
         try:
             start.wait()
-            mine = [store.allocate_crl_number(issuer_id) for _ in range(25)]
+            mine = [store.crls.allocate_crl_number(issuer_id) for _ in range(25)]
         except BaseException as exc:  # reported below
             errors.append(exc)
             return
@@ -567,40 +576,42 @@ def test_allocate_crl_number_is_unique_under_concurrency(store: Store, authority
     assert sorted(numbers) == list(range(1, 101))
 
 
-def test_allocate_crl_number_for_an_unknown_issuer(store: Store) -> None:
+def test_allocate_crl_number_for_an_unknown_issuer(store: Storage) -> None:
     with pytest.raises(Unavailable, match="no CRL counter"):
-        store.allocate_crl_number(424242)
+        store.crls.allocate_crl_number(424242)
 
 
 def test_crl_counters_are_per_issuer(authority: CertificateAuthority, clock: SettableClock) -> None:
-    store = authority.store
-    other = store.add_issuer(
+    store = storage_of(authority)
+    other = store.issuers.add_issuer(
         replace(_new_issuer(authority), name="other", fingerprint_sha256="e" * 64),
         AuditEvent("t", "issuer.added"),
         clock(),
     )
-    assert [store.allocate_crl_number(authority.issuer.id) for _ in range(3)] == [1, 2, 3]
-    assert store.allocate_crl_number(other.id) == 1
+    assert [store.crls.allocate_crl_number(authority.issuer.id) for _ in range(3)] == [1, 2, 3]
+    assert store.crls.allocate_crl_number(other.id) == 1
 
 
 # -- audit log and time --------------------------------------------------------------------------
 
 
-def test_audit_events_newest_first_filtered_and_limited(store: Store, clock: SettableClock) -> None:
+def test_audit_events_newest_first_filtered_and_limited(store: Storage, clock: SettableClock) -> None:
     for i in range(5):
-        store.record_audit(AuditEvent(f"actor{i}", "a" if i % 2 else "b", None, None, {"i": i, "s": "é"}), clock())
+        store.audit.record_audit(
+            AuditEvent(f"actor{i}", "a" if i % 2 else "b", None, None, {"i": i, "s": "é"}), clock()
+        )
         clock.advance(seconds=1)
-    assert [e.actor for e in store.audit_events()] == ["actor4", "actor3", "actor2", "actor1", "actor0"]
-    assert [e.actor for e in store.audit_events(action="a")] == ["actor3", "actor1"]
-    assert [e.actor for e in store.audit_events(limit=2)] == ["actor4", "actor3"]
-    assert store.audit_events(action="b")[0].detail == {"i": 4, "s": "é"}
-    assert store.audit_events(action="none") == []
+    assert [e.actor for e in store.audit.audit_events()] == ["actor4", "actor3", "actor2", "actor1", "actor0"]
+    assert [e.actor for e in store.audit.audit_events(action="a")] == ["actor3", "actor1"]
+    assert [e.actor for e in store.audit.audit_events(limit=2)] == ["actor4", "actor3"]
+    assert store.audit.audit_events(action="b")[0].detail == {"i": 4, "s": "é"}
+    assert store.audit.audit_events(action="none") == []
 
 
-def test_times_are_stored_as_utc_and_returned_aware(store: Store) -> None:
+def test_times_are_stored_as_utc_and_returned_aware(store: Storage) -> None:
     local = dt.datetime(2026, 3, 1, 14, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    store.record_audit(AuditEvent("t", "tz"), local)
-    event = store.audit_events(action="tz")[0]
+    store.audit.record_audit(AuditEvent("t", "tz"), local)
+    event = store.audit.audit_events(action="tz")[0]
     assert event.occurred_at == local
     assert event.occurred_at.tzinfo is dt.UTC
     assert event.occurred_at.hour == 12
@@ -609,8 +620,8 @@ def test_times_are_stored_as_utc_and_returned_aware(store: Store) -> None:
     assert "12:30:15" in str(raw)
 
 
-def test_naive_datetimes_are_refused(store: Store) -> None:
+def test_naive_datetimes_are_refused(store: Storage) -> None:
     with pytest.raises(StatementError, match="naive datetime"):  # SQLAlchemy wraps the ValueError
-        store.record_audit(AuditEvent("t", "naive"), dt.datetime(2026, 1, 1))
+        store.audit.record_audit(AuditEvent("t", "naive"), dt.datetime(2026, 1, 1))
     with store.engine.connect() as conn:
         assert conn.execute(select(text("count(*)")).select_from(text("audit_events"))).scalar_one() == 0

@@ -14,17 +14,18 @@ import click
 from gateway.cli.output import format_option, render
 from gateway.cli.support import actor, config_options, hidden_alias, load_cli_config
 from shared_ca.authority import utcnow
-from shared_ca.storage.admin import AdminTokenStore, check_token_name
+from shared_ca.storage.admin import AdminTokens, check_token_name
+from shared_ca.storage.database import Database
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 
 
 @contextlib.contextmanager
-def _admin_tokens(data_dir: Path, config_file: Path | None) -> Iterator[AdminTokenStore]:
-    """The admin-token store of the configured database (no key material needed)."""
+def _admin_tokens(data_dir: Path, config_file: Path | None) -> Iterator[AdminTokens]:
+    """The admin tokens of the configured database (no key material needed)."""
     engine = create_store_engine(load_cli_config(data_dir, config_file).database_url)
     try:
         require_schema_at_head(engine)
-        yield AdminTokenStore(engine)
+        yield AdminTokens(Database(engine))
     finally:
         engine.dispose()
 

@@ -35,7 +35,7 @@ def ca_show(data_dir: Path, config_file: Path | None, fmt: str) -> None:
         "sha256": fingerprint(cert),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
-        "certificates_issued": gw.store.count_certificates(gw.authority.issuer.id),
+        "certificates_issued": gw.storage.certificates.count_certificates(gw.authority.issuer.id),
         "crl_url": gw.authority.urls.crl(gw.authority.name),
         "ocsp_url": gw.authority.urls.ocsp(),
         "ra_subject": gw.ra_certificate.subject.rfc4514_string(),
@@ -53,7 +53,7 @@ def _next_ca_fields(gw: Gateway) -> dict[str, Any]:
 
     reply = gw.scep.next_ca_certificates()
     served = parse_next_ca_reply(reply, ra_cert=gw.ra_certificate) if reply is not None else []
-    return next_ca_summary(gw.store, tuple(served))
+    return next_ca_summary(gw.storage.issuers, tuple(served))
 
 
 @ca.command("rollover")

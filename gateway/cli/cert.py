@@ -18,7 +18,7 @@ from shared_ca.authorization import ADMIN_PROTOCOL, CertificateRequest, Principa
 from shared_ca.csr import load_csr
 from shared_ca.errors import NotFound
 from shared_ca.serials import parse_serial, serial_hex
-from shared_ca.storage.repository import CertificateRecord
+from shared_ca.storage.certificates import CertificateRecord
 
 
 @click.group("cert")
@@ -94,10 +94,10 @@ def cert_list(data_dir: Path, config_file: Path | None, status: str | None, fmt:
     """List certificates, oldest first."""
     gw = open_cli_gateway(data_dir, config_file)
     now = utcnow()
-    names = {i.id: i.name for i in gw.store.list_issuers()}
+    names = {i.id: i.name for i in gw.storage.issuers.list_issuers()}
     rows = [
         _cert_row(r, names.get(r.issuer_id, "?"), now)
-        for r in gw.store.list_certificates(now=now, status=status, limit=limit)
+        for r in gw.storage.certificates.list_certificates(now=now, status=status, limit=limit)
     ]
     columns = ["serial", "status", "not_after", "profile", "protocol", "subject"]
     if fmt != "table":
@@ -110,7 +110,7 @@ def _find(gw: Gateway, serial_text: str) -> CertificateRecord:
         serial = serial_hex(parse_serial(serial_text))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="SERIAL") from None
-    found = gw.store.certificates_by_serial(serial)
+    found = gw.storage.certificates.certificates_by_serial(serial)
     if not found:
         raise NotFound(f"no certificate with serial {serial}")
     if len(found) > 1:
@@ -130,7 +130,7 @@ def cert_show(data_dir: Path, config_file: Path | None, serial: str, fmt: str, p
     if pem:
         click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode("ascii"), nl=False)
         return
-    names = {i.id: i.name for i in gw.store.list_issuers()}
+    names = {i.id: i.name for i in gw.storage.issuers.list_issuers()}
     click.echo(render_mapping(_cert_row(record, names.get(record.issuer_id, "?"), utcnow()), fmt), nl=False)
 
 

@@ -48,7 +48,7 @@ def challenge_add(
         )
     lifetime = _duration(ttl)
     secret = new_one_time_challenge(
-        gw.store,
+        gw.storage.enrollments,
         device,
         profile.name,
         lifetime,

@@ -18,10 +18,11 @@ from gateway.cli.output import format_option, render
 from gateway.cli.support import actor, config_options, load_cli_config, parse_time, refuse
 from gateway.config import GatewayConfig
 from shared_ca.authority import utcnow
+from shared_ca.storage.database import Database
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.est_users import (
     EstUserRecord,
-    EstUserStore,
+    EstUsers,
     check_est_user_name,
     hash_generated_secret,
     hash_password,
@@ -33,12 +34,12 @@ MAX_USES = 1_000_000
 
 
 @contextlib.contextmanager
-def _est_users(config: GatewayConfig) -> Iterator[EstUserStore]:
-    """The EST user store of the configured database (no key material needed)."""
+def _est_users(config: GatewayConfig) -> Iterator[EstUsers]:
+    """The EST users of the configured database (no key material needed)."""
     engine = create_store_engine(config.database_url)
     try:
         require_schema_at_head(engine)
-        yield EstUserStore(engine)
+        yield EstUsers(Database(engine))
     finally:
         engine.dispose()
 

@@ -128,7 +128,7 @@ def load_cli_config(data_dir: Path, config_file: Path | None, overrides: dict[st
 def open_cli_gateway(data_dir: Path, config_file: Path | None) -> Gateway:
     gateway = open_gateway(load_cli_config(data_dir, config_file))
     # Close the pooled database connections when the command ends, successful or not.
-    click.get_current_context().call_on_close(gateway.store.engine.dispose)
+    click.get_current_context().call_on_close(gateway.storage.db.dispose)
     return gateway
 
 

@@ -1,1 +1,1 @@
-"""Storage: schema, engine set-up, migrations and the repository. All SQL of the CA lives here."""
+"""Storage: schema, engine set-up, migrations and the repositories. All SQL of the CA lives here."""

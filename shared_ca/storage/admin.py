@@ -21,7 +21,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, NotFound
-from shared_ca.storage.repository import AuditEvent, Store
+from shared_ca.storage.audit import AuditEvent, write_audit
+from shared_ca.storage.database import Database
 from shared_ca.storage.schema import admin_tokens
 
 ADMIN_SCOPE = "admin"
@@ -87,8 +88,11 @@ def _record(row: RowMapping) -> AdminTokenRecord:
     )
 
 
-class AdminTokenStore(Store):
+class AdminTokens:
     """Create, authenticate, list and disable admin tokens."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def create_admin_token(
         self, name: str, *, created_by: str, now: dt.datetime, scopes: Sequence[str] = (ADMIN_SCOPE,)
@@ -99,7 +103,7 @@ class AdminTokenStore(Store):
             raise ValueError(f"scopes must be a non-empty list of lower-case words, not {list(scopes)!r}")
         token = secrets.token_urlsafe(TOKEN_BYTES)
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 row = (
                     conn.execute(
                         insert(admin_tokens)
@@ -116,7 +120,7 @@ class AdminTokenStore(Store):
                     .one()
                 )
                 detail = {"token": row["id"], "name": name, "scopes": list(scopes)}
-                self._audit(conn, AuditEvent(created_by, "admin_token.created", detail=detail), now)
+                write_audit(conn, AuditEvent(created_by, "admin_token.created", detail=detail), now)
         except IntegrityError as exc:
             raise Conflict(f"an admin token named {name!r} already exists") from exc
         return NewAdminToken(_record(row), token)
@@ -129,7 +133,7 @@ class AdminTokenStore(Store):
         """
         digest = admin_token_sha256(token)
         t = admin_tokens.c
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = (
                 conn.execute(
                     update(admin_tokens)
@@ -146,7 +150,7 @@ class AdminTokenStore(Store):
 
     def admin_token_for_secret(self, token: str) -> AdminTokenRecord | None:
         """The token `token` is, active or not, without touching it (to log why it was refused)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = (
                 conn.execute(select(admin_tokens).where(admin_tokens.c.token_sha256 == admin_token_sha256(token)))
                 .mappings()
@@ -155,20 +159,20 @@ class AdminTokenStore(Store):
         return _record(row) if row else None
 
     def admin_token(self, name: str) -> AdminTokenRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(admin_tokens).where(admin_tokens.c.name == name)).mappings().first()
         return _record(row) if row else None
 
     def list_admin_tokens(self) -> list[AdminTokenRecord]:
         """Every token, disabled ones too, oldest first."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(select(admin_tokens).order_by(admin_tokens.c.id)).mappings().all()
         return [_record(r) for r in rows]
 
     def disable_admin_token(self, name: str, *, actor: str, now: dt.datetime) -> AdminTokenRecord:
         """Disable the token named `name` for good; NotFound when there is none. Disabling twice is a no-op."""
         t = admin_tokens.c
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = (
                 conn.execute(
                     update(admin_tokens)
@@ -181,7 +185,7 @@ class AdminTokenStore(Store):
             )
             if row is not None:
                 detail = {"token": row["id"], "name": name}
-                self._audit(conn, AuditEvent(actor, "admin_token.disabled", detail=detail), now)
+                write_audit(conn, AuditEvent(actor, "admin_token.disabled", detail=detail), now)
         if row is not None:
             return _record(row)
         existing = self.admin_token(name)

@@ -21,6 +21,8 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, NotFound
+from shared_ca.storage.audit import AuditEvent, write_audit
+from shared_ca.storage.database import Database
 from shared_ca.storage.enrollment_records import (
     EnrollmentEvent,
     NewScepTransaction,
@@ -29,7 +31,6 @@ from shared_ca.storage.enrollment_records import (
     write_enrollment_event,
     write_scep_transaction,
 )
-from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import approval_requests, certificates, scep_transactions
 
 MAX_PRINCIPAL_NAME = 255
@@ -120,9 +121,12 @@ def _is_key_violation(exc: IntegrityError) -> bool:
     return "uq_approval_requests_protocol_key" in message or "approval_requests.protocol" in message
 
 
-class ApprovalStore(Store):
+class Approvals:
     """Hold, find, list and reject queued requests. Approving is issuing: `record_issued` with
     `CompletePending`, so a request is approved once, in the issuance's own transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def hold(
         self,
@@ -138,7 +142,7 @@ class ApprovalStore(Store):
             raise ValueError("the SCEP transaction of a held request is 'pending'")
         values = dict(vars(new), principal_name=new.principal_name[:MAX_PRINCIPAL_NAME])
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 approval_id = conn.execute(
                     insert(approval_requests)
                     .values(**values, status="pending", created_at=now)
@@ -166,7 +170,7 @@ class ApprovalStore(Store):
         )
 
     def approval(self, approval_id: int) -> ApprovalRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(_query().where(approval_requests.c.id == approval_id)).mappings().first()
         return _record(row) if row else None
 
@@ -174,7 +178,7 @@ class ApprovalStore(Store):
         """The queued request of `protocol` with this key, whatever its status."""
         a = approval_requests.c
         query = _query().where(and_(a.protocol == protocol, a.request_key == request_key))
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).mappings().first()
         return _record(row) if row else None
 
@@ -191,7 +195,7 @@ class ApprovalStore(Store):
             query = query.where(a.status == status)
         if profile is not None:
             query = query.where(a.profile == profile)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [_record(r) for r in conn.execute(query).mappings().all()]
 
     def claim_deferred(self, now: dt.datetime, lease_until: dt.datetime) -> ApprovalRecord | None:
@@ -200,11 +204,11 @@ class ApprovalStore(Store):
         one gets each request; a claim that lapsed (its worker died) is claimed again."""
         a = approval_requests.c
         free = and_(a.deferred.is_(True), a.status == "pending", or_(a.claimed_until.is_(None), a.claimed_until < now))
-        with self._read() as conn:  # most polls find nothing: no write transaction for them (SQLite's one writer)
+        with self.db.read() as conn:  # most polls find nothing: no write transaction for them (SQLite's one writer)
             candidate = conn.execute(select(a.id).where(free).order_by(a.id).limit(1)).scalar()
         if candidate is None:
             return None
-        with self._write() as conn:
+        with self.db.write() as conn:
             claimed = conn.execute(
                 update(approval_requests).where(and_(a.id == candidate, free)).values(claimed_until=lease_until)
             ).rowcount
@@ -214,7 +218,7 @@ class ApprovalStore(Store):
         """Refuse a pending request: EST's next retry gets 403 with `reason`, SCEP's next CertPoll FAILURE
         badRequest with it. NotFound or Conflict (not pending)."""
         a = approval_requests.c
-        with self._write() as conn:
+        with self.db.write() as conn:
             changed = conn.execute(
                 update(approval_requests)
                 .where(and_(a.id == approval_id, a.status == "pending"))
@@ -230,7 +234,7 @@ class ApprovalStore(Store):
                 .where(and_(t.approval_id == approval_id, t.status == "pending"))
                 .values(status="rejected", fail_info="badRequest", fail_info_text=reason, updated_at=now)
             )
-            self._audit(
+            write_audit(
                 conn,
                 AuditEvent(actor, "request.rejected", detail={"request": approval_id, "reason": reason}),
                 now,

@@ -261,7 +261,7 @@ class ConnectionGate:
     """Bounds the database work of one engine that may run at once in this process, so that a pool
     checkout never waits on itself.
 
-    A request can hold two connections at once (a `Store.reading()` scope, and a write inside it). In a
+    A request can hold two connections at once (a `Database.reading()` scope, and a write inside it). In a
     gevent worker a hundred requests reach the database together; once each holds its first connection
     and waits for a second, none finishes, and all of them wait for the pool timeout (30 s) before
     failing. The gate admits at most `permits` outermost scopes; the scopes nested in one (the same
@@ -294,7 +294,7 @@ _GATES_HELD: ContextVar[frozenset[ConnectionGate]] = ContextVar("gateway_connect
 
 @dataclass(frozen=True)
 class EngineGates:
-    """What the Stores of one engine share: the writer queue and the connection gate."""
+    """What the Databases of one engine share: the writer queue and the connection gate."""
 
     writers: AbstractContextManager[None]
     connections: Callable[[], AbstractContextManager[None]]
@@ -318,7 +318,7 @@ def _register_gates(engine: Engine, timeout: float) -> EngineGates:
 
 
 def engine_gates(engine: Engine) -> EngineGates:
-    """The gates every Store on `engine` passes (one set per engine, however many Stores use it): a
+    """The gates every Database on `engine` passes (one set per engine, however many use it): a
     SqliteWriterGate for SQLite writers, and a ConnectionGate sized to a queue pool."""
     with _ENGINE_GATES_LOCK:
         gates = _ENGINE_GATES.get(engine)

@@ -75,16 +75,6 @@ def check_device_fields(identity: str, group: str | None, owner: str | None, tag
         raise InvalidRequest(f"tags: at most {MAX_TAGS} tags")
 
 
-def insert_ignoring_conflict(conn: Connection, rows: list[dict[str, object]]) -> int:
-    """Insert devices, leaving every identity that exists alone; how many were inserted."""
-    if not rows:
-        return 0
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(devices).on_conflict_do_nothing(index_elements=["identity"]).returning(devices.c.id)
-    # executemany reports no rowcount on psycopg; RETURNING (batched by SQLAlchemy) counts the new rows.
-    return len(conn.execute(statement, rows).all())
-
-
 def new_device_row(device: NewDevice, now: dt.datetime) -> dict[str, object]:
     return {
         "identity": device.identity,

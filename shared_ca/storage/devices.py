@@ -26,14 +26,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
 from shared_ca.errors import InvalidRequest, NotFound
-from shared_ca.storage.device_contacts import (
-    NewDevice,
-    check_device_fields,
-    insert_ignoring_conflict,
-    new_device_row,
-)
+from shared_ca.storage.audit import AuditEvent, write_audit
+from shared_ca.storage.database import Database
+from shared_ca.storage.device_contacts import NewDevice, check_device_fields
 from shared_ca.storage.prepared import PreparedStatement
-from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import MAPPING_MODES, certificates, device_groups, devices
 
 
@@ -92,7 +88,7 @@ def _group(row: RowMapping) -> GroupRecord:
     return GroupRecord(**{name: row[name] for name in GroupRecord.__dataclass_fields__})
 
 
-__all__ = ["DeviceRecord", "DeviceStore", "GroupRecord", "NewDevice", "ScepGate"]
+__all__ = ["DeviceRecord", "Devices", "GroupRecord", "NewDevice", "ScepGate"]
 
 _GATE = PreparedStatement(
     select(devices.c.state, devices.c.group_name, device_groups.c.sunset_at, device_groups.c.allow_downgrade)
@@ -101,13 +97,16 @@ _GATE = PreparedStatement(
 )  # read on every SCEP enrollment
 
 
-class DeviceStore(Store):
+class Devices:
     """Devices and groups: look-ups, imports, mapping, sunset policy and retirement."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # -- devices ------------------------------------------------------------------------------------
 
     def device(self, identity: str) -> DeviceRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(devices).where(devices.c.identity == identity)).mappings().first()
         return _device(row) if row else None
 
@@ -128,14 +127,8 @@ class DeviceStore(Store):
             query = query.where(d.group_name == group)
         if limit is not None:
             query = query.limit(limit)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [_device(r) for r in conn.execute(query).mappings().all()]
-
-    def add_devices(self, new: Sequence[NewDevice], now: dt.datetime) -> int:
-        """Insert devices in one transaction, leaving every identity already known alone; how many
-        were new (imports are idempotent: running one twice adds nothing)."""
-        with self._write() as conn:
-            return insert_ignoring_conflict(conn, [new_device_row(device, now) for device in new])
 
     def annotate(
         self,
@@ -153,7 +146,7 @@ class DeviceStore(Store):
             values["group_name"] = group
         if owner is not None:
             values["owner"] = owner
-        with self._write() as conn:
+        with self.db.write() as conn:
             changed = conn.execute(update(devices).where(devices.c.identity == identity).values(**values)).rowcount
         return bool(changed)
 
@@ -165,7 +158,7 @@ class DeviceStore(Store):
         if mode not in MAPPING_MODES:
             raise InvalidRequest(f"mode: must be one of {', '.join(MAPPING_MODES)}")
         d = devices.c
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = (
                 conn.execute(
                     update(devices)
@@ -189,12 +182,12 @@ class DeviceStore(Store):
 
     def mapped_label(self, identity: str) -> str | None:
         """The EST label the device was mapped to; None when unmapped or mapped to the default label."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             return conn.execute(select(devices.c.est_label).where(devices.c.identity == identity)).scalar()
 
     def scep_gate(self, identity: str) -> ScepGate | None:
         """The device's state and its group's sunset policy, in one query; None for an unknown device."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = _GATE.first(conn, {"identity": identity})
         if row is None:
             return None
@@ -215,7 +208,7 @@ class DeviceStore(Store):
             )
             .exists()
         )
-        with self._write() as conn:
+        with self.db.write() as conn:
             changed = conn.execute(
                 update(devices)
                 .where(d.state != "retired", d.certificate_id.is_not(None), gone)
@@ -226,12 +219,12 @@ class DeviceStore(Store):
     # -- groups -------------------------------------------------------------------------------------
 
     def group(self, name: str) -> GroupRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(device_groups).where(device_groups.c.name == name)).mappings().first()
         return _group(row) if row else None
 
     def groups(self) -> list[GroupRecord]:
-        with self._read() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(select(device_groups).order_by(device_groups.c.name)).mappings().all()
         return [_group(r) for r in rows]
 
@@ -241,17 +234,17 @@ class DeviceStore(Store):
         """Set a group's SCEP sunset date (None: no sunset) and whether migrated devices may use SCEP again."""
         check_device_fields("-", name, None, ())
         values = {"sunset_at": sunset_at, "allow_downgrade": allow_downgrade, "updated_at": now}
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        dialect = postgresql if self.db.engine.dialect.name == "postgresql" else sqlite
         statement = dialect.insert(device_groups).values(name=name, **values)
         statement = statement.on_conflict_do_update(index_elements=["name"], set_=values)
-        with self._write() as conn:
+        with self.db.write() as conn:
             conn.execute(statement)
             detail = {
                 "group": name,
                 "sunset_at": sunset_at.isoformat() if sunset_at else None,
                 "allow_downgrade": allow_downgrade,
             }
-            self._audit(conn, AuditEvent(actor, "device_group.policy", detail=detail), now)
+            write_audit(conn, AuditEvent(actor, "device_group.policy", detail=detail), now)
         return GroupRecord(name, sunset_at, allow_downgrade, now)
 
 

@@ -18,6 +18,8 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict
+from shared_ca.storage.audit import AuditEvent, write_audit
+from shared_ca.storage.database import Database
 from shared_ca.storage.enrollment_records import (
     EnrollmentEvent,
     EnrollmentRecord,
@@ -30,7 +32,6 @@ from shared_ca.storage.enrollment_records import (
     write_scep_transaction,
 )
 from shared_ca.storage.prepared import PreparedStatement
-from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import (
     UTCDateTime,
     certificates,
@@ -107,8 +108,11 @@ class FailureCount:
     locked_until: dt.datetime | None
 
 
-class EnrollmentStore(Store):
-    """The CA's Store plus what both protocols record about enrollments."""
+class Enrollments:
+    """What both protocols record about enrollments: events, SCEP transactions, challenges, lockout."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # -- enrollment events ------------------------------------------------------------------------
 
@@ -117,7 +121,7 @@ class EnrollmentStore(Store):
 
         An issued certificate's event goes through `record_issued(..., enrollment=...)` instead.
         """
-        with self._write() as conn:
+        with self.db.write() as conn:
             return write_enrollment_event(conn, event, now)
 
     def enrollment_events(
@@ -130,14 +134,14 @@ class EnrollmentStore(Store):
             query = query.where(e.device_identity == device_identity)
         if transaction_id is not None:
             query = query.where(e.transaction_id == transaction_id)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [enrollment_record(r) for r in conn.execute(query).mappings().all()]
 
     # -- SCEP transactions ------------------------------------------------------------------------
 
     def scep_transaction(self, signer_key_sha256: str, transaction_id: str) -> ScepTransactionRecord | None:
         """The transaction of this signer key and transactionID, with its certificate when issued."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = _TRANSACTION_BY_SIGNER.first(
                 conn, {"signer_key": signer_key_sha256, "transaction_id": transaction_id}
             )
@@ -145,7 +149,7 @@ class EnrollmentStore(Store):
 
     def scep_transaction_by_id(self, scep_transaction_id: int) -> ScepTransactionRecord | None:
         query = _transactions_query().where(scep_transactions.c.id == scep_transaction_id)
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).mappings().first()
         return _scep_transaction(row) if row else None
 
@@ -159,7 +163,7 @@ class EnrollmentStore(Store):
         if txn.status == "issued":
             raise ValueError("an issued SCEP transaction is recorded with its certificate by record_issued")
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 row_id = write_scep_transaction(conn, txn, now)
                 write_enrollment_event(conn, event, now)
         except IntegrityError as exc:
@@ -204,7 +208,7 @@ class EnrollmentStore(Store):
         if uses < 1:
             raise ValueError("a challenge has at least one use")
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 row = (
                     conn.execute(
                         insert(scep_challenges)
@@ -224,7 +228,7 @@ class EnrollmentStore(Store):
                     .one()
                 )
                 detail = {"challenge": row["id"], "device": device_id, "profile": profile, "uses": uses}
-                self._audit(conn, AuditEvent(created_by, "scep.challenge.created", detail=detail), now)
+                write_audit(conn, AuditEvent(created_by, "scep.challenge.created", detail=detail), now)
         except IntegrityError as exc:
             raise Conflict("this challenge secret is already stored") from exc
         return _challenge(row)
@@ -249,13 +253,13 @@ class EnrollmentStore(Store):
                 or_(c.expected_subject.is_(None), c.expected_subject == subject),
             )
         )
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).mappings().first()
         return _challenge(row) if row else None
 
     def challenge(self, secret_sha256: str) -> ChallengeRecord | None:
         """A stored challenge by the hash of its secret (to log why one was not accepted)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = (
                 conn.execute(select(scep_challenges).where(scep_challenges.c.secret_sha256 == secret_sha256))
                 .mappings()
@@ -268,7 +272,7 @@ class EnrollmentStore(Store):
         many. Until then a refused reuse is still logged as what it is (ScepService reads `challenge`)."""
         c = scep_challenges.c
         spent = and_(c.uses_left <= 0, c.created_at <= cutoff)
-        with self._write() as conn:
+        with self.db.write() as conn:
             return int(conn.execute(delete(scep_challenges).where(or_(c.expires_at <= cutoff, spent))).rowcount)
 
     # -- lockout ----------------------------------------------------------------------------------
@@ -301,7 +305,7 @@ class EnrollmentStore(Store):
         lock_until = now + lock_for
         window_start = now - window
         counts = {}
-        with self._write() as conn:
+        with self.db.write() as conn:
             for key in sorted(thresholds):  # one order for every writer: no deadlock on PostgreSQL
                 count, locked_until = _upsert_failure(conn, key, now, window_start, thresholds[key], lock_until)
                 counts[key] = FailureCount(count, locked_until)
@@ -317,7 +321,7 @@ class EnrollmentStore(Store):
         found: dict[str, dt.datetime] = {}
         if not wanted:
             return found
-        with self._read() as conn:
+        with self.db.read() as conn:
             for i in range(0, len(wanted), LOCK_KEYS):
                 batch = wanted[i : i + LOCK_KEYS]
                 batch += [batch[-1]] * (LOCK_KEYS - len(batch))  # a fixed set of binds: compiled once
@@ -332,7 +336,7 @@ class EnrollmentStore(Store):
         lock, if any, lifted by `now`; how many."""
         f = challenge_failures.c
         lapsed = and_(f.first_failure_at <= lapsed_before, or_(f.locked_until.is_(None), f.locked_until <= now))
-        with self._write() as conn:
+        with self.db.write() as conn:
             return int(conn.execute(delete(challenge_failures).where(lapsed)).rowcount)
 
 

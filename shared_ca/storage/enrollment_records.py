@@ -1,6 +1,6 @@
 """What the enrollment tables hold, and the writes that join an issuance's database transaction.
 
-`Store.record_issued` (repository.py) and `EnrollmentStore` (enrollment.py) both use the writers
+`Certificates.record_issued` (certificates.py) and `Enrollments` (enrollment.py) both use the writers
 here, so an enrollment event and a SCEP transaction are recorded in the same transaction as the
 certificate they describe.
 """
@@ -45,7 +45,7 @@ def _check_client_values(transaction_id: str | None, device_identity: str | None
 class TransactionExists(Conflict):
     """The (signer key, transactionID) pair is already recorded; nothing of this write was kept.
 
-    The caller reads the recorded transaction (`EnrollmentStore.scep_transaction`) and answers a
+    The caller reads the recorded transaction (`Enrollments.scep_transaction`) and answers a
     retransmission with its answer.
     """
 

@@ -35,8 +35,9 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, NotFound
+from shared_ca.storage.audit import AuditEvent, write_audit
+from shared_ca.storage.database import Database
 from shared_ca.storage.prepared import PreparedStatement
-from shared_ca.storage.repository import AuditEvent, Store
 from shared_ca.storage.schema import EST_USER_KINDS, Id, UTCDateTime, est_users
 
 _log = logging.getLogger(__name__)
@@ -188,8 +189,11 @@ _CONSUME = (
 _REFUND = update(est_users).where(_u.id == _USER_ID, _u.uses_left.is_not(None)).values(uses_left=_u.uses_left + 1)
 
 
-class EstUserStore(Store):
+class EstUsers:
     """Add, look up, list and disable EST users; spend and refund their uses."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def add_est_user(
         self,
@@ -223,7 +227,7 @@ class EstUserStore(Store):
         if expires_at is not None and expires_at <= now:
             raise ValueError(f"expires_at must be in the future, not {expires_at.isoformat()}")
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 row = (
                     conn.execute(
                         insert(est_users)
@@ -244,31 +248,31 @@ class EstUserStore(Store):
                     .one()
                 )
                 detail = {"est_user": row["id"], "name": name, "kind": kind, "labels": list(labels), "uses": uses_left}
-                self._audit(conn, AuditEvent(created_by, "est_user.created", detail=detail), now)
+                write_audit(conn, AuditEvent(created_by, "est_user.created", detail=detail), now)
         except IntegrityError as exc:
             raise Conflict(f"an EST user named {name!r} already exists") from exc
         return _record(row)
 
     def est_user(self, name: str) -> EstUserRecord | None:
         """The user named `name`, whatever its state; None when there is none."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = _BY_NAME.first(conn, {"name": name})
         return _record(row) if row else None
 
     def est_user_by_id(self, user_id: int) -> EstUserRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(est_users).where(_u.id == user_id)).mappings().first()
         return _record(row) if row else None
 
     def list_est_users(self) -> list[EstUserRecord]:
         """Every user, disabled ones too, oldest first."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(select(est_users).order_by(_u.id)).mappings().all()
         return [_record(r) for r in rows]
 
     def disable_est_user(self, name: str, *, actor: str, now: dt.datetime) -> EstUserRecord:
         """Disable the user named `name` for good; NotFound when there is none, Conflict when it already is."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = (
                 conn.execute(
                     update(est_users)
@@ -281,7 +285,7 @@ class EstUserStore(Store):
             )
             if row is not None:
                 detail = {"est_user": row["id"], "name": name}
-                self._audit(conn, AuditEvent(actor, "est_user.disabled", detail=detail), now)
+                write_audit(conn, AuditEvent(actor, "est_user.disabled", detail=detail), now)
         if row is not None:
             return _record(row)
         existing = self.est_user(name)
@@ -299,10 +303,10 @@ class EstUserStore(Store):
         so of N concurrent attempts on a credential with k uses left exactly k win, on any number of
         workers and hosts.
         """
-        with self._write() as conn:
+        with self.db.write() as conn:
             return conn.execute(_CONSUME, {"user_id": user_id, "now": now}).rowcount == 1
 
     def refund_use(self, user_id: int) -> None:
         """Give back one use spent by `consume_use` when the issuance was then refused (no-op when unlimited)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             conn.execute(_REFUND, {"user_id": user_id})

@@ -27,8 +27,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import ColumnElement
 
 from shared_ca.errors import Conflict, InvalidRequest
+from shared_ca.storage.audit import AuditEvent, write_audit
+from shared_ca.storage.database import Database
 from shared_ca.storage.device_contacts import NewDevice, new_device_row
-from shared_ca.storage.repository import AuditEvent, IssuerRecord, NewIssuer, Store
+from shared_ca.storage.issuers import IssuerRecord, NewIssuer, issuer_record
 from shared_ca.storage.schema import UTCDateTime, certificates, crl_publications, devices, issuers
 
 CHUNK = 1000  # rows per transaction
@@ -154,24 +156,25 @@ _ANNOTATE = (
 )
 
 
-class InventoryStore(Store):
+class InventoryRecords:
     """Legacy issuers, imported certificates and devices, and MDM annotations, in batches."""
 
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
     def _session(self, dry_run: bool) -> AbstractContextManager[Connection]:
-        return self._read() if dry_run else self._write()
+        return self.db.read() if dry_run else self.db.write()
 
     @staticmethod
     def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that can take ON CONFLICT DO NOTHING, in the connection's dialect."""
         return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
-    # -- issuers ------------------------------------------------------------------------------------
-
     def issuer_by_fingerprint(self, fingerprint_sha256: str) -> IssuerRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(issuers).where(issuers.c.fingerprint_sha256 == fingerprint_sha256)).mappings()
             found = row.first()
-        return self._issuer(found) if found else None
+        return issuer_record(found) if found else None
 
     def register_legacy_issuer(self, issuer: NewIssuer, actor: str, now: dt.datetime) -> LegacyRegistration:
         """Trust a legacy CA until `issuer.trust_until`; idempotent by fingerprint. Given again, its
@@ -180,14 +183,14 @@ class InventoryStore(Store):
         if issuer.kind != "legacy":
             raise ValueError("register_legacy_issuer registers kind 'legacy' only")
         i = issuers.c
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = conn.execute(select(issuers).where(i.fingerprint_sha256 == issuer.fingerprint_sha256)).mappings()
             existing = row.first()
             if existing is None:
                 if issuer.trust_until is None:
                     raise InvalidRequest("trust_until: a legacy CA is registered with the end of its migration window")
                 return self._add_legacy(conn, issuer, actor, now)
-            record = self._issuer(existing)
+            record = issuer_record(existing)
             if record.kind != "legacy":
                 raise Conflict(
                     f"CA {record.subject!r} is this gateway's issuer {record.name!r} (kind {record.kind}), "
@@ -201,7 +204,7 @@ class InventoryStore(Store):
                 "trust_until": issuer.trust_until.isoformat(),
                 "previous": record.trust_until.isoformat() if record.trust_until else None,
             }
-            self._audit(conn, AuditEvent(actor, "issuer.trust_window", record.id, None, detail), now)
+            write_audit(conn, AuditEvent(actor, "issuer.trust_window", record.id, None, detail), now)
         updated = dataclasses.replace(record, trust_until=issuer.trust_until)
         return LegacyRegistration(updated, created=False, trust_changed=True)
 
@@ -219,7 +222,7 @@ class InventoryStore(Store):
             raise Conflict(f"issuer name {issuer.name!r} is taken by another certificate") from exc
         if issuer_id is None:  # a concurrent import registered it first
             row = conn.execute(select(issuers).where(issuers.c.fingerprint_sha256 == issuer.fingerprint_sha256))
-            return LegacyRegistration(self._issuer(row.mappings().one()), created=False, trust_changed=False)
+            return LegacyRegistration(issuer_record(row.mappings().one()), created=False, trust_changed=False)
         conn.execute(
             crl_publications.insert().values(
                 issuer_id=issuer_id, last_number=0, published_number=0, revision=0, published_revision=0
@@ -227,10 +230,8 @@ class InventoryStore(Store):
         )
         trust_until = issuer.trust_until.isoformat() if issuer.trust_until else None
         detail = {"name": issuer.name, "kind": "legacy", "subject": issuer.subject, "trust_until": trust_until}
-        self._audit(conn, AuditEvent(actor, "issuer.added", issuer_id, None, detail), now)
+        write_audit(conn, AuditEvent(actor, "issuer.added", issuer_id, None, detail), now)
         return LegacyRegistration(IssuerRecord(id=issuer_id, **vars(issuer)), created=True, trust_changed=False)
-
-    # -- certificates -------------------------------------------------------------------------------
 
     def add_imported_certificates(
         self, batch: Sequence[ImportedCertificate], now: dt.datetime, *, dry_run: bool = False
@@ -301,7 +302,7 @@ class InventoryStore(Store):
         with 1,000-row chunks): on SQLite an INSERT … RETURNING, which SQLAlchemy sends as multi-row
         VALUES, beats executemany by a third; psycopg pipelines executemany, while it parses each
         multi-row RETURNING batch client-side, three times slower. Neither reports a reliable count."""
-        statement = InventoryStore._insert(conn, table).on_conflict_do_nothing()
+        statement = InventoryRecords._insert(conn, table).on_conflict_do_nothing()
         if conn.dialect.name == "sqlite":
             conn.execute(statement.returning(table.c.id), rows).all()
         else:
@@ -312,8 +313,6 @@ class InventoryStore(Store):
         """How many rows of `table` match: after an insert that ignored conflicts, the rows it wrote
         are those absent before it that carry this run's timestamp."""
         return int(conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar_one())
-
-    # -- devices ------------------------------------------------------------------------------------
 
     def add_imported_devices(
         self, batch: Sequence[NewDevice], now: dt.datetime, *, dry_run: bool = False
@@ -345,7 +344,7 @@ class InventoryStore(Store):
         """Stored certificates with one of these SHA-256 fingerprints, of any issuer."""
         c = certificates.c
         query = select(c.fingerprint_sha256, c.serial_hex, c.issuer_id, c.der)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [
                 StoredCertificate(*row)
                 for chunk in _chunks(list(fingerprints))
@@ -360,7 +359,7 @@ class InventoryStore(Store):
             .join(issuers, i.id == c.issuer_id)
             .where(i.kind.in_(MATCHING_ISSUER_KINDS))
         )
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [
                 StoredCertificate(*row)
                 for chunk in _chunks(list(serials))
@@ -371,7 +370,7 @@ class InventoryStore(Store):
         """The current group, owner and tags of those devices that exist."""
         d = devices.c
         result: dict[str, DeviceAnnotation] = {}
-        with self._read() as conn:
+        with self.db.read() as conn:
             for chunk in _chunks(list(identities)):
                 query = select(d.identity, d.group_name, d.owner, d.tags).where(_among(conn, d.identity, chunk))
                 for identity, group, owner, tags in conn.execute(query):
@@ -391,5 +390,5 @@ class InventoryStore(Store):
                 }
                 for a in chunk
             ]
-            with self._write() as conn:
+            with self.db.write() as conn:
                 conn.execute(_ANNOTATE, params)

@@ -27,8 +27,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Date
 
 from shared_ca.errors import InvalidRequest
+from shared_ca.storage.database import Database
 from shared_ca.storage.devices import GroupRecord
-from shared_ca.storage.repository import Store
 from shared_ca.storage.schema import DEVICE_STATES, device_groups, devices
 
 TO_MOVE_STATES = ("legacy", "mapped")
@@ -114,8 +114,11 @@ def _where(query: Select[_Row], where: DeviceFilter) -> Select[_Row]:
     return query
 
 
-class MigrationReportStore(Store):
+class MigrationReportQueries:
     """Read-only queries behind the migration report and the dashboard."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def state_counts(self, group: str | None = None) -> list[StateCount]:
         """Devices per (group, state), one GROUP BY over the table."""
@@ -124,7 +127,7 @@ class MigrationReportStore(Store):
         query = select(d.group_name, d.state, func.count()).group_by(d.group_name, d.state)
         if group is not None:
             query = query.where(d.group_name == group)
-        with self._read() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(query).all()
         return [StateCount(row[0], row[1], int(row[2])) for row in rows]
 
@@ -133,13 +136,13 @@ class MigrationReportStore(Store):
         query = select(device_groups).order_by(device_groups.c.name)
         if group is not None:
             query = query.where(device_groups.c.name == group)
-        with self._read() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(query).mappings().all()
         return [GroupRecord(r["name"], r["sunset_at"], bool(r["allow_downgrade"]), r["updated_at"]) for r in rows]
 
     def count_devices(self, where: DeviceFilter) -> int:
         query = _where(select(func.count()).select_from(devices), where)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
 
     def device_standings(
@@ -157,7 +160,7 @@ class MigrationReportStore(Store):
             return []
         states = where.states if len(where.states) > 1 else (where.states or (None,))
         pages = []
-        with self._read() as conn:
+        with self.db.read() as conn:
             for state in states:
                 one = DeviceFilter((state,) if state else (), where.group, where.silent_before)
                 query: Select[Any] = _where(_STANDINGS.where(devices.c.id > after_id).order_by(devices.c.id), one)
@@ -174,7 +177,7 @@ class MigrationReportStore(Store):
         retirement day) triple, each day NULL when that move does not count; the triples (at most
         days² of them, never one per device) are spread onto their days here.
         """
-        dialect = self.engine.dialect.name
+        dialect = self.db.engine.dialect.name
         d = devices.c
 
         def day_of(column: ColumnElement[object], counts: ColumnElement[bool]) -> ColumnElement[object]:
@@ -203,7 +206,7 @@ class MigrationReportStore(Store):
         if group is not None:
             sightings = sightings.where(d.group_name == group)
             moves = moves.where(d.group_name == group)
-        with self._read() as conn:
+        with self.db.read() as conn:
             seen_rows = conn.execute(sightings).all()
             move_rows = conn.execute(moves).all()
         merged: dict[dt.date, list[int]] = {}

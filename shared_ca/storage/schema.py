@@ -1,4 +1,4 @@
-"""Table definitions used by the repository (SQLAlchemy Core). Migrations create them."""
+"""Table definitions used by the repositories (SQLAlchemy Core). Migrations create them."""
 
 from __future__ import annotations
 

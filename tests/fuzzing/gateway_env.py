@@ -31,8 +31,7 @@ from gateway.initdir import InitOptions, initialise
 from gateway.middleware import CLIENT_CERT_DER, TLS_UNIQUE, TLS_VERSION
 from gateway.runtime import Gateway
 from shared_ca.policy import authorize_request
-from shared_ca.storage.admin import AdminTokenStore
-from shared_ca.storage.est_users import EstUserStore, hash_generated_secret
+from shared_ca.storage.est_users import hash_generated_secret
 from tests.fuzzing.forge import NOW
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
@@ -169,9 +168,9 @@ class FuzzGateway:
         self.ca = gw.authority.certificate
         self.ra = gw.ra_certificate
         self.ca_key = load_pem_private_key((VECTORS / "ca.key").read_bytes(), None)
-        tokens = AdminTokenStore(gw.store.engine)
+        tokens = gw.storage.admin_tokens
         self.admin_token = tokens.create_admin_token("fuzz", created_by="fuzz", now=dt.datetime.now(dt.UTC)).token
-        users = EstUserStore(gw.store.engine)
+        users = gw.storage.est_users
         users.add_est_user(EST_USER, hash_generated_secret(EST_PASSWORD), kind="password", created_by="fuzz", now=NOW)
         users.add_est_user(
             BOUND_USER,
@@ -237,4 +236,4 @@ class FuzzGateway:
     def close(self) -> None:
         """Detach the crash log and close the database connections."""
         logging.getLogger("gateway.app").removeHandler(self.crash_log)
-        self.gateway.store.engine.dispose()
+        self.gateway.storage.engine.dispose()

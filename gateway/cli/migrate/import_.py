@@ -25,7 +25,7 @@ from migration_tools.importer import ImportOptions, ImportSummary, Progress, imp
 from migration_tools.inventory import KINDS, InventoryError, Problem, open_inventory
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.inventory import InventoryStore
+from shared_ca.storage.repositories import Storage
 
 TRUST_HINT = (
     "a running `gateway serve` follows the change within seconds, no restart: its TLS listener accepts the "
@@ -146,14 +146,14 @@ def migrate_import(
     engine = create_store_engine(config.database_url)
     click.get_current_context().call_on_close(engine.dispose)
     require_schema_at_head(engine)
-    store = InventoryStore(engine)
+    storage = Storage.open(engine)
     try:
         if kind == "csv":
             with _progress(len(rows)) as progress:
-                summary = import_device_export(store, rows, options, now, progress=progress, report=_report)
+                summary = import_device_export(storage, rows, options, now, progress=progress, report=_report)
         else:
             with _progress(inventory.size) as progress:
-                summary = import_inventory(store, inventory, options, now, progress=progress, report=_report)
+                summary = import_inventory(storage, inventory, options, now, progress=progress, report=_report)
     except InventoryError as exc:
         raise click.ClickException(str(exc)) from None
     _print(summary, fmt)

@@ -31,20 +31,20 @@ from migration_tools.mapping import (
 )
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.est_users import EstUserStore
+from shared_ca.storage.est_users import EstUsers
+from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import MAPPING_MODES
 
 MAX_EXPIRES_DAYS = 365
 
 
 @contextlib.contextmanager
-def _stores(config: GatewayConfig) -> Iterator[tuple[DeviceStore, EstUserStore]]:
-    """The device and EST user stores of the configured database (no key material needed)."""
+def _storage(config: GatewayConfig) -> Iterator[Storage]:
+    """The repositories of the configured database (no key material needed)."""
     engine = create_store_engine(config.database_url)
     try:
         require_schema_at_head(engine)
-        yield DeviceStore(engine), EstUserStore(engine)
+        yield Storage.open(engine)
     finally:
         engine.dispose()
 
@@ -119,15 +119,16 @@ def migrate_map(
         rotate=rotate,
         expires_in=dt.timedelta(days=expires_days),
     )
-    with _stores(config) as (devices, users):
+    with _storage(config) as storage:
+        devices = storage.devices
         if group is not None and devices.group(group) is None and not devices.devices(group=group, limit=1):
             raise refuse("--group", f"no device is in group {group!r}")
         if out is not None and force and (out.exists() or out.is_symlink()):
-            _refuse_to_drop_credentials(out, users)
-        _run_map(devices, users, request, out, force)
+            _refuse_to_drop_credentials(out, storage.est_users)
+        _run_map(storage, request, out, force)
 
 
-def _refuse_to_drop_credentials(out: Path, users: EstUserStore) -> None:
+def _refuse_to_drop_credentials(out: Path, users: EstUsers) -> None:
     """--force never replaces a file holding bootstrap passwords that can still enroll: they exist
     nowhere else (only their hashes are stored). Nor one it cannot read, which might hold some."""
     try:
@@ -143,10 +144,10 @@ def _refuse_to_drop_credentials(out: Path, users: EstUserStore) -> None:
         )
 
 
-def _run_map(devices: DeviceStore, users: EstUserStore, request: MapRequest, out: Path | None, force: bool) -> None:
+def _run_map(storage: Storage, request: MapRequest, out: Path | None, force: bool) -> None:
     with _export(out, force) as export:
         try:
-            summary = map_devices(devices, users, request, utcnow(), export.write if export else _discard)
+            summary = map_devices(storage, request, utcnow(), export.write if export else _discard)
         except Exception as exc:  # a CAError, or a database error no store translated
             failure = as_ca_error(exc)
             if failure is None:

@@ -21,8 +21,7 @@ from migration_tools.report_rows import SECTIONS
 from shared_ca.authority import utcnow
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.device_contacts import MAX_GROUP
-from shared_ca.storage.devices import DeviceStore
-from shared_ca.storage.migration_report import MigrationReportStore
+from shared_ca.storage.repositories import Storage
 
 
 @click.command("report")
@@ -76,10 +75,11 @@ def migrate_report(
     try:
         require_schema_at_head(engine)
         now = utcnow()
-        retired = DeviceStore(engine).retire_stale(now, dt.timedelta(days=int(config["migration.retire_after_days"])))
+        storage = Storage.open(engine)
+        retired = storage.devices.retire_stale(now, dt.timedelta(days=int(config["migration.retire_after_days"])))
         if retired:
             click.echo(f"retired {retired} device(s) whose certificate is revoked or long expired", err=True)
-        built = build_report(MigrationReportStore(engine), now, group=group, settings=settings)
+        built = build_report(storage.migration_report, now, group=group, settings=settings)
     finally:
         engine.dispose()
     try:

@@ -17,17 +17,18 @@ from gateway.cli.support import actor, check_group, config_options, load_cli_con
 from gateway.config import GatewayConfig
 from migration_tools.mapping import group_exposure
 from shared_ca.authority import utcnow
+from shared_ca.storage.database import Database
 from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.devices import DeviceStore
+from shared_ca.storage.devices import Devices
 
 
 @contextlib.contextmanager
-def _devices(config: GatewayConfig) -> Iterator[DeviceStore]:
-    """The device store of the configured database (no key material needed)."""
+def _devices(config: GatewayConfig) -> Iterator[Devices]:
+    """The devices of the configured database (no key material needed)."""
     engine = create_store_engine(config.database_url)
     try:
         require_schema_at_head(engine)
-        yield DeviceStore(engine)
+        yield Devices(Database(engine))
     finally:
         engine.dispose()
 
