@@ -42,7 +42,7 @@ def test_the_old_names_are_hidden_from_help(runner: CliRunner) -> None:
     top = listed(runner.invoke(main, ["--help"]).output)
     assert {"request", "client"} <= top and not {"requests", "scep", "est"} & top
     assert listed(runner.invoke(main, ["admin-token", "--help"]).output) == {"add", "list", "disable"}
-    assert listed(runner.invoke(main, ["challenge", "--help"]).output) == {"add"}
+    assert listed(runner.invoke(main, ["challenge", "--help"]).output) == {"add", "list", "remove"}
     assert listed(runner.invoke(main, ["client", "--help"]).output) == {"scep", "est"}
 
 

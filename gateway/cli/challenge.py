@@ -1,20 +1,26 @@
-"""`gateway challenge add`: one-time SCEP challenge passwords, bound to a device and a profile."""
+"""`gateway challenge add|list|remove`: one-time SCEP challenge passwords, bound to a device and a profile."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from gateway.cli.support import actor, config_options, hidden_alias, open_cli_gateway
+from gateway.cli.output import format_option, render
+from gateway.cli.support import actor, config_options, hidden_alias, load_cli_config, open_cli_gateway
 from scep.challenges import new_one_time_challenge
 from shared_ca.authority import utcnow
+from shared_ca.storage.database import Database
+from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.enrollment import ChallengeRecord, Enrollments
 
 
 @click.group("challenge")
 def challenge() -> None:
-    """One-time SCEP challenge passwords: add.
+    """One-time SCEP challenge passwords: add, list, remove.
 
     A challenge is bound to one device and one profile, and only its hash is stored.
     """
@@ -61,6 +67,60 @@ def challenge_add(
 
 
 challenge.add_command(hidden_alias(challenge_add, "new", "gateway challenge add"))
+
+
+@contextlib.contextmanager
+def _enrollments(data_dir: Path, config_file: Path | None) -> Iterator[Enrollments]:
+    """The enrollment records of the configured database (no key material needed)."""
+    engine = create_store_engine(load_cli_config(data_dir, config_file).database_url)
+    try:
+        require_schema_at_head(engine)
+        yield Enrollments(Database(engine))
+    finally:
+        engine.dispose()
+
+
+def _status(record: ChallengeRecord, now: dt.datetime) -> str:
+    if record.uses_left <= 0:
+        return "spent"
+    return "expired" if record.expires_at <= now else "usable"
+
+
+@challenge.command("list")
+@config_options
+@click.option("--all", "include_unusable", is_flag=True, help="Also the spent and expired ones still kept.")
+@format_option
+def challenge_list(data_dir: Path, config_file: Path | None, include_unusable: bool, fmt: str) -> None:
+    """List the one-time challenges that can still be used (never their secrets)."""
+    now = utcnow()
+    with _enrollments(data_dir, config_file) as enrollments:
+        records = enrollments.list_challenges(now, include_unusable=include_unusable)
+    rows = [
+        {
+            "id": r.id,
+            "device": r.device_id,
+            "profile": r.profile,
+            "subject": r.expected_subject,
+            "status": _status(r, now),
+            "uses_left": r.uses_left,
+            "expires_at": r.expires_at.isoformat(timespec="seconds"),
+            "created_at": r.created_at.isoformat(timespec="seconds"),
+            "created_by": r.created_by,
+        }
+        for r in records
+    ]
+    columns = ["id", "device", "profile", "status", "uses_left", "expires_at", "created_by"]
+    click.echo(render(rows, columns, fmt), nl=False)
+
+
+@challenge.command("remove")
+@config_options
+@click.argument("challenge_id", metavar="ID", type=click.IntRange(min=1))
+def challenge_remove(data_dir: Path, config_file: Path | None, challenge_id: int) -> None:
+    """Remove a one-time challenge, used or not: its secret is refused from now on."""
+    with _enrollments(data_dir, config_file) as enrollments:
+        removed = enrollments.remove_challenge(challenge_id, actor=actor(), now=utcnow())
+    click.echo(f"challenge {removed.id} (device {removed.device_id or 'any'}, profile {removed.profile}) removed")
 
 
 def _duration(text: str) -> dt.timedelta:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from shared_ca.errors import Conflict
+from shared_ca.errors import Conflict, NotFound
 from shared_ca.storage.audit import AuditEvent, write_audit
 from shared_ca.storage.database import Database
 from shared_ca.storage.enrollment_records import (
@@ -266,6 +266,34 @@ class Enrollments:
                 .first()
             )
         return _challenge(row) if row else None
+
+    def list_challenges(self, now: dt.datetime, *, include_unusable: bool = False) -> list[ChallengeRecord]:
+        """The stored challenges, newest first: those with a use left that have not expired at `now`, or
+        every one kept (spent and expired ones until housekeeping deletes them) with `include_unusable`."""
+        c = scep_challenges.c
+        query = select(scep_challenges).order_by(c.created_at.desc(), c.id.desc())
+        if not include_unusable:
+            query = query.where(c.uses_left > 0, c.expires_at > now)
+        with self.db.read() as conn:
+            return [_challenge(row) for row in conn.execute(query).mappings()]
+
+    def remove_challenge(self, challenge_id: int, *, actor: str, now: dt.datetime) -> ChallengeRecord:
+        """Delete a challenge, whatever uses it has left (a device that will not enroll, a secret that
+        leaked), with an audit event; what it was. NotFound when there is none."""
+        c = scep_challenges.c
+        with self.db.write() as conn:
+            row = (
+                conn.execute(delete(scep_challenges).where(c.id == challenge_id).returning(*scep_challenges.c))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFound(f"no challenge {challenge_id}")
+            detail = {"challenge": challenge_id, "device": row["device_id"], "profile": row["profile"]}
+            write_audit(
+                conn, AuditEvent(actor, "scep.challenge.removed", detail=detail | {"uses_left": row["uses_left"]}), now
+            )
+        return _challenge(row)
 
     def purge_challenges(self, cutoff: dt.datetime) -> int:
         """Delete the challenges that expired before `cutoff`, or were spent and created before it; how
