@@ -25,7 +25,7 @@ from est.auth import BASIC_REALM
 from est.request import EstConnection, EstReply
 from est.service import EstService
 from est.wire import MAX_REQUEST_BODY
-from shared_ca.errors import CAError, TooManyRequests, Unavailable
+from shared_ca.errors import CAError
 from shared_ca.profiles import Profile
 
 log = logging.getLogger("est.views")
@@ -133,8 +133,8 @@ def _refused(exc: CAError) -> Response:
         extra={"client": connection.client_address if connection is not None else None},
     )
     headers = {"WWW-Authenticate": BASIC_REALM} if status == 401 else {}
-    if isinstance(exc, Unavailable | TooManyRequests):
-        headers["Retry-After"] = str(exc.retry_after or DEFAULT_RETRY_AFTER)
+    if (retry_after := exc.http_retry_after(DEFAULT_RETRY_AFTER)) is not None:
+        headers["Retry-After"] = str(retry_after)
     return _text(status, exc.public_message, headers)
 
 

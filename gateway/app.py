@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.config import GatewayConfig, load_config
 from gateway.middleware import REQUEST_ID, GatewayMiddleware
 from gateway.runtime import Gateway, GatewayLoader, open_gateway
-from shared_ca.errors import CAError, TooManyRequests, Unavailable
+from shared_ca.errors import CAError, Unavailable
 
 log = logging.getLogger("gateway.app")
 
@@ -79,18 +79,13 @@ def create_app(
 
 
 def _ca_error(exc: CAError) -> Response:
-    status = exc.kind.http_status
+    status, request_id = exc.kind.http_status, request.environ.get(REQUEST_ID)
     log.warning(
-        "%s %s refused (%s): %s",
-        request.method,
-        request.path,
-        status,
-        exc.detail,
-        extra={"request_id": request.environ.get(REQUEST_ID)},
+        "%s %s refused (%s): %s", request.method, request.path, status, exc.detail, extra={"request_id": request_id}
     )
     response = Response(exc.public_message + "\n", status=status, mimetype="text/plain")
-    if isinstance(exc, Unavailable | TooManyRequests):
-        response.headers["Retry-After"] = str(exc.retry_after or RETRY_AFTER_SECONDS)
+    if (retry_after := exc.http_retry_after(RETRY_AFTER_SECONDS)) is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

@@ -26,7 +26,7 @@ from scep.transport import (
     message_from_query,
     parse_operation,
 )
-from shared_ca.errors import CAError, TooManyRequests, Unavailable
+from shared_ca.errors import CAError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("scep", __name__)
@@ -68,19 +68,11 @@ def _text(status: int, text: str, *, retry_after: int | None = None) -> Response
 
 @bp.errorhandler(CAError)
 def _refused(exc: CAError) -> Response:
-    status = exc.kind.http_status
+    status, request_id = exc.kind.http_status, request.environ.get(REQUEST_ID)
     log.warning(
-        "%s %s refused (%s): %s",
-        request.method,
-        request.path,
-        status,
-        exc.detail,
-        extra={"request_id": request.environ.get(REQUEST_ID)},
+        "%s %s refused (%s): %s", request.method, request.path, status, exc.detail, extra={"request_id": request_id}
     )
-    retry_after = None
-    if isinstance(exc, Unavailable | TooManyRequests):
-        retry_after = exc.retry_after or RETRY_AFTER_SECONDS
-    return _text(status, exc.public_message, retry_after=retry_after)
+    return _text(status, exc.public_message, retry_after=exc.http_retry_after(RETRY_AFTER_SECONDS))
 
 
 def _handle(profile_name: str) -> Response:

@@ -53,6 +53,13 @@ class CAError(Exception):
     def __str__(self) -> str:
         return self.public_message
 
+    def http_retry_after(self, default: int) -> int | None:
+        """The Retry-After (seconds) of an HTTP answer to this error: an Unavailable's or a
+        TooManyRequests' own, or `default` when it has none; None for every other error."""
+        if isinstance(self, Unavailable | TooManyRequests):
+            return self.retry_after or default
+        return None
+
 
 class InvalidRequest(CAError):
     kind = ErrorKind.BAD_INPUT
