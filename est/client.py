@@ -37,7 +37,7 @@ from est.client_messages import (
     parse_serverkeygen,
     serverkeygen_result,
 )
-from est.client_transport import BodyFactory, EstTransport, HttpReply, closed_by_peer, server_text, tls_context
+from est.client_transport import BodyFactory, EstTransport, HttpReply, server_text
 from est.wire import EstWireError, decode_csr_attrs, encode_base64_body
 from shared_ca.keys import PrivateKey
 
@@ -47,12 +47,9 @@ __all__ = [
     "EstClient",
     "EstClientError",
     "EstPendingError",
-    "HttpReply",
     "RequestCsr",
     "ServerKeygenResult",
     "build_csr",
-    "closed_by_peer",
-    "tls_context",
 ]
 
 WELL_KNOWN = "/.well-known/est"

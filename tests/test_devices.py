@@ -14,7 +14,8 @@ from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.identity import IdentityRule
 from shared_ca.policy import authorize_csr
 from shared_ca.profiles import DEFAULT_PROFILES
-from shared_ca.storage.devices import Devices, NewDevice
+from shared_ca.storage.device_contacts import NewDevice
+from shared_ca.storage.devices import Devices
 from shared_ca.storage.enrollment_records import EnrollmentEvent
 from shared_ca.storage.inventory import InventoryRecords
 from shared_ca.storage.repositories import Storage

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from est.client import closed_by_peer
+from est.client_transport import closed_by_peer
 from shared_ca.keys import load_private_key, public_key_bytes
 from tests.test_serve import REPO, Server, child_env, gateway_command, openssl, start_server, stop_server, tls_context
 

@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import AttributeOID
 
-from est.client import EstClient, EstClientError, closed_by_peer
+from est.client import EstClient, EstClientError
 from est.client_messages import RequestCsr, build_csr, decode_base64_reply
+from est.client_transport import closed_by_peer
 from est.wire import certs_only, encode_base64_body
 from gateway.cli import main
 from shared_ca.keys import PrivateKey

@@ -28,7 +28,7 @@ from sqlalchemy.engine import RowMapping
 from shared_ca.errors import InvalidRequest, NotFound
 from shared_ca.storage.audit import AuditEvent, write_audit
 from shared_ca.storage.database import Database
-from shared_ca.storage.device_contacts import NewDevice, check_device_fields
+from shared_ca.storage.device_contacts import check_device_fields
 from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.schema import MAPPING_MODES, certificates, device_groups, devices
 
@@ -87,8 +87,6 @@ def _device(row: RowMapping) -> DeviceRecord:
 def _group(row: RowMapping) -> GroupRecord:
     return GroupRecord(**{name: row[name] for name in GroupRecord.__dataclass_fields__})
 
-
-__all__ = ["DeviceRecord", "Devices", "GroupRecord", "NewDevice", "ScepGate"]
 
 _GATE = PreparedStatement(
     select(devices.c.state, devices.c.group_name, device_groups.c.sunset_at, device_groups.c.allow_downgrade)
