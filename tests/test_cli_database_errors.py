@@ -133,6 +133,7 @@ def test_read_only_database(data_dir: Path, tmp_path: Path) -> None:
         ),
         "est-user add --generate": gw(data_dir, "est-user", "add", "bob", "--generate", url=url),
         "challenge add": gw(data_dir, "challenge", "add", "--device", "device-ro", url=url),
+        "challenge remove": gw(data_dir, "challenge", "remove", "1", url=url),
         "admin-token add": gw(data_dir, "admin-token", "add", "mdm", url=url),
         "cert issue": gw(data_dir, "cert", "issue", "--csr", str(csr_file), url=url),
         "cert revoke": gw(data_dir, "cert", "revoke", serial, "--reason", "superseded", url=url),
@@ -170,6 +171,8 @@ def sqlite_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         ["est-user", "add", "alice", "--generate"],
         ["challenge", "add", "--device", "device-1"],
+        ["challenge", "list"],
+        ["challenge", "remove", "1"],
         ["admin-token", "add", "mdm"],
         ["cert", "revoke", "01", "--reason", "superseded"],
         ["db", "upgrade"],

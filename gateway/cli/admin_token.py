@@ -5,29 +5,14 @@ Token management needs the database only, never the CA's keys.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from gateway.cli.output import format_option, render
-from gateway.cli.support import actor, config_options, hidden_alias, load_cli_config
+from gateway.cli.support import actor, config_options, database_storage, hidden_alias, load_cli_config
 from shared_ca.authority import utcnow
-from shared_ca.storage.admin import AdminTokens, check_token_name
-from shared_ca.storage.database import Database
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
-
-
-@contextlib.contextmanager
-def _admin_tokens(data_dir: Path, config_file: Path | None) -> Iterator[AdminTokens]:
-    """The admin tokens of the configured database (no key material needed)."""
-    engine = create_store_engine(load_cli_config(data_dir, config_file).database_url)
-    try:
-        require_schema_at_head(engine)
-        yield AdminTokens(Database(engine))
-    finally:
-        engine.dispose()
+from shared_ca.storage.admin import check_token_name
 
 
 @click.group("admin-token")
@@ -47,7 +32,8 @@ def admin_token_add(data_dir: Path, config_file: Path | None, name: str) -> None
         check_token_name(name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from None
-    with _admin_tokens(data_dir, config_file) as store:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        store = storage.admin_tokens
         created = store.create_admin_token(name, created_by=actor(), now=utcnow())
     click.echo(created.token)
     click.echo(f"admin token {name!r} created; it is shown only now", err=True)
@@ -62,7 +48,8 @@ admin_token.add_command(hidden_alias(admin_token_add, "create", "gateway admin-t
 @format_option
 def admin_token_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
     """List the tokens (never the tokens themselves), oldest first."""
-    with _admin_tokens(data_dir, config_file) as store:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        store = storage.admin_tokens
         records = store.list_admin_tokens()
     rows = [
         {
@@ -84,7 +71,8 @@ def admin_token_list(data_dir: Path, config_file: Path | None, fmt: str) -> None
 @click.argument("name")
 def admin_token_disable(data_dir: Path, config_file: Path | None, name: str) -> None:
     """Disable a token for good (requests carrying it are refused from now on)."""
-    with _admin_tokens(data_dir, config_file) as store:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        store = storage.admin_tokens
         record = store.disable_admin_token(name, actor=actor(), now=utcnow())
     assert record.disabled_at is not None
     click.echo(f"admin token {name!r} disabled at {record.disabled_at.isoformat(timespec='seconds')}")

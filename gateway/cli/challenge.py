@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from gateway.cli.output import format_option, render
-from gateway.cli.support import actor, config_options, hidden_alias, load_cli_config, open_cli_gateway
+from gateway.cli.support import actor, config_options, database_storage, hidden_alias, load_cli_config, open_cli_gateway
 from scep.challenges import new_one_time_challenge
 from shared_ca.authority import utcnow
-from shared_ca.storage.database import Database
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.enrollment import ChallengeRecord, Enrollments
+from shared_ca.storage.enrollment import ChallengeRecord
 
 
 @click.group("challenge")
@@ -69,17 +65,6 @@ def challenge_add(
 challenge.add_command(hidden_alias(challenge_add, "new", "gateway challenge add"))
 
 
-@contextlib.contextmanager
-def _enrollments(data_dir: Path, config_file: Path | None) -> Iterator[Enrollments]:
-    """The enrollment records of the configured database (no key material needed)."""
-    engine = create_store_engine(load_cli_config(data_dir, config_file).database_url)
-    try:
-        require_schema_at_head(engine)
-        yield Enrollments(Database(engine))
-    finally:
-        engine.dispose()
-
-
 def _status(record: ChallengeRecord, now: dt.datetime) -> str:
     if record.uses_left <= 0:
         return "spent"
@@ -93,7 +78,8 @@ def _status(record: ChallengeRecord, now: dt.datetime) -> str:
 def challenge_list(data_dir: Path, config_file: Path | None, include_unusable: bool, fmt: str) -> None:
     """List the one-time challenges that can still be used (never their secrets)."""
     now = utcnow()
-    with _enrollments(data_dir, config_file) as enrollments:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        enrollments = storage.enrollments
         records = enrollments.list_challenges(now, include_unusable=include_unusable)
     rows = [
         {
@@ -118,7 +104,8 @@ def challenge_list(data_dir: Path, config_file: Path | None, include_unusable: b
 @click.argument("challenge_id", metavar="ID", type=click.IntRange(min=1))
 def challenge_remove(data_dir: Path, config_file: Path | None, challenge_id: int) -> None:
     """Remove a one-time challenge, used or not: its secret is refused from now on."""
-    with _enrollments(data_dir, config_file) as enrollments:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        enrollments = storage.enrollments
         removed = enrollments.remove_challenge(challenge_id, actor=actor(), now=utcnow())
     click.echo(f"challenge {removed.id} (device {removed.device_id or 'any'}, profile {removed.profile}) removed")
 

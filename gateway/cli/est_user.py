@@ -5,24 +5,18 @@ User management needs the database and the profile names only, never the CA's ke
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from gateway.cli.output import format_option, render
-from gateway.cli.support import actor, config_options, load_cli_config, parse_time, refuse
-from gateway.config import GatewayConfig
+from gateway.cli.support import actor, config_options, database_storage, load_cli_config, parse_time, refuse
 from shared_ca.authority import utcnow
-from shared_ca.storage.database import Database
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.est_users import (
     EstUserRecord,
-    EstUsers,
     check_est_user_name,
     hash_generated_secret,
     hash_password,
@@ -31,17 +25,6 @@ from shared_ca.storage.est_users import (
 
 MIN_PASSWORD = 8
 MAX_USES = 1_000_000
-
-
-@contextlib.contextmanager
-def _est_users(config: GatewayConfig) -> Iterator[EstUsers]:
-    """The EST users of the configured database (no key material needed)."""
-    engine = create_store_engine(config.database_url)
-    try:
-        require_schema_at_head(engine)
-        yield EstUsers(Database(engine))
-    finally:
-        engine.dispose()
 
 
 def _read_password() -> str:
@@ -136,7 +119,8 @@ def est_user_add(
             )
     secret = new_generated_secret() if generate else _read_password()
     secret_hash = hash_generated_secret(secret) if generate else hash_password(secret)
-    with _est_users(config) as store:
+    with database_storage(config) as storage:
+        store = storage.est_users
         store.add_est_user(
             name,
             secret_hash,
@@ -160,7 +144,8 @@ def est_user_add(
 @format_option
 def est_user_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
     """List the users (never their secrets or hashes), oldest first."""
-    with _est_users(load_cli_config(data_dir, config_file)) as store:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        store = storage.est_users
         users = store.list_est_users()
     now = utcnow()
     rows = [_row(u, now) for u in users]
@@ -175,6 +160,7 @@ def est_user_list(data_dir: Path, config_file: Path | None, fmt: str) -> None:
 @click.argument("name")
 def est_user_disable(data_dir: Path, config_file: Path | None, name: str) -> None:
     """Disable a user for good (its requests are refused from now on)."""
-    with _est_users(load_cli_config(data_dir, config_file)) as store:
+    with database_storage(load_cli_config(data_dir, config_file)) as storage:
+        store = storage.est_users
         record = store.disable_est_user(name, actor=actor(), now=utcnow())
     click.echo(f"EST user {name!r} disabled at {_time(record.disabled_at)}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,8 +18,9 @@ from gateway.initdir import InitError
 from gateway.runtime import Gateway, open_gateway
 from scep import client as scep_client
 from shared_ca.errors import CAError
-from shared_ca.storage.db import database_failure
+from shared_ca.storage.db import create_store_engine, database_failure, require_schema_at_head
 from shared_ca.storage.device_contacts import MAX_GROUP
+from shared_ca.storage.repositories import Storage
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=click.Command)
@@ -123,6 +125,18 @@ def config_options(func: F) -> F:
 
 def load_cli_config(data_dir: Path, config_file: Path | None, overrides: dict[str, Any] | None = None) -> GatewayConfig:
     return load_config(data_dir.resolve(), config_file, overrides=overrides, require_file=config_file is None)
+
+
+@contextlib.contextmanager
+def database_storage(config: GatewayConfig) -> Iterator[Storage]:
+    """The repositories of the configured database, for commands that need no key material; the
+    schema must be at head (`gateway db upgrade`)."""
+    engine = create_store_engine(config.database_url)
+    try:
+        require_schema_at_head(engine)
+        yield Storage.open(engine)
+    finally:
+        engine.dispose()
 
 
 def open_cli_gateway(data_dir: Path, config_file: Path | None) -> Gateway:

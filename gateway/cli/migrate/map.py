@@ -16,8 +16,16 @@ from typing import Any
 import click
 
 from gateway.cli.output import render, render_mapping
-from gateway.cli.support import actor, as_ca_error, check_group, config_options, load_cli_config, one_line, refuse
-from gateway.config import GatewayConfig
+from gateway.cli.support import (
+    actor,
+    as_ca_error,
+    check_group,
+    config_options,
+    database_storage,
+    load_cli_config,
+    one_line,
+    refuse,
+)
 from migration_tools.mapping import (
     DEFAULT_EXPIRY,
     ExportFile,
@@ -30,23 +38,11 @@ from migration_tools.mapping import (
     unused_credentials,
 )
 from shared_ca.authority import utcnow
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
 from shared_ca.storage.est_users import EstUsers
 from shared_ca.storage.repositories import Storage
 from shared_ca.storage.schema import MAPPING_MODES
 
 MAX_EXPIRES_DAYS = 365
-
-
-@contextlib.contextmanager
-def _storage(config: GatewayConfig) -> Iterator[Storage]:
-    """The repositories of the configured database (no key material needed)."""
-    engine = create_store_engine(config.database_url)
-    try:
-        require_schema_at_head(engine)
-        yield Storage.open(engine)
-    finally:
-        engine.dispose()
 
 
 @click.command("map")
@@ -119,7 +115,7 @@ def migrate_map(
         rotate=rotate,
         expires_in=dt.timedelta(days=expires_days),
     )
-    with _storage(config) as storage:
+    with database_storage(config) as storage:
         devices = storage.devices
         if group is not None and devices.group(group) is None and not devices.devices(group=group, limit=1):
             raise refuse("--group", f"no device is in group {group!r}")

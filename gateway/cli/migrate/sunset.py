@@ -5,32 +5,23 @@ Needs the database and the configuration only, never the CA's keys.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from gateway.cli.output import render_mapping
-from gateway.cli.support import actor, check_group, config_options, load_cli_config, parse_time, refuse
-from gateway.config import GatewayConfig
+from gateway.cli.support import (
+    actor,
+    check_group,
+    config_options,
+    database_storage,
+    load_cli_config,
+    parse_time,
+    refuse,
+)
 from migration_tools.mapping import group_exposure
 from shared_ca.authority import utcnow
-from shared_ca.storage.database import Database
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
-from shared_ca.storage.devices import Devices
-
-
-@contextlib.contextmanager
-def _devices(config: GatewayConfig) -> Iterator[Devices]:
-    """The devices of the configured database (no key material needed)."""
-    engine = create_store_engine(config.database_url)
-    try:
-        require_schema_at_head(engine)
-        yield Devices(Database(engine))
-    finally:
-        engine.dispose()
 
 
 @click.command("sunset")
@@ -58,7 +49,8 @@ def migrate_sunset(
     sunset_at = parse_time(date_text, "--date") if date_text is not None else None
     config = load_cli_config(data_dir, config_file)
     now = utcnow()
-    with _devices(config) as devices:
+    with database_storage(config) as storage:
+        devices = storage.devices
         existing = devices.group(group)
         states = group_exposure(devices, group)
         if existing is None and not states:
