@@ -32,9 +32,12 @@ from tests.test_serve import REPO, Server, child_env, gateway_command, openssl, 
 pytestmark = pytest.mark.slow
 
 USER, PASSWORD = "approval-test", "approval-password"
-KEEPALIVE_SECONDS = 15  # gunicorn's keepalive, set in gateway/server.py
+KEEPALIVE_SECONDS = 4  # listen.header_timeout_seconds, gunicorn's keepalive (gateway/server.py); 15 by default
 LONG_RETRY_AFTER = KEEPALIVE_SECONDS + 2
 PROFILES = f"""
+[listen]
+header_timeout_seconds = {KEEPALIVE_SECONDS}
+
 [profiles.held]
 approval = "manual"
 est_retry_after_seconds = 1
