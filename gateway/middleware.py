@@ -24,6 +24,7 @@ import gevent
 from werkzeug.exceptions import RequestTimeout
 
 from est.auth import ProxyNetwork
+from gateway.logs import bind_request_id
 from gateway.proxies import resolve
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -175,6 +176,7 @@ class GatewayMiddleware:
         offered = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = offered if _REQUEST_ID_OK.fullmatch(offered) else uuid.uuid4().hex[:16]
         environ[REQUEST_ID] = request_id
+        bind_request_id(request_id)  # every record logged while it is served names it
         transport_facts(environ, self.trusted)
         if self.body_seconds is not None and "wsgi.input" in environ:
             sock = environ.get("gunicorn.socket")

@@ -41,6 +41,7 @@ from gevent import ssl as gevent_ssl
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
+from gateway.logs import bind_request_id
 from gateway.middleware import CLOSE_AFTER_RESPONSE, LOOP_LAG
 
 log = logging.getLogger("gateway.worker")
@@ -141,6 +142,9 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]
 
     def handle_request(self, listener_name: Any, req: Any, sock: socket.socket, addr: Any) -> None:
         super().handle_request(listener_name, req, sock, addr)
+        # Served: what this connection logs next is not about it. A request that failed keeps its id
+        # bound, so gunicorn's "Error handling request" line (logged after this returns) names it.
+        bind_request_id(None)
         if sock in CLOSE_AFTER_RESPONSE:  # its body was cut short (408): no next request on it
             raise StopIteration
 

@@ -11,7 +11,12 @@ import io
 import json
 import logging
 import re
+import sys
+import threading
+import traceback
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +27,12 @@ from gateway.logs import (
     GatewayLogHandler,
     GunicornLogger,
     JsonFormatter,
+    JsonLineStream,
+    RequestIdFilter,
     TextFormatter,
+    announcer,
+    bind_request_id,
+    capture_process_output,
     configure_logging,
     escape,
     formatter_for,
@@ -238,3 +248,152 @@ def test_gunicorn_lines_go_through_the_gateway_handler(log_format: str) -> None:
         assert all(_RECORD_START.match(line) for line in lines)
         assert "ERROR gunicorn.error: Error handling request /scep\\nINJECTED\\x1b[31m" in lines[0]
     assert all(_FORBIDDEN.search(line) is None for line in lines)
+
+
+# -- request ids, and what bypasses the logging module ----------------------------------------------
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_records_logged_while_a_request_is_bound_carry_its_id() -> None:
+    configure_logging("json", "info")
+    stream = io.StringIO()
+    [ours] = [h for h in logging.getLogger().handlers if getattr(h, "_gateway", False)]
+    assert isinstance(ours, GatewayLogHandler)
+    ours.setStream(stream)
+    log = logging.getLogger("gateway.test")
+    try:
+        bind_request_id("abc123")
+        log.warning("refused")
+        log.warning("access", extra={"request_id": "given"})  # a record naming its own id keeps it
+        bind_request_id(None)
+        log.warning("between requests")
+    finally:
+        bind_request_id(None)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r.get("request_id") for r in records] == ["abc123", "given", None]
+
+
+def test_a_bound_request_id_stays_in_its_own_thread() -> None:
+    bind_request_id("main-thread")
+    try:
+        record = _record("x")
+        RequestIdFilter().filter(record)
+        assert record.request_id == "main-thread"  # type: ignore[attr-defined]
+        seen: list[str | None] = []
+
+        def other() -> None:
+            elsewhere = _record("y")
+            RequestIdFilter().filter(elsewhere)
+            seen.append(getattr(elsewhere, "request_id", None))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert seen == [None]
+    finally:
+        bind_request_id(None)
+
+
+def _traceback_text() -> str:
+    try:
+        raise ValueError("broken\nINJECTED line")
+    except ValueError:
+        return traceback.format_exc()
+
+
+def test_stray_lines_become_json_records_and_a_traceback_one_record() -> None:
+    underlying = io.StringIO()
+    stream = JsonLineStream(underlying, "stderr", logging.ERROR)
+    stream.write("\nError: cannot load the app\n")  # gunicorn's print after a boot failure
+    stream.write("partial ")
+    stream.write("line\n")
+    for line in _traceback_text().splitlines(keepends=True):  # as traceback.print_exc writes it
+        stream.write(line)
+    stream.write("trailing without newline")
+    stream.flush()
+    lines = underlying.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["logger"], r["level"]) for r in records] == [("stderr", "error")] * 5
+    assert [r["message"] for r in records] == [
+        "Error: cannot load the app",
+        "partial line",
+        "ValueError: broken",
+        "INJECTED line",  # an exception message's second line: a record of its own, never raw text
+        "trailing without newline",
+    ]
+    assert records[2]["exception"].startswith("Traceback (most recent call last):\n  File ")
+    assert "exception" not in records[0]
+
+
+def test_stray_stream_delegates_to_the_stream_beneath(tmp_path: Path) -> None:
+    with (tmp_path / "out").open("w") as underlying:
+        stream = JsonLineStream(underlying, "stdout", logging.INFO)
+        assert stream.fileno() == underlying.fileno() and not stream.isatty() and stream.writable()
+        print("hello", file=stream)  # what a library's print does
+    [record] = [json.loads(line) for line in (tmp_path / "out").read_text().splitlines()]
+    assert (record["logger"], record["level"], record["message"]) == ("stdout", "info", "hello")
+
+
+@pytest.fixture
+def process_hooks(root_logging: None) -> Iterator[None]:
+    """Put back what capture_process_output changes: the streams, the except hooks, warnings capture."""
+    saved = (sys.stdout, sys.stderr, sys.excepthook, threading.excepthook)
+    yield
+    sys.stdout, sys.stderr, sys.excepthook, threading.excepthook = saved
+    logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("process_hooks")
+def test_capture_routes_warnings_uncaught_exceptions_and_prints_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json", "info")
+    capture_process_output("json")
+    capture_process_output("json")  # idempotent: no stream wrapped twice
+    assert isinstance(sys.stderr, JsonLineStream) and not isinstance(sys.stderr.stream, JsonLineStream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # pytest's filterwarnings=error would raise it
+        warnings.warn_explicit("deprecated thing", UserWarning, "lib.py", 1)
+    thread = threading.Thread(target=lambda: 1 / 0, name="crl-timer")
+    thread.start()
+    thread.join()
+    try:
+        raise KeyError("lost")
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    print("from a library")
+    sys.stderr.write("gunicorn: raw line\n")
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in err.splitlines()]
+    by_logger = {r["logger"]: r for r in records}
+    assert "deprecated thing" in by_logger["py.warnings"]["message"]
+    assert by_logger["gateway.uncaught"]["level"] == "critical"
+    thread_record = next(r for r in records if r["message"] == "uncaught exception in thread crl-timer")
+    assert "ZeroDivisionError" in thread_record["exception"]
+    assert by_logger["stderr"]["message"] == "gunicorn: raw line"
+    assert [json.loads(line)["message"] for line in out.splitlines()] == ["from a library"]
+
+
+@pytest.mark.usefixtures("process_hooks")
+def test_capture_in_text_mode_leaves_the_streams_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("text", "info")
+    capture_process_output("text")
+    assert not isinstance(sys.stderr, JsonLineStream) and not isinstance(sys.stdout, JsonLineStream)
+    try:
+        raise KeyError("lost")
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert _RECORD_START.match(err) and " CRITICAL gateway.uncaught: uncaught exception" in err
+    assert all(line.startswith(CONTINUATION) for line in err.splitlines()[1:])
+
+
+def test_announcer_writes_the_banner_as_json_records_with_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    announcer("json")("SCEP   http://127.0.0.1:8080/scep  and  https://127.0.0.1:8443/scep")
+    announcer("text")("EST    https://127.0.0.1:8443/.well-known/est")
+    json_line, text_line = capsys.readouterr().out.splitlines()
+    record = json.loads(json_line)
+    assert (record["logger"], record["message"]) == (
+        "gateway.serve",
+        "SCEP http://127.0.0.1:8080/scep and https://127.0.0.1:8443/scep",
+    )
+    assert record["urls"] == ["http://127.0.0.1:8080/scep", "https://127.0.0.1:8443/scep"]
+    assert text_line == "EST    https://127.0.0.1:8443/.well-known/est"

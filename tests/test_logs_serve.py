@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -112,9 +113,41 @@ def _wait_for(server: Server, request_ids: list[str], seconds: float = 5.0) -> s
     deadline = time.monotonic() + seconds
     while True:
         text = server.stderr_text()
-        if all(request_id in text for request_id in request_ids) or time.monotonic() > deadline:
+        # The access line ("... rid=ID"), written last: other records of the request name its id too.
+        if all(f"rid={request_id}" in text for request_id in request_ids) or time.monotonic() > deadline:
             return text
         time.sleep(0.05)
+
+
+def _malformed_request(port: int) -> bytes:
+    """A request head gunicorn refuses itself (a control character in a header name): its 400's first bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n")
+        return sock.recv(64)
+
+
+def _every_line_is_json_through_shutdown(running: Server) -> None:
+    """Stop the server; then every line it wrote on stdout and stderr, from the banner to the last
+    shutdown line, is one JSON object."""
+    assert stop_server(running) == 0, running.stderr_text()
+    stdout, stderr = running.stdout.read_text(), running.stderr_text()
+    records = {}
+    for stream, text in (("stdout", stdout), ("stderr", stderr)):
+        assert text.endswith("\n"), text
+        lines = text.split("\n")[:-1]
+        assert all(line.startswith("{") for line in lines), text
+        records[stream] = [json.loads(line) for line in lines]
+        assert all({"time", "level", "logger", "pid", "message"} <= set(r) for r in records[stream]), text
+    banner = records["stdout"]
+    assert {r["logger"] for r in banner} == {"gateway.serve"}
+    urls = [url for r in banner for url in r["urls"]]
+    assert f"http://127.0.0.1:{running.http_port}/healthz" in urls
+    assert f"https://127.0.0.1:{running.https_port}/.well-known/est" in urls
+    messages = [r["message"] for r in records["stderr"]]
+    assert any(m.startswith("Invalid request from ip=127.0.0.1") for m in messages)
+    assert messages.count("Handling signal: term") == 2  # each listener's arbiter
+    assert sum(m.startswith("Worker exiting") for m in messages) == 2
+    assert messages.count("Shutting down: Master") == 2
 
 
 def test_client_text_cannot_forge_a_log_line(server: tuple[Server, str], est_user: tuple[str, str]) -> None:
@@ -144,6 +177,7 @@ def test_client_text_cannot_forge_a_log_line(server: tuple[Server, str], est_use
     assert [reply.status for reply in replies][1:] == [401, 404]
     assert all(reply.status != 500 for reply in replies)
     request_ids = [reply.headers["x-request-id"] for reply in replies]
+    assert _malformed_request(running.http_port).startswith(b"HTTP/1.1 400 ")  # gunicorn's own refusal
     stderr = _wait_for(running, request_ids)
 
     lines = stderr.split("\n")[:-1]
@@ -160,6 +194,10 @@ def test_client_text_cannot_forge_a_log_line(server: tuple[Server, str], est_use
         assert LABEL_SHOWN["json"] in {r["path"].split("/")[3] for r in access}
         messages = "\n".join(r["message"] for r in records)
         assert LABEL_SHOWN["json"] in messages  # "EST <label> simpleenroll refused (404)"
+        refusals = [r for r in records if r["logger"] == "est.views" and "refused" in r["message"]]
+        named = {r["request_id"] for r in refusals}  # each names its request (the first: if the policy refused)
+        assert set(request_ids[1:]) <= named <= set(request_ids)
+        _every_line_is_json_through_shutdown(running)
     else:
         assert all(_TEXT_RECORD.match(line) or line.startswith(CONTINUATION) for line in lines), stderr
         assert any(" gunicorn.error: Booting worker" in line for line in lines)

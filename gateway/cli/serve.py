@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from gateway.cli.support import config_options, load_cli_config
+from gateway.cli.support import config_options, load_cli_config, one_line
+from shared_ca.errors import CAError
 
 
 @click.command("serve")
@@ -26,7 +28,7 @@ def serve(
     log_format: str | None,
 ) -> None:
     """Run the HTTP and HTTPS listeners until SIGTERM or SIGINT."""
-    from gateway.logs import configure_logging
+    from gateway.logs import announcer, capture_process_output, configure_logging
     from gateway.supervisor import ServeError, child_environment
     from gateway.supervisor import serve as run_servers
 
@@ -38,8 +40,13 @@ def serve(
     }
     config = load_cli_config(data_dir, config_file, overrides)
     configure_logging(config["log.format"], config["log.level"])
+    capture_process_output(config["log.format"])
     try:
-        code = run_servers(config, child_environment(config, dict(os.environ)), click.echo)
-    except ServeError as exc:
-        raise click.ClickException(str(exc)) from None
+        code = run_servers(config, child_environment(config, dict(os.environ)), announcer(config["log.format"]))
+    except (ServeError, CAError) as exc:
+        message = one_line(exc) if isinstance(exc, CAError) else str(exc)
+        if config["log.format"] == "json":  # the reason as a record like every other line
+            logging.getLogger("gateway.server").error("cannot serve: %s", message)
+            sys.exit(1)
+        raise click.ClickException(message) from None
     sys.exit(code)
