@@ -12,7 +12,7 @@ from flask import Response, abort, request
 from gateway.middleware import CLIENT_ADDRESS, LISTENER, REQUEST_ID
 from gateway.runtime import Gateway
 from shared_ca.authority import utcnow
-from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord
+from shared_ca.storage.admin import ADMIN_SCOPE, AdminTokenRecord, AdminTokenUse
 
 log = logging.getLogger("gateway.admin")
 BEARER_REALM = 'Bearer realm="gateway admin API"'
@@ -82,7 +82,8 @@ def check_admin_token(
     """The enabled admin token `token` with the admin scope (and the name `expected_name`, when given):
     `unauthorized` for an unknown, disabled or misnamed token, 403 for a token without the scope."""
     tokens = gateway.storage.admin_tokens
-    record = tokens.authenticate_admin_token(token, utcnow())
+    use = AdminTokenUse(request.method, request.path, request.environ.get(CLIENT_ADDRESS))
+    record = tokens.authenticate_admin_token(token, utcnow(), use=use)  # audited: admin_token.used
     if record is None:
         known = tokens.admin_token_for_secret(token)
         raise unauthorized(f"admin token {known.name!r} is disabled" if known is not None else "unknown admin token")

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from gateway.audit_trail import open_store
 from gateway.config import CONFIG_FILE_NAME, GatewayConfig, load_config, render_config
 from gateway.settings import SETTINGS
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
@@ -43,7 +44,7 @@ from shared_ca.keys import (
 )
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import RA_PROFILE, TLS_SERVER_PROFILE
-from shared_ca.storage.db import create_store_engine, migrate_to_head
+from shared_ca.storage.db import migrate_to_head
 from shared_ca.storage.repositories import Storage
 
 DEFAULTS = {s.key: s.default for s in SETTINGS}
@@ -189,7 +190,7 @@ def _record_ca(
     config: GatewayConfig, material: CAMaterial, hostnames: list[str], now: dt.datetime
 ) -> _GatewayCertificates:
     """Migrate the database, register the CA and issue the RA and TLS certificates (all recorded)."""
-    engine = create_store_engine(config.database_url)
+    engine = open_store(config).engine
     try:
         migrate_to_head(engine)
         if engine.dialect.name == "sqlite" and engine.url.database:

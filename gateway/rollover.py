@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from gateway.audit_trail import open_store
 from gateway.config import GatewayConfig
 from gateway.runtime import key_passphrase
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
@@ -40,7 +41,7 @@ from shared_ca.keys import (
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import RA_PROFILE
 from shared_ca.storage.audit import AuditEvent
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.db import require_schema_at_head
 from shared_ca.storage.issuers import IssuerRecord, Issuers
 from shared_ca.storage.repositories import Storage
 
@@ -224,7 +225,7 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
     now = utcnow()
     _check_paths(config)
     current = _current_ca(config)
-    engine = create_store_engine(config.database_url)
+    engine = open_store(config).engine
     try:
         require_schema_at_head(engine)
         storage = Storage.open(engine)

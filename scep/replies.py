@@ -147,7 +147,7 @@ class Replies:
         if request is None:
             assert isinstance(exc, ScepMessageError)
             log.warning("SCEP %s refused (%s): %s", exc.reply.transaction_id, fail_info.rfc_name, exc.detail)
-            self.event(profile, client, "PKIOperation", outcome, exc.reply, exc.detail)
+            self.event(profile, client, "PKIOperation", outcome, exc.reply, exc.detail, refusal_kind=exc.kind.value)
             return self.failure(exc.reply, fail_info, exc.public_message)
         keep = None if isinstance(exc, TooManyRequests) else kept
         if keep is not None:
@@ -155,7 +155,7 @@ class Replies:
         operation = request.message_type.name
         log.warning("SCEP %s %s refused (%s): %s", operation, request.transaction_id, fail_info.rfc_name, exc.detail)
         if keep is None:
-            self.event(profile, client, operation, outcome, request.reply, exc.detail)
+            self.event(profile, client, operation, outcome, request.reply, exc.detail, refusal_kind=exc.kind.value)
         return self.failure(request.reply, fail_info, exc.public_message)
 
     def _keep(
@@ -173,6 +173,7 @@ class Replies:
         failed = replace(txn, status="failed", fail_info=fail_info.rfc_name, fail_info_text=exc.public_message)
         device = self.device_of(request)
         event = self.enrollment_event(profile, client, request, outcome, "none", device, {"cause": exc.detail})
+        event = replace(event, refusal_kind=exc.kind.value)
         try:
             self.enrollments.record_scep_outcome(failed, event, self.clock())
         except TransactionExists:
@@ -224,8 +225,11 @@ class Replies:
         outcome: str,
         context: ReplyContext | None,
         cause: str | None = None,
+        *,
+        refusal_kind: str | None = None,
     ) -> None:
-        """Write the request's enrollment event on its own (refusals, polls, retrievals)."""
+        """Write the request's enrollment event on its own (refusals, polls, retrievals); a refusal's kind
+        (an ErrorKind value) decides whether it is audited (shared_ca.storage.enrollment_records)."""
         cipher = context.content_cipher.value if context is not None and context.content_cipher is not None else None
         digest = context.digest.value if context is not None else None
         transaction_id = context.transaction_id if context is not None else None
@@ -243,6 +247,7 @@ class Replies:
             transaction_id=transaction_id,
             detail={"cause": cause} if cause is not None else None,
             client_family=client.family(operation, transaction_id, cipher, digest),
+            refusal_kind=refusal_kind,
         )
         try:
             self.enrollments.record_event(event, self.clock())

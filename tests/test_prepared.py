@@ -115,6 +115,7 @@ def test_literals_and_repeated_binds_are_filled_in(store: Storage) -> None:
 def test_runs_inside_the_callers_transaction(store: Storage) -> None:
     prepared = PreparedStatement(insert(audit_events), columns_from_params=True)
     row = {"occurred_at": NOW, "actor": "t", "action": "rolled-back", "issuer_id": None, "serial_hex": None}
+    row |= {"node": "n", "seq": 1, "prev_hash": "0" * 64, "hash": "0" * 64}  # the chain's columns (0010)
     with pytest.raises(RuntimeError), store.engine.begin() as conn:
         prepared.execute(conn, {**row, "detail": "{}"})
         raise RuntimeError("abort")

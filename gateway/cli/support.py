@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 import click
 
 from est.client import EstClientError
+from gateway.audit_trail import open_store
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.initdir import InitError
 from gateway.runtime import Gateway, open_gateway
 from scep import client as scep_client
 from shared_ca.errors import CAError
-from shared_ca.storage.db import create_store_engine, database_failure, require_schema_at_head
+from shared_ca.storage.db import database_failure, require_schema_at_head
 from shared_ca.storage.device_contacts import MAX_GROUP
 from shared_ca.storage.repositories import Storage
 
@@ -131,7 +132,7 @@ def load_cli_config(data_dir: Path, config_file: Path | None, overrides: dict[st
 def database_storage(config: GatewayConfig) -> Iterator[Storage]:
     """The repositories of the configured database, for commands that need no key material; the
     schema must be at head (`gateway db upgrade`)."""
-    engine = create_store_engine(config.database_url)
+    engine = open_store(config).engine
     try:
         require_schema_at_head(engine)
         yield Storage.open(engine)

@@ -65,6 +65,18 @@ class AdminTokenRecord:
 
 
 @dataclass(frozen=True)
+class AdminTokenUse:
+    """What a token was presented for, for its audit record: the HTTP method, path and client address."""
+
+    method: str
+    path: str
+    client: str | None = None
+
+
+MAX_AUDITED_PATH = 512
+
+
+@dataclass(frozen=True)
 class NewAdminToken:
     """A token just created: the record and the token itself, which exists nowhere else."""
 
@@ -125,8 +137,11 @@ class AdminTokens:
             raise Conflict(f"an admin token named {name!r} already exists") from exc
         return NewAdminToken(_record(row), token)
 
-    def authenticate_admin_token(self, token: str, now: dt.datetime) -> AdminTokenRecord | None:
-        """The active token `token` is, with last_used_at set to `now`; None for unknown or disabled.
+    def authenticate_admin_token(
+        self, token: str, now: dt.datetime, *, use: AdminTokenUse | None = None
+    ) -> AdminTokenRecord | None:
+        """The active token `token` is, with last_used_at set to `now` (and, given its `use`, an audit
+        record 'admin_token.used' in the same transaction); None for unknown or disabled.
 
         Looked up by its hash (the database compares hashes, which an attacker cannot steer byte by
         byte); one conditional UPDATE, so a token disabled concurrently is not used afterwards.
@@ -144,6 +159,15 @@ class AdminTokens:
                 .mappings()
                 .first()
             )
+            if row is not None and use is not None:
+                detail = {
+                    "token": row["id"],
+                    "name": row["name"],
+                    "method": use.method[:16],
+                    "path": use.path[:MAX_AUDITED_PATH],
+                    "client": use.client,
+                }
+                write_audit(conn, AuditEvent(f"admin-token:{row['name']}", "admin_token.used", detail=detail), now)
         if row is None or not hmac.compare_digest(row["token_sha256"], digest):
             return None
         return _record(row)

@@ -181,10 +181,13 @@ class Certificates:
                         .where(and_(certificates.c.id == old_id, certificates.c.status == "valid"))
                         .values(supersede_at=at)
                     )
+                approved = None
                 if isinstance(scep_transaction, NewScepTransaction):
                     write_scep_transaction(conn, scep_transaction, now, certificate_id=cert_id)
                 elif scep_transaction is not None:
-                    complete_pending(conn, scep_transaction, cert_id, now)
+                    approved = complete_pending(
+                        conn, scep_transaction, cert_id, now, issuer_id=cert.issuer_id, serial_hex=cert.serial_hex
+                    )
                 if enrollment is not None:
                     write_enrollment_event(
                         conn,
@@ -194,7 +197,9 @@ class Certificates:
                         serial_hex=cert.serial_hex,
                         certificate_not_after=cert.not_after,
                     )
-                write_audit(conn, event, now)
+                if approved is not None:
+                    write_audit(conn, approved, now)
+                write_audit(conn, event, now)  # last: the audit chain's head is the last lock taken
         except IntegrityError as exc:
             if _is_serial_violation(exc):
                 raise SerialCollision(cert.serial_hex) from exc

@@ -156,13 +156,14 @@ class Crls:
                     and_(c.status == "valid", c.supersede_at.is_not(None), c.supersede_at <= now)
                 )
             ).all()
-            for cert_id, issuer_id, serial, at in due:
+            for cert_id, issuer_id, _serial, at in due:
                 conn.execute(
                     update(certificates)
                     .where(and_(c.id == cert_id, c.status == "valid"))
                     .values(status="revoked", revoked_at=at, revocation_reason="superseded")
                 )
                 bump_revision(conn, issuer_id)
+            for _cert_id, issuer_id, serial, _at in due:  # last: the audit chain's head is the last lock taken
                 write_audit(
                     conn,
                     AuditEvent(actor, "certificate.revoked", issuer_id, serial, {"reason": "superseded"}),

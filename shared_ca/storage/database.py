@@ -13,7 +13,7 @@ race (TransactionExists) reads the winner afresh.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -27,6 +27,21 @@ from shared_ca.storage.db import WRITE, describe_database_error, engine_gates
 
 # The connection a `Database.reading()` scope lends to every read on the same engine in this thread.
 _SHARED_READ: ContextVar[tuple[Engine, Connection] | None] = ContextVar("gateway_shared_read", default=None)
+# The connection of the innermost `Database.write()` scope of this thread, and what is to run once it commits.
+_AFTER_COMMIT: ContextVar[tuple[Connection, list[Callable[[], None]]] | None] = ContextVar(
+    "gateway_after_commit", default=None
+)
+
+
+def after_commit(conn: Connection, action: Callable[[], None]) -> bool:
+    """Run `action` once the `Database.write()` transaction of `conn` has committed, never when it rolls
+    back (after the writer gate is released; an exception of `action` is the caller's to prevent). False,
+    and nothing is run, when `conn` is not the connection of this thread's innermost write scope."""
+    scope = _AFTER_COMMIT.get()
+    if scope is None or scope[0] is not conn:
+        return False
+    scope[1].append(action)
+    return True
 
 
 def _unavailable(exc: DBAPIError | PoolTimeout) -> Unavailable:
@@ -95,23 +110,34 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction, committed when the block ends (SQLite: behind the writer gate)."""
+        """One write transaction, committed when the block ends (SQLite: behind the writer gate); then
+        what `after_commit` queued for it runs."""
+        committed: list[Callable[[], None]] = []
         try:
             with (
                 self._connections(),
                 self._writers,
                 self.engine.connect().execution_options(**WRITE) as conn,
-                conn.begin(),
             ):
+                token = _AFTER_COMMIT.set((conn, committed))
                 try:
-                    yield conn
-                except DBAPIError as exc:
-                    _drop_if_read_only(conn, exc)
+                    with conn.begin():
+                        try:
+                            yield conn
+                        except DBAPIError as exc:
+                            _drop_if_read_only(conn, exc)
+                            raise
+                except BaseException:
+                    committed.clear()
                     raise
+                finally:
+                    _AFTER_COMMIT.reset(token)
         except IntegrityError:
             raise
         except (DBAPIError, PoolTimeout) as exc:
             raise _unavailable(exc) from None
+        for action in committed:
+            action()
 
     def ping(self) -> None:
         """Raise Unavailable unless the database answers."""

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from shared_ca.errors import Conflict, InvalidRequest
+from shared_ca.storage.audit import AuditEvent, write_audit
 from shared_ca.storage.device_contacts import DeviceContact, touch_device
 from shared_ca.storage.prepared import PreparedStatement
 from shared_ca.storage.schema import (
@@ -29,6 +30,11 @@ from shared_ca.storage.schema import (
 
 PROTOCOLS = ("scep", "est")
 REFUSED_OUTCOMES = ("refused", "failure", "failed")
+# Refusals that judge the load, not the requester (rate limits, capacity) or never reached an operation
+# (unknown label, wrong method, body too large): enrollment events only, never audit records, so a storm
+# of them takes no chain-head lock (shared_ca.storage.audit). The values are ErrorKind values, and
+# 'transport' (est.events).
+UNAUDITED_REFUSALS = frozenset({"too_many_requests", "unavailable", "transport"})
 FINAL_STATUSES = ("issued", "failed", "rejected")
 MAX_TRANSACTION_ID = 255  # certmonger sends ~78 decimal digits (SHA-256 of the key), ~155 with SHA-512
 MAX_DEVICE_IDENTITY = 255
@@ -83,6 +89,9 @@ class EnrollmentEvent:
     # The SCEP client's family (scep.clients), kept on the device row for the migration report (not an
     # event column); None when nothing told.
     client_family: str | None = None
+    # What kind of refusal this is (an ErrorKind value) when the outcome does not say (SCEP's failInfo
+    # names several); it decides whether the refusal is audited (UNAUDITED_REFUSALS). Not an event column.
+    refusal_kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -225,7 +234,8 @@ def write_enrollment_event(
     certificate_not_after: dt.datetime | None = None,
 ) -> int:
     """Insert one enrollment event inside the caller's transaction, and move the device it names
-    (shared_ca.storage.device_contacts); its id."""
+    (shared_ca.storage.device_contacts); a refusal that judged the requester also gets its audit record
+    (`refusal_audit`). Its id."""
     if event.device_identity and not event.outcome.startswith(REFUSED_OUTCOMES):
         # A refused request names a device but proves nothing about it: it moves no device.
         contact = DeviceContact(
@@ -241,7 +251,7 @@ def write_enrollment_event(
             certificate_not_after=certificate_not_after,
         )
         touch_device(conn, contact, now)
-    return _INSERT_EVENT.inserted_id(
+    event_id = _INSERT_EVENT.inserted_id(
         conn,
         {
             "occurred_at": now,
@@ -261,6 +271,44 @@ def write_enrollment_event(
             "detail": json.dumps(event.detail or {}, sort_keys=True),
             "tls_version": event.tls_version,
         },
+    )
+    audit = refusal_audit(event, event_id)
+    if audit is not None:
+        write_audit(conn, audit, now)
+    return event_id
+
+
+def refusal_audit(event: EnrollmentEvent, event_id: int) -> AuditEvent | None:
+    """The audit record of a refused request (action 'request.refused'), None for any other outcome and
+    for the refusals UNAUDITED_REFUSALS names. Its actor is who asked, as issuance names them: the
+    protocol and the principal (EST) or the client address."""
+    if not event.outcome.startswith(REFUSED_OUTCOMES):
+        return None
+    kind = event.refusal_kind
+    if kind is None and event.outcome.startswith("refused:"):
+        kind = event.outcome.partition(":")[2]
+    if kind in UNAUDITED_REFUSALS:
+        return None
+    recorded = event.detail or {}
+    principal = recorded.get("principal")
+    facts: dict[str, Any] = {
+        "event": event_id,
+        "protocol": event.protocol,
+        "operation": event.operation,
+        "outcome": event.outcome,
+        "kind": kind,
+        "profile": event.profile,
+        "device": event.device_identity,
+        "client": event.client_address,
+        "transaction_id": event.transaction_id,
+        "principal": principal,
+        "cause": recorded.get("cause"),
+    }
+    who = principal or event.client_address or "-"
+    return AuditEvent(
+        f"{event.protocol}:{who}",
+        "request.refused",
+        detail={key: value for key, value in facts.items() if value is not None},
     )
 
 
@@ -324,16 +372,31 @@ def write_scep_transaction(
     )
 
 
-def complete_pending(conn: Connection, pending: CompletePending, certificate_id: int, now: dt.datetime) -> None:
+def complete_pending(
+    conn: Connection,
+    pending: CompletePending,
+    certificate_id: int,
+    now: dt.datetime,
+    *,
+    issuer_id: int | None = None,
+    serial_hex: str | None = None,
+) -> AuditEvent | None:
     """Turn a pending approval request 'issued' inside the issuance's transaction, with the SCEP transaction
-    waiting on it (its client's next CertPoll gets the certificate); Conflict unless it is pending."""
+    waiting on it (its client's next CertPoll gets the certificate); Conflict unless it is pending. The
+    audit record of an administrator's approval ('request.approved'; none for a deferred request's
+    issuance), for the caller to write last: the chain head is the last lock a transaction takes."""
     a = approval_requests.c
-    changed = conn.execute(
-        update(approval_requests)
-        .where(a.id == pending.approval_id, a.status == "pending")
-        .values(status="issued", certificate_id=certificate_id, decided_at=now, decided_by=pending.actor[:255])
-    ).rowcount
-    if changed != 1:
+    decided = (
+        conn.execute(
+            update(approval_requests)
+            .where(a.id == pending.approval_id, a.status == "pending")
+            .values(status="issued", certificate_id=certificate_id, decided_at=now, decided_by=pending.actor[:255])
+            .returning(a.deferred, a.protocol, a.profile, a.principal_name, a.device_identity)
+        )
+        .mappings()
+        .first()
+    )
+    if decided is None:
         raise Conflict(f"request {pending.approval_id} is not pending")
     t = scep_transactions.c
     conn.execute(
@@ -341,6 +404,16 @@ def complete_pending(conn: Connection, pending: CompletePending, certificate_id:
         .where(t.approval_id == pending.approval_id, t.status == "pending")
         .values(status="issued", certificate_id=certificate_id, updated_at=now)
     )
+    if decided["deferred"]:
+        return None
+    detail = {
+        "request": pending.approval_id,
+        "protocol": decided["protocol"],
+        "profile": decided["profile"],
+        "principal": decided["principal_name"],
+        "device": decided["device_identity"],
+    }
+    return AuditEvent(pending.actor, "request.approved", issuer_id, serial_hex, detail)
 
 
 def enrollment_record(row: RowMapping) -> EnrollmentRecord:

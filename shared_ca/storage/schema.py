@@ -103,6 +103,23 @@ audit_events = Table(
     Column("issuer_id", Id, ForeignKey("issuers.id"), nullable=True),
     Column("serial_hex", String(40), nullable=True),
     Column("detail", Text, nullable=False),
+    # The hash chain (revision 0010, shared_ca.storage.audit_chain): one chain per node, numbered 1..n.
+    Column("node", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("node", "seq", name="uq_audit_events_node_seq"),
+    Index("ix_audit_events_action_node", "action", "node", "seq"),
+)
+
+# The newest record of each node's chain: the row a writer locks to append, and what shows that the
+# newest records of a chain were deleted (revision 0010).
+audit_chain_heads = Table(
+    "audit_chain_heads",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", String(64), nullable=False),
 )
 
 crl_publications = Table(

@@ -18,13 +18,14 @@ from typing import Any
 
 import click
 
+from gateway.audit_trail import open_store
 from gateway.cli.output import format_option, render, render_mapping
 from gateway.cli.support import actor, check_group, config_options, load_cli_config, parse_time, refuse
 from migration_tools.device_export import import_device_export, read_device_export
 from migration_tools.importer import ImportOptions, ImportSummary, Progress, import_inventory
 from migration_tools.inventory import KINDS, InventoryError, Problem, open_inventory
 from shared_ca.authority import utcnow
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.db import require_schema_at_head
 from shared_ca.storage.repositories import Storage
 
 TRUST_HINT = (
@@ -143,7 +144,7 @@ def migrate_import(
             inventory = open_inventory(kind, path, ca_cert=ca_cert, certs_dir=certs_dir)
     except InventoryError as exc:
         raise click.ClickException(str(exc)) from None
-    engine = create_store_engine(config.database_url)
+    engine = open_store(config).engine
     click.get_current_context().call_on_close(engine.dispose)
     require_schema_at_head(engine)
     storage = Storage.open(engine)
