@@ -42,14 +42,14 @@ def create_app(
     app.extensions["gateway"] = loader
 
     from est import views as est_views
-    from gateway import admin, dashboard, views
+    from gateway import admin, dashboard, metrics_endpoint, views
     from gateway.est_transport import est_connection_facts
     from scep import views as scep_views
 
     @app.before_request  # registered first: it runs before the hook admin.init_app adds
     def _gateway_ready() -> Response | None:
-        """Every endpoint but liveness and readiness needs the gateway open: 503 while it cannot be."""
-        if request.endpoint in views.ANSWERED_WITHOUT_GATEWAY:
+        """Every endpoint but liveness, readiness and metrics needs the gateway open: 503 while it cannot be."""
+        if request.endpoint in views.ANSWERED_WITHOUT_GATEWAY | metrics_endpoint.ANSWERED_WITHOUT_GATEWAY:
             return None
         try:
             loader.get()
@@ -65,6 +65,7 @@ def create_app(
     scep_views.init_app(app, lambda: loader.get().scep, default_profile=default_profile)
     admin.init_app(app, loader.get)
     dashboard.init_app(app, loader.get)
+    metrics_endpoint.init_app(app, loader)  # /metrics, and the count and latency of every request
     est_views.init_app(
         app, lambda: loader.get().est, default_label=default_profile, connection=est_connection_facts(config)
     )

@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from est.key_delivery import load_keks
 from est.service import EstService
+from gateway.audit_trail import open_store
 from gateway.config import GatewayConfig
+from gateway.metrics_observers import counted_admission, instrument_storage
 from scep.service import ScepService
 from shared_ca.admission import Admission, AdmissionSettings
 from shared_ca.approval import ApprovalQueue
@@ -30,7 +32,7 @@ from shared_ca.crl import CrlPublisher
 from shared_ca.errors import KeyMaterialError, Unavailable
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
 from shared_ca.ocsp import OcspResponder
-from shared_ca.storage.db import create_store_engine, require_schema_at_head
+from shared_ca.storage.db import require_schema_at_head
 from shared_ca.storage.issuers import IssuerRecord, Issuers
 from shared_ca.storage.repositories import Storage
 
@@ -117,7 +119,8 @@ def admission_settings(config: GatewayConfig) -> AdmissionSettings:
 
 
 def open_storage(config: GatewayConfig) -> Storage:
-    return Storage.open(create_store_engine(config.database_url))
+    """The configured database's repositories, counting what they commit (gateway.metrics_observers)."""
+    return instrument_storage(open_store(config), config.profiles)
 
 
 def _load_pair(
@@ -179,7 +182,7 @@ def _assemble(
         profiles=config.profiles,
         clock=authority.clock,
     )
-    admission = admission or Admission(admission_settings(config))
+    admission = admission or counted_admission(admission_settings(config))
     scep = ScepService(
         authority=authority,
         storage=storage,

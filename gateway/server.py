@@ -27,7 +27,8 @@ from gunicorn.app.base import BaseApplication
 from gateway.app import config_from_environment, create_app
 from gateway.config import GatewayConfig
 from gateway.housekeeping import purge_stale
-from gateway.logs import GunicornLogger, configure_logging
+from gateway.logs import GunicornLogger, capture_process_output, configure_logging
+from gateway.metrics import worker_exited
 from gateway.runtime import GatewayLoader, key_passphrase, open_gateway
 from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
 from gateway.worker import ConnectionLimits, server_tls_context
@@ -249,6 +250,7 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         cfg.set("errorlog", "-")
         cfg.set("logger_class", GunicornLogger)  # its lines through our handler: same format and escaping
         cfg.set("post_worker_init", self._post_worker_init)
+        cfg.set("child_exit", _worker_exited)  # its in-flight gauge goes; its counts stay (gateway.metrics)
         if "control_socket_disable" in cfg.settings:  # gunicorn >= 24: both arbiters would share one socket
             cfg.set("control_socket_disable", True)
         if self.listener == "https":
@@ -259,10 +261,15 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         return create_app(loader=self._worker_loader())
 
 
+def _worker_exited(_arbiter: Any, worker: Any) -> None:
+    worker_exited(worker.pid)
+
+
 def run_listener(listener: str) -> None:
     """Entry of one arbiter process (`python -m gateway.server LISTENER`), started by gateway.supervisor."""
     config = config_from_environment()
     configure_logging(config["log.format"], config["log.level"])
+    capture_process_output(config["log.format"])  # gunicorn's prints and tracebacks as records too
     ListenerApplication(listener, config, inherited_fd=os.environ.get(LISTEN_FD_ENV)).run()
 
 

@@ -274,6 +274,25 @@ SETTINGS: tuple[Setting, ...] = (
         "File holding the passphrase of the encrypted keys "
         "(or set GATEWAY_KEY_PASSPHRASE); empty: keys are not encrypted",
     ),
+    Setting(
+        "metrics.allowed_addresses",
+        "networks",
+        "127.0.0.0/8,::1",
+        "Client addresses (comma-separated addresses or CIDRs) that may read /metrics without an admin token; "
+        "empty: an admin token only",
+    ),
+    Setting(
+        "audit.node",
+        "str",
+        "",
+        "Name of this node in the audit trail's hash chains (one chain per node); empty: the host name",
+    ),
+    Setting(
+        "audit.syslog",
+        "str",
+        "",
+        "Also send each audit record to syslog: a socket path (/dev/log) or udp://HOST:PORT; empty: off",
+    ),
     Setting("log.format", "choice", "text", "Log format: text for people, json for machines", choices=("text", "json")),
     Setting("log.level", "choice", "info", "Log level", choices=("debug", "info", "warning", "error")),
 )

@@ -9,6 +9,8 @@ own process by `python -m gateway.server LISTENER` (gateway.server). This superv
   on the same socket: connections wait in the kernel's backlog meanwhile instead of being refused;
 - restarts a dead arbiter with back-off (1, 2, 4 ... 60 s; the count resets once one has run for a
   minute) and logs why, and never stops the other listener because of it;
+- makes a private directory for the run where every worker of both arbiters keeps its Prometheus
+  counts (PROMETHEUS_MULTIPROC_DIR, gateway.metrics), and removes it when both have stopped;
 - on SIGTERM or SIGINT closes its own copies of the sockets (new connections are refused, so a load
   balancer moves on), asks both arbiters to stop (gunicorn drains in-flight requests within the
   graceful timeout), and kills what is still running after that.
@@ -22,14 +24,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from gateway.audit_trail import record_config_change
 from gateway.config import GatewayConfig, parse_hostport
+from gateway.metrics import MULTIPROCESS_ENV, create_multiprocess_dir, forget_dead_processes, remove_multiprocess_dir
 from gateway.runtime import open_gateway
+from shared_ca.authority import utcnow
 from shared_ca.errors import Unavailable
 from shared_ca.storage.db import SchemaNotCurrent
 
@@ -77,6 +84,8 @@ class Arbiter:
     restart_at: float | None = field(default=None)
 
     def start(self) -> None:
+        if self.environ.get(MULTIPROCESS_ENV):  # an arbiter that died may have left its workers' gauges
+            forget_dead_processes(Path(self.environ[MULTIPROCESS_ENV]))
         env = dict(self.environ, **{LISTEN_FD_ENV: str(self.sock.fileno())})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.server", self.listener], env=env, pass_fds=(self.sock.fileno(),)
@@ -122,9 +131,14 @@ class Arbiter:
 
 def check_start(config: GatewayConfig) -> None:
     """Fail at once, in one line, on what no retry can mend (keys, an old schema); a database that does
-    not answer yet is only logged: the listeners answer 503 until it does."""
+    not answer yet is only logged: the listeners answer 503 until it does. A configuration that differs
+    from the one this node last ran is recorded in the audit trail (config.changed)."""
     try:
-        open_gateway(config).storage.db.dispose()
+        gateway = open_gateway(config)
+        try:
+            record_config_change(gateway.storage, config, gateway.ra_key, utcnow())
+        finally:
+            gateway.storage.db.dispose()
     except SchemaNotCurrent:
         raise
     except Unavailable as exc:
@@ -138,6 +152,8 @@ def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[st
         for listener in LISTENERS:
             sockets[listener] = bind_listener(config[f"listen.{listener}"])
         check_start(config)
+        # Where every worker of both arbiters counts (gateway.metrics): new for each run, gone after it.
+        metrics_dir = _metrics_directory()
     except BaseException:
         for sock in sockets.values():
             sock.close()
@@ -151,6 +167,7 @@ def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[st
 
     # Handlers before the first child: a SIGTERM during start-up must stop the arbiters already started.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    environ = dict(environ, **{MULTIPROCESS_ENV: str(metrics_dir)})
     arbiters = [Arbiter(listener, sockets[listener], environ) for listener in LISTENERS]
     try:
         for arbiter in arbiters:
@@ -171,7 +188,15 @@ def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[st
             arbiter.wait(deadline)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        remove_multiprocess_dir(metrics_dir)
     return 0
+
+
+def _metrics_directory() -> Path:
+    try:
+        return create_multiprocess_dir()
+    except OSError as exc:
+        raise ServeError(f"cannot create the metrics directory in {tempfile.gettempdir()}: {exc.strerror}") from None
 
 
 def _announce(config: GatewayConfig, announce: Callable[[str], None]) -> None:

@@ -117,6 +117,9 @@ PRECEDENCE: dict[str, tuple[Any, str, Any]] = {
     "crl.refresh_minutes": (30, "45", 50),
     "ocsp.validity_minutes": (30, "120", 240),
     "keys.passphrase_file": ("/etc/gw/file-pw", "/run/secrets/env-pw", "/cli-pw"),
+    "metrics.allowed_addresses": ("10.0.0.3", "10.3.0.0/16, ::1", ""),
+    "audit.node": ("gw-file", "gw-env", "gw-cli"),
+    "audit.syslog": ("/dev/log", "udp://10.0.0.9:514", "udp://syslog.example:1514"),
     "log.format": ("json", "text", "json"),
     "log.level": ("debug", "warning", "error"),
 }

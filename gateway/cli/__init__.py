@@ -11,10 +11,13 @@ import click
 
 from gateway.cli import (
     admin_token,
+    audit,
+    backup,
     ca,
     cert,
     challenge,
     client,
+    completion,
     config,
     crl,
     db,
@@ -23,6 +26,7 @@ from gateway.cli import (
     migrate,
     request,
     serve,
+    status,
 )
 from gateway.cli.client import est, scep
 from gateway.cli.support import GatewayGroup, hidden_alias
@@ -34,7 +38,8 @@ def main() -> None:
     """SCEP-to-EST migration gateway: legacy SCEP and EST on one shared CA.
 
     \b
-    set up and run     init, config, db, serve
+    set up and run     init, config, db, serve, status, completion
+    operations         audit, backup, restore
     the CA             ca, cert, crl
     credentials        challenge (SCEP), est-user (EST), admin-token (admin API)
     approvals          request
@@ -47,6 +52,11 @@ main.add_command(init.init)
 main.add_command(config.config)
 main.add_command(db.db)
 main.add_command(serve.serve)
+main.add_command(status.status)
+main.add_command(backup.backup)
+main.add_command(backup.restore)
+main.add_command(audit.audit)
+main.add_command(completion.completion)
 main.add_command(ca.ca)
 main.add_command(cert.cert)
 main.add_command(crl.crl)
