@@ -202,6 +202,12 @@ def test_a_read_only_sqlite_database_is_not_ready_503_and_heals_with_a_worker_ki
             _chattr("-i", [path for path in database if path.exists()])
         eventually(lambda: _readyz(node)["status"] == "ready", "ready again once writable")
         eventually(lambda: _enroll(node, "after") == 200, "enrollments again")
+        # A worker that opened a connection while the file was read-only (the replacement did, at its
+        # start) gets SQLITE_READONLY from it once, answers that request 503 with Retry-After and drops
+        # the connection (shared_ca.storage.database): from then on every worker enrolls.
+        eventually(
+            lambda: [_enroll(node, f"after-{n}") for n in range(4)] == [200] * 4, "every worker enrolls again"
+        )
         assert node.process.poll() is None and arbiter(node, "https") == https  # healed without a restart
         certificate_of(post(node, "simpleenroll", csr_body(ec_key(), "after-2"), auth=(USER, PASSWORD)))
     finally:

@@ -127,8 +127,10 @@ class Database:
                         except DBAPIError as exc:
                             _drop_if_read_only(conn, exc)
                             raise
-                except BaseException:
+                except BaseException as exc:
                     committed.clear()
+                    if isinstance(exc, DBAPIError) and not conn.invalidated:  # BEGIN or COMMIT found it read-only
+                        _drop_if_read_only(conn, exc)
                     raise
                 finally:
                     _AFTER_COMMIT.reset(token)
