@@ -14,7 +14,7 @@ defer) and est.events.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from cryptography import x509
@@ -71,6 +71,7 @@ class EstService:
         keks: Mapping[bytes, bytes] | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         identity: IdentityRule = DEFAULT_IDENTITY,
+        root_key_update: Sequence[x509.Certificate] = (),
     ) -> None:
         if not isinstance(signer_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise KeyMaterialError("the EST signer (the RA key) must be an RSA or EC key")
@@ -113,7 +114,9 @@ class EstService:
             signer=cmc.response_signer(signer_key, signer_certificate, authority.chain),
             clock=clock,
         )
-        self._cacerts_body = wire.encode_base64_body(wire.certs_only(list(authority.chain)))
+        # RFC 7030 §4.1.3: the current CA's chain and, while a CA rollover is under way, the root key
+        # update certificates (shared_ca.ca_rollover.CaRoles.root_key_update), as one DER SET.
+        self._cacerts_body = wire.encode_base64_body(wire.certs_only([*authority.chain, *root_key_update]))
         # Each label's /csrattrs answer depends on its profile alone: built once (~0.15 ms each).
         self._csrattrs_bodies = {name: (profile, _csrattrs_body(profile)) for name, profile in profiles.items()}
 
@@ -125,7 +128,8 @@ class EstService:
     # -- distribution: no authentication ----------------------------------------------------------
 
     def cacerts(self, profile: Profile, connection: EstConnection) -> EstReply:
-        """RFC 7030 §4.1: the CA certificate and its chain, certs-only."""
+        """RFC 7030 §4.1: the CA certificate and its chain, certs-only (and during a CA rollover the root
+        key update certificates, §4.1.3)."""
         self._events.record(EstRequest("cacerts", profile, connection), "delivered")
         return EstReply(self._cacerts_body, wire.CERTS_ONLY)
 

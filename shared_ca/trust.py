@@ -19,7 +19,9 @@ from shared_ca.errors import PolicyDenied
 from shared_ca.storage.certificates import CertificateRecord
 from shared_ca.storage.issuers import IssuerRecord
 
-OWN_ISSUER_KINDS = ("ca",)
+# Ours: the issuing CA, a next CA (it issues from its activation time on, before its row says 'ca'), and
+# the CA a rollover replaced (its certificates renew into the new CA until they expire).
+OWN_ISSUER_KINDS = ("ca", "next", "previous")
 
 
 class CertificateByFingerprint(Protocol):

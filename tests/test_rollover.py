@@ -315,7 +315,7 @@ def test_ca_show_lists_the_next_ca(runner: CliRunner, data_dir: Path) -> None:
     assert shown["next_ca_subject"] == "CN=Next CA"
     assert shown["next_ca_sha256"] == fingerprint(pem(data_dir / "ca-next" / "ca.crt"))
     assert shown["next_ra_subject"] == "CN=Next CA SCEP RA"
-    assert shown["next_ca_active"] is False and shown["next_ca_served"] is True
+    assert shown["next_ca_activates_at"] == "not scheduled" and shown["next_ca_served"] is True
     table = ok(gw(runner, data_dir, "ca", "show")).stdout
     assert "next_ca_subject" in table and "CN=Next CA" in table
 
@@ -343,5 +343,5 @@ def test_next_ca_file_not_in_database_refuses_to_start(
     other = tmp_path / "other"
     ok(runner.invoke(main, ["init", "--data-dir", str(other), "--ca-key-type", "p256"]))
     (data_dir / "ca-next" / "ca.crt").write_bytes((other / "ca" / "ca.crt").read_bytes())
-    with pytest.raises(CAError, match="not registered as the next CA"):
+    with pytest.raises(CAError, match="is not registered in the database"):
         fresh_client(data_dir, open_app)

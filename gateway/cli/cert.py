@@ -151,8 +151,11 @@ def cert_revoke(data_dir: Path, config_file: Path | None, serial: str, reason: s
         raise click.BadParameter(str(exc), param_hint="--reason") from None
     gw = open_cli_gateway(data_dir, config_file)
     record = _find(gw, serial)
-    if record.issuer_id != gw.authority.issuer.id:
+    # The issuing CA's, or a previous CA's (replaced by a rollover, still publishing its CRL).
+    authority = next((a for a in (gw.authority, *gw.previous) if a.issuer.id == record.issuer_id), None)
+    publisher = gw.crl_publisher(authority.name) if authority is not None else None
+    if authority is None or publisher is None:
         raise click.ClickException(f"certificate {record.serial_hex} was not issued by this gateway's CA")
-    revoked = gw.authority.revoke(record.serial_hex, flag, actor=actor())
-    crl = gw.crl.publish(actor=actor())
+    revoked = authority.revoke(record.serial_hex, flag, actor=actor())
+    crl = publisher.publish(actor=actor())
     click.echo(f"revoked {revoked.serial_hex} ({flag.value}); CRL number {crl.number} published")

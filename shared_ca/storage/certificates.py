@@ -284,6 +284,14 @@ class Certificates:
         with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def last_expiry(self, issuer_id: int) -> dt.datetime | None:
+        """When the last certificate of an issuer expires (revoked ones count: they stay on its CRL until
+        then); None when it issued none."""
+        query = select(func.max(certificates.c.not_after)).where(certificates.c.issuer_id == issuer_id)
+        with self.db.read() as conn:
+            last: dt.datetime | None = conn.execute(query).scalar_one()  # max() keeps the column's UTC type
+        return last
+
     def revoke(
         self, cert_id: int, reason: str, revoked_at: dt.datetime, event: AuditEvent, now: dt.datetime
     ) -> CertificateRecord:

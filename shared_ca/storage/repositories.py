@@ -18,6 +18,7 @@ from shared_ca.storage.enrollment import Enrollments
 from shared_ca.storage.est_users import EstUsers
 from shared_ca.storage.inventory import InventoryRecords
 from shared_ca.storage.issuers import Issuers
+from shared_ca.storage.leases import Leases
 from shared_ca.storage.migration_report import MigrationReportQueries
 
 
@@ -37,6 +38,7 @@ class Storage:
     approvals: Approvals
     inventory: InventoryRecords
     migration_report: MigrationReportQueries
+    leases: Leases
 
     @classmethod
     def open(cls, engine: Engine) -> Storage:
@@ -54,6 +56,7 @@ class Storage:
             approvals=Approvals(db),
             inventory=InventoryRecords(db),
             migration_report=MigrationReportQueries(db),
+            leases=Leases(db),
         )
 
     @property

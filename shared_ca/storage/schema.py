@@ -65,6 +65,12 @@ issuers = Table(
     Column("not_after", UTCDateTime, nullable=False),
     Column("trust_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # CA rollover (revision 0011): when a next CA starts issuing, the CA it replaces, and the RFC 4210
+    # §4.4 root key update certificates that link the two.
+    Column("activates_at", UTCDateTime, nullable=True),
+    Column("rollover_of", Id, nullable=True),
+    Column("new_with_old", LargeBinary, nullable=True),
+    Column("old_with_new", LargeBinary, nullable=True),
 )
 
 certificates = Table(
@@ -120,6 +126,15 @@ audit_chain_heads = Table(
     Column("node", String(64), primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
     Column("last_hash", String(64), nullable=False),
+)
+
+# Background jobs one worker of one node runs at a time (revision 0011).
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )
 
 crl_publications = Table(
