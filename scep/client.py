@@ -34,6 +34,7 @@ from scep.client_messages import (
     transaction_id_for,
 )
 from scep.envelope import ContentCipher
+from scep.ra_roles import RaCertificates, select_ra_certificates
 from shared_ca.errors import CAError
 from shared_ca.keys import KeyType, generate_private_key, load_private_key, write_private_key
 
@@ -76,7 +77,7 @@ class ScepHttpClient:
         self.timeout = timeout
         self.ssl_context = ssl_context
         self._caps: list[str] | None = None
-        self._ca_certs: tuple[x509.Certificate, list[x509.Certificate]] | None = None
+        self._ca_certs: RaCertificates | None = None
 
     # -- HTTP -------------------------------------------------------------------------------------
 
@@ -121,17 +122,21 @@ class ScepHttpClient:
         """True when GetCACaps lists `capability` (case-insensitively, as old servers vary)."""
         return capability.lower() in (cap.lower() for cap in self.get_ca_caps())
 
-    def get_ca_certs(self) -> tuple[x509.Certificate, list[x509.Certificate]]:
-        """GetCACert (RFC 8894 §4.2): the RA certificate and the CA chain.
+    def ra_certificates(self) -> RaCertificates:
+        """GetCACert (RFC 8894 §4.2): the RA certificate requests are encrypted to, the one CertReps are
+        signed by (the same one unless the RA has separate roles: scep.ra_roles), and the CA chain.
 
-        A single DER certificate means the CA acts as its own RA; in the degenerate PKCS#7 the RA is
-        the certificate that is not a CA (the first, when all are).
+        A single DER certificate means the CA acts as its own RA.
         """
         if self._ca_certs is None:
             body, content_type = self._fetch(self._url("GetCACert"))
             self._ca_certs = parse_ca_certs(body, content_type)
-        ra, chain = self._ca_certs
-        return ra, list(chain)
+        return self._ca_certs
+
+    def get_ca_certs(self) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        """GetCACert: the RA certificate requests are encrypted to, and the CA chain."""
+        found = self.ra_certificates()
+        return found.recipient, list(found.chain)
 
     def pki_operation(self, message: bytes, *, use_post: bool) -> bytes:
         """PKIOperation (RFC 8894 §4.3): POST the DER message, or GET it base64 in the query."""
@@ -144,8 +149,9 @@ class ScepHttpClient:
         return body
 
 
-def parse_ca_certs(body: bytes, content_type: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """The (RA, CA chain) of a GetCACert reply: a degenerate PKCS#7 or a single DER certificate."""
+def parse_ca_certs(body: bytes, content_type: str) -> RaCertificates:
+    """The RA certificates and CA chain of a GetCACert reply: a degenerate PKCS#7 (its RAs told apart
+    by key usage: scep.ra_roles) or a single DER certificate."""
     try:
         certs, _crls = read_certs_only(body)
     except CertRepError as exc:
@@ -153,20 +159,10 @@ def parse_ca_certs(body: bytes, content_type: str) -> tuple[x509.Certificate, li
             cert = x509.load_der_x509_certificate(body)
         except ValueError:
             raise ScepClientError(f"unreadable GetCACert reply ({content_type}): {exc}") from None
-        return cert, [cert]
+        return RaCertificates(cert, cert, (cert,))
     if not certs:
         raise ScepClientError("the GetCACert reply holds no certificate")
-    non_ca = [c for c in certs if not _is_ca(c)]
-    ra = non_ca[0] if non_ca else certs[0]
-    chain = [c for c in certs if c is not ra] or [ra]
-    return ra, chain
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
+    return select_ra_certificates(certs)
 
 
 # -- high-level operations ----------------------------------------------------------------------------
@@ -200,15 +196,16 @@ def _exchange(
     digest: Digest,
     expect_key: rsa.RSAPublicKey | None,
 ) -> EnrollResult:
-    """Send one pkiMessage and read the CertRep, checking it answers this request."""
-    ra_cert, _chain = client.get_ca_certs()
+    """Send one pkiMessage, enveloped to the RA's recipient certificate, and read the CertRep, checking
+    it answers this request and is signed by the RA's signing certificate."""
+    ras = client.ra_certificates()
     nonce = os.urandom(16)
     message = build_pki_request(
         message_type,
         content_der=content_der,
         signer_cert=signer_cert,
         signer_key=key,
-        recipient_cert=ra_cert,
+        recipient_cert=ras.recipient,
         transaction_id=transaction_id,
         sender_nonce=nonce,
         digest=digest,
@@ -216,7 +213,7 @@ def _exchange(
     )
     reply_der = client.pki_operation(message, use_post=client.supports("POSTPKIOperation"))
     try:
-        reply = parse_cert_rep(reply_der, ra_cert=ra_cert, signer_key=key, signer_cert=signer_cert)
+        reply = parse_cert_rep(reply_der, ra_cert=ras.signer, signer_key=key, signer_cert=signer_cert)
     except CertRepError as exc:
         raise ScepClientError(f"bad reply from {client.url}: {exc}") from None
     if reply.transaction_id != transaction_id:

@@ -24,6 +24,7 @@ from scep.builder import RaIdentity, build_next_ca_reply, degenerate_certs_only
 from scep.clients import ScepClient
 from scep.enrollment import Enrollment, EnrollmentRecords, too_many_requests
 from scep.message import PkiRequest, ScepMessageError, parse_pki_message
+from scep.ra_roles import getcacert_certificates
 from scep.replies import OutcomeLog, Replies
 from scep.retrieval import CertificateBySerial, Retrieval
 from shared_ca.admission import Admission
@@ -81,14 +82,22 @@ class ScepService:
         nonce: Callable[[], bytes] = lambda: os.urandom(16),
         next_ca_certs: Sequence[x509.Certificate] = (),
         identity: IdentityRule = DEFAULT_IDENTITY,
+        ra_encryption_key: rsa.RSAPrivateKey | None = None,
+        ra_encryption_certificate: x509.Certificate | None = None,
     ) -> None:
-        self._ra_key = ra_key
-        self._ra_certificate = ra_certificate
+        if (ra_encryption_key is None) != (ra_encryption_certificate is None):
+            raise ValueError("the RA encryption key and certificate go together")
+        # Separate RA roles (scep.ra_roles): requests are enveloped to the encryption RA, and the RA of
+        # ra_key and ra_certificate only signs. Otherwise that one RA does both.
+        self._recipient_key = ra_encryption_key or ra_key
+        self._recipient_certificate = ra_encryption_certificate or ra_certificate
         self._profiles = profiles
         self._clock = authority.clock
         self._admission = admission or Admission.unlimited()  # in-flight cap, deferral, rate limits
         ra = RaIdentity.create(ra_key, ra_certificate, authority.chain)
-        self._ca_ra_certs = degenerate_certs_only([ra_certificate, *authority.chain])
+        self._ca_ra_certs = degenerate_certs_only(
+            getcacert_certificates(ra_certificate, ra_encryption_certificate, authority.chain)
+        )
         # GetNextCACert (RFC 8894 §4.7): the next RA and CA certificates, signed once by the current RA.
         self._next_ca_reply = build_next_ca_reply(ra, next_ca_certs) if next_ca_certs else None
         self._replies = Replies(
@@ -138,7 +147,8 @@ class ScepService:
         return caps
 
     def ca_certificates(self) -> bytes:
-        """GetCACert: the RA certificate and the CA chain, as a degenerate certs-only SignedData."""
+        """GetCACert: the RA certificate (with separate roles: the encryption, then the signing RA) and the
+        CA chain, as a degenerate certs-only SignedData."""
         return self._ca_ra_certs
 
     def next_ca_certificates(self) -> bytes | None:
@@ -156,7 +166,7 @@ class ScepService:
         with self._admission.enter("scep", waited=client.waited) as admitted:
             request: PkiRequest | None = None
             try:
-                request = parse_pki_message(message, ra_key=self._ra_key, ra_cert=self._ra_certificate)
+                request = parse_pki_message(message, ra_key=self._recipient_key, ra_cert=self._recipient_certificate)
                 return self._run(request, profile, client, admitted=admitted)
             except CAError as exc:
                 return self._replies.refused(exc, request, profile, client)

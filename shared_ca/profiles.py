@@ -370,6 +370,22 @@ RA_PROFILE = Profile(
     key_types=("rsa",),
     subject_unlisted="refuse",
 )
+# Separate RA roles (`gateway init --separate-ra-keys`), for keys that may only sign or only decrypt
+# (some FIPS HSMs). Clients pick the envelope recipient by keyEncipherment (certmonger prefers a leaf
+# with keyEncipherment or dataEncipherment), so the signing certificate must not carry it. Both keep
+# the Certificate Request Agent EKU, as NDES's signing and encryption RA certificates do.
+RA_SIGNING_PROFILE = replace(
+    RA_PROFILE,
+    name="scep-ra-signing",
+    description="SCEP registration authority, signing role: signs CertReps and GetNextCACert replies",
+    key_usage=("digital_signature",),
+)
+RA_ENCRYPTION_PROFILE = replace(
+    RA_PROFILE,
+    name="scep-ra-encryption",
+    description="SCEP registration authority, encryption role: the recipient of request envelopes",
+    key_usage=("key_encipherment",),
+)
 TLS_SERVER_PROFILE = replace(
     DEFAULT_PROFILES["tls-server"],
     name="gateway-tls",

@@ -74,9 +74,10 @@ def scep_getcaps(url: str, cacert: Path | None, cipher: str, digest: str) -> Non
 @scep_options
 @click.option("--out", type=FILE, help="Write the RA and CA certificates here (PEM).")
 def scep_getcacert(url: str, cacert: Path | None, cipher: str, digest: str, out: Path | None) -> None:
-    """Fetch the RA certificate and the CA chain (GetCACert) as PEM."""
-    ra, chain = _scep_client(url, cacert).get_ca_certs()
-    certs = [ra, *(c for c in chain if c != ra)]
+    """Fetch the RA certificate (with separate roles: the encryption, then the signing RA) and the CA
+    chain (GetCACert) as PEM."""
+    ras = _scep_client(url, cacert).ra_certificates()
+    certs = list(dict.fromkeys([ras.recipient, ras.signer, *ras.chain]))
     echo_to(b"".join(c.public_bytes(Encoding.PEM) for c in certs).decode("ascii"), out)
 
 
