@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from gateway.audit_formats import cef_line, product_version, severity
 from gateway.config import ConfigError, GatewayConfig
+from shared_ca.kms import redact
 from shared_ca.storage.audit import AuditEvent, AuditRecord, configure_audit, default_node
 from shared_ca.storage.audit_chain import check_node_name, format_time
 from shared_ca.storage.db import create_store_engine, redact_url
@@ -37,7 +38,7 @@ SYSLOG_FACILITY_AUTHPRIV = 10  # RFC 5424 §6.2.1: security/authorization messag
 MAX_DATAGRAM = 65_000
 # Settings whose values never reach the audit log, not even hashed: a change shows as a keyed tag
 # (`_secret_tags`) that nobody without the RA key can test guesses against.
-SECRET_SETTINGS = frozenset({"database_url"})
+SECRET_SETTINGS = frozenset({"database_url", "keys.kms"})  # keys.kms: the token URI may carry pin-value=
 SECRET_PROFILE_KEYS = frozenset({"scep_challenge", "scep_webhook_secret"})
 _TAG_MESSAGE = b"scep-est-gateway audit: tags of secret settings, v1"
 
@@ -150,7 +151,7 @@ def config_snapshot(config: GatewayConfig) -> tuple[dict[str, Any], dict[str, st
     secret: dict[str, str] = {}
     for key, value in sorted(config.values.items()):
         if key in SECRET_SETTINGS:
-            public[key] = redact_url(value) if value else ""
+            public[key] = (redact(value) if key == "keys.kms" else redact_url(value)) if value else ""
             if value:
                 secret[key] = str(value)
         else:

@@ -39,6 +39,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.settings import SETTINGS
+from shared_ca.kms import is_token_key
 from shared_ca.storage.db import redact_url
 from shared_ca.storage.snapshot import (
     SnapshotError,
@@ -251,7 +252,7 @@ def _data_sources(config: GatewayConfig) -> tuple[list[_Source], dict[str, str]]
     sources: dict[str, _Source] = {}
     settings: dict[str, str] = {}
     for setting in PATH_SETTINGS:
-        if not config[setting]:
+        if not config[setting] or is_token_key(config[setting]):  # a key in a token stays there (shared_ca.kms)
             continue
         path = config.path(setting)
         if not path.exists():

@@ -19,8 +19,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from est.auth import ProxyNetwork, parse_trusted_proxies
-from gateway.settings import ENV_PREFIX, PROFILE_HELP, SETTINGS, Setting
+from gateway.settings import ENV_PREFIX, PROFILE_HELP, SETTINGS, TOKEN_KEY_SETTINGS, Setting
 from shared_ca.identity import IdentityRule
+from shared_ca.kms import KmsUriError, is_token_key, parse_key_uri, parse_token_uri
 from shared_ca.profiles import DEFAULT_PROFILES, Profile, ProfileError, profile_from_mapping
 from shared_ca.storage.db import sqlite_url, validate_database_url
 
@@ -153,11 +154,27 @@ def _convert(setting: Setting, value: Any, origin: str) -> Any:
             parse_hostport(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if setting.kind in ("kms", "path"):
+        _check_token_reference(setting, value, where)
     if setting.kind == "url" and value:
         parsed = urlparse(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"{where}: expected an http:// or https:// URL, got {value!r}")
     return value
+
+
+def _check_token_reference(setting: Setting, value: str, where: str) -> None:
+    """keys.kms must be a usable token URI; a key setting may name a key in it (shared_ca.kms)."""
+    try:
+        if setting.kind == "kms" and value:
+            parse_token_uri(value)
+        elif setting.kind == "path" and is_token_key(value):
+            if setting.key not in TOKEN_KEY_SETTINGS:
+                allowed = ", ".join(sorted(TOKEN_KEY_SETTINGS))
+                raise ConfigError(f"{where}: only {allowed} may name a key in a token (pkcs11:); this must be a file")
+            parse_key_uri(value)
+    except KmsUriError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _coerce_profile_env(value: str, default: Any) -> Any:

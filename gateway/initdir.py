@@ -20,6 +20,14 @@ from cryptography.x509.oid import NameOID
 
 from gateway.audit_trail import open_store
 from gateway.config import CONFIG_FILE_NAME, GatewayConfig, load_config, render_config
+from gateway.init_kms import (
+    DEFAULT_CA_KEY_URI,
+    DEFAULT_RA_ENCRYPTION_KEY_URI,
+    DEFAULT_RA_KEY_URI,
+    TokenKeys,
+    token_ca_material,
+    token_keys,
+)
 from gateway.settings import SETTINGS
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.ca_material import (
@@ -42,8 +50,9 @@ from shared_ca.keys import (
     write_public_file,
     write_secret_file,
 )
+from shared_ca.kms import is_token_key
 from shared_ca.policy import authorize_request
-from shared_ca.profiles import RA_PROFILE, TLS_SERVER_PROFILE
+from shared_ca.profiles import RA_ENCRYPTION_PROFILE, RA_PROFILE, RA_SIGNING_PROFILE, TLS_SERVER_PROFILE
 from shared_ca.storage.db import migrate_to_head
 from shared_ca.storage.repositories import Storage
 
@@ -75,6 +84,11 @@ class InitOptions:
     database_url: str | None = None
     public_base_url: str | None = None
     force: bool = False
+    separate_ra_keys: bool = False  # a signing RA and an encryption RA (ra.encryption_cert), not one RA
+    kms: str | None = None  # keys.kms: the CA and RA keys are found or made in this token (gateway.init_kms)
+    ca_key_uri: str = DEFAULT_CA_KEY_URI
+    ra_key_uri: str = DEFAULT_RA_KEY_URI
+    ra_encryption_key_uri: str = DEFAULT_RA_ENCRYPTION_KEY_URI
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,7 @@ class InitResult:
     ca_fingerprint: str
     ca_not_after: dt.datetime
     replaced: Path | None
+    token_note: str | None = None  # with --kms: which keys were made and which found in the token
 
 
 def _check_directory(data_dir: Path) -> None:
@@ -150,6 +165,33 @@ def _ca_material(options: InitOptions, now: dt.datetime) -> CAMaterial:
     return create_root_ca(generate_private_key(options.ca_key_type), subject, options.ca_days, now)
 
 
+def _key_material(options: InitOptions, now: dt.datetime) -> tuple[TokenKeys | None, CAMaterial]:
+    """The CA material, and with --kms the keys found or made in the token (gateway.init_kms)."""
+    if not options.kms:
+        return None, _ca_material(options, now)
+    if options.import_pkcs12 is not None or options.import_ca_key is not None:
+        raise InitError(
+            "with --kms the CA key is in the token: name it with --ca-key-uri (its certificate with "
+            "--import-ca-cert), not with --import-ca-key or --import-pkcs12"
+        )
+    keys = token_keys(
+        options.kms,
+        ca_key_uri=options.ca_key_uri,
+        ra_key_uri=options.ra_key_uri,
+        ra_encryption_key_uri=options.ra_encryption_key_uri if options.separate_ra_keys else None,
+        ca_key_type=options.ca_key_type,
+    )
+    try:
+        subject = options.ca_subject or parse_subject(DEFAULT_CA_SUBJECT)
+        material = token_ca_material(
+            keys, import_ca_cert=options.import_ca_cert, subject=subject, days=options.ca_days, now=now
+        )
+    except BaseException:
+        keys.discard_generated()
+        raise
+    return keys, material
+
+
 def _tls_names(hostnames: list[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
@@ -173,21 +215,38 @@ class _GatewayCertificates:
     ra: x509.Certificate
     tls_key: PrivateKey
     tls: x509.Certificate
+    ra_encryption: tuple[PrivateKey, x509.Certificate] | None = None  # with separate RA keys
+
+
+RA_ENCRYPTION_FILES = {"ra.encryption_cert": "ra/ra-encryption.crt", "ra.encryption_key": "ra/ra-encryption.key"}
 
 
 def _file_values(options: InitOptions) -> dict[str, Any]:
     values: dict[str, Any] = {"ca.name": DEFAULTS["ca.name"]}
+    if options.separate_ra_keys:
+        values.update(RA_ENCRYPTION_FILES)
     if options.database_url:
         values["database_url"] = options.database_url
     if options.public_base_url:
         values["public_base_url"] = options.public_base_url
     if options.passphrase_file is not None:
         values["keys.passphrase_file"] = str(options.passphrase_file.resolve())
+    if options.kms:  # the keys' settings name the token's objects instead of files
+        values["keys.kms"] = options.kms
+        values["ca.key"], values["ra.key"] = options.ca_key_uri.strip(), options.ra_key_uri.strip()
+        if options.separate_ra_keys:
+            values["ra.encryption_key"] = options.ra_encryption_key_uri.strip()
     return values
 
 
 def _record_ca(
-    config: GatewayConfig, material: CAMaterial, hostnames: list[str], now: dt.datetime
+    config: GatewayConfig,
+    material: CAMaterial,
+    hostnames: list[str],
+    now: dt.datetime,
+    *,
+    separate_ra_keys: bool,
+    in_token: TokenKeys | None = None,
 ) -> _GatewayCertificates:
     """Migrate the database, register the CA and issue the RA and TLS certificates (all recorded)."""
     engine = open_store(config).engine
@@ -202,11 +261,26 @@ def _record_ca(
         issuer = register_issuer(issuers, config["ca.name"], material.certificate, kind="ca", actor="init", now=now)
         urls = PublicUrls(config.public_base_url)
         authority = CertificateAuthority(certificates, issuer, material.certificate, material.chain, material.key, urls)
-        ra_key = generate_private_key(KeyType.RSA2048)
-        ra_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _ra_common_name(material))])
+        ra_key = in_token.ra if in_token else generate_private_key(KeyType.RSA2048)
+        ra_name = _ra_common_name(material, " SCEP RA signing" if separate_ra_keys else " SCEP RA")
+        ra_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ra_name)])
+        ra_profile = RA_SIGNING_PROFILE if separate_ra_keys else RA_PROFILE
         ra = authority.issue(
-            authorize_request(RA_PROFILE, ra_subject, [], ra_key.public_key(), now), protocol="system", actor="init"
+            authorize_request(ra_profile, ra_subject, [], ra_key.public_key(), now), protocol="system", actor="init"
         )
+        ra_encryption = None
+        if separate_ra_keys:
+            encryption_key: PrivateKey = (
+                in_token.ra_encryption if in_token and in_token.ra_encryption else generate_private_key(KeyType.RSA2048)
+            )
+            encryption_name = _ra_common_name(material, " SCEP RA encryption")
+            encryption_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, encryption_name)])
+            encryption = authority.issue(
+                authorize_request(RA_ENCRYPTION_PROFILE, encryption_subject, [], encryption_key.public_key(), now),
+                protocol="system",
+                actor="init",
+            )
+            ra_encryption = (encryption_key, encryption.certificate)
         tls_key = generate_private_key(KeyType.P256)
         tls_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost")])
         tls = authority.issue(
@@ -216,7 +290,7 @@ def _record_ca(
         )
     finally:
         engine.dispose()
-    return _GatewayCertificates(ra_key, ra.certificate, tls_key, tls.certificate)
+    return _GatewayCertificates(ra_key, ra.certificate, tls_key, tls.certificate, ra_encryption)
 
 
 def _stage_files(
@@ -229,10 +303,16 @@ def _stage_files(
 ) -> None:
     passphrase = options.passphrase
     chain_pem = certificates_pem(list(material.chain))
-    write_private_key(staging / config["ca.key"], material.key, passphrase)
+    if not is_token_key(config["ca.key"]):  # a key in a token has no file (gateway.init_kms)
+        write_private_key(staging / config["ca.key"], material.key, passphrase)
     write_public_file(staging / config["ca.cert"], chain_pem)
-    write_private_key(staging / config["ra.key"], certs.ra_key, passphrase)
+    if not is_token_key(config["ra.key"]):
+        write_private_key(staging / config["ra.key"], certs.ra_key, passphrase)
     write_public_file(staging / config["ra.cert"], certs.ra.public_bytes(Encoding.PEM))
+    if certs.ra_encryption is not None:
+        if not is_token_key(config["ra.encryption_key"]):
+            write_private_key(staging / config["ra.encryption_key"], certs.ra_encryption[0], passphrase)
+        write_public_file(staging / config["ra.encryption_cert"], certs.ra_encryption[1].public_bytes(Encoding.PEM))
     write_private_key(staging / config["tls.key"], certs.tls_key, passphrase)
     write_public_file(staging / config["tls.cert"], certs.tls.public_bytes(Encoding.PEM) + chain_pem)
     write_public_file(staging / "ca.pem", chain_pem)
@@ -261,7 +341,7 @@ def initialise(options: InitOptions) -> InitResult:
             f"{data_dir} is already initialised ({', '.join(existing)}); "
             "re-run with --force to replace its CA (the old files are moved aside, never deleted)"
         )
-    material = _ca_material(options, now)
+    in_token, material = _key_material(options, now)
     hostnames = [h for h in options.hostnames if h]
 
     staging = data_dir / ".init-staging"
@@ -272,7 +352,9 @@ def initialise(options: InitOptions) -> InitResult:
         file_values = _file_values(options)
         overrides = {k: v for k, v in file_values.items() if k != "keys.passphrase_file"}
         config = load_config(data_dir, None, environ={}, overrides=overrides)
-        certs = _record_ca(config, material, hostnames, now)
+        certs = _record_ca(
+            config, material, hostnames, now, separate_ra_keys=options.separate_ra_keys, in_token=in_token
+        )
         _stage_files(staging, config, material, certs, options, file_values)
         _install(staging, data_dir)
     except BaseException as exc:
@@ -281,6 +363,8 @@ def initialise(options: InitOptions) -> InitResult:
                 (data_dir / name).unlink(missing_ok=True)
         if replaced is not None:
             _restore(data_dir, replaced)
+        if in_token is not None:
+            in_token.discard_generated()
         if isinstance(exc, Conflict | KeyMaterialError):
             raise InitError(str(exc)) from exc
         raise
@@ -294,10 +378,11 @@ def initialise(options: InitOptions) -> InitResult:
         ca_fingerprint=fingerprint(material.certificate),
         ca_not_after=material.certificate.not_valid_after_utc,
         replaced=replaced,
+        token_note=in_token.note() if in_token is not None else None,
     )
 
 
-def _ra_common_name(material: CAMaterial) -> str:
+def _ra_common_name(material: CAMaterial, role: str) -> str:
     cn = material.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     base = str(cn[0].value) if cn else "Gateway"
-    return f"{base} SCEP RA"[:64]
+    return f"{base}{role}"[:64]

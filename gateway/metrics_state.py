@@ -47,6 +47,7 @@ PACKAGE = "scep-est-gateway"
 CERTIFICATE_FILES = {
     "ca": "ca.cert",
     "ra": "ra.cert",
+    "ra_encryption": "ra.encryption_cert",  # only with separate RA keys
     "tls": "tls.cert",
     "next_ca": "next_ca.cert",
     "next_ra": "next_ra.cert",

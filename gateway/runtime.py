@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -21,19 +21,23 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from est.key_delivery import load_keks
 from est.service import EstService
 from gateway.audit_trail import open_store
+from gateway.ca_slots import FileState, Slot, file_state, locate, slot_of
 from gateway.config import GatewayConfig
 from gateway.metrics_observers import counted_admission, instrument_storage
+from scep.ra_roles import separate_roles_problem
 from scep.service import ScepService
 from shared_ca.admission import Admission, AdmissionSettings
 from shared_ca.approval import ApprovalQueue
-from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
+from shared_ca.authority import CertificateAuthority, PublicUrls, utcnow
 from shared_ca.authorization import Authorizer
+from shared_ca.ca_rollover import CaRoles, ca_roles
 from shared_ca.crl import CrlPublisher
-from shared_ca.errors import KeyMaterialError, Unavailable
+from shared_ca.errors import CAError, KeyMaterialError, Unavailable
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
+from shared_ca.kms import is_token_key, token_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.db import require_schema_at_head
-from shared_ca.storage.issuers import IssuerRecord, Issuers
+from shared_ca.storage.issuers import IssuerRecord
 from shared_ca.storage.repositories import Storage
 
 PASSPHRASE_ENV = "GATEWAY_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
@@ -78,6 +82,15 @@ class Gateway:
     admission: Admission
     scep: ScepService
     est: EstService
+    # CA rollover: the CAs a rollover replaced, still publishing CRLs and answering OCSP for their
+    # certificates, and when a scheduled activation switches issuance to the next CA.
+    previous: tuple[CertificateAuthority, ...] = ()
+    previous_crls: tuple[CrlPublisher, ...] = ()
+    switch_at: dt.datetime | None = None
+
+    def crl_publisher(self, issuer_name: str) -> CrlPublisher | None:
+        """The CRL publisher of one of our CAs by issuer name: the issuing one or a previous one."""
+        return next((c for c in (self.crl, *self.previous_crls) if c.authority.name == issuer_name), None)
 
     def trusted_client_issuers(
         self, now: dt.datetime, issuers: list[IssuerRecord] | None = None
@@ -96,14 +109,15 @@ class Gateway:
         return certs
 
 
-IssuerRevision = tuple[tuple[int, str, str, dt.datetime | None], ...]
+IssuerRevision = tuple[tuple[int, str, str, dt.datetime | None, dt.datetime | None], ...]
 
 
 def issuer_revision(issuers: list[IssuerRecord]) -> IssuerRevision:
-    """What of the issuers table a running gateway depends on: each issuer's id, kind, certificate and
-    trust window. It changes when `migrate import` registers a legacy CA or moves its window, when a
-    legacy CA is removed, and when `ca rollover` prepares a next CA."""
-    return tuple((i.id, i.kind, i.fingerprint_sha256, i.trust_until) for i in issuers)
+    """What of the issuers table a running gateway depends on: each issuer's id, kind, certificate, trust
+    window and activation time. It changes when `migrate import` registers a legacy CA or moves its
+    window, when a legacy CA is removed, when `ca rollover` prepares a next CA, and when `ca activate`
+    schedules or makes its activation."""
+    return tuple((i.id, i.kind, i.fingerprint_sha256, i.trust_until, i.activates_at) for i in issuers)
 
 
 def admission_settings(config: GatewayConfig) -> AdmissionSettings:
@@ -127,10 +141,23 @@ def _load_pair(
     config: GatewayConfig, cert_key: str, key_key: str, passphrase: bytes | None
 ) -> tuple[list[x509.Certificate], PrivateKey]:
     certs = load_certificates(config.path(cert_key))
-    key = load_private_key(config.path(key_key), passphrase)
+    if is_token_key(config[key_key]):  # a key in the keys.kms token (shared_ca.kms)
+        key = token_key(config["keys.kms"], config[key_key], setting=key_key)
+        where = f"{key_key} {config[key_key]}"
+    else:
+        key = load_private_key(config.path(key_key), passphrase)
+        where = str(config.path(key_key))
     if not key_matches_certificate(key, certs[0]):
-        raise KeyMaterialError(f"{config.path(key_key)} does not match the certificate in {config.path(cert_key)}")
+        raise KeyMaterialError(f"{where} does not match the certificate in {config.path(cert_key)}")
     return certs, key
+
+
+def load_key_pair(
+    config: GatewayConfig, cert_key: str, key_key: str, passphrase: bytes | None
+) -> tuple[list[x509.Certificate], PrivateKey]:
+    """The certificates of the setting `cert_key` and the key of `key_key` (a file, or a key in a token),
+    checked to match: KeyMaterialError naming them otherwise."""
+    return _load_pair(config, cert_key, key_key, passphrase)
 
 
 def open_gateway(config: GatewayConfig) -> Gateway:
@@ -154,18 +181,20 @@ def _assemble(
     config: GatewayConfig, storage: Storage, passphrase: bytes | None, *, admission: Admission | None = None
 ) -> Gateway:
     require_schema_at_head(storage.engine)
-    ca_chain, ca_key = _load_pair(config, "ca.cert", "ca.key", passphrase)
-    ra_certs, ra_key = _load_pair(config, "ra.cert", "ra.key", passphrase)
-    issuer = _issuer_for(storage.issuers, config["ca.name"], ca_chain[0])
+    issuers = storage.issuers.list_issuers()
+    roles = ca_roles(issuers, utcnow())  # which CA issues now (shared_ca.ca_rollover): the database says
+    located = locate(config, issuers)
+    slot = slot_of(config, roles.current, located)
+    ca_chain, ca_key = _load_pair(config, slot.ca_cert, slot.ca_key, passphrase)
+    ra_certs, ra_key = _load_pair(config, slot.ra_cert, slot.ra_key, passphrase)
+    ra_encryption_certificate, ra_encryption_key = _ra_encryption_pair(config, passphrase, ra_certs[0])
     urls = PublicUrls(config.public_base_url)
-    authority = CertificateAuthority(storage.certificates, issuer, ca_chain[0], tuple(ca_chain), ca_key, urls, utcnow)
-    crl = CrlPublisher(
-        authority,
-        storage.crls,
-        validity=dt.timedelta(hours=config["crl.validity_hours"]),
-        refresh=dt.timedelta(minutes=config["crl.refresh_minutes"]),
+    authority = CertificateAuthority(
+        storage.certificates, roles.current, ca_chain[0], tuple(ca_chain), ca_key, urls, utcnow
     )
-    ocsp = OcspResponder([authority], dt.timedelta(minutes=config["ocsp.validity_minutes"]))
+    crl = _crl_publisher(config, storage, authority)
+    previous = _previous_authorities(config, storage, roles, located, passphrase, urls)
+    ocsp = OcspResponder([authority, *previous], dt.timedelta(minutes=config["ocsp.validity_minutes"]))
     if not isinstance(ra_key, rsa.RSAPrivateKey):
         raise KeyMaterialError(f"the SCEP RA key {config.path('ra.key')} must be RSA (SCEP envelopes use RSA)")
     authorizer = Authorizer(
@@ -193,8 +222,10 @@ def _assemble(
         authorizer=authorizer,
         approvals=approvals,
         admission=admission,
-        next_ca_certs=_next_ca_certificates(config, storage.issuers),
+        next_ca_certs=_next_ca_certificates(config, roles, located),
         identity=config.identity_rule,
+        ra_encryption_key=ra_encryption_key,
+        ra_encryption_certificate=ra_encryption_certificate,
     )
     est = EstService(
         authority=authority,
@@ -207,39 +238,92 @@ def _assemble(
         signer_certificate=ra_certs[0],
         keks=load_keks(config.path("est.kek_dir")),
         identity=config.identity_rule,
+        root_key_update=tuple(x509.load_der_x509_certificate(der) for der in roles.root_key_update()),
     )
     return Gateway(
-        config, storage, authority, crl, ocsp, ra_certs[0], ra_key, authorizer, approvals, admission, scep, est
+        config,
+        storage,
+        authority,
+        crl,
+        ocsp,
+        ra_certs[0],
+        ra_key,
+        authorizer,
+        approvals,
+        admission,
+        scep,
+        est,
+        previous=previous,
+        previous_crls=tuple(_crl_publisher(config, storage, a) for a in previous),
+        switch_at=roles.switch_at,
     )
 
 
-def _next_ca_certificates(config: GatewayConfig, issuers: Issuers) -> list[x509.Certificate]:
+def _crl_publisher(config: GatewayConfig, storage: Storage, authority: CertificateAuthority) -> CrlPublisher:
+    return CrlPublisher(
+        authority,
+        storage.crls,
+        validity=dt.timedelta(hours=config["crl.validity_hours"]),
+        refresh=dt.timedelta(minutes=config["crl.refresh_minutes"]),
+    )
+
+
+def _previous_authorities(
+    config: GatewayConfig,
+    storage: Storage,
+    roles: CaRoles,
+    located: dict[int, Slot],
+    passphrase: bytes | None,
+    urls: PublicUrls,
+) -> tuple[CertificateAuthority, ...]:
+    """The CAs a rollover replaced whose files are on this node: they sign their CRLs and OCSP answers
+    until they are retired. One whose files are gone is logged and left out (its CRL is not served)."""
+    authorities: list[CertificateAuthority] = []
+    for issuer in roles.previous:
+        slot = located.get(issuer.id)
+        if slot is None:
+            log.warning("previous CA %r: no CA file holds it on this node; no CRL or OCSP for it here", issuer.name)
+            continue
+        chain, key = _load_pair(config, slot.ca_cert, slot.ca_key, passphrase)
+        authority = CertificateAuthority(storage.certificates, issuer, chain[0], tuple(chain), key, urls, utcnow)
+        authorities.append(authority)
+    return tuple(authorities)
+
+
+def _ra_encryption_pair(
+    config: GatewayConfig, passphrase: bytes | None, signing: x509.Certificate
+) -> tuple[x509.Certificate | None, rsa.RSAPrivateKey | None]:
+    """The RA encryption certificate and key (ra.encryption_cert, ra.encryption_key), loaded as the RA's
+    own; (None, None) when the RA of ra.cert also decrypts."""
+    cert_key, key_key = "ra.encryption_cert", "ra.encryption_key"
+    if not config[cert_key] and not config[key_key]:
+        return None, None
+    if not config[cert_key] or not config[key_key]:
+        missing = key_key if config[cert_key] else cert_key
+        raise KeyMaterialError(f"{missing} is not set: {cert_key} and {key_key} go together")
+    certs, key = _load_pair(config, cert_key, key_key, passphrase)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyMaterialError(
+            f"the SCEP RA encryption key {config.path(key_key)} must be RSA (SCEP envelopes use RSA)"
+        )
+    problem = separate_roles_problem(signing, certs[0])
+    if problem is not None:
+        signer = signing.subject.rfc4514_string()
+        raise KeyMaterialError(f"{config.path(cert_key)} beside the RA certificate of {signer}: {problem}")
+    return certs[0], key
+
+
+def _next_ca_certificates(config: GatewayConfig, roles: CaRoles, located: dict[int, Slot]) -> list[x509.Certificate]:
     """The next RA and CA certificates `gateway ca rollover` wrote, for GetNextCACert; none before a
-    rollover. Their keys stay on disk unread until the next CA is activated."""
-    if not config["next_ca.cert"] or not config.path("next_ca.cert").is_file():
+    rollover, or while this node does not have their files. Their keys stay on disk unread until the
+    next CA is activated."""
+    slot = located.get(roles.next.id) if roles.next is not None else None
+    if slot is None:
         return []
-    next_ca = load_certificates(config.path("next_ca.cert"))[0]
-    if not any(i.kind == "next" and i.fingerprint_sha256 == fingerprint(next_ca) for i in issuers.list_issuers()):
-        raise KeyMaterialError(
-            f"the next CA certificate {config.path('next_ca.cert')} is not registered as the next CA in the "
-            "database: run `gateway ca rollover --force` again"
-        )
-    certs = [next_ca]
-    if config["next_ra.cert"] and config.path("next_ra.cert").is_file():
-        certs.insert(0, load_certificates(config.path("next_ra.cert"))[0])
+    certs = [load_certificates(config.path(slot.ca_cert))[0]]
+    if config[slot.ra_cert] and config.path(slot.ra_cert).is_file():
+        certs.insert(0, load_certificates(config.path(slot.ra_cert))[0])
     return certs
-
-
-def _issuer_for(issuers: Issuers, name: str, cert: x509.Certificate) -> IssuerRecord:
-    issuer = issuers.issuer_by_name(name)
-    if issuer is None:
-        raise KeyMaterialError(f"the database has no issuer {name!r}: was `gateway init` run on this database?")
-    if issuer.fingerprint_sha256 != fingerprint(cert):
-        raise KeyMaterialError(
-            f"the CA certificate file does not match issuer {name!r} in the database "
-            f"(database {issuer.fingerprint_sha256[:16]}…, file {fingerprint(cert)[:16]}…)"
-        )
-    return issuer
 
 
 class GatewayLoader:
@@ -265,6 +349,7 @@ class GatewayLoader:
         self._clock = clock
         self._gateway: Gateway | None = None
         self._revision: IssuerRevision = ()  # of the issuers the gateway was built from
+        self._files: FileState = ()  # of the CA and RA files it was built from (gateway.ca_slots)
         self._failure: Unavailable | None = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
@@ -281,15 +366,18 @@ class GatewayLoader:
         return self._gateway
 
     def get(self) -> Gateway:
-        """The gateway; Unavailable while it cannot be opened (the cause in its detail)."""
-        if self._gateway is not None:
-            return self._gateway
+        """The gateway; Unavailable while it cannot be opened (the cause in its detail). At the time a
+        scheduled CA activation takes effect the gateway is rebuilt first, so issuance switches then."""
+        loaded = self._gateway
+        if loaded is not None and (loaded.switch_at is None or utcnow() < loaded.switch_at):
+            return loaded
         with self._lock:
             if self._gateway is not None:
-                return self._gateway
+                return self._switched(self._gateway)
             if self._failure is not None and self._clock() < self._retry_at:
                 raise self._failure
             try:
+                files = file_state(self.config)
                 gateway = self._opener(self.config)
                 try:
                     revision = issuer_revision(gateway.storage.issuers.list_issuers())
@@ -304,8 +392,22 @@ class GatewayLoader:
                 raise
             if self._failure is not None:
                 log.warning("the gateway is open again: serving")
-            self._gateway, self._revision, self._failure = gateway, revision, None
+            self._gateway, self._revision, self._files, self._failure = gateway, revision, files, None
             return gateway
+
+    def _switched(self, gateway: Gateway) -> Gateway:
+        """`gateway`, or once its scheduled activation time has come, the gateway rebuilt on the CA that
+        issues from then on. A rebuild that fails keeps the old one and leaves the switch to refresh()."""
+        if gateway.switch_at is None or utcnow() < gateway.switch_at:
+            return gateway
+        try:
+            self._gateway = reopen_gateway(gateway)
+        except CAError as exc:
+            log.error("the scheduled CA activation could not be loaded (%s); the trust watch tries again", exc.detail)
+            self._gateway = replace(gateway, switch_at=None)
+        else:
+            log.info("a scheduled CA activation took effect: issuing with CA %r", self._gateway.authority.name)
+        return self._gateway
 
     def refresh(self, now: dt.datetime) -> list[x509.Certificate]:
         """Follow the issuers in the database: rebuild the gateway when they changed since it was built
@@ -314,10 +416,14 @@ class GatewayLoader:
         database is away; KeyMaterialError when the new material does not load (the old gateway stays)."""
         gateway = self.get()
         issuers = gateway.storage.issuers.list_issuers()
-        revision = issuer_revision(issuers)
+        if any(i.kind == "next" and i.activates_at is not None and i.activates_at <= now for i in issuers):
+            # A scheduled activation is due: record it (whoever comes first; shared_ca.ca_rollover).
+            gateway.storage.issuers.activate_due(now, actor="ca-activation")
+            issuers = gateway.storage.issuers.list_issuers()
+        revision, files = issuer_revision(issuers), file_state(self.config)
         with self._lock:
-            if revision != self._revision:
+            if revision != self._revision or files != self._files:
                 gateway = self._gateway = reopen_gateway(gateway)
-                self._revision = revision
-                log.info("the issuers in the database changed: the gateway was rebuilt from them")
+                self._revision, self._files = revision, files
+                log.info("the issuers in the database or the CA files changed: the gateway was rebuilt from them")
         return gateway.trusted_client_issuers(now, issuers)

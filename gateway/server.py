@@ -25,10 +25,12 @@ from gevent import ssl as gevent_ssl
 from gunicorn.app.base import BaseApplication
 
 from gateway.app import config_from_environment, create_app
+from gateway.ca_slots import SLOTS, slot_certificate
 from gateway.config import GatewayConfig
 from gateway.housekeeping import purge_stale
 from gateway.logs import GunicornLogger, capture_process_output, configure_logging
 from gateway.metrics import worker_exited
+from gateway.ra_renewal import renew_ra_if_due
 from gateway.runtime import GatewayLoader, key_passphrase, open_gateway
 from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
 from gateway.worker import ConnectionLimits, server_tls_context
@@ -36,7 +38,8 @@ from shared_ca.admission import LAG_FLOOR_SECONDS
 from shared_ca.approval import drain_deferred
 from shared_ca.authority import fingerprint
 from shared_ca.errors import CAError, Unavailable
-from shared_ca.keys import certificates_pem, load_certificates
+from shared_ca.keys import certificates_pem
+from shared_ca.kms import release_tokens
 
 log = logging.getLogger("gateway.server")
 CRL_CHECK_SECONDS = 60
@@ -75,7 +78,8 @@ def build_ssl_context(config: GatewayConfig, trusted: list[x509.Certificate]) ->
 
 def trusted_client_issuers(config: GatewayConfig) -> list[x509.Certificate]:
     """The issuers whose client certificates the HTTPS listener accepts: our CA and the legacy CAs in
-    their window, from the database; our CA alone (from its file) while the database does not answer."""
+    their window, from the database; our CAs alone (from their files: the issuing one and the other of
+    a rollover) while the database does not answer."""
     try:
         gateway = open_gateway(config)
     except Unavailable as exc:
@@ -84,11 +88,13 @@ def trusted_client_issuers(config: GatewayConfig) -> list[x509.Certificate]:
             "until the listener restarts with the database answering",
             exc.detail,
         )
-        return load_certificates(config.path("ca.cert"))[:1]
+        release_tokens()
+        return [c for c in (slot_certificate(config, slot) for slot in SLOTS) if c is not None]
     try:
         return gateway.trusted_client_issuers(dt.datetime.now(dt.UTC))
     finally:
         gateway.storage.db.dispose()  # no database connection may cross the fork
+        release_tokens()  # nor a token session: each worker logs in itself (shared_ca.kms)
 
 
 def _every(
@@ -112,8 +118,27 @@ def _every(
 
 
 def start_crl_timer(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
-    """Publish the CRL when it is due (refresh interval or revocations), checked about once a minute."""
-    return _every(CRL_CHECK_SECONDS, 0.2, stop, "crl-timer", lambda: loader.get().crl.current(actor="crl-timer"))
+    """Publish each CRL when it is due (refresh interval or revocations), checked about once a minute: the
+    issuing CA's, and those of the CAs a rollover replaced until they are retired."""
+
+    def _publish() -> None:
+        gateway = loader.get()
+        for publisher in (gateway.crl, *gateway.previous_crls):
+            publisher.current(actor="crl-timer")
+
+    return _every(CRL_CHECK_SECONDS, 0.2, stop, "crl-timer", _publish)
+
+
+def start_ra_renewal(loader: GatewayLoader, stop: threading.Event, holder: str) -> threading.Thread:
+    """Renew the RA certificate before it expires (gateway.ra_renewal); the check is a date comparison,
+    made as often as the trust watch looks, so every worker reloads the new one within seconds."""
+    return _every(
+        TRUST_CHECK_SECONDS,
+        0.3,
+        stop,
+        "ra-renewal",
+        lambda: renew_ra_if_due(loader.get(), dt.datetime.now(dt.UTC), holder=holder),
+    )
 
 
 def start_housekeeping(loader: GatewayLoader, stop: threading.Event) -> threading.Thread:
@@ -201,6 +226,7 @@ class ListenerApplication(BaseApplication):  # type: ignore[misc]
         if self.listener == "https":
             start_crl_timer(loader, threading.Event())
             start_housekeeping(loader, threading.Event())
+            start_ra_renewal(loader, threading.Event(), f"{self.listener}:{os.getpid()}")
 
     def _follow_issuers(self) -> None:
         """The issuers in the database, followed without a restart (GatewayLoader.refresh): a CA rollover

@@ -17,7 +17,7 @@ class Setting:
     """One configuration key: its kind, default, help text and the bounds its value must keep."""
 
     key: str  # dotted: section.name
-    kind: str  # str | int | bool | hostport | url | path | choice | networks | identity | fingerprints
+    kind: str  # str | int | bool | hostport | url | path | choice | networks | identity | fingerprints | kms
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -239,6 +239,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ca.key", "path", "ca/ca.key", "CA private key (PEM)"),
     Setting("ra.cert", "path", "ra/ra.crt", "SCEP RA certificate (PEM)"),
     Setting("ra.key", "path", "ra/ra.key", "SCEP RA private key (PEM)"),
+    Setting(
+        "ra.encryption_cert",
+        "path",
+        "",
+        "SCEP RA encryption certificate (PEM, keyEncipherment): the recipient of request envelopes, while "
+        "ra.cert only signs; empty: the one RA of ra.cert signs and decrypts",
+    ),
+    Setting("ra.encryption_key", "path", "", "Private key of ra.encryption_cert (PEM); set with it"),
+    Setting(
+        "ra.renew_before_days",
+        "int",
+        30,
+        "The SCEP RA certificate renews itself (same key) when fewer days than this, or less than a third "
+        "of its lifetime, remain; 0: never (renew by hand)",
+        minimum=0,
+        maximum=365,
+    ),
     Setting("next_ca.cert", "path", "ca-next/ca.crt", "Next CA certificate (PEM), made by `gateway ca rollover`"),
     Setting("next_ca.key", "path", "ca-next/ca.key", "Next CA private key (PEM)"),
     Setting("next_ra.cert", "path", "ra-next/ra.crt", "SCEP RA certificate issued by the next CA (PEM)"),
@@ -275,6 +292,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(or set GATEWAY_KEY_PASSPHRASE); empty: keys are not encrypted",
     ),
     Setting(
+        "keys.kms",
+        "kms",
+        "",
+        "PKCS#11 token holding keys (RFC 7512 URI): pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=gw"
+        "?pin-source=file:///etc/gateway/pin; then ca.key, ra.key and ra.encryption_key may name a key in it "
+        "(pkcs11:object=ca-key) instead of a file; empty: every key is a file",
+    ),
+    Setting(
         "metrics.allowed_addresses",
         "networks",
         "127.0.0.0/8,::1",
@@ -296,6 +321,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log.format", "choice", "text", "Log format: text for people, json for machines", choices=("text", "json")),
     Setting("log.level", "choice", "info", "Log level", choices=("debug", "info", "warning", "error")),
 )
+
+# The key settings that may name a key in the keys.kms token (a pkcs11: URI) instead of a file. The TLS
+# key may not: Python's ssl module loads a server key from a file only.
+TOKEN_KEY_SETTINGS = frozenset({"ca.key", "ra.key", "ra.encryption_key"})
 
 # What `gateway config sample` writes above each key of [profiles.default], in this order.
 PROFILE_HELP: dict[str, str] = {

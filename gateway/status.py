@@ -37,11 +37,12 @@ PROBE_TIMEOUT_SECONDS = 5.0  # per listener request, and for the database connec
 CERTIFICATES = (  # (role, path setting); the next CA and RA only once `gateway ca rollover` wrote them
     ("ca", "ca.cert"),
     ("ra", "ra.cert"),
+    ("ra encryption", "ra.encryption_cert"),  # only with separate RA keys
     ("tls", "tls.cert"),
     ("next ca", "next_ca.cert"),
     ("next ra", "next_ra.cert"),
 )
-_OPTIONAL = frozenset({"next ca", "next ra"})
+_OPTIONAL = frozenset({"ra encryption", "next ca", "next ra"})
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,8 @@ def trust_status(issuers: list[IssuerRecord], now: dt.datetime) -> TrustStatus:
     same inputs a running node follows to rebuild its gateway and its TLS trust (trust-watch)."""
     canonical = "\n".join(
         f"{issuer_id}|{kind}|{sha256}|{_utc(until).isoformat() if until else '-'}"
-        for issuer_id, kind, sha256, until in issuer_revision(issuers)
+        + (f"|{_utc(activates).isoformat()}" if activates else "")  # a scheduled CA activation
+        for issuer_id, kind, sha256, until, activates in issuer_revision(issuers)
     )
     by_kind: dict[str, int] = {}
     for issuer in issuers:

@@ -38,6 +38,7 @@ from gateway.metrics import MULTIPROCESS_ENV, create_multiprocess_dir, forget_de
 from gateway.runtime import open_gateway
 from shared_ca.authority import utcnow
 from shared_ca.errors import Unavailable
+from shared_ca.kms import release_tokens
 from shared_ca.storage.db import SchemaNotCurrent
 
 log = logging.getLogger("gateway.server")
@@ -139,6 +140,7 @@ def check_start(config: GatewayConfig) -> None:
             record_config_change(gateway.storage, config, gateway.ra_key, utcnow())
         finally:
             gateway.storage.db.dispose()
+            release_tokens()  # the workers log in to a key token themselves (shared_ca.kms)
     except SchemaNotCurrent:
         raise
     except Unavailable as exc:

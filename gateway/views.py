@@ -18,8 +18,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from gateway.config import parse_hostport
 from gateway.middleware import LISTENER
 from gateway.runtime import Gateway
-from shared_ca.errors import NotFound, Unavailable
+from shared_ca.errors import KeyMaterialError, NotFound, Unavailable
 from shared_ca.keys import certificates_pem
+from shared_ca.kms import TokenKey
 from shared_ca.ocsp import unsuccessful
 
 log = logging.getLogger("gateway.ca")
@@ -71,8 +72,12 @@ def readyz() -> Response:
     except Unavailable as exc:
         log.warning("readiness: gateway not open: %s", exc.detail)
         checks["keys"] = checks["database"] = "not loaded: the database did not answer"
+    except KeyMaterialError as exc:  # a key token missing or refusing the PIN when the worker opened
+        log.warning("readiness: gateway not open: %s", exc.detail)
+        checks["keys"] = "not loaded: a key could not be loaded"
+        checks["database"] = "not checked"
     else:
-        checks["keys"] = "ok"
+        checks["keys"] = _token_state(gw)
         checks["database"] = _database_state(gw)
     for listener, hostport in endpoints.listeners.items():
         checks[f"listener_{listener}"] = _listener_state(hostport)
@@ -89,6 +94,19 @@ def readyz() -> Response:
 
 ANSWERED_WITHOUT_GATEWAY = frozenset({"ca.healthz", "ca.readyz"})
 """Endpoints the app answers while the gateway cannot be opened (gateway.app)."""
+
+
+def _token_state(gw: Gateway) -> str:
+    """'ok', or 'token unavailable' when a key in a PKCS#11 token (shared_ca.kms) does not sign a probe:
+    the token removed, the session lost and not reopened, the PIN changed."""
+    for key in (gw.authority.key, gw.ra_key):
+        if isinstance(key, TokenKey):
+            try:
+                key.probe()
+            except Unavailable as exc:
+                log.warning("readiness: %s does not sign: %s", key.reference, exc.detail)
+                return "token unavailable"
+    return "ok"
 
 
 def _database_state(gw: Gateway) -> str:
@@ -123,10 +141,11 @@ def _listener_state(hostport: str) -> str:
 
 
 def _crl_der(name: str) -> bytes:
-    gw = _gateway()
-    if name != gw.authority.name:
+    """The CRL of the issuing CA, or of a CA a rollover replaced (until it is retired)."""
+    publisher = _gateway().crl_publisher(name)
+    if publisher is None:
         raise NotFound(f"no CRL for issuer {name!r}")
-    return gw.crl.current(actor="crl-endpoint").der
+    return publisher.current(actor="crl-endpoint").der
 
 
 @bp.get("/crl/<name>.crl")
@@ -151,9 +170,11 @@ def ca_pem() -> Response:
 
 @bp.get("/ca/<name>.crt")
 def ca_der(name: str) -> Response:
-    """The issuer certificate named in authorityInfoAccess caIssuers (DER, RFC 5280 §4.2.2.1)."""
-    authority = _gateway().authority
-    if name != authority.name:
+    """The issuer certificate named in authorityInfoAccess caIssuers (DER, RFC 5280 §4.2.2.1): the issuing
+    CA's, or a previous CA's (its certificates name it until they expire)."""
+    gw = _gateway()
+    authority = next((a for a in (gw.authority, *gw.previous) if a.name == name), None)
+    if authority is None:
         raise NotFound(f"no issuer named {name!r}")
     return Response(authority.certificate.public_bytes(Encoding.DER), mimetype="application/pkix-cert")
 

@@ -8,6 +8,7 @@ import click
 
 from gateway.cli.support import config_options, load_cli_config, open_cli_gateway
 from gateway.config import render_config, sample_config
+from shared_ca.kms import redact
 from shared_ca.storage.db import redact_url
 
 
@@ -37,6 +38,7 @@ def config_show(data_dir: Path, config_file: Path | None) -> None:
     settings = dict(cfg.values)
     if settings["database_url"]:
         settings["database_url"] = redact_url(str(settings["database_url"]))
+    settings["keys.kms"] = redact(str(settings["keys.kms"]))  # a pin-value= in the token URI
     click.echo(render_config(settings, profiles, commented=False), nl=False)
 
 

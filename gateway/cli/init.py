@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gateway.init_kms import DEFAULT_CA_KEY_URI, DEFAULT_RA_ENCRYPTION_KEY_URI, DEFAULT_RA_KEY_URI
 from gateway.initdir import DEFAULT_CA_SUBJECT, InitOptions, initialise
 from gateway.runtime import PASSPHRASE_ENV, read_passphrase_file
 from shared_ca.ca_material import parse_subject
@@ -58,6 +59,26 @@ from shared_ca.keys import KeyType
 @click.option("--database-url", help="Database URL (default: SQLite in the data directory).")
 @click.option("--public-base-url", help="Base URL written into certificates (CRL, OCSP, CA issuers).")
 @click.option("--force", is_flag=True, help="Replace an existing CA; the old files are moved aside.")
+@click.option(
+    "--kms",
+    metavar="URI",
+    help="PKCS#11 token for the CA and RA keys (RFC 7512): "
+    "'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=gw?pin-source=file:///etc/gateway/pin'. "
+    "Keys the token lacks are generated in it, never extractable; the TLS key stays a file.",
+)
+@click.option("--ca-key-uri", default=DEFAULT_CA_KEY_URI, show_default=True, help="The CA key in the --kms token.")
+@click.option("--ra-key-uri", default=DEFAULT_RA_KEY_URI, show_default=True, help="The SCEP RA key in the --kms token.")
+@click.option(
+    "--ra-encryption-key-uri",
+    default=DEFAULT_RA_ENCRYPTION_KEY_URI,
+    show_default=True,
+    help="The RA encryption key in the --kms token (with --separate-ra-keys).",
+)
+@click.option(
+    "--separate-ra-keys",
+    is_flag=True,
+    help="Two SCEP RA keys: one only signs (digitalSignature), one only decrypts (keyEncipherment).",
+)
 def init(
     data_dir: Path,
     ca_key_type: str,
@@ -73,6 +94,11 @@ def init(
     database_url: str | None,
     public_base_url: str | None,
     force: bool,
+    separate_ra_keys: bool,
+    kms: str | None,
+    ca_key_uri: str,
+    ra_key_uri: str,
+    ra_encryption_key_uri: str,
 ) -> None:
     """Set up a data directory: CA, keys, database, config file.
 
@@ -84,6 +110,9 @@ def init(
         raise click.BadParameter(str(exc), param_hint="--ca-subject") from None
     if import_pkcs12 and (import_ca_cert or import_ca_key):
         raise click.UsageError("--import-pkcs12 and --import-ca-cert/--import-ca-key exclude each other")
+    given = (ca_key_uri, ra_key_uri, ra_encryption_key_uri)
+    if not kms and given != (DEFAULT_CA_KEY_URI, DEFAULT_RA_KEY_URI, DEFAULT_RA_ENCRYPTION_KEY_URI):
+        raise click.UsageError("--ca-key-uri, --ra-key-uri and --ra-encryption-key-uri name keys in the --kms token")
     passphrase = None
     if passphrase_file is not None:
         passphrase = read_passphrase_file(passphrase_file)
@@ -107,6 +136,11 @@ def init(
             database_url=database_url,
             public_base_url=public_base_url,
             force=force,
+            separate_ra_keys=separate_ra_keys,
+            kms=kms,
+            ca_key_uri=ca_key_uri,
+            ra_key_uri=ra_key_uri,
+            ra_encryption_key_uri=ra_encryption_key_uri,
         )
     )
     if result.replaced is not None:
@@ -116,4 +150,8 @@ def init(
     click.echo(f"SHA-256    {result.ca_fingerprint}")
     click.echo(f"expires    {result.ca_not_after:%Y-%m-%d}")
     click.echo(f"config     {result.config_file}")
+    if result.token_note is not None:
+        click.echo(f"keys       {result.token_note}")
+    if separate_ra_keys:
+        click.echo("SCEP RA    separate keys: ra/ra.crt signs, ra/ra-encryption.crt decrypts")
     click.echo(f"trust this {result.ca_pem}")

@@ -1,0 +1,282 @@
+"""The CA and SCEP RA keys in a SoftHSM2 token, through the real server (issue 16).
+
+One `gateway init --kms` and one `gateway serve` for the module: SCEP and EST enrollments with the
+project's clients, revocation, OCSP and the CRL checked by openssl against the CA, /readyz, no private
+key file in the data directory but the TLS key's, a second init that finds the keys instead of making
+them, and `gateway serve` refusing a wrong PIN or a missing token in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+
+from gateway.cli import main
+from shared_ca.keys import public_key_bytes
+from tests.kms_support import SoftHsm, private_key_files, softhsm_token
+from tests.test_serve import (
+    REPO,
+    Server,
+    child_env,
+    distribution_urls,
+    download_crl,
+    fetch,
+    free_ports,
+    gateway_command,
+    openssl,
+    openssl_ocsp,
+    openssl_verify,
+    start_server,
+    stop_server,
+)
+
+pytestmark = pytest.mark.slow
+
+CHALLENGE = "kms-challenge-secret"
+USER, PASSWORD = "kms-est-user", "kms-est-password"
+
+
+@dataclass(frozen=True)
+class TokenGateway:
+    server: Server
+    hsm: SoftHsm
+    env: dict[str, str]
+    init_stdout: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenGateway]:
+    workdir = tmp_path_factory.mktemp("kms-serve")
+    hsm = softhsm_token(workdir / "hsm")
+    env = child_env(**hsm.env)
+    data_dir = workdir / "data"
+    (http_port,) = free_ports(1)
+    init = [
+        *("init", "--data-dir", str(data_dir), "--ca-key-type", "p256", "--kms", hsm.uri()),
+        *("--scep-challenge", CHALLENGE, "--public-base-url", f"http://127.0.0.1:{http_port}"),
+    ]
+    done = gateway_command(*init, env=env)
+    assert done.returncode == 0, done.stderr
+    added = subprocess.run(
+        [sys.executable, "-m", "gateway", "est-user", "add", USER, "--data-dir", str(data_dir), "--password-stdin"],
+        input=PASSWORD + "\n",
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    server = start_server(data_dir, workdir, env=env, http_port=http_port)
+    try:
+        yield TokenGateway(server, hsm, env, done.stdout, workdir)
+    finally:
+        assert stop_server(server) == 0, server.stderr_text()
+
+
+def verified(gw: TokenGateway, cert_file: Path) -> x509.Certificate:
+    done = openssl("verify", "-CAfile", str(gw.server.ca_pem), str(cert_file))
+    assert done.returncode == 0 and done.stdout.strip().endswith(": OK"), done.stdout + done.stderr
+    return x509.load_pem_x509_certificate(cert_file.read_bytes())
+
+
+def scep_enroll(gw: TokenGateway, directory: Path, name: str) -> Path:
+    out = directory / f"{name}.pem"
+    url = f"http://127.0.0.1:{gw.server.http_port}/scep"
+    result = CliRunner().invoke(
+        main,
+        [
+            *("client", "scep", "enroll", "--url", url, "--challenge", CHALLENGE),
+            *("--subject", f"CN={name},O=Example", "--key", str(directory / f"{name}.key"), "--out", str(out)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_init_made_the_keys_in_the_token_and_left_no_key_file(gw: TokenGateway) -> None:
+    data_dir = gw.server.data_dir
+    assert "keys       token 'gw': made pkcs11:object=ca-key, pkcs11:object=ra-key" in gw.init_stdout
+    config = (data_dir / "config.toml").read_text()
+    assert re.search(r'(?m)^\[ca\]\n(?:.*\n)*?key = "pkcs11:object=ca-key"$', config), config
+    assert gw.hsm.uri() in config
+    # The TLS key is the one private key on disk: Python's ssl loads a server key from a file only.
+    assert private_key_files(data_dir) == ["tls/server.key"]
+
+
+def test_a_second_init_finds_the_keys_in_the_token(gw: TokenGateway) -> None:
+    other = gw.workdir / "second"
+    done = gateway_command("init", "--data-dir", str(other), "--kms", gw.hsm.uri(), env=gw.env)
+    assert done.returncode == 0, done.stderr
+    assert "keys       token 'gw': found pkcs11:object=ca-key, pkcs11:object=ra-key" in done.stdout
+    first = x509.load_pem_x509_certificate(gw.server.ca_pem.read_bytes())
+    second = x509.load_pem_x509_certificate((other / "ca.pem").read_bytes())
+    assert public_key_bytes(second.public_key()) == public_key_bytes(first.public_key())
+    assert private_key_files(other) == ["tls/server.key"]
+
+
+def test_a_rollover_of_a_token_ca_is_refused_and_makes_no_key_file(gw: TokenGateway) -> None:
+    data_dir = gw.server.data_dir
+    done = gateway_command("ca", "rollover", "--data-dir", str(data_dir), env=gw.env)
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "Error: ca.key, ra.key name keys in a token (keys.kms): `gateway ca rollover` cannot make the next CA's "
+        "keys in a token yet"
+    ], done.stderr
+    assert private_key_files(data_dir) == ["tls/server.key"]
+
+
+def test_readyz_reports_the_token(gw: TokenGateway) -> None:
+    reply = fetch(gw.server.http_port, "/readyz")
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body)["checks"]["keys"] == "ok"
+
+
+def test_scep_enrollment_signed_and_decrypted_in_the_token(gw: TokenGateway, tmp_path: Path) -> None:
+    cert = verified(gw, scep_enroll(gw, tmp_path, "kms-scep-device"))
+    assert cert.subject.rfc4514_string() == "CN=kms-scep-device,O=Example"
+    assert cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256  # the P-256 CA key
+
+
+def test_est_enrollment_signed_in_the_token(gw: TokenGateway, tmp_path: Path) -> None:
+    out = tmp_path / "est.pem"
+    url = f"https://127.0.0.1:{gw.server.https_port}"
+    result = CliRunner().invoke(
+        main,
+        [
+            *("client", "est", "enroll", "--url", url, "--cacert", str(gw.server.ca_pem)),
+            *("--user", USER, "--password-stdin", "--cn", "kms-est-device", "--out", str(out)),
+        ],
+        input=PASSWORD + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    cert = verified(gw, out)
+    _crl_url, ocsp_url = distribution_urls(out)
+    assert "good" in openssl_ocsp(gw.server, ocsp_url, out)
+    assert cert.subject.rfc4514_string() == "CN=kms-est-device"
+
+
+def test_revocation_shows_in_ocsp_and_the_crl(gw: TokenGateway, tmp_path: Path) -> None:
+    cert_file = scep_enroll(gw, tmp_path, "kms-revoked")
+    serial = format(x509.load_pem_x509_certificate(cert_file.read_bytes()).serial_number, "x")
+    revoked = gateway_command(
+        "cert", "revoke", serial, "--reason", "key_compromise", "--data-dir", str(gw.server.data_dir), env=gw.env
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    crl_url, ocsp_url = distribution_urls(cert_file)
+    assert re.search(rf"{re.escape(str(cert_file))}: revoked", openssl_ocsp(gw.server, ocsp_url, cert_file))
+    download_crl(gw.server, crl_url, tmp_path / "ca.crl.pem")
+    checked = openssl_verify(gw.server, tmp_path / "ca.crl.pem", cert_file)
+    assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr
+
+
+def refused_start(gw: TokenGateway, kms: str) -> str:
+    """`gateway serve` on the module's data directory with keys.kms set to `kms`: its one line on stderr."""
+    http_port, https_port = free_ports(2)
+    env = dict(gw.env, GATEWAY_KEYS_KMS=kms)
+    done = gateway_command(
+        *("serve", "--data-dir", str(gw.server.data_dir)),
+        *("--http", f"127.0.0.1:{http_port}", "--https", f"127.0.0.1:{https_port}"),
+        env=env,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_wrong_pin_stops_serve_in_one_line(gw: TokenGateway) -> None:
+    wrong = gw.workdir / "wrong-pin"
+    wrong.write_text("9999\n")
+    line = refused_start(gw, gw.hsm.uri(pin_file=wrong))
+    assert f"wrong PIN for token 'gw' (from {wrong})" in line
+
+
+def test_a_missing_token_stops_serve_in_one_line(gw: TokenGateway) -> None:
+    line = refused_start(gw, gw.hsm.uri(label="absent"))
+    assert "no token 'absent' in the PKCS#11 module /usr/lib/softhsm/libsofthsm2.so (tokens there: 'gw')" in line
+
+
+def test_separate_ra_keys_in_the_token_load_as_serve_loads_them(gw: TokenGateway) -> None:
+    other = gw.workdir / "separate"
+    uris = ["--ca-key-uri", "pkcs11:object=ca-3", "--ra-key-uri", "pkcs11:object=ra-sign-3"]
+    uris += ["--ra-encryption-key-uri", "pkcs11:object=ra-enc-3"]
+    done = gateway_command(
+        "init", "--data-dir", str(other), "--separate-ra-keys", "--kms", gw.hsm.uri(), *uris, env=gw.env
+    )
+    assert done.returncode == 0, done.stderr
+    made = "made pkcs11:object=ca-3, pkcs11:object=ra-sign-3, pkcs11:object=ra-enc-3"
+    assert made in done.stdout
+    assert private_key_files(other) == ["tls/server.key"]
+    checked = gateway_command("config", "check", "--data-dir", str(other), env=gw.env)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_a_failed_init_destroys_the_keys_it_made(gw: TokenGateway) -> None:
+    uris = ["--ca-key-uri", "pkcs11:object=doomed-ca", "--ra-key-uri", "pkcs11:object=doomed-ra"]
+    unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    failed = gateway_command(
+        *("init", "--data-dir", str(gw.workdir / "doomed"), "--kms", gw.hsm.uri(), *uris),
+        *("--database-url", unreachable),
+        env=gw.env,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr
+    again = gateway_command("init", "--data-dir", str(gw.workdir / "again"), "--kms", gw.hsm.uri(), *uris, env=gw.env)
+    assert again.returncode == 0, again.stderr
+    assert "made pkcs11:object=doomed-ca, pkcs11:object=doomed-ra" in again.stdout  # not found: they were gone
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        pytest.param(["--ca-key-uri", "pkcs11:object=x"], "name keys in the --kms token", id="fail/uri-without-kms"),
+        pytest.param(
+            ["--kms", "KMS", "--import-ca-key", "k.pem"], "with --kms the CA key is in the token", id="fail/import"
+        ),
+        pytest.param(
+            ["--kms", "pkcs11:token=gw?pin-value=1"],
+            "--kms: pkcs11:token=gw?pin-value=*** names no module-path",
+            id="fail/kms",
+        ),
+        pytest.param(
+            ["--kms", "KMS", "--ca-key-uri", "pkcs11:object=a;type=public"], "--ca-key-uri: ", id="fail/key-uri"
+        ),
+        pytest.param(
+            ["--kms", "KMS", "--ra-key-uri", "pkcs11:object=ca-key"], "different token objects", id="fail/same-key"
+        ),
+    ],
+)
+def test_init_refusals_are_one_line(gw: TokenGateway, arguments: list[str], message: str) -> None:
+    arguments = [gw.hsm.uri() if a == "KMS" else a for a in arguments]
+    done = gateway_command("init", "--data-dir", str(gw.workdir / "refused"), *arguments, env=gw.env)
+    assert done.returncode in (1, 2), done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr, done.stderr
+    assert not (gw.workdir / "refused" / "config.toml").exists()
+
+
+def test_a_backup_holds_no_token_key(gw: TokenGateway) -> None:
+    archive = gw.workdir / "backup.tar.gz"
+    made = gateway_command("backup", "--data-dir", str(gw.server.data_dir), "--out", str(archive), env=gw.env)
+    assert made.returncode == 0, made.stderr
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert "data/ca/ca.crt" in names and "data/ra/ra.crt" in names
+    assert "data/tls/server.key" in names
+    assert not [n for n in names if n.endswith(("ca.key", "ra.key"))], names
+    assert "ca.key" not in manifest["settings"] and "ra.key" not in manifest["settings"]
