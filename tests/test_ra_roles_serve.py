@@ -22,7 +22,6 @@ import base64
 import contextlib
 import http.client
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -55,6 +54,7 @@ from tests.test_scep_interop import (
     enrollment_event,
     listing_field,
     load_certificate,
+    run_scepclient,
     scepclient_report,
     server_log,
     spki,
@@ -307,46 +307,13 @@ def test_our_client_encrypts_to_the_encryption_ra(
 # -- micromdm's scepclient --------------------------------------------------------------------------
 
 
-def run_scepclient(binary: str, url: str, directory: Path, cn: str) -> subprocess.CompletedProcess[str]:
-    directory.mkdir(exist_ok=True)
-    command = [
-        binary,
-        "-server-url",
-        url,
-        "-private-key",
-        str(directory / "client.key"),
-        "-certificate",
-        str(directory / "client.pem"),
-        "-challenge",
-        CHALLENGE,
-        "-cn",
-        cn,
-        "-organization",
-        "Test",
-        "-keySize",
-        "2048",
-    ]
-    try:
-        return subprocess.run(
-            command,
-            cwd=directory,
-            env=client_env(),
-            capture_output=True,
-            text=True,
-            timeout=CLIENT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"scepclient did not finish within {CLIENT_SECONDS:.0f} s: {exc}")
-
-
 def test_scepclient_encrypts_to_every_certificate_and_enrolls(
     gateway: Server, recorder: Recorder, roles: Roles, workdir: Path
 ) -> None:
     binary = client_binary("scepclient", "scep")
     directory = workdir / "scepclient"
     before = len(recorder.seen)
-    enroll = run_scepclient(binary, recorder.url, directory, "scepclient-split")
+    enroll = run_scepclient(binary, gateway, directory, cn="scepclient-split", challenge=CHALLENGE, url=recorder.url)
     assert enroll.returncode == 0, scepclient_report(enroll, gateway)
     assert "pkiStatus=SUCCESS" in enroll.stderr, scepclient_report(enroll, gateway)
     assert_issued_by_our_ca(gateway, directory / "client.pem")
@@ -357,7 +324,7 @@ def test_scepclient_encrypts_to_every_certificate_and_enrolls(
     assert sorted_recipients(recorder.since(before), roles) == [["ca", "encryption", "signing"]]
 
     before = len(recorder.seen)
-    renew = run_scepclient(binary, recorder.url, directory, "scepclient-split")
+    renew = run_scepclient(binary, gateway, directory, cn="scepclient-split", challenge=CHALLENGE, url=recorder.url)
     assert renew.returncode == 0, scepclient_report(renew, gateway)
     renewed = load_certificate(directory / "client.pem")
     assert renewed.serial_number != enrolled.serial_number
@@ -485,7 +452,9 @@ def test_scepclient_refuses_a_certrep_signed_by_none_of_getcacerts_certificates(
     binary = client_binary("scepclient", "scep")
     directory = workdir / "scepclient-impostor"
     with recorder.impersonating():
-        run = run_scepclient(binary, recorder.url, directory, "scepclient-impostor")
+        run = run_scepclient(
+            binary, gateway, directory, cn="scepclient-impostor", challenge=CHALLENGE, url=recorder.url
+        )
     assert run.returncode == 1, scepclient_report(run, gateway)
     # It looks the signer up among the certificates of GetCACert, not among those the CertRep carries.
     assert "parsing pkiMessage response PKCSReq (19): pkcs7: No certificate for signer" in run.stdout, run.stdout

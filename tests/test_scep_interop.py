@@ -201,14 +201,15 @@ def scepclient() -> str:
 
 
 def run_scepclient(
-    binary: str, server: Server, directory: Path, *, cn: str, challenge: str
+    binary: str, server: Server, directory: Path, *, cn: str, challenge: str, url: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """scepclient as INTEROP.md runs it: enrolls when DIR/client.pem is missing, renews when it exists."""
+    """scepclient as INTEROP.md runs it: enrolls when DIR/client.pem is missing, renews when it exists.
+    It talks to `server`'s SCEP URL, or to `url` (a proxy in front of it)."""
     directory.mkdir(exist_ok=True)
     command = [
         binary,
         "-server-url",
-        f"http://127.0.0.1:{server.http_port}/scep",
+        url or f"http://127.0.0.1:{server.http_port}/scep",
         "-private-key",
         str(directory / "client.key"),
         "-certificate",
