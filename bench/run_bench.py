@@ -515,6 +515,7 @@ def bench_commands(
             command += ["--json", str(tmp / f"{part}.json"), "--levels", args.concurrency, *bound]
             command += ["--gateway-workers", str(args.workers)] if args.workers else []
             command += ["--skip-micromdm"] if args.skip_micromdm or part.startswith("baseline") else []
+            command += ["--softhsm"] if not args.skip_softhsm and not part.startswith("baseline") else []
         else:
             command = [str(PYTHON), str(bench / "est_bench.py"), "--requests", str(requests["est"])]
             command += ["--json", str(tmp / f"{part}.json"), "--concurrency", args.concurrency, *bound]
@@ -688,6 +689,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="gunicorn workers per listener (default: serve's)")
     parser.add_argument("--json", help="also write the whole result (every figure, raw rows) as JSON to this file")
     parser.add_argument("--skip-migration", action="store_true", help="do not run bench/migration")
+    parser.add_argument(
+        "--skip-softhsm", action="store_true", help="no SCEP row for a gateway with its keys in SoftHSM2 (PKCS#11)"
+    )
     parser.add_argument("--skip-micromdm", action="store_true", help="gateway only: no micromdm, no namespace")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     parser.add_argument("--baseline", help="also measure the gateway at this git revision: a before/after table")

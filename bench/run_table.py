@@ -255,11 +255,18 @@ def _row(part: str, variant: str, cell: Cell, digits: int, versus: str, ceiling:
     )
 
 
+SCEP_SERVER_TEXT = {
+    "gateway": "gateway, HTTP keep-alive",
+    "gateway-softhsm": "gateway, CA/RA/TLS keys in SoftHSM2 (PKCS#11), HTTP keep-alive",
+    "micromdm": "micromdm scepserver, HTTP keep-alive",
+}
+
+
 def scep_rows(runs: list[dict[str, Any]], hello: dict[tuple[str, int], Cell]) -> Iterator[Row]:
     gateway_first = sorted(cells(runs, "scep").items(), key=lambda item: (item[0][0] != "gateway", item[0]))
     for (server, level), cell in gateway_first:
         versus = spread(versus_micromdm(runs, level), _ratio, "x") if server == "gateway" else ""
-        variant = "gateway, HTTP keep-alive" if server == "gateway" else "micromdm scepserver, HTTP keep-alive"
+        variant = SCEP_SERVER_TEXT.get(server, f"{server}, HTTP keep-alive")
         share = _share(cell, hello.get(ceiling_key("scep", cell)))
         yield _row("SCEP PKIOperation (PKCSReq)", variant, cell, 1, versus, share)
 

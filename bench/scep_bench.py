@@ -290,14 +290,14 @@ def run_checked(command: list[str], **kwargs: Any) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stdout}{done.stderr}")
 
 
-def child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+def child_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **extra}
 
 
-def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            command, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=REPO, env=env or child_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -344,14 +344,14 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         " enrollments/s = SUCCESS CertReps / wall time"
     )
     header = (
-        f"| {'server':<9} | {'conc':>4} | {'requests':>8} | {'enroll/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | "
+        f"| {'server':<15} | {'conc':>4} | {'requests':>8} | {'enroll/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | "
         f"{'failed':>6} | {'conns':>5} |"
     )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for row in rows:
         print(
-            f"| {row['server']:<9} | {row['concurrency']:>4} | {row['requests']:>8} | "
+            f"| {row['server']:<15} | {row['concurrency']:>4} | {row['requests']:>8} | "
             f"{row['enrollments_per_s']:>8.1f} | {row['p50_ms']:>7.1f} | {row['p99_ms']:>7.1f} | "
             f"{row['failed']:>6} | {row['connections']:>5} |"
         )
@@ -402,53 +402,18 @@ def main_run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scep-"))
     netns = f"gwbench-{os.getpid()}"
     gateway: subprocess.Popen[bytes] | None = None
+    gateway_hsm: subprocess.Popen[bytes] | None = None
     micromdm: subprocess.Popen[bytes] | None = None
     netns_made = False
     try:
         started = time.perf_counter()
-        keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(KEY_POOL)]
-        (tmp / "keys.pem").write_bytes(
-            b"".join(
-                k.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-                for k in keys
-            )
-        )
-        http_port, https_port = free_ports(2)
-        data_dir = tmp / "gateway"
-        run_checked(
-            [
-                str(PYTHON),
-                "-m",
-                "gateway",
-                "init",
-                "--data-dir",
-                str(data_dir),
-                "--ca-key-type",
-                "rsa2048",
-                "--scep-challenge",
-                CHALLENGE,
-                "--public-base-url",
-                f"http://127.0.0.1:{http_port}",
-            ],
-            cwd=REPO,
-            env=child_env(),
-        )
-        serve = [
-            str(PYTHON),
-            "-m",
-            "gateway",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--http",
-            f"127.0.0.1:{http_port}",
-            "--https",
-            f"127.0.0.1:{https_port}",
-        ]
-        if args.gateway_workers:
-            serve += ["--workers", str(args.gateway_workers)]
-        gateway = spawn(serve, tmp / "gateway-serve.log")
-        wait_healthy(http_port, gateway, tmp / "gateway-serve.log")
+        write_key_pool(tmp / "keys.pem")
+        gateway, http_port = start_gateway(tmp, "gateway", [], child_env(), args)
+        hsm_port = 0
+        if args.softhsm:
+            kms, hsm_env = softhsm_token(tmp / "softhsm")
+            # the CA, RA and TLS keys in the token (gateway.init_kms)
+            gateway_hsm, hsm_port = start_gateway(tmp, "gateway-softhsm", ["--kms", kms], hsm_env, args)
 
         micromdm_port = 8080
         if not args.skip_micromdm:
@@ -456,6 +421,7 @@ def main_run(args: argparse.Namespace) -> None:
             micromdm = start_micromdm(tmp, netns, micromdm_port)
         print(
             f"# set-up in {time.perf_counter() - started:.1f} s: gateway on 127.0.0.1:{http_port}"
+            + (f", gateway with its keys in SoftHSM2 on 127.0.0.1:{hsm_port}" if hsm_port else "")
             + ("" if args.skip_micromdm else f", micromdm in netns {netns} on 127.0.0.1:{micromdm_port}"),
             file=sys.stderr,
         )
@@ -480,6 +446,8 @@ def main_run(args: argparse.Namespace) -> None:
         ]
         if args.skip_micromdm:
             targets = targets[:1]
+        if hsm_port:
+            targets.insert(1, ("gateway-softhsm", [], f"http://127.0.0.1:{hsm_port}/scep"))
         rows: list[dict[str, Any]] = []
         for label, prefix, url in targets:
             out = tmp / f"{label}.json"
@@ -506,12 +474,63 @@ def main_run(args: argparse.Namespace) -> None:
     finally:
         stop(micromdm)
         stop(gateway)
+        stop(gateway_hsm)
         if netns_made:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
         if args.keep:
             print(f"# kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def softhsm_token(directory: Path) -> tuple[str, dict[str, str]]:
+    """A SoftHSM2 token of its own (Debian softhsm2): its keys.kms URI and the environment naming it."""
+    (directory / "tokens").mkdir(parents=True)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = child_env(SOFTHSM2_CONF=str(conf))
+    run_checked(
+        ["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"], env=env
+    )
+    pin = directory / "pin"
+    pin.write_text("1234\n")
+    pin.chmod(0o600)
+    return f"pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=bench?pin-source=file://{pin}", env
+
+
+def write_key_pool(path: Path) -> None:
+    """KEY_POOL RSA-2048 requester keys, PEM, for the load workers."""
+    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(KEY_POOL)]
+    path.write_bytes(
+        b"".join(
+            k.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()) for k in keys
+        )
+    )
+
+
+def start_gateway(
+    tmp: Path, name: str, init: list[str], env: dict[str, str], args: argparse.Namespace
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`gateway init` (RSA-2048 CA, the bench challenge, plus `init`) in tmp/name, then `gateway serve`
+    on free ports until it is healthy: the process and its HTTP port."""
+    http_port, https_port = free_ports(2)
+    data_dir = tmp / name
+    run_checked(
+        [
+            *(str(PYTHON), "-m", "gateway", "init", "--data-dir", str(data_dir), "--ca-key-type", "rsa2048"),
+            *("--scep-challenge", CHALLENGE, "--public-base-url", f"http://127.0.0.1:{http_port}", *init),
+        ],
+        cwd=REPO,
+        env=env,
+    )
+    serve = [str(PYTHON), "-m", "gateway", "serve", "--data-dir", str(data_dir)]
+    serve += ["--http", f"127.0.0.1:{http_port}", "--https", f"127.0.0.1:{https_port}"]
+    if args.gateway_workers:
+        serve += ["--workers", str(args.gateway_workers)]
+    log = tmp / f"{name}-serve.log"
+    process = spawn(serve, log, env=env)
+    wait_healthy(http_port, process, log)
+    return process, http_port
 
 
 def main() -> None:
@@ -524,6 +543,9 @@ def main() -> None:
     parser.add_argument("--gateway-workers", type=int, default=0, help="gateway serve --workers (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, depots)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument(
+        "--softhsm", action="store_true", help="also a gateway whose CA, RA and TLS keys are in a SoftHSM2 token"
+    )
     parser.add_argument("--skip-micromdm", action="store_true", help="measure the gateway only (no root needed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--label", default="server", help=argparse.SUPPRESS)

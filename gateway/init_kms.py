@@ -2,8 +2,8 @@
 
 A key the URI names that the token already holds is used as it is; one it does not hold is generated
 there, sensitive and never extractable. Keys this init generated are destroyed again when the init
-fails, so a failed init leaves the token as it found it. The TLS key stays a file: Python's ssl module
-loads a server key only from a file.
+fails, so a failed init leaves the token as it found it. The HTTPS key is in the token too (served
+through OpenSSL's pkcs11 provider, gateway.tls_token) unless init is told to keep it in a file.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # python-pkcs11 is imported only once a token is used (shared
 DEFAULT_CA_KEY_URI = "pkcs11:object=ca-key"
 DEFAULT_RA_KEY_URI = "pkcs11:object=ra-key"
 DEFAULT_RA_ENCRYPTION_KEY_URI = "pkcs11:object=ra-encryption-key"
+DEFAULT_TLS_KEY_URI = "pkcs11:object=tls-key"
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TokenKeys:
     ca: PrivateKey
     ra: rsa.RSAPrivateKey
     ra_encryption: rsa.RSAPrivateKey | None
+    tls: PrivateKey | None  # None: the HTTPS key is a file
     settings: dict[str, str]  # key setting -> its pkcs11: URI, for the config file
     generated: list[KeyUri] = field(default_factory=list)
     found: list[str] = field(default_factory=list)  # URIs of keys the token held already
@@ -69,17 +71,21 @@ def token_keys(
     ca_key_uri: str,
     ra_key_uri: str,
     ra_encryption_key_uri: str | None,
+    tls_key_uri: str | None,
     ca_key_type: KeyType,
 ) -> TokenKeys:
-    """Find or generate the CA key, the RA key and (with separate RA keys) the RA encryption key in the
-    token `kms` names; KeyMaterialError in one line when the token, its PIN or a key will not do."""
+    """Find or generate the CA key, the RA key, (with separate RA keys) the RA encryption key and (unless
+    it stays a file) the HTTPS key in the token `kms` names; KeyMaterialError in one line when the
+    token, its PIN or a key will not do."""
     wanted = {"ca.key": (_uri(ca_key_uri, "--ca-key-uri"), ca_key_uri)}
     wanted["ra.key"] = (_uri(ra_key_uri, "--ra-key-uri"), ra_key_uri)
     if ra_encryption_key_uri is not None:
         wanted["ra.encryption_key"] = (_uri(ra_encryption_key_uri, "--ra-encryption-key-uri"), ra_encryption_key_uri)
+    if tls_key_uri is not None:
+        wanted["tls.key"] = (_uri(tls_key_uri, "--tls-key-uri"), tls_key_uri)
     uris = [uri for uri, _text in wanted.values()]
     if len(set(uris)) != len(uris):
-        raise KeyMaterialError("the CA and RA keys must be different token objects: give each its own label")
+        raise KeyMaterialError("the CA, RA and TLS keys must be different token objects: give each its own label")
     token = open_token(kms, setting="--ca-key-uri", source="--kms")
     made: list[KeyUri] = []
     found: list[str] = []
@@ -90,10 +96,10 @@ def token_keys(
                 keys[setting] = token.private_key(uri)
                 found.append(text)
             else:
-                key_type = ca_key_type if setting == "ca.key" else KeyType.RSA2048
-                keys[setting] = token.generate(uri, key_type, decrypt=setting != "ca.key")
+                key_type = {"ca.key": ca_key_type, "tls.key": KeyType.P256}.get(setting, KeyType.RSA2048)
+                keys[setting] = token.generate(uri, key_type, decrypt=setting.startswith("ra."))
                 made.append(uri)
-            if setting != "ca.key" and not isinstance(keys[setting], rsa.RSAPrivateKey):
+            if setting.startswith("ra.") and not isinstance(keys[setting], rsa.RSAPrivateKey):
                 raise KeyMaterialError(f"{text} in {token.name} is not an RSA key: SCEP envelopes need RSA")
     except BaseException:
         for uri in made:
@@ -108,6 +114,7 @@ def token_keys(
         ca=keys["ca.key"],
         ra=ra,
         ra_encryption=ra_encryption,
+        tls=keys.get("tls.key"),
         settings={setting: text.strip() for setting, (_uri_, text) in wanted.items()},
         generated=made,
         found=found,

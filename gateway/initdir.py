@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import os
 import shutil
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from gateway.init_kms import (
     DEFAULT_CA_KEY_URI,
     DEFAULT_RA_ENCRYPTION_KEY_URI,
     DEFAULT_RA_KEY_URI,
+    DEFAULT_TLS_KEY_URI,
     TokenKeys,
     token_ca_material,
     token_keys,
 )
 from gateway.settings import SETTINGS
+from gateway.tls_token import load_token_tls_key
 from shared_ca.authority import CertificateAuthority, PublicUrls, fingerprint, utcnow
 from shared_ca.ca_material import (
     CAMaterial,
@@ -89,6 +92,7 @@ class InitOptions:
     ca_key_uri: str = DEFAULT_CA_KEY_URI
     ra_key_uri: str = DEFAULT_RA_KEY_URI
     ra_encryption_key_uri: str = DEFAULT_RA_ENCRYPTION_KEY_URI
+    tls_key_uri: str | None = DEFAULT_TLS_KEY_URI  # with --kms; None: the HTTPS key is a file
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ def _key_material(options: InitOptions, now: dt.datetime) -> tuple[TokenKeys | N
         ca_key_uri=options.ca_key_uri,
         ra_key_uri=options.ra_key_uri,
         ra_encryption_key_uri=options.ra_encryption_key_uri if options.separate_ra_keys else None,
+        tls_key_uri=options.tls_key_uri,
         ca_key_type=options.ca_key_type,
     )
     try:
@@ -236,6 +241,8 @@ def _file_values(options: InitOptions) -> dict[str, Any]:
         values["ca.key"], values["ra.key"] = options.ca_key_uri.strip(), options.ra_key_uri.strip()
         if options.separate_ra_keys:
             values["ra.encryption_key"] = options.ra_encryption_key_uri.strip()
+        if options.tls_key_uri is not None:
+            values["tls.key"] = options.tls_key_uri.strip()
     return values
 
 
@@ -281,7 +288,7 @@ def _record_ca(
                 actor="init",
             )
             ra_encryption = (encryption_key, encryption.certificate)
-        tls_key = generate_private_key(KeyType.P256)
+        tls_key = in_token.tls if in_token and in_token.tls else generate_private_key(KeyType.P256)
         tls_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "localhost")])
         tls = authority.issue(
             authorize_request(TLS_SERVER_PROFILE, tls_subject, _tls_names(hostnames), tls_key.public_key(), now),
@@ -313,8 +320,12 @@ def _stage_files(
         if not is_token_key(config["ra.encryption_key"]):
             write_private_key(staging / config["ra.encryption_key"], certs.ra_encryption[0], passphrase)
         write_public_file(staging / config["ra.encryption_cert"], certs.ra_encryption[1].public_bytes(Encoding.PEM))
-    write_private_key(staging / config["tls.key"], certs.tls_key, passphrase)
     write_public_file(staging / config["tls.cert"], certs.tls.public_bytes(Encoding.PEM) + chain_pem)
+    if is_token_key(config["tls.key"]):  # served through OpenSSL's pkcs11 provider: prove it loads and signs
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        load_token_tls_key(context, staging / config["tls.cert"], config["keys.kms"], config["tls.key"])
+    else:
+        write_private_key(staging / config["tls.key"], certs.tls_key, passphrase)
     write_public_file(staging / "ca.pem", chain_pem)
     profiles: dict[str, dict[str, Any]] = {}
     if options.scep_challenge:

@@ -31,8 +31,9 @@ from gateway.housekeeping import purge_stale
 from gateway.logs import GunicornLogger, capture_process_output, configure_logging
 from gateway.metrics import worker_exited
 from gateway.ra_renewal import renew_ra_if_due
-from gateway.runtime import GatewayLoader, key_passphrase, open_gateway
+from gateway.runtime import GatewayLoader, open_gateway
 from gateway.supervisor import LISTEN_FD_ENV, LISTENERS
+from gateway.tls_token import load_server_key
 from gateway.worker import ConnectionLimits, server_tls_context
 from shared_ca.admission import LAG_FLOOR_SECONDS
 from shared_ca.approval import drain_deferred
@@ -55,8 +56,7 @@ def build_ssl_context(config: GatewayConfig, trusted: list[x509.Certificate]) ->
     A gevent context (the worker's greenlets do the handshakes) whose sockets send close_notify."""
     context = server_tls_context(gevent_ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if config["tls.min_version"] == "1.3" else ssl.TLSVersion.TLSv1_2
-    passphrase = key_passphrase(config)
-    context.load_cert_chain(str(config.path("tls.cert")), str(config.path("tls.key")), password=passphrase)
+    load_server_key(context, config)  # a file, or a key in the token (gateway.tls_token)
     linking = sorted(name for name, profile in config.profiles.items() if profile.est_pop_linking)
     if linking:
         # RFC 7030 §3.5 binds the CSR to tls-unique, which TLS 1.3 does not define (RFC 9266 §3), and

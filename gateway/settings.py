@@ -164,7 +164,7 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=1000000,
     ),
     Setting("tls.cert", "path", "tls/server.crt", "HTTPS server certificate chain (PEM), relative to the data dir"),
-    Setting("tls.key", "path", "tls/server.key", "HTTPS server private key (PEM)"),
+    Setting("tls.key", "path", "tls/server.key", "HTTPS server private key (PEM), or pkcs11:object=NAME in keys.kms"),
     Setting("tls.min_version", "choice", "1.2", "Lowest TLS version accepted", choices=("1.2", "1.3")),
     Setting(
         "tls.client_certificates",
@@ -322,9 +322,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log.level", "choice", "info", "Log level", choices=("debug", "info", "warning", "error")),
 )
 
-# The key settings that may name a key in the keys.kms token (a pkcs11: URI) instead of a file. The TLS
-# key may not: Python's ssl module loads a server key from a file only.
-TOKEN_KEY_SETTINGS = frozenset({"ca.key", "ra.key", "ra.encryption_key"})
+# The key settings that may name a key in the keys.kms token (a pkcs11: URI) instead of a file; the TLS
+# key through OpenSSL's pkcs11 provider (gateway.tls_token).
+TOKEN_KEY_SETTINGS = frozenset({"ca.key", "ra.key", "ra.encryption_key", "tls.key"})
 
 # What `gateway config sample` writes above each key of [profiles.default], in this order.
 PROFILE_HELP: dict[str, str] = {

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from gateway.audit_trail import record_config_change
 from gateway.config import GatewayConfig, parse_hostport
 from gateway.metrics import MULTIPROCESS_ENV, create_multiprocess_dir, forget_dead_processes, remove_multiprocess_dir
 from gateway.runtime import open_gateway
+from gateway.tls_token import load_server_key
 from shared_ca.authority import utcnow
 from shared_ca.errors import Unavailable
 from shared_ca.kms import release_tokens
@@ -131,20 +133,27 @@ class Arbiter:
 
 
 def check_start(config: GatewayConfig) -> None:
-    """Fail at once, in one line, on what no retry can mend (keys, an old schema); a database that does
-    not answer yet is only logged: the listeners answer 503 until it does. A configuration that differs
-    from the one this node last ran is recorded in the audit trail (config.changed)."""
+    """Fail at once, in one line, on what no retry can mend (keys, the HTTPS key and certificate, an old
+    schema); a database that does not answer yet is only logged: the listeners answer 503 until it does.
+    A configuration that differs from the one this node last ran is recorded in the audit trail
+    (config.changed)."""
+    # The HTTPS arbiter loads them again for its workers (an arbiter is a new program: nothing of this
+    # process's OpenSSL state, the pkcs11 provider included, reaches it).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         gateway = open_gateway(config)
-        try:
-            record_config_change(gateway.storage, config, gateway.ra_key, utcnow())
-        finally:
-            gateway.storage.db.dispose()
-            release_tokens()  # the workers log in to a key token themselves (shared_ca.kms)
     except SchemaNotCurrent:
         raise
     except Unavailable as exc:
         log.warning("the database is unavailable (%s): serving 503 until it answers", exc.detail)
+        load_server_key(context, config)
+        return
+    try:
+        load_server_key(context, config)  # before anything is recorded: a refused start changed nothing
+        record_config_change(gateway.storage, config, gateway.ra_key, utcnow())
+    finally:
+        gateway.storage.db.dispose()
+        release_tokens()  # the workers log in to a key token themselves (shared_ca.kms)
 
 
 def serve(config: GatewayConfig, environ: dict[str, str], announce: Callable[[str], None]) -> int:

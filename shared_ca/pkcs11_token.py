@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pkcs11
+import pkcs11._pkcs11
 from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -132,19 +134,35 @@ def _forked() -> None:
     _process.pid = os.getpid()
 
 
+def _initialize(library: Library, path: str) -> None:
+    """C_Initialize, where another user in this process may have initialized the module first: OpenSSL's
+    pkcs11 provider holding the HTTPS key (gateway.tls_token). Then the module answers
+    CKR_CRYPTOKI_ALREADY_INITIALIZED and is used as it is; `initialized` stays False, so this process
+    never finalizes a module under the provider's feet (release_tokens, a failed login's retry, a fork)."""
+    try:
+        library.initialize()
+    except p11.PKCS11Error as exc:
+        if "already initialized" not in str(exc):  # python-pkcs11 has no class of its own for it
+            raise
+        log.debug("PKCS#11 module %s: already initialized in this process; used as it is", path)
+
+
 def _library(path: str) -> Library:
     library = _process.libraries.get(path)
     if library is None:
         if not Path(path).is_file():
             raise KeyMaterialError(f"the PKCS#11 module {path} does not exist")
         try:
-            library = pkcs11.lib(path)
+            # pkcs11.lib() would C_Initialize in its constructor and fail when the module is initialized
+            # already: the object is made without it (its __cinit__ loads the module), then _initialize.
+            library = pkcs11._pkcs11.lib.__new__(pkcs11._pkcs11.lib, path)  # type: ignore[call-arg]
+            _initialize(library, path)
         except p11.PKCS11Error as exc:
             raise KeyMaterialError(f"cannot load the PKCS#11 module {path}: {_why(exc)}") from None
         _process.libraries[path] = library  # kept for the life of the process: sessions point into it
     elif not library.initialized:
         try:
-            library.initialize()
+            _initialize(library, path)
         except p11.PKCS11Error as exc:
             raise KeyMaterialError(f"the PKCS#11 module {path} does not initialize: {_why(exc)}") from None
     return library
@@ -414,7 +432,9 @@ class Token:
                 with self._token.open(rw=True) as writer:  # shares this process's login
                     common: dict[str, Any] = {
                         "label": key.label,
-                        "id": key.key_id,
+                        # A CKA_ID pairs the halves: OpenSSL's pkcs11 provider finds an EC key's public
+                        # point by it (gateway.tls_token).
+                        "id": key.key_id if key.key_id is not None else secrets.token_bytes(16),
                         "store": True,
                         "capabilities": capabilities,
                         "private_template": private,

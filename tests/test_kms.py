@@ -30,6 +30,7 @@ from gateway.app import create_app
 from gateway.config import ConfigError, load_config
 from gateway.initdir import InitOptions, initialise
 from scep.envelope import ContentCipher, KeyTransport, open_envelope, seal_envelope
+from shared_ca import pkcs11_token
 from shared_ca.cms import CmsSigner
 from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import KeyType
@@ -147,9 +148,15 @@ def test_config_accepts_token_keys(tmp_path: Path) -> None:
     config = load_config(
         tmp_path,
         environ={},
-        overrides={"keys.kms": GOOD_TOKEN, "ca.key": "pkcs11:object=ca-key", "ra.key": "ra/ra.key"},
+        overrides={
+            "keys.kms": GOOD_TOKEN,
+            "ca.key": "pkcs11:object=ca-key",
+            "ra.key": "ra/ra.key",
+            "tls.key": "pkcs11:object=tls-key",
+        },
     )
     assert config["ca.key"] == "pkcs11:object=ca-key"
+    assert config["tls.key"] == "pkcs11:object=tls-key"
 
 
 @pytest.mark.parametrize(
@@ -157,7 +164,7 @@ def test_config_accepts_token_keys(tmp_path: Path) -> None:
     [
         pytest.param({"keys.kms": "pkcs11:token=gw?pin-value=1"}, r"keys\.kms .*names no module-path", id="fail/kms"),
         pytest.param({"ca.key": "pkcs11:object=k;type=public"}, r"ca\.key .*type=private", id="fail/key-uri"),
-        pytest.param({"tls.key": "pkcs11:object=tls"}, r"tls\.key .*must be a file", id="fail/tls-key"),
+        pytest.param({"tls.cert": "pkcs11:object=tls"}, r"tls\.cert .*must be a file", id="fail/tls-cert"),
         pytest.param({"next_ca.key": "pkcs11:object=n"}, r"next_ca\.key .*must be a file", id="fail/next-ca"),
     ],
 )
@@ -214,7 +221,7 @@ def test_generated_keys_are_sensitive_and_never_extractable(hsm: SoftHsm, keys: 
     assert isinstance(keys["rsa"], TokenRsaKey) and keys["rsa"].key_size == 2048
     assert isinstance(keys["ec"], TokenEcKey) and keys["ec"].curve.name == "secp384r1"
     keys["rsa"].probe()  # this process is logged in: a second session sees the private objects too
-    library = pkcs11.lib(str(SOFTHSM_MODULE))
+    library = pkcs11_token._library(str(SOFTHSM_MODULE))  # this process's handle on the module
     with library.get_token(token_label=hsm.label).open() as session:
         for label in ("rsa-key", "ec-key"):
             found = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=label)
@@ -469,6 +476,7 @@ def test_readyz_and_requests_when_the_token_stops_answering(hsm: SoftHsm, tmp_pa
             kms=kms,
             ca_key_uri="pkcs11:object=readyz-ca",
             ra_key_uri="pkcs11:object=readyz-ra",
+            tls_key_uri=None,  # a file: OpenSSL's pkcs11 provider stays out of the test process
         )
     )
     app = create_app(load_config(directory, environ={}))

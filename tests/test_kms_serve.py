@@ -1,9 +1,10 @@
 """The CA and SCEP RA keys in a SoftHSM2 token, through the real server (issue 16).
 
-One `gateway init --kms` and one `gateway serve` for the module: SCEP and EST enrollments with the
-project's clients, revocation, OCSP and the CRL checked by openssl against the CA, /readyz, no private
-key file in the data directory but the TLS key's, a second init that finds the keys instead of making
-them, and `gateway serve` refusing a wrong PIN or a missing token in one line.
+One `gateway init --kms` and one `gateway serve` (two HTTPS workers) for the module: SCEP and EST
+enrollments with the project's clients, revocation, OCSP and the CRL checked by openssl against the CA,
+/readyz, the HTTPS handshakes signed by the token's TLS key (OpenSSL's pkcs11 provider), no private
+key file anywhere in the data directory, a second init that finds the keys instead of making them, and
+`gateway serve` refusing a wrong PIN, a missing token or a missing TLS key in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gateway.cli import main
 from shared_ca.keys import public_key_bytes
@@ -79,7 +81,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenGateway]:
         check=False,
     )
     assert added.returncode == 0, added.stderr
-    server = start_server(data_dir, workdir, env=env, http_port=http_port)
+    server = start_server(data_dir, workdir, env=env, http_port=http_port, workers=2)
     try:
         yield TokenGateway(server, hsm, env, done.stdout, workdir)
     finally:
@@ -108,23 +110,25 @@ def scep_enroll(gw: TokenGateway, directory: Path, name: str) -> Path:
 
 def test_init_made_the_keys_in_the_token_and_left_no_key_file(gw: TokenGateway) -> None:
     data_dir = gw.server.data_dir
-    assert "keys       token 'gw': made pkcs11:object=ca-key, pkcs11:object=ra-key" in gw.init_stdout
+    made = "keys       token 'gw': made pkcs11:object=ca-key, pkcs11:object=ra-key, pkcs11:object=tls-key"
+    assert made in gw.init_stdout
     config = (data_dir / "config.toml").read_text()
     assert re.search(r'(?m)^\[ca\]\n(?:.*\n)*?key = "pkcs11:object=ca-key"$', config), config
     assert gw.hsm.uri() in config
-    # The TLS key is the one private key on disk: Python's ssl loads a server key from a file only.
-    assert private_key_files(data_dir) == ["tls/server.key"]
+    assert 'key = "pkcs11:object=tls-key"' in config
+    assert private_key_files(data_dir) == []
 
 
 def test_a_second_init_finds_the_keys_in_the_token(gw: TokenGateway) -> None:
     other = gw.workdir / "second"
     done = gateway_command("init", "--data-dir", str(other), "--kms", gw.hsm.uri(), env=gw.env)
     assert done.returncode == 0, done.stderr
-    assert "keys       token 'gw': found pkcs11:object=ca-key, pkcs11:object=ra-key" in done.stdout
+    found = "keys       token 'gw': found pkcs11:object=ca-key, pkcs11:object=ra-key, pkcs11:object=tls-key"
+    assert found in done.stdout
     first = x509.load_pem_x509_certificate(gw.server.ca_pem.read_bytes())
     second = x509.load_pem_x509_certificate((other / "ca.pem").read_bytes())
     assert public_key_bytes(second.public_key()) == public_key_bytes(first.public_key())
-    assert private_key_files(other) == ["tls/server.key"]
+    assert private_key_files(other) == []
 
 
 def test_a_rollover_of_a_token_ca_is_refused_and_makes_no_key_file(gw: TokenGateway) -> None:
@@ -135,7 +139,7 @@ def test_a_rollover_of_a_token_ca_is_refused_and_makes_no_key_file(gw: TokenGate
         "Error: ca.key, ra.key name keys in a token (keys.kms): `gateway ca rollover` cannot make the next CA's "
         "keys in a token yet"
     ], done.stderr
-    assert private_key_files(data_dir) == ["tls/server.key"]
+    assert private_key_files(data_dir) == []
 
 
 def test_readyz_reports_the_token(gw: TokenGateway) -> None:
@@ -182,10 +186,13 @@ def test_revocation_shows_in_ocsp_and_the_crl(gw: TokenGateway, tmp_path: Path) 
     assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr
 
 
-def refused_start(gw: TokenGateway, kms: str) -> str:
-    """`gateway serve` on the module's data directory with keys.kms set to `kms`: its one line on stderr."""
+def refused_start(gw: TokenGateway, kms: str | None = None, **settings: str) -> str:
+    """`gateway serve` on the module's data directory with keys.kms set to `kms` (and the GATEWAY_
+    variables `settings`): its one line on stderr."""
     http_port, https_port = free_ports(2)
-    env = dict(gw.env, GATEWAY_KEYS_KMS=kms)
+    env = dict(gw.env, **settings)
+    if kms is not None:
+        env["GATEWAY_KEYS_KMS"] = kms
     done = gateway_command(
         *("serve", "--data-dir", str(gw.server.data_dir)),
         *("--http", f"127.0.0.1:{http_port}", "--https", f"127.0.0.1:{https_port}"),
@@ -210,6 +217,84 @@ def test_a_missing_token_stops_serve_in_one_line(gw: TokenGateway) -> None:
     assert "no token 'absent' in the PKCS#11 module /usr/lib/softhsm/libsofthsm2.so (tokens there: 'gw')" in line
 
 
+@pytest.mark.parametrize(
+    ("tls_key", "message"),
+    [
+        pytest.param(
+            "pkcs11:object=absent-tls",
+            "Error: the HTTPS key pkcs11:object=absent-tls is not in token 'gw'",
+            id="fail/absent",
+        ),
+        pytest.param(
+            "pkcs11:object=ra-key",
+            "the HTTPS key pkcs11:object=ra-key in token 'gw' does not load with ",
+            id="fail/another-keys-certificate",
+        ),
+    ],
+)
+def test_a_tls_key_the_token_cannot_serve_stops_serve_in_one_line(gw: TokenGateway, tls_key: str, message: str) -> None:
+    line = refused_start(gw, GATEWAY_TLS_KEY=tls_key)
+    assert message in line, line
+
+
+def provider_config(directory: Path) -> Path:
+    """An OpenSSL configuration that loads the pkcs11 provider for the SoftHSM2 module, for openssl(1)."""
+    modules = openssl("version", "-m").stdout.partition(":")[2].strip().strip('"')
+    conf = directory / "openssl-pkcs11.cnf"
+    conf.write_text(
+        "openssl_conf = init\n[init]\nproviders = providers\n[providers]\ndefault = on\npkcs11 = pkcs11\n"
+        f"[on]\nactivate = 1\n[pkcs11]\nmodule = {modules}/pkcs11.so\n"
+        "pkcs11-module-path = /usr/lib/softhsm/libsofthsm2.so\npkcs11-module-quirks = no-deinit\nactivate = 1\n"
+    )
+    return conf
+
+
+def test_https_handshakes_are_signed_by_the_token_key_in_every_worker(gw: TokenGateway, tmp_path: Path) -> None:
+    """The certificate the listener presents is that of the token's tls-key (read from the token by
+    openssl through the provider), and handshakes verify with TLS 1.3 and 1.2: each one's signature
+    (CertificateVerify, ServerKeyExchange) was made in the token, the data directory holding no key."""
+    env = dict(gw.env, OPENSSL_CONF=str(provider_config(tmp_path)))
+    in_token = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", f"pkcs11:token={gw.hsm.label};object=tls-key;type=public", "-pubout"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert in_token.returncode == 0, in_token.stderr
+    served_keys = set()
+    for version in ("-tls1_3", "-tls1_2") * 4:  # eight connections: both workers answer some
+        done = subprocess.run(
+            [
+                *("openssl", "s_client", version, "-connect", f"127.0.0.1:{gw.server.https_port}"),
+                *("-CAfile", str(gw.server.ca_pem), "-verify_return_error", "-servername", "localhost"),
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0 and "Verify return code: 0 (ok)" in done.stdout, done.stdout + done.stderr
+        leaf = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", done.stdout, re.DOTALL)
+        assert leaf is not None
+        served_keys.add(public_key_bytes(x509.load_pem_x509_certificate(leaf.group(0).encode()).public_key()))
+    token_key = serialization.load_pem_public_key(in_token.stdout.encode())
+    assert served_keys == {public_key_bytes(token_key)}  # type: ignore[arg-type]
+    assert private_key_files(gw.server.data_dir) == []
+
+
+def test_init_can_keep_the_tls_key_in_a_file(gw: TokenGateway) -> None:
+    other = gw.workdir / "tls-file"
+    uris = ["--ca-key-uri", "pkcs11:object=ca-5", "--ra-key-uri", "pkcs11:object=ra-5", "--tls-key-file"]
+    done = gateway_command("init", "--data-dir", str(other), "--kms", gw.hsm.uri(), *uris, env=gw.env)
+    assert done.returncode == 0, done.stderr
+    assert "made pkcs11:object=ca-5, pkcs11:object=ra-5\n" in done.stdout
+    assert private_key_files(other) == ["tls/server.key"]
+    assert "tls-key" not in (other / "config.toml").read_text()  # tls.key keeps its default, the file
+
+
 def test_separate_ra_keys_in_the_token_load_as_serve_loads_them(gw: TokenGateway) -> None:
     other = gw.workdir / "separate"
     uris = ["--ca-key-uri", "pkcs11:object=ca-3", "--ra-key-uri", "pkcs11:object=ra-sign-3"]
@@ -220,7 +305,7 @@ def test_separate_ra_keys_in_the_token_load_as_serve_loads_them(gw: TokenGateway
     assert done.returncode == 0, done.stderr
     made = "made pkcs11:object=ca-3, pkcs11:object=ra-sign-3, pkcs11:object=ra-enc-3"
     assert made in done.stdout
-    assert private_key_files(other) == ["tls/server.key"]
+    assert private_key_files(other) == []
     checked = gateway_command("config", "check", "--data-dir", str(other), env=gw.env)
     assert checked.returncode == 0, checked.stderr
 
@@ -243,7 +328,9 @@ def test_a_failed_init_destroys_the_keys_it_made(gw: TokenGateway) -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        pytest.param(["--ca-key-uri", "pkcs11:object=x"], "name keys in the --kms token", id="fail/uri-without-kms"),
+        pytest.param(
+            ["--ca-key-uri", "pkcs11:object=x"], "are about keys in the --kms token", id="fail/uri-without-kms"
+        ),
         pytest.param(
             ["--kms", "KMS", "--import-ca-key", "k.pem"], "with --kms the CA key is in the token", id="fail/import"
         ),
@@ -257,6 +344,15 @@ def test_a_failed_init_destroys_the_keys_it_made(gw: TokenGateway) -> None:
         ),
         pytest.param(
             ["--kms", "KMS", "--ra-key-uri", "pkcs11:object=ca-key"], "different token objects", id="fail/same-key"
+        ),
+        pytest.param(
+            ["--kms", "KMS", "--tls-key-uri", "pkcs11:object=ra-key"], "different token objects", id="fail/same-tls"
+        ),
+        pytest.param(["--tls-key-file"], "are about keys in the --kms token", id="fail/tls-file-without-kms"),
+        pytest.param(
+            ["--kms", "KMS", "--tls-key-file", "--tls-key-uri", "pkcs11:object=t"],
+            "--tls-key-file and --tls-key-uri exclude each other",
+            id="fail/tls-file-and-uri",
         ),
     ],
 )
@@ -277,6 +373,6 @@ def test_a_backup_holds_no_token_key(gw: TokenGateway) -> None:
         names = tar.getnames()
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert "data/ca/ca.crt" in names and "data/ra/ra.crt" in names
-    assert "data/tls/server.key" in names
+    assert "data/tls/server.crt" in names and "data/tls/server.key" not in names
     assert not [n for n in names if n.endswith(("ca.key", "ra.key"))], names
-    assert "ca.key" not in manifest["settings"] and "ra.key" not in manifest["settings"]
+    assert not {"ca.key", "ra.key", "tls.key"} & set(manifest["settings"]), manifest["settings"]

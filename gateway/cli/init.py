@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from gateway.init_kms import DEFAULT_CA_KEY_URI, DEFAULT_RA_ENCRYPTION_KEY_URI, DEFAULT_RA_KEY_URI
+from gateway.init_kms import (
+    DEFAULT_CA_KEY_URI,
+    DEFAULT_RA_ENCRYPTION_KEY_URI,
+    DEFAULT_RA_KEY_URI,
+    DEFAULT_TLS_KEY_URI,
+)
 from gateway.initdir import DEFAULT_CA_SUBJECT, InitOptions, initialise
 from gateway.runtime import PASSPHRASE_ENV, read_passphrase_file
 from shared_ca.ca_material import parse_subject
@@ -62,9 +67,10 @@ from shared_ca.keys import KeyType
 @click.option(
     "--kms",
     metavar="URI",
-    help="PKCS#11 token for the CA and RA keys (RFC 7512): "
+    help="PKCS#11 token for the CA, RA and HTTPS keys (RFC 7512): "
     "'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=gw?pin-source=file:///etc/gateway/pin'. "
-    "Keys the token lacks are generated in it, never extractable; the TLS key stays a file.",
+    "Keys the token lacks are generated in it, never extractable. The HTTPS key needs OpenSSL's "
+    "pkcs11-provider (or --tls-key-file).",
 )
 @click.option("--ca-key-uri", default=DEFAULT_CA_KEY_URI, show_default=True, help="The CA key in the --kms token.")
 @click.option("--ra-key-uri", default=DEFAULT_RA_KEY_URI, show_default=True, help="The SCEP RA key in the --kms token.")
@@ -73,6 +79,12 @@ from shared_ca.keys import KeyType
     default=DEFAULT_RA_ENCRYPTION_KEY_URI,
     show_default=True,
     help="The RA encryption key in the --kms token (with --separate-ra-keys).",
+)
+@click.option("--tls-key-uri", default=DEFAULT_TLS_KEY_URI, show_default=True, help="The HTTPS key in the --kms token.")
+@click.option(
+    "--tls-key-file",
+    is_flag=True,
+    help="With --kms: keep the HTTPS key in a file (tls/server.key), e.g. without OpenSSL's pkcs11-provider.",
 )
 @click.option(
     "--separate-ra-keys",
@@ -99,6 +111,8 @@ def init(
     ca_key_uri: str,
     ra_key_uri: str,
     ra_encryption_key_uri: str,
+    tls_key_uri: str,
+    tls_key_file: bool,
 ) -> None:
     """Set up a data directory: CA, keys, database, config file.
 
@@ -110,9 +124,15 @@ def init(
         raise click.BadParameter(str(exc), param_hint="--ca-subject") from None
     if import_pkcs12 and (import_ca_cert or import_ca_key):
         raise click.UsageError("--import-pkcs12 and --import-ca-cert/--import-ca-key exclude each other")
-    given = (ca_key_uri, ra_key_uri, ra_encryption_key_uri)
-    if not kms and given != (DEFAULT_CA_KEY_URI, DEFAULT_RA_KEY_URI, DEFAULT_RA_ENCRYPTION_KEY_URI):
-        raise click.UsageError("--ca-key-uri, --ra-key-uri and --ra-encryption-key-uri name keys in the --kms token")
+    given = (ca_key_uri, ra_key_uri, ra_encryption_key_uri, tls_key_uri)
+    defaults = (DEFAULT_CA_KEY_URI, DEFAULT_RA_KEY_URI, DEFAULT_RA_ENCRYPTION_KEY_URI, DEFAULT_TLS_KEY_URI)
+    if not kms and (given != defaults or tls_key_file):
+        raise click.UsageError(
+            "--ca-key-uri, --ra-key-uri, --ra-encryption-key-uri, --tls-key-uri and --tls-key-file "
+            "are about keys in the --kms token"
+        )
+    if tls_key_file and tls_key_uri != DEFAULT_TLS_KEY_URI:
+        raise click.UsageError("--tls-key-file and --tls-key-uri exclude each other")
     passphrase = None
     if passphrase_file is not None:
         passphrase = read_passphrase_file(passphrase_file)
@@ -141,6 +161,7 @@ def init(
             ca_key_uri=ca_key_uri,
             ra_key_uri=ra_key_uri,
             ra_encryption_key_uri=ra_encryption_key_uri,
+            tls_key_uri=None if tls_key_file else tls_key_uri,
         )
     )
     if result.replaced is not None:
