@@ -6,6 +6,9 @@ Prepare: the next CA is a new self-signed CA (like `gateway init` makes) registe
 §4.4 root key update certificates that link it to the issuing CA (NewWithOld, OldWithNew) stored on
 its row. SCEP GetNextCACert (RFC 8894 §4.7) and EST /cacerts (RFC 7030 §4.1.3) serve them at once.
 
+When the issuing CA's keys are in the keys.kms token, the next CA's and RA's keys are made there too
+and the slot's key files only name them (shared_ca.kms.key_reference).
+
 Its files go into the slot (gateway.ca_slots) the issuing CA does not hold: `next_ca.*`/`next_ra.*` the
 first time, the `ca.*`/`ra.*` slot the time after (once the CA there is retired). Like init, everything
 is built in memory and in a staging directory first; the database is written next (a failure there
@@ -19,11 +22,14 @@ every worker of every node switches by itself (gateway.runtime.GatewayLoader), t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -43,14 +49,18 @@ from shared_ca.keys import (
     generate_private_key,
     write_private_key,
     write_public_file,
+    write_secret_file,
 )
-from shared_ca.kms import SCHEME
+from shared_ca.kms import KeyUri, is_token_key, key_reference, open_token, parse_key_uri, read_key_reference
 from shared_ca.policy import authorize_request
 from shared_ca.profiles import RA_PROFILE
 from shared_ca.storage.audit import AuditEvent
 from shared_ca.storage.db import require_schema_at_head
 from shared_ca.storage.issuers import IssuerRecord, Issuers
 from shared_ca.storage.repositories import Storage
+
+if TYPE_CHECKING:  # python-pkcs11 is imported only once a token is used (shared_ca.kms)
+    from shared_ca.pkcs11_token import Token
 
 NEXT_KIND = NEXT
 RETIRED_KIND = RETIRED
@@ -80,6 +90,7 @@ class RolloverResult:
     ca_cert: Path
     ra_cert: Path
     replaced: Path | None  # where the files that were in the slot went (a replaced next CA, a retired CA)
+    token_note: str | None = None  # with the keys in the token: which keys were made there
 
 
 @dataclass(frozen=True)
@@ -183,15 +194,83 @@ def _stage(
     relative: dict[str, Path],
     slot: Slot,
     material: CAMaterial,
-    ra_key: PrivateKey,
+    keys: _NextKeys,
     ra: x509.Certificate,
     passphrase: bytes | None,
 ) -> None:
-    """Write the four files under `staging`, at their paths relative to the data directory."""
-    write_private_key(staging / relative[slot.ca_key], material.key, passphrase)
+    """Write the four files under `staging`, at their paths relative to the data directory: the keys
+    themselves, or (keys in the token) files that name them."""
+    if keys.uris is not None:
+        write_secret_file(staging / relative[slot.ca_key], key_reference(keys.uris[0].text))
+        write_secret_file(staging / relative[slot.ra_key], key_reference(keys.uris[1].text))
+    else:
+        write_private_key(staging / relative[slot.ca_key], material.key, passphrase)
+        write_private_key(staging / relative[slot.ra_key], keys.ra, passphrase)
     write_public_file(staging / relative[slot.ca_cert], certificates_pem(list(material.chain)))
-    write_private_key(staging / relative[slot.ra_key], ra_key, passphrase)
     write_public_file(staging / relative[slot.ra_cert], ra.public_bytes(Encoding.PEM))
+
+
+@dataclass
+class _NextKeys:
+    """The next CA's and RA's keys: files to write, or keys made in the token (`uris`, `token`)."""
+
+    ca: PrivateKey
+    ra: PrivateKey
+    uris: tuple[KeyUri, KeyUri] | None = None
+    token: Token | None = None
+
+    def discard(self) -> None:
+        """Destroy the keys made in the token (the rollover failed): the token is left as it was."""
+        if self.token is not None and self.uris is not None:
+            for uri in self.uris:
+                with contextlib.suppress(Exception):  # best effort: the rollover's own error is reported
+                    self.token.destroy(uri)
+
+    def note(self) -> str | None:
+        if self.token is None or self.uris is None:
+            return None
+        return f"{self.token.name}: made {', '.join(uri.text for uri in self.uris)}"
+
+
+def _keys_in_token(config: GatewayConfig, slot: Slot) -> bool:
+    """Whether the issuing CA's or its RA's key is in the token: named by the setting or by its file."""
+    return any(is_token_key(config[k]) or read_key_reference(config.path(k)) for k in (slot.ca_key, slot.ra_key))
+
+
+def _next_keys(config: GatewayConfig, current: Slot, target: Slot, name: str, key_type: KeyType) -> _NextKeys:
+    """New keys for the next CA (of `key_type`) and its RA (RSA-2048): in the keys.kms token, labelled
+    after the issuer `name`, when the issuing CA's keys are there; else in memory, for files."""
+    if not _keys_in_token(config, current):
+        return _NextKeys(generate_private_key(key_type), generate_private_key(KeyType.RSA2048))
+    direct = [k for k in (target.ca_key, target.ra_key) if is_token_key(config[k])]
+    if direct:
+        example = f'{direct[0]} = "{direct[0].split(".")[0]}/{direct[0].split(".")[0]}.key"'
+        raise RolloverError(
+            f"{', '.join(direct)} name token keys directly, so the next CA's keys cannot go into that slot: make "
+            f"{' and '.join(direct)} files that hold those URIs (e.g. {example} with the line "
+            f"{config[direct[0]]} in it), then roll over"
+        )
+    token = open_token(config["keys.kms"], setting=target.ca_key)
+    uris = (
+        parse_key_uri(f"pkcs11:object={quote(name + '-ca-key', safe='')}"),
+        parse_key_uri(f"pkcs11:object={quote(name + '-ra-key', safe='')}"),
+    )
+    held = [uri.text for uri in uris if token.has_key(uri)]
+    if held:
+        raise RolloverError(
+            f"{token.name} already holds {', '.join(held)}, the labels of this rollover's keys: remove "
+            f"{'them' if len(held) > 1 else 'it'} if no CA uses {'them' if len(held) > 1 else 'it'}, or give this "
+            "gateway a token of its own"
+        )
+    made = _NextKeys(token.generate(uris[0], key_type, decrypt=False), generate_private_key(KeyType.RSA2048))
+    made.uris, made.token = uris, token
+    try:
+        made.ra = token.generate(uris[1], KeyType.RSA2048, decrypt=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            token.destroy(uris[0])
+        raise
+    return made
 
 
 def _move_aside(config: GatewayConfig, slot: Slot, prefix: str, now: dt.datetime) -> Path | None:
@@ -281,13 +360,6 @@ def _check_target(
 
 def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
     """Create the next CA and its RA (refused when one exists, unless `options.force`)."""
-    in_token = [key for key in ("ca.key", "ra.key", "ra.encryption_key") if str(config[key]).startswith(SCHEME)]
-    if in_token:
-        # The next CA's keys would be files beside a CA whose key never leaves the token.
-        raise RolloverError(
-            f"{', '.join(in_token)} name keys in a token (keys.kms): `gateway ca rollover` cannot make the next "
-            "CA's keys in a token yet"
-        )
     now = utcnow()
     engine = open_store(config).engine
     try:
@@ -304,18 +376,19 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
         current = _current_ca(config, roles, located)
         replaced_next, prefix = _check_target(config, target, issuers, options.force)
         subject = options.ca_subject or current.certificate.subject
-        material = create_root_ca(generate_private_key(options.ca_key_type), subject, options.ca_days, now)
-        ra_key = generate_private_key(KeyType.RSA2048)
         name = _issuer_name(storage.issuers, config["ca.name"])
+        # Keys of a CA in a token are made in the token, and the slot's key files only name them.
+        keys = _next_keys(config, current_slot, target, name, options.ca_key_type)
         relative = _relative(config, target)
 
         staging = config.data_dir / ".rollover-staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         try:
-            ra = _register(storage, config, name, material, ra_key, current, options.actor, now)
+            material = create_root_ca(keys.ca, subject, options.ca_days, now)
+            ra = _register(storage, config, name, material, keys.ra, current, options.actor, now)
             try:
-                _stage(staging, relative, target, material, ra_key, ra, current.passphrase)
+                _stage(staging, relative, target, material, keys, ra, current.passphrase)
                 replaced = _move_aside(config, target, prefix, now)
                 try:
                     _install(staging, config.data_dir, target, relative)
@@ -330,6 +403,9 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
             # The new next CA is in place; only now stop calling the replaced ones 'next'.
             for old in replaced_next:
                 _retire(storage.issuers, old, options.actor, now, reason=f"replaced by {name}")
+        except BaseException:
+            keys.discard()
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -343,6 +419,7 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
         ca_cert=config.path(target.ca_cert),
         ra_cert=config.path(target.ra_cert),
         replaced=replaced,
+        token_note=keys.note(),
     )
 
 

@@ -34,7 +34,7 @@ from shared_ca.ca_rollover import CaRoles, ca_roles
 from shared_ca.crl import CrlPublisher
 from shared_ca.errors import CAError, KeyMaterialError, Unavailable
 from shared_ca.keys import PrivateKey, key_matches_certificate, load_certificates, load_private_key
-from shared_ca.kms import is_token_key, token_key
+from shared_ca.kms import is_token_key, read_key_reference, token_key
 from shared_ca.ocsp import OcspResponder
 from shared_ca.storage.db import require_schema_at_head
 from shared_ca.storage.issuers import IssuerRecord
@@ -141,9 +141,13 @@ def _load_pair(
     config: GatewayConfig, cert_key: str, key_key: str, passphrase: bytes | None
 ) -> tuple[list[x509.Certificate], PrivateKey]:
     certs = load_certificates(config.path(cert_key))
+    reference = None if is_token_key(config[key_key]) else read_key_reference(config.path(key_key))
     if is_token_key(config[key_key]):  # a key in the keys.kms token (shared_ca.kms)
         key = token_key(config["keys.kms"], config[key_key], setting=key_key)
         where = f"{key_key} {config[key_key]}"
+    elif reference is not None:  # a file that names a key in the token (a CA slot after a rollover)
+        key = token_key(config["keys.kms"], reference, setting=f"{key_key} ({config.path(key_key)})")
+        where = f"{key_key} {reference} (named in {config.path(key_key)})"
     else:
         key = load_private_key(config.path(key_key), passphrase)
         where = str(config.path(key_key))

@@ -225,6 +225,28 @@ def parse_key_uri(text: str) -> KeyUri:
     return KeyUri(label=label, key_id=attrs.get("id"), text=text.strip())
 
 
+_REFERENCE_NOTE = b"# This key is in the PKCS#11 token keys.kms names; this file only names it (RFC 7512).\n"
+
+
+def key_reference(uri: str) -> bytes:
+    """The content of a key file that stands for a key in the token (`gateway ca rollover` writes one
+    into a CA slot whose keys are in the token): a comment and the key's URI, no key material."""
+    return _REFERENCE_NOTE + uri.strip().encode("utf-8") + b"\n"
+
+
+def read_key_reference(path: Path) -> str | None:
+    """The key URI a key file holds instead of a key (see key_reference); None for any other file."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return None  # the key loader says what is wrong with the file
+    lines = [line.strip() for line in head.splitlines() if line.strip() and not line.startswith(b"#")]
+    if len(lines) != 1 or not lines[0].lower().startswith(SCHEME.encode()):
+        return None
+    return lines[0].decode("utf-8", "replace")
+
+
 @runtime_checkable
 class TokenKey(Protocol):
     """A private key that lives in a token (shared_ca.pkcs11_token): what readiness asks of it."""

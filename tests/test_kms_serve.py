@@ -21,11 +21,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
 
+from est.client import EstClient
 from gateway.cli import main
+from scep import client as scep_client
 from shared_ca.keys import public_key_bytes
 from tests.kms_support import SoftHsm, private_key_files, softhsm_token
+from tests.support import ec_key, make_csr, rsa_key
 from tests.test_serve import (
     REPO,
     Server,
@@ -41,6 +46,7 @@ from tests.test_serve import (
     start_server,
     stop_server,
 )
+from tests.test_stays_up_serve import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -131,15 +137,101 @@ def test_a_second_init_finds_the_keys_in_the_token(gw: TokenGateway) -> None:
     assert private_key_files(other) == []
 
 
-def test_a_rollover_of_a_token_ca_is_refused_and_makes_no_key_file(gw: TokenGateway) -> None:
-    data_dir = gw.server.data_dir
-    done = gateway_command("ca", "rollover", "--data-dir", str(data_dir), env=gw.env)
-    assert done.returncode == 1, done.stdout
-    assert done.stderr.strip().splitlines() == [
-        "Error: ca.key, ra.key name keys in a token (keys.kms): `gateway ca rollover` cannot make the next CA's "
-        "keys in a token yet"
-    ], done.stderr
-    assert private_key_files(data_dir) == []
+def test_rollover_with_keys_in_the_token_from_prepare_to_renewals_without_restart(tmp_path: Path) -> None:
+    """A gateway whose CA, RA and TLS keys are in a token rolls over: the next CA's and RA's keys are
+    made in the token and the slot's key files only name them; GetNextCACert serves the next CA, and
+    after `gateway ca activate` (no restart) a SCEP renewal and an EST enrollment get certificates of
+    the new CA, signed in the token, while OCSP still answers for the old CA's. No private key file at
+    any point. A second gateway on the same token whose next keys would take the same labels is refused
+    before it makes anything."""
+    hsm = softhsm_token(tmp_path / "hsm", label="roll")
+    env = child_env(**hsm.env)
+    data_dir = tmp_path / "data"
+    (http_port,) = free_ports(1)
+    init = [
+        *("init", "--data-dir", str(data_dir), "--ca-key-type", "p256", "--kms", hsm.uri()),
+        *("--scep-challenge", CHALLENGE, "--public-base-url", f"http://127.0.0.1:{http_port}"),
+    ]
+    assert gateway_command(*init, env=env).returncode == 0
+    server = start_server(data_dir, tmp_path, env=env, http_port=http_port, workers=2)
+    try:
+        scep_url = f"http://127.0.0.1:{http_port}/scep"
+        client = scep_client.ScepHttpClient(scep_url, timeout=10)
+        old_ca = x509.load_pem_x509_certificate((data_dir / "ca" / "ca.crt").read_bytes())
+        device_key = rsa_key(fresh=True)
+        device = scep_client.enroll(
+            client, key=device_key, subject=x509.Name.from_rfc4514_string("CN=roll-device"), challenge=CHALLENGE
+        )
+        assert device.certificate is not None, device
+
+        prepared = gateway_command("ca", "rollover", "--data-dir", str(data_dir), "--ca-key-type", "p256", env=env)
+        assert prepared.returncode == 0, prepared.stderr
+        assert "keys       token 'roll': made pkcs11:object=ca-next-ca-key, pkcs11:object=ca-next-ra-key" in (
+            prepared.stdout
+        )
+        assert (data_dir / "ca-next" / "ca.key").read_text().splitlines()[-1] == "pkcs11:object=ca-next-ca-key"
+        assert (data_dir / "ra-next" / "ra.key").read_text().splitlines()[-1] == "pkcs11:object=ca-next-ra-key"
+        assert private_key_files(data_dir) == []
+        new_ca = x509.load_pem_x509_certificate((data_dir / "ca-next" / "ca.crt").read_bytes())
+        eventually(
+            lambda: all(fetch(http_port, "/scep?operation=GetNextCACert").status == 200 for _ in range(4)),
+            "GetNextCACert answered by every worker",
+        )
+
+        activated = gateway_command("ca", "activate", "--data-dir", str(data_dir), env=env)
+        assert activated.returncode == 0, activated.stderr
+        eventually(
+            lambda: all(scep_client.ScepHttpClient(scep_url).get_ca_certs()[1] == [new_ca] for _ in range(4)),
+            "every worker issues from the new CA",
+        )
+        renewed = scep_client.renew(scep_client.ScepHttpClient(scep_url), key=device_key, cert=device.certificate)
+        assert renewed.certificate is not None, renewed
+        renewed.certificate.verify_directly_issued_by(new_ca)  # signed by the new CA key, in the token
+        added = subprocess.run(
+            [sys.executable, "-m", "gateway", "est-user", "add", USER, "--data-dir", str(data_dir), "--password-stdin"],
+            input=PASSWORD + "\n", cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        with EstClient(
+            f"https://127.0.0.1:{server.https_port}", server.ca_pem, username=USER, password=PASSWORD
+        ) as est:
+            enrolled = est.simpleenroll(
+                make_csr(ec_key(), x509.Name.from_rfc4514_string("CN=roll-est")).public_bytes(Encoding.DER)
+            )
+        enrolled.certificate.verify_directly_issued_by(new_ca)
+        old_status = ocsp_status(http_port, device.certificate, old_ca)
+        assert old_status == ocsp.OCSPCertStatus.GOOD  # the old CA's key, in the token, still signs OCSP
+        assert private_key_files(data_dir) == []
+        assert server.process.poll() is None  # never restarted
+
+        other = tmp_path / "other"
+        second = [*("init", "--data-dir", str(other), "--kms", hsm.uri(), "--ca-key-uri", "pkcs11:object=ca-2")]
+        second += ["--ra-key-uri", "pkcs11:object=ra-2", "--tls-key-uri", "pkcs11:object=tls-2"]
+        assert gateway_command(*second, env=env).returncode == 0
+        refused = gateway_command("ca", "rollover", "--data-dir", str(other), env=env)
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stderr.strip().splitlines() == [
+            "Error: token 'roll' already holds pkcs11:object=ca-next-ca-key, pkcs11:object=ca-next-ra-key, the "
+            "labels of this rollover's keys: remove them if no CA uses them, or give this gateway a token of its own"
+        ], refused.stderr
+        assert not (other / "ca-next").exists()
+    finally:
+        assert stop_server(server) == 0, server.stderr_text()
+
+
+def ocsp_status(http_port: int, cert: x509.Certificate, issuer: x509.Certificate) -> ocsp.OCSPCertStatus:
+    request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA256()).build()
+    reply = fetch(
+        http_port,
+        "/ocsp",
+        method="POST",
+        body=request.public_bytes(Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"},
+    )
+    assert reply.status == 200
+    answer = ocsp.load_der_ocsp_response(reply.body)
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    return answer.certificate_status
 
 
 def test_readyz_reports_the_token(gw: TokenGateway) -> None:

@@ -23,14 +23,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.app import create_app
+from gateway.ca_slots import SLOTS
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.rollover import RolloverOptions, rollover
+from gateway.rollover import RolloverError, RolloverOptions, _next_keys, rollover
 from gateway.runtime import Gateway
 from scep.client_messages import CertRepError, parse_next_ca_reply
 from shared_ca.authority import fingerprint
 from shared_ca.errors import CAError
 from shared_ca.keys import KeyType
+from shared_ca.kms import key_reference
 from shared_ca.storage.db import create_store_engine
 from shared_ca.storage.repositories import Storage
 from tests.test_cli import gw, ok
@@ -345,3 +347,25 @@ def test_next_ca_file_not_in_database_refuses_to_start(
     (data_dir / "ca-next" / "ca.crt").write_bytes((other / "ca" / "ca.crt").read_bytes())
     with pytest.raises(CAError, match="is not registered in the database"):
         fresh_client(data_dir, open_app)
+
+
+def test_a_rollover_into_a_slot_whose_key_settings_name_token_keys_is_refused(tmp_path: Path) -> None:
+    """The second rollover of a token CA writes into the first slot; init --kms named its keys in
+    config.toml (ca.key = "pkcs11:..."), where no reference file can go: refused before the token is
+    opened, saying what to change."""
+    kms = "pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=gw?pin-value=1234"
+    config = load_config(
+        tmp_path,
+        environ={},
+        overrides={"keys.kms": kms, "ca.key": "pkcs11:object=ca-key", "ra.key": "pkcs11:object=ra-key"},
+    )
+    issuing = SLOTS[1]  # after the first rollover and its activation the CA issues from the second slot
+    config.path(issuing.ca_key).parent.mkdir(parents=True)
+    config.path(issuing.ca_key).write_bytes(key_reference("pkcs11:object=ca-next-ca-key"))
+    with pytest.raises(RolloverError) as refused:
+        _next_keys(config, issuing, SLOTS[0], "ca-next-2", KeyType.P256)
+    assert str(refused.value) == (
+        "ca.key, ra.key name token keys directly, so the next CA's keys cannot go into that slot: make ca.key and "
+        'ra.key files that hold those URIs (e.g. ca.key = "ca/ca.key" with the line pkcs11:object=ca-key in it), '
+        "then roll over"
+    )

@@ -96,6 +96,8 @@ def ca_rollover(
     click.echo(f"expires    {result.ca_not_after:%Y-%m-%d}")
     click.echo(f"next RA    {result.ra_subject}")
     click.echo(f"files      {result.ca_cert}, {result.ra_cert}")
+    if result.token_note is not None:
+        click.echo(f"keys       {result.token_note}")
     click.echo("a running `gateway serve` offers it through GetNextCACert within seconds (no restart)")
 
 
