@@ -25,7 +25,7 @@ from gateway.ca_slots import FileState, Slot, file_state, locate, slot_of
 from gateway.config import GatewayConfig
 from gateway.metrics_observers import counted_admission, instrument_storage
 from scep.ra_roles import separate_roles_problem
-from scep.service import ScepService
+from scep.service import PreviousRa, ScepService
 from shared_ca.admission import Admission, AdmissionSettings
 from shared_ca.approval import ApprovalQueue
 from shared_ca.authority import CertificateAuthority, PublicUrls, utcnow
@@ -230,6 +230,7 @@ def _assemble(
         identity=config.identity_rule,
         ra_encryption_key=ra_encryption_key,
         ra_encryption_certificate=ra_encryption_certificate,
+        previous_ras=_previous_ras(config, roles, located, passphrase),
     )
     est = EstService(
         authority=authority,
@@ -292,6 +293,28 @@ def _previous_authorities(
         authority = CertificateAuthority(storage.certificates, issuer, chain[0], tuple(chain), key, urls, utcnow)
         authorities.append(authority)
     return tuple(authorities)
+
+
+def _previous_ras(
+    config: GatewayConfig, roles: CaRoles, located: dict[int, Slot], passphrase: bytes | None
+) -> tuple[PreviousRa, ...]:
+    """The SCEP RAs of the CAs a rollover replaced, from their slots on this node: a client that kept the
+    old GetCACert still encrypts to one until it fetches again, and is answered by it until that CA is
+    retired (scep.service). One whose files do not load is logged and left out."""
+    found: list[PreviousRa] = []
+    for issuer in roles.previous:
+        slot = located.get(issuer.id)
+        if slot is None:
+            continue
+        try:
+            ca_chain = tuple(load_certificates(config.path(slot.ca_cert)))
+            ra_certs, ra_key = _load_pair(config, slot.ra_cert, slot.ra_key, passphrase)
+        except KeyMaterialError as exc:
+            log.warning("previous CA %r: its SCEP RA does not load (%s); requests to it are refused", issuer.name, exc)
+            continue
+        if isinstance(ra_key, rsa.RSAPrivateKey):
+            found.append(PreviousRa(ra_key, ra_certs[0], ca_chain, issuer.id))
+    return tuple(found)
 
 
 def _ra_encryption_pair(

@@ -52,7 +52,12 @@ class MalformedEnvelope(EnvelopeError):
 
 
 class NotForRecipient(EnvelopeError):
-    """No KeyTransRecipientInfo names the recipient certificate we were given."""
+    """No KeyTransRecipientInfo names the recipient certificate we were given. `named` holds the
+    (issuer name DER, serial) of each one that names a certificate by issuer and serial number."""
+
+    def __init__(self, message: str, named: tuple[tuple[bytes, int], ...] = ()) -> None:
+        super().__init__(message)
+        self.named = named
 
 
 class UnsupportedEnvelopeAlgorithm(EnvelopeError):
@@ -238,6 +243,7 @@ def _our_recipient_info(data: bytes, recipient_infos: ber.Tlv, cert: x509.Certif
     """The fields of the KeyTransRecipientInfo whose rid names `cert` (RFC 5652 §6.2.1)."""
     infos = ber.children(data, ber.expect(recipient_infos, ber.SET))
     kinds = {ber.RECIPIENT_KINDS[info.tag] for info in infos}
+    named: list[tuple[bytes, int]] = []
     for info in infos:
         if info.tag != ber.SEQUENCE:
             continue
@@ -245,14 +251,15 @@ def _our_recipient_info(data: bytes, recipient_infos: ber.Tlv, cert: x509.Certif
         rid = ktri[1]
         if rid.tag == ber.SEQUENCE:
             issuer, serial = ber.fields(data, rid, ber.ISSUER_AND_SERIAL)
-            same_serial = ber.integer(data, serial) == cert.serial_number
-            if same_serial and names_match(ber.encoding(data, issuer), cert.issuer.public_bytes()):
+            issuer_der, number = ber.encoding(data, issuer), ber.integer(data, serial)
+            if number == cert.serial_number and names_match(issuer_der, cert.issuer.public_bytes()):
                 return ktri
+            named.append((issuer_der, number))
         elif ber.octets(data, rid) == _subject_key_identifier(cert):
             return ktri
     if kinds and "ktri" not in kinds:
         raise UnsupportedEnvelopeAlgorithm("the envelope uses no key transport recipient")
-    raise NotForRecipient("the envelope is not addressed to this recipient")
+    raise NotForRecipient("the envelope is not addressed to this recipient", tuple(named))
 
 
 def _subject_key_identifier(cert: x509.Certificate) -> bytes | None:

@@ -9,6 +9,7 @@ mapping: `ScepDecodeError` (HTTP 400: nothing is known that a signed reply could
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from asn1crypto import cms
@@ -16,6 +17,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from scep import der
 from scep.asn1 import (
@@ -34,6 +36,7 @@ from scep.envelope import (
     KeyTransport,
     MalformedEnvelope,
     NotForRecipient,
+    OpenedEnvelope,
     UnsupportedEnvelopeAlgorithm,
     open_envelope,
 )
@@ -238,6 +241,7 @@ class PkiRequest:
     csr: x509.CertificateSigningRequest | None = None
     issuer_and_serial: IssuerAndSerial | None = None
     issuer_and_subject: IssuerSubject | None = None
+    recipient: x509.Certificate | None = None  # the RA certificate the envelope was opened for
 
     @property
     def reply(self) -> ReplyContext:
@@ -253,9 +257,19 @@ class PkiRequest:
 
 
 def parse_pki_message(
-    data: bytes, *, ra_key: rsa.RSAPrivateKey, ra_cert: x509.Certificate, max_bytes: int = MAX_MESSAGE_BYTES
+    data: bytes,
+    *,
+    ra_key: rsa.RSAPrivateKey,
+    ra_cert: x509.Certificate,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    also_for: Sequence[tuple[rsa.RSAPrivateKey, x509.Certificate]] = (),
+    earlier: Callable[[bytes, int], x509.Certificate | None] | None = None,
 ) -> PkiRequest:
-    """Decode, verify and decrypt a pkiMessage (RFC 8894 §3.2) sent to the RA `ra_cert`.
+    """Decode, verify and decrypt a pkiMessage (RFC 8894 §3.2) sent to the RA `ra_cert`, or to one of
+    the RAs of `also_for` (a replaced CA's RA, which clients that keep GetCACert may still encrypt to);
+    the request's `recipient` says which. `earlier` finds a certificate by issuer name (DER) and serial
+    number: an envelope addressed to an earlier certificate of one of those RA keys (before the RA
+    renewed itself) is opened with that key too.
 
     A message of a type we do not serve is answered badRequest only when its signature and envelope
     check out; otherwise it is an undecodable request (HTTP 400) like any other garbage.
@@ -287,16 +301,7 @@ def parse_pki_message(
         refuse(FailInfo.BAD_ALG if bad_alg else FailInfo.BAD_MESSAGE_CHECK, exc.public_message)
     if message.content_type != DATA_OID or message.content is None:
         refuse(FailInfo.BAD_REQUEST, "the message carries no data content")
-    try:
-        opened = open_envelope(message.content, ra_key, ra_cert)
-    except EnvelopeDecryptionError:
-        refuse(FailInfo.BAD_MESSAGE_CHECK, DECRYPTION_FAILED)
-    except NotForRecipient:
-        refuse(FailInfo.BAD_MESSAGE_CHECK, "the envelope is not addressed to this server")
-    except UnsupportedEnvelopeAlgorithm as exc:
-        refuse(FailInfo.BAD_ALG, str(exc))
-    except MalformedEnvelope as exc:
-        refuse(FailInfo.BAD_REQUEST, str(exc), repr(exc.__cause__))
+    opened, recipient = _open_for_us(message.content, ((ra_key, ra_cert), *also_for), earlier, refuse)
     reply = ReplyContext(
         reply.transaction_id, reply.sender_nonce, reply.digest, signer, opened.cipher, opened.key_transport
     )
@@ -314,12 +319,61 @@ def parse_pki_message(
         content_cipher=opened.cipher,
         key_transport=opened.key_transport,
         attributes=attrs,
+        recipient=recipient,
     )
     try:
         return _with_content(request, opened.plaintext)
     except (*UNDECODABLE, KeyError, IndexError) as exc:
         text = f"the {message_type.name} content is malformed"
         raise ScepMessageError(FailInfo.BAD_REQUEST, text, reply, detail=repr(exc)) from None
+
+
+def _open_for_us(
+    content: bytes,
+    ours: Sequence[tuple[rsa.RSAPrivateKey, x509.Certificate]],
+    earlier: Callable[[bytes, int], x509.Certificate | None] | None,
+    refuse: Callable[..., NoReturn],
+) -> tuple[OpenedEnvelope, x509.Certificate]:
+    """The envelope opened with the first of our RA keys it is addressed to (by the RA certificate, or
+    by an earlier certificate of the same key `earlier` finds), and our RA certificate of that key."""
+    attempts = [(key, cert, cert) for key, cert in ours]
+    while attempts:
+        key, addressed, recipient = attempts.pop(0)
+        try:
+            return open_envelope(content, key, addressed), recipient
+        except EnvelopeDecryptionError:
+            refuse(FailInfo.BAD_MESSAGE_CHECK, DECRYPTION_FAILED)
+        except NotForRecipient as exc:
+            if not attempts and earlier is not None:
+                attempts = _earlier_certificates(exc.named, ours, earlier)
+                earlier = None  # looked up once
+        except UnsupportedEnvelopeAlgorithm as exc:
+            refuse(FailInfo.BAD_ALG, str(exc))
+        except MalformedEnvelope as exc:
+            refuse(FailInfo.BAD_REQUEST, str(exc), repr(exc.__cause__))
+    refuse(FailInfo.BAD_MESSAGE_CHECK, "the envelope is not addressed to this server")
+
+
+def _earlier_certificates(
+    named: Sequence[tuple[bytes, int]],
+    ours: Sequence[tuple[rsa.RSAPrivateKey, x509.Certificate]],
+    earlier: Callable[[bytes, int], x509.Certificate | None],
+) -> list[tuple[rsa.RSAPrivateKey, x509.Certificate, x509.Certificate]]:
+    """(key, the earlier certificate the envelope names, our RA certificate of that key) for each
+    certificate the envelope's recipients name that holds one of our RA keys."""
+    spki = {
+        cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo): (key, cert)
+        for key, cert in ours
+    }
+    found = []
+    for issuer, serial in named[:4]:  # a request names one or two recipients; never look up many
+        cert = earlier(issuer, serial)
+        if cert is None:
+            continue
+        match = spki.get(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+        if match is not None:
+            found.append((match[0], cert, match[1]))
+    return found
 
 
 def _reply_attributes(attrs: SignedAttributes) -> tuple[str, bytes, str]:

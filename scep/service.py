@@ -9,6 +9,7 @@ FAILURE, or, when no CertRep is owed, the HTTP answer the view's error handler w
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -17,9 +18,10 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from scep.asn1 import FailInfo, MessageType
+from scep.asn1 import FailInfo, MessageType, names_match
 from scep.builder import RaIdentity, build_next_ca_reply, degenerate_certs_only
 from scep.clients import ScepClient
 from scep.enrollment import Enrollment, EnrollmentRecords, too_many_requests
@@ -35,6 +37,7 @@ from shared_ca.crl import CrlPublisher
 from shared_ca.errors import AlgorithmNotAllowed, CAError, Unavailable
 from shared_ca.identity import DEFAULT_IDENTITY, IdentityRule
 from shared_ca.profiles import Profile
+from shared_ca.serials import serial_hex
 from shared_ca.trust import CertificateByFingerprint, IssuerById
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,16 @@ class ScepStorage(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
+class PreviousRa:
+    """The SCEP RA of a CA a rollover replaced, still kept until that CA is retired."""
+
+    key: rsa.RSAPrivateKey
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # the replaced CA's chain
+    issuer_id: int  # the replaced CA's
+
+
 class ScepService:
     """Runs each SCEP operation for one CA and its RA. Immutable; one per worker."""
 
@@ -84,6 +97,7 @@ class ScepService:
         identity: IdentityRule = DEFAULT_IDENTITY,
         ra_encryption_key: rsa.RSAPrivateKey | None = None,
         ra_encryption_certificate: x509.Certificate | None = None,
+        previous_ras: Sequence[PreviousRa] = (),
     ) -> None:
         if (ra_encryption_key is None) != (ra_encryption_certificate is None):
             raise ValueError("the RA encryption key and certificate go together")
@@ -100,20 +114,42 @@ class ScepService:
         )
         # GetNextCACert (RFC 8894 §4.7): the next RA and CA certificates, signed once by the current RA.
         self._next_ca_reply = build_next_ca_reply(ra, next_ca_certs) if next_ca_certs else None
-        self._replies = Replies(
-            ra=ra, enrollments=storage.enrollments, identity=identity, clock=authority.clock, nonce=nonce
+
+        def answering(identity_of_ra: RaIdentity) -> tuple[Replies, Enrollment, Retrieval]:
+            """The replies, enrollments and retrievals one RA signs."""
+            replies = Replies(
+                ra=identity_of_ra,
+                enrollments=storage.enrollments,
+                identity=identity,
+                clock=authority.clock,
+                nonce=nonce,
+            )
+            enrollment = Enrollment(
+                authority=authority,
+                storage=storage,
+                profiles=profiles,
+                authorizer=authorizer,
+                approvals=approvals,
+                admission=self._admission,
+                identity=identity,
+                replies=replies,
+            )
+            return replies, enrollment, Retrieval(authority=authority, storage=storage, crl=crl, replies=replies)
+
+        self._replies, self._enrollment, self._retrieval = answering(ra)
+        # After a CA rollover, a client that kept the replaced CA's GetCACert still encrypts to its RA
+        # and trusts only CertReps from it: such a request is opened with that RA's key and answered
+        # by that RA (its chain in the CertRep), while the certificate comes from the issuing CA.
+        self._previous = {
+            p.certificate.fingerprint(hashes.SHA256()): answering(RaIdentity.create(p.key, p.certificate, p.chain))
+            for p in previous_ras
+        }
+        self._also_for = tuple((p.key, p.certificate) for p in previous_ras)
+        self._certificates = storage.certificates
+        self._our_cas = (
+            (authority.issuer.id, authority.certificate),
+            *((p.issuer_id, p.chain[0]) for p in previous_ras),
         )
-        self._enrollment = Enrollment(
-            authority=authority,
-            storage=storage,
-            profiles=profiles,
-            authorizer=authorizer,
-            approvals=approvals,
-            admission=self._admission,
-            identity=identity,
-            replies=self._replies,
-        )
-        self._retrieval = Retrieval(authority=authority, storage=storage, crl=crl, replies=self._replies)
 
     # -- what needs no pkiMessage -------------------------------------------------------------------
 
@@ -166,27 +202,60 @@ class ScepService:
         with self._admission.enter("scep", waited=client.waited) as admitted:
             request: PkiRequest | None = None
             try:
-                request = parse_pki_message(message, ra_key=self._recipient_key, ra_cert=self._recipient_certificate)
+                request = parse_pki_message(
+                    message,
+                    ra_key=self._recipient_key,
+                    ra_cert=self._recipient_certificate,
+                    also_for=self._also_for,
+                    earlier=self._our_certificate,
+                )
                 return self._run(request, profile, client, admitted=admitted)
             except CAError as exc:
-                return self._replies.refused(exc, request, profile, client)
+                return self._handlers(request)[0].refused(exc, request, profile, client)
+
+    def _our_certificate(self, issuer: bytes, serial: int) -> x509.Certificate | None:
+        """A certificate one of our CAs issued, by the issuer name (DER) and serial an envelope's recipient
+        names: how a request addressed to the RA's certificate before it renewed itself is recognised."""
+        for issuer_id, ca in self._our_cas:
+            if not names_match(issuer, ca.subject.public_bytes()):
+                continue
+            record = self._certificates.certificate(issuer_id, serial_hex(serial))
+            if record is not None:
+                log.info("SCEP envelope addressed to an earlier RA certificate (serial %x): opened", serial)
+                return x509.load_der_x509_certificate(record.der)
+        return None
+
+    def _handlers(self, request: PkiRequest | None) -> tuple[Replies, Enrollment, Retrieval]:
+        """Who answers `request`: the RA it was sent to (the current one, or a replaced CA's)."""
+        if request is not None and request.recipient is not None and self._previous:
+            found = self._previous.get(request.recipient.fingerprint(hashes.SHA256()))
+            if found is not None:
+                log.info(
+                    "SCEP %s (transaction %s) was encrypted to the replaced CA's RA %s: answered by that RA",
+                    request.message_type.name,
+                    request.transaction_id,
+                    request.recipient.subject.rfc4514_string(),
+                )
+                return found
+        return self._replies, self._enrollment, self._retrieval
 
     def _run(self, request: PkiRequest, profile: Profile, client: ScepClient, *, admitted: bool) -> bytes:
+        _replies, enrollment, retrieval = self._handlers(request)
         self._check_algorithms(request, profile)
         self._check_signing_time(request, profile)
         if not self._admission.allow_address(client.address):
             self._admission.count("rate-limited", "scep")
             raise too_many_requests(f"client address {client.address}", self._admission.retry_after)
         if request.message_type.is_enrolment:
-            return self._enrollment.enroll(request, profile, client, defer=not admitted)
+            return enrollment.enroll(request, profile, client, defer=not admitted)
         if request.message_type is MessageType.CertPoll:  # how a deferred request is delivered: always
-            return self._retrieval.poll(request, profile, client)
+            return retrieval.poll(request, profile, client)
         if not admitted:
             self._admission.count("shed", "scep")
             raise Unavailable(BUSY, detail=AT_CAPACITY, retry_after=self._admission.retry_after)
         if request.message_type is MessageType.GetCert:
-            return self._retrieval.get_cert(request, profile, client)
-        return self._retrieval.get_crl(request, profile, client)
+            return retrieval.get_cert(request, profile, client)
+        return retrieval.get_crl(request, profile, client)
 
     def _check_algorithms(self, request: PkiRequest, profile: Profile) -> None:
         if request.digest.value not in profile.scep_digests:

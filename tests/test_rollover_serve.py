@@ -32,6 +32,7 @@ from gateway.cli import main
 from gateway.config import load_config
 from scep import client as scep_client
 from scep.client_messages import parse_next_ca_reply
+from scep.ra_roles import RaCertificates
 from tests.support import ec_key, make_csr, rsa_key
 from tests.test_ca_activation import crl_signed_by, links
 from tests.test_ra_renewal import replace_ra
@@ -159,11 +160,21 @@ def test_the_ra_certificate_renews_itself_while_serving(node: Node) -> None:
         return True
 
     eventually(renewed, "the renewed RA certificate served by every worker")
-    ra, _chain = ca_certs(node)
+    ra, chain = ca_certs(node)
     assert ra.public_key() == node.short_ra.public_key() and ra.subject == node.short_ra.subject
     assert ra.not_valid_after_utc > node.short_ra.not_valid_after_utc + dt.timedelta(days=300)
     assert pem(node.data_dir / "ra" / "ra.crt") == ra
     assert "renewed the SCEP RA certificate (same key)" in node.server.stderr_text()
+
+    # A device that kept the GetCACert of before the renewal encrypts to the earlier RA certificate: the
+    # envelope names a serial the RA no longer holds, of the same key, and is opened all the same.
+    kept = scep(node)
+    kept._ca_certs = RaCertificates(node.short_ra, node.short_ra, tuple(chain))
+    enrolled = scep_client.enroll(
+        kept, key=rsa_key(fresh=True), subject=x509.Name.from_rfc4514_string("CN=kept-short-ra"), challenge=CHALLENGE
+    )
+    assert enrolled.certificate is not None, enrolled
+    assert "SCEP envelope addressed to an earlier RA certificate" in node.server.stderr_text()
 
 
 def test_rollover_prepare_activate_and_renewals_on_the_new_ca_without_restart(node: Node, tmp_path: Path) -> None:
@@ -214,6 +225,9 @@ def test_rollover_prepare_activate_and_renewals_on_the_new_ca_without_restart(no
     )
     assert still_old.certificate is not None and still_old.certificate.issuer == old_ca.subject
 
+    kept = scep(node)  # a device that keeps the GetCACert it fetched before the switch
+    assert kept.get_ca_certs() == (ra, [old_ca])
+
     # Activate: every worker issues from the new CA, no restart.
     activated = cli(node, "ca", "activate")
     assert "issuing CA ca-next" in activated
@@ -229,6 +243,15 @@ def test_rollover_prepare_activate_and_renewals_on_the_new_ca_without_restart(no
 
     eventually(switched, "GetCACert answered with the new RA and CA by every worker")
     assert links(est_cacerts(node), old_ca, new_ca) == (new_with_old, old_with_new)
+
+    # That device still encrypts to the old RA: the old RA opens the request and signs the CertRep (the
+    # device trusts only it), and the certificate comes from the new CA.
+    late = scep_client.enroll(
+        kept, key=rsa_key(fresh=True), subject=x509.Name.from_rfc4514_string("CN=kept-old-ra"), challenge=CHALLENGE
+    )
+    assert late.certificate is not None, late
+    late.certificate.verify_directly_issued_by(new_ca)
+    assert "was encrypted to the replaced CA's RA CN=" in node.server.stderr_text()
 
     # Renewals across the switch, on both protocols and both SCEP clients: certificates of the new CA.
     renewed = scep_client.renew(scep(node), key=scep_key, cert=scep_dev.certificate)

@@ -622,3 +622,41 @@ def test_flipped_cert_rep_bytes_are_refused_or_harmless() -> None:
         else:  # the flip hit an unsigned part (the certificates set, the version): same reply
             assert got == original
     assert refused > len(data) // 5 // 2
+
+
+# -- envelopes for another of our RA keys, or an earlier certificate of one ---------------------------
+
+
+def _sealed_to(cert: x509.Certificate) -> bytes:
+    return signed(seal_envelope(client()[2], cert, ContentCipher.AES128))
+
+
+def test_an_envelope_for_a_replaced_cas_ra_is_opened_with_its_key() -> None:
+    parsed = parse(_sealed_to(pki().other_cert), also_for=[(pki().other_key, pki().other_cert)])
+    assert parsed.recipient == pki().other_cert and parsed.csr is not None
+    assert parse(request()).recipient == pki().ra_cert
+
+
+def test_an_envelope_for_an_earlier_certificate_of_the_ra_key_is_opened() -> None:
+    earlier = issue("RA before renewal", pki().ra_key, pki().ca_key, pki().ca_cert.subject, serial=0x4242)
+    looked_up: list[tuple[bytes, int]] = []
+
+    def lookup(issuer: bytes, serial: int) -> x509.Certificate | None:
+        looked_up.append((issuer, serial))
+        return earlier if serial == 0x4242 else None
+
+    parsed = parse(_sealed_to(earlier), earlier=lookup)
+    assert parsed.recipient == pki().ra_cert  # answered as the RA it is now
+    assert looked_up == [(pki().ca_cert.subject.public_bytes(), 0x4242)]
+
+
+@pytest.mark.parametrize(
+    "found",
+    [pytest.param(None, id="fail/unknown-certificate"), pytest.param("other", id="fail/certificate-of-another-key")],
+)
+def test_an_envelope_for_a_certificate_not_of_our_keys_is_refused(found: str | None) -> None:
+    named = issue("Not ours", pki().other_key, pki().ca_key, pki().ca_cert.subject, serial=0x77)
+    with pytest.raises(ScepMessageError) as refused:
+        parse(_sealed_to(named), earlier=lambda _issuer, _serial: named if found else None)
+    assert refused.value.fail_info is FailInfo.BAD_MESSAGE_CHECK
+    assert refused.value.public_message == "the envelope is not addressed to this server"
