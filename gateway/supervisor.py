@@ -151,6 +151,10 @@ def check_start(config: GatewayConfig) -> None:
     try:
         load_server_key(context, config)  # before anything is recorded: a refused start changed nothing
         record_config_change(gateway.storage, config, gateway.ra_key, utcnow())
+    except SchemaNotCurrent:
+        raise
+    except Unavailable as exc:  # e.g. a database that opens read-only: served with 503s, not refused
+        log.warning("the database is unavailable (%s): serving 503 until it answers", exc.detail)
     finally:
         gateway.storage.db.dispose()
         release_tokens()  # the workers log in to a key token themselves (shared_ca.kms)
