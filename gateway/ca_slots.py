@@ -9,6 +9,7 @@ CA there has been retired. So no configuration changes and no file moves while a
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from cryptography import x509
 
 from gateway.config import GatewayConfig
 from shared_ca.authority import fingerprint
+from shared_ca.ca_rollover import ca_roles
 from shared_ca.errors import KeyMaterialError
 from shared_ca.keys import load_certificates
 from shared_ca.storage.issuers import IssuerRecord
@@ -80,6 +82,21 @@ def slot_of(config: GatewayConfig, issuer: IssuerRecord, located: dict[int, Slot
         paths = ", ".join(str(config.path(s.ca_cert)) for s in SLOTS if config[s.ca_cert])
         raise KeyMaterialError(f"no CA certificate file ({paths}) holds the CA {issuer.name!r} the database names")
     return slot
+
+
+def slot_roles(config: GatewayConfig, issuers: Sequence[IssuerRecord], now: dt.datetime) -> dict[str, str]:
+    """What the CA and RA certificate files of each slot are now, by the role of the CA the slot holds:
+    setting -> "" (the issuing CA's), "next", "previous" or "retired". After an activation the issuing CA
+    is the one in `next_ca.cert`; reports name it by its role, not by its file's setting."""
+    roles = ca_roles(list(issuers), now)
+    role_of = {roles.current.id: "", **{p.id: "previous" for p in roles.previous}}
+    if roles.next is not None:
+        role_of[roles.next.id] = "next"
+    found: dict[str, str] = {}
+    for issuer_id, slot in locate(config, issuers, strict=False).items():
+        role = role_of.get(issuer_id, "retired")
+        found[slot.ca_cert] = found[slot.ra_cert] = role
+    return found
 
 
 FileState = tuple[tuple[str, int, int, int], ...]

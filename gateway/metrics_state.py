@@ -120,7 +120,7 @@ class GatewayState:
         )
         expiry = GaugeMetricFamily(
             "gateway_certificate_expiry_timestamp_seconds",
-            "notAfter of the gateway's own certificates (role: ca, ra, tls, next_ca, next_ra), Unix time",
+            "notAfter of the gateway's own certificates (role: ca, ra, tls, next_ca, next_ra, previous_ca), Unix time",
             labels=["role", "subject"],
         )
         for item in state.expiries:
@@ -233,14 +233,18 @@ class GatewayState:
             log.warning("metrics: the database did not answer: %s", detail)
 
     def _expiries(self, gateway: Gateway | None) -> list[Expiry]:
-        loaded = {}
+        loaded: dict[str, x509.Certificate] = {}
         if gateway is not None:
             loaded = {"ca": gateway.authority.certificate, "ra": gateway.ra_certificate}
         found = []
         for role, setting in CERTIFICATE_FILES.items():
             certificate = loaded.get(role) or self._certificate_file(setting)
-            if certificate is not None:
-                found.append(Expiry(role, certificate.subject.rfc4514_string(), certificate.not_valid_after_utc))
+            if certificate is None or (role not in loaded and certificate in loaded.values()):
+                continue  # after an activation the next_* files hold the issuing CA and RA: reported as such
+            found.append(Expiry(role, certificate.subject.rfc4514_string(), certificate.not_valid_after_utc))
+        for authority in gateway.previous if gateway is not None else ():
+            certificate = authority.certificate  # a replaced CA, still publishing CRLs until retired
+            found.append(Expiry("previous_ca", certificate.subject.rfc4514_string(), certificate.not_valid_after_utc))
         return found
 
     def _certificate_file(self, setting: str) -> x509.Certificate | None:

@@ -14,10 +14,11 @@ import http.client
 import json
 import ssl
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.ca_slots import slot_roles
 from gateway.config import GatewayConfig, parse_hostport
 from gateway.runtime import issuer_revision
 from shared_ca.errors import CAError
@@ -228,6 +229,7 @@ def collect(
         try:
             if database.schema_at_head:
                 approvals, trust = read_queue_and_trust(storage, now)
+                certificates = named_by_role(config, certificates, storage.issuers.list_issuers(), now)
             else:
                 unread = "the schema is not current"
         except Exception as exc:
@@ -240,6 +242,23 @@ def collect(
     return StatusReport(
         listeners, readiness, database, certificates, approvals, trust, warn_days, unread, now.isoformat()
     )
+
+
+def named_by_role(
+    config: GatewayConfig, certificates: list[CertificateStatus], issuers: list[IssuerRecord], now: dt.datetime
+) -> list[CertificateStatus]:
+    """The CA and RA lines named by what the CA of their slot is now (gateway.ca_slots.slot_roles): after
+    an activation the issuing CA's files are the `next_ca.*` ones, and its line says "ca", the replaced
+    CA's "previous ca". Unchanged when the database names no issuing CA."""
+    try:
+        roles = slot_roles(config, issuers, now)
+    except CAError:
+        return certificates
+    by_path = {}
+    for key in roles:
+        base = "ca" if key.endswith("ca.cert") else "ra"
+        by_path[str(config.path(key))] = f"{roles[key]} {base}".strip()
+    return [replace(c, role=by_path.get(c.path, c.role)) for c in certificates]
 
 
 def _probe_host(hostport: str) -> tuple[str, int]:

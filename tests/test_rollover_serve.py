@@ -15,6 +15,7 @@ costs tens of seconds (tests/test_scep_interop.py does it for the other flows). 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -242,6 +243,14 @@ def test_rollover_prepare_activate_and_renewals_on_the_new_ca_without_restart(no
         )
 
     eventually(switched, "GetCACert answered with the new RA and CA by every worker")
+    # Reports name the certificates by what their CA is now, not by the slot their files are in.
+    status = CliRunner().invoke(main, ["status", "--format", "json", "--data-dir", str(node.data_dir)])
+    expiring = {c["role"]: c["path"] for c in json.loads(status.stdout)["certificates"]}
+    assert expiring["ca"] == str(node.data_dir / "ca-next" / "ca.crt"), expiring
+    assert expiring["ra"] == str(node.data_dir / "ra-next" / "ra.crt"), expiring
+    assert expiring["previous ca"] == str(node.data_dir / "ca" / "ca.crt") and "next ca" not in expiring
+    metrics = fetch(node.server.http_port, "/metrics").body.decode()
+    assert 'role="previous_ca"' in metrics and 'role="next_ca"' not in metrics, metrics
     assert links(est_cacerts(node), old_ca, new_ca) == (new_with_old, old_with_new)
 
     # That device still encrypts to the old RA: the old RA opens the request and signs the CertRep (the
