@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
@@ -41,7 +41,9 @@ class FullCmc:
         events: EventLog,
         signer: CmsSigner,
         clock: Callable[[], dt.datetime],
+        previous: Sequence[CertificateAuthority] = (),
     ) -> None:
+        self.previous = tuple(previous)  # CAs a rollover replaced: their devices may still revoke theirs
         self.intake = intake
         self.enrollment = enrollment
         self.authorizer = authorizer
@@ -84,9 +86,15 @@ class FullCmc:
     def _revoke(self, request: EstRequest, reply: cmc.CmcReplyContext, revoke: CmcRevokeRequest) -> EstReply:
         """RFC 5272 §6.11, for a device's own certificate: the TLS client certificate is the one named."""
         target = self.authorizer.authorize_revocation(
-            request.asker, revoke.serial_number, revoke.issuer_der, self.authority.issuer.id
+            request.asker,
+            revoke.serial_number,
+            revoke.issuer_der,
+            self.authority.issuer.id,
+            replaced_issuer_ids=[a.issuer.id for a in self.previous],
         )
-        revoked = self.authority.revoke(target.serial_hex, revoke.reason, actor=f"est:{request.asker.name}")
+        # onto the CRL of the CA that issued it: the issuing one, or a replaced one until it is retired
+        authority = next((a for a in self.previous if a.issuer.id == target.issuer_id), self.authority)
+        revoked = authority.revoke(target.serial_hex, revoke.reason, actor=f"est:{request.asker.name}")
         self.events.record(request.noting(serial=revoked.serial_hex, reason=revoke.reason.value), "revoked")
         status = cmc.CmcStatusInfo(cmc.CmcStatus.SUCCESS, (revoke.body_part_id,))
         return self._response(reply, [status], [])

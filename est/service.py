@@ -72,6 +72,7 @@ class EstService:
         clock: Callable[[], dt.datetime] | None = None,
         identity: IdentityRule = DEFAULT_IDENTITY,
         root_key_update: Sequence[x509.Certificate] = (),
+        previous_authorities: Sequence[CertificateAuthority] = (),
     ) -> None:
         if not isinstance(signer_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise KeyMaterialError("the EST signer (the RA key) must be an RSA or EC key")
@@ -113,6 +114,7 @@ class EstService:
             events=self._events,
             signer=cmc.response_signer(signer_key, signer_certificate, authority.chain),
             clock=clock,
+            previous=previous_authorities,
         )
         # RFC 7030 §4.1.3: the current CA's chain and, while a CA rollover is under way, the root key
         # update certificates (shared_ca.ca_rollover.CaRoles.root_key_update), as one DER SET.

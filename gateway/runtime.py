@@ -244,6 +244,7 @@ def _assemble(
         keks=load_keks(config.path("est.kek_dir")),
         identity=config.identity_rule,
         root_key_update=tuple(x509.load_der_x509_certificate(der) for der in roles.root_key_update()),
+        previous_authorities=previous,
     )
     return Gateway(
         config,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -307,10 +307,17 @@ class Authorizer:
     # -- revocation -------------------------------------------------------------------------------
 
     def authorize_revocation(
-        self, principal: Principal, serial_number: int, issuer_der: bytes, own_issuer_id: int
+        self,
+        principal: Principal,
+        serial_number: int,
+        issuer_der: bytes,
+        own_issuer_id: int,
+        *,
+        replaced_issuer_ids: Collection[int] = (),
     ) -> CertificateRecord:
         """The certificate a device may revoke (EST fullcmc revokeRequest, RFC 5272 §6.11): only the one it
-        authenticated with, and only one this CA issued. Raises PolicyDenied."""
+        authenticated with, and only one this CA issued, or a CA it replaced in a rollover that still
+        publishes its CRL (`replaced_issuer_ids`). Raises PolicyDenied."""
         recognised = principal.certificate
         if recognised is None:
             raise PolicyDenied(
@@ -323,7 +330,7 @@ class Authorizer:
                 "a device may revoke only its own certificate",
                 detail=f"{principal.name!r} asked to revoke serial {serial_number:x}",
             )
-        if recognised.issuer.id != own_issuer_id:
+        if recognised.issuer.id != own_issuer_id and recognised.issuer.id not in replaced_issuer_ids:
             raise PolicyDenied(
                 "certificates of an imported legacy CA are revoked at that CA, not here",
                 detail=f"issuer {recognised.issuer.name!r}",

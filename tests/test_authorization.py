@@ -423,6 +423,23 @@ def test_a_device_revokes_only_its_own_certificate(world: World) -> None:
             legacy_principal, int(legacy.record.serial_hex, 16), _issuer_der(legacy), own
         )
     assert legacy_issuer != own
+    # A CA that a rollover replaced (still publishing its CRL) is named by the caller: its devices may.
+    replaced = world.authorizer.authorize_revocation(
+        legacy_principal,
+        int(legacy.record.serial_hex, 16),
+        _issuer_der(legacy),
+        own,
+        replaced_issuer_ids=[legacy_issuer],
+    )
+    assert replaced == legacy.record
+    with pytest.raises(PolicyDenied, match="revoked at that CA"):
+        world.authorizer.authorize_revocation(
+            legacy_principal,
+            int(legacy.record.serial_hex, 16),
+            _issuer_der(legacy),
+            own,
+            replaced_issuer_ids=[own + 99],
+        )
 
 
 def _issuer_der(recognised: RecognisedCertificate) -> bytes:

@@ -14,6 +14,7 @@ costs tens of seconds (tests/test_scep_interop.py does it for the other flows). 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import subprocess
@@ -22,18 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from asn1crypto import x509 as asn1_x509
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
+from est import cmc, cmc_asn1
 from est.client import EstClient
 from gateway.cli import main
 from gateway.config import load_config
 from scep import client as scep_client
 from scep.client_messages import parse_next_ca_reply
 from scep.ra_roles import RaCertificates
+from tests import test_est_cmc as cmc_tests
 from tests.support import ec_key, make_csr, rsa_key
 from tests.test_ca_activation import crl_signed_by, links
 from tests.test_ra_renewal import replace_ra
@@ -288,6 +292,41 @@ def test_rollover_prepare_activate_and_renewals_on_the_new_ca_without_restart(no
     assert crl_signed_by(crl(node, "ca-next"), new_ca)
     assert ocsp_answer(node, scep_dev.certificate, old_ca).certificate_status == ocsp.OCSPCertStatus.GOOD
     assert ocsp_answer(node, renewed.certificate, new_ca).certificate_status == ocsp.OCSPCertStatus.GOOD
+    # A device of the old CA may still revoke its own certificate over EST fullcmc (RFC 5272 §6.11),
+    # authenticated by it: the revocation goes onto the old CA's CRL.
+    revoke = cmc_asn1.RevokeRequest(
+        {
+            "issuer_name": asn1_x509.Name.load(est_dev.certificate.issuer.public_bytes()),
+            "serial_number": est_dev.certificate.serial_number,
+            "reason": "key_compromise",
+        }
+    )
+    content = cmc_tests.pki_data([cmc_tests.control(1, "revoke_request", revoke)])
+    signed = cmc_tests.sign(
+        content, est_key, cmc_tests.sid_ias(est_dev.certificate), certificates=[est_dev.certificate]
+    )
+    with_device = tls_context(node.server.ca_pem)
+    with_device.load_cert_chain(*est_files)
+    reply = fetch(
+        node.server.https_port,
+        "/.well-known/est/fullcmc",
+        method="POST",
+        body=base64.encodebytes(signed),
+        headers={
+            "Content-Type": "application/pkcs7-mime; smime-type=CMC-request",
+            "Content-Transfer-Encoding": "base64",
+        },
+        context=with_device,
+    )
+    assert reply.status == 200, reply.body
+    assert cmc.parse_pki_response(base64.b64decode(reply.body)).statuses[0].status is cmc.CmcStatus.SUCCESS
+
+    def on_the_old_crl() -> bool:
+        return crl(node, "ca").get_revoked_certificate_by_serial_number(est_dev.certificate.serial_number) is not None
+
+    eventually(on_the_old_crl, "the old CA's CRL lists the certificate its device revoked")
+    assert ocsp_answer(node, est_dev.certificate, old_ca).certificate_status == ocsp.OCSPCertStatus.REVOKED
+
     # A relying party that trusts only the old root accepts the new CA's certificates through NewWithOld.
     files = {}
     for name, cert in (("old-root", old_ca), ("new-with-old", new_with_old), ("renewed", renewed.certificate)):
