@@ -262,15 +262,14 @@ def _next_keys(config: GatewayConfig, current: Slot, target: Slot, name: str, ke
             f"{'them' if len(held) > 1 else 'it'} if no CA uses {'them' if len(held) > 1 else 'it'}, or give this "
             "gateway a token of its own"
         )
-    made = _NextKeys(token.generate(uris[0], key_type, decrypt=False), generate_private_key(KeyType.RSA2048))
-    made.uris, made.token = uris, token
+    ca_key = token.generate(uris[0], key_type, decrypt=False)
     try:
-        made.ra = token.generate(uris[1], KeyType.RSA2048, decrypt=True)
+        ra_key = token.generate(uris[1], KeyType.RSA2048, decrypt=True)
     except BaseException:
         with contextlib.suppress(Exception):
             token.destroy(uris[0])
         raise
-    return made
+    return _NextKeys(ca_key, ra_key, uris, token)
 
 
 def _move_aside(config: GatewayConfig, slot: Slot, prefix: str, now: dt.datetime) -> Path | None:
@@ -377,13 +376,13 @@ def rollover(config: GatewayConfig, options: RolloverOptions) -> RolloverResult:
         replaced_next, prefix = _check_target(config, target, issuers, options.force)
         subject = options.ca_subject or current.certificate.subject
         name = _issuer_name(storage.issuers, config["ca.name"])
-        # Keys of a CA in a token are made in the token, and the slot's key files only name them.
-        keys = _next_keys(config, current_slot, target, name, options.ca_key_type)
         relative = _relative(config, target)
 
         staging = config.data_dir / ".rollover-staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
+        # Keys of a CA in a token are made in the token, and the slot's key files only name them.
+        keys = _next_keys(config, current_slot, target, name, options.ca_key_type)
         try:
             material = create_root_ca(keys.ca, subject, options.ca_days, now)
             ra = _register(storage, config, name, material, keys.ra, current, options.actor, now)

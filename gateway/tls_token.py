@@ -118,13 +118,22 @@ def _modules_dir(library: ctypes.CDLL) -> Path:
     return Path(text.partition(":")[2].strip().strip('"'))  # MODULESDIR: "/usr/lib/.../ossl-modules"
 
 
+_UNSAFE = "\n\r\"'$\\#"  # OpenSSL's config reads these as line ends, quotes, variables, escapes, comments
+
+
+def _config_value(value: str, what: str) -> str:
+    if any(c in value for c in _UNSAFE):
+        raise KeyMaterialError(f"{what} has characters OpenSSL's config cannot hold ({_UNSAFE!r})")
+    return value
+
+
 def _config_text(token: TokenUri, module: Path) -> str:
     if token.pin_source is not None:
-        pin = f"file:{token.pin_source}"
+        pin = _config_value(f"file:{token.pin_source}", f"the PIN file path of {token.name}")
     else:
-        pin = read_pin(token)
-        if any(c in pin for c in "\n\r\"'$\\#"):
-            raise KeyMaterialError(f"the PIN of {token.name} has characters OpenSSL's config cannot hold")
+        pin = _config_value(read_pin(token), f"the PIN of {token.name}")
+    module_path = _config_value(token.module_path, "the PKCS#11 module path")
+    provider = _config_value(str(module), "the pkcs11 provider's path")
     return "\n".join(
         [
             "openssl_conf = gateway_tls_token",
@@ -141,8 +150,8 @@ def _config_text(token: TokenUri, module: Path) -> str:
             "[gateway_default]",
             "activate = 1",
             "[gateway_pkcs11]",
-            f"module = {module}",
-            f"pkcs11-module-path = {token.module_path}",
+            f"module = {provider}",
+            f"pkcs11-module-path = {module_path}",
             f"pkcs11-module-token-pin = {pin}",
             # SoftHSM2 (and other modules linked with OpenSSL) crash when finalized from OpenSSL's
             # exit handlers; the process is ending anyway.

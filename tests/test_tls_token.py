@@ -73,7 +73,13 @@ def test_config_text_points_the_provider_at_the_module_and_pin(tmp_path: Path) -
 @pytest.mark.parametrize("pin", ["12\\n34", "a#b", "x$y", 'q"r'])
 def test_config_text_refuses_a_pin_openssl_config_cannot_hold(pin: str) -> None:
     token = parse_token_uri(f"pkcs11:module-path=/m.so;token=gw?pin-value={pin.replace('#', '%23')}")
-    with pytest.raises(KeyMaterialError, match="characters OpenSSL's config cannot hold"):
+    with pytest.raises(KeyMaterialError, match="the PIN of token 'gw' has characters OpenSSL's config cannot hold"):
+        _config_text(token, Path("/p.so"))
+
+
+def test_config_text_refuses_a_module_path_openssl_config_cannot_hold() -> None:
+    token = parse_token_uri("pkcs11:module-path=/opt/hsm$1/lib.so;token=gw?pin-value=1234")
+    with pytest.raises(KeyMaterialError, match="the PKCS#11 module path has characters"):
         _config_text(token, Path("/p.so"))
 
 
