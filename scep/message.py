@@ -9,6 +9,7 @@ mapping: `ScepDecodeError` (HTTP 400: nothing is known that a signed reply could
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -44,6 +45,7 @@ from shared_ca.cms import DATA_OID, ContentAttributes, SignatureAlgorithm, Signe
 from shared_ca.csr import UNDECODABLE
 from shared_ca.errors import AlgorithmNotAllowed, BadSignature, CAError, ErrorKind, InvalidRequest
 
+log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_NONCE_BYTES = 64
 
@@ -372,6 +374,7 @@ def _earlier_certificates(
             continue
         match = spki.get(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
         if match is not None:
+            log.info("SCEP envelope addressed to an earlier RA certificate (serial %x): opened with its key", serial)
             found.append((match[0], cert, match[1]))
     return found
 

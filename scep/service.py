@@ -221,7 +221,6 @@ class ScepService:
                 continue
             record = self._certificates.certificate(issuer_id, serial_hex(serial))
             if record is not None:
-                log.info("SCEP envelope addressed to an earlier RA certificate (serial %x): opened", serial)
                 return x509.load_der_x509_certificate(record.der)
         return None
 
