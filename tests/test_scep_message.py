@@ -408,8 +408,26 @@ def _bad_padding_vs_wrong_key() -> tuple[bytes, bytes]:
     bad_padding = replace_ciphertext(sealed, encryptor.update(b"\x00" * 15 + b"\x11") + encryptor.finalize())
     public_key = pki().ra_cert.public_key()
     assert isinstance(public_key, rsa.RSAPublicKey)
-    wrong_key = replace_encrypted_key(sealed, public_key.encrypt(bytes(range(1, 33)), padding.PKCS1v15()))
+    wrong_key = replace_encrypted_key(sealed, public_key.encrypt(_a_key_that_unpads_badly(key, iv), padding.PKCS1v15()))
     return signed(bad_padding), signed(wrong_key)
+
+
+def _a_key_that_unpads_badly(key: bytes, iv: bytes) -> bytes:
+    """A wrong content key under which the sealed CSR's last block does not end in valid PKCS#7 padding.
+    About one wrong key in 256 happens to unpad (the garbage then fails as a malformed CSR instead): the
+    client's CSR differs from run to run, so the key is chosen against this run's ciphertext."""
+    plaintext = client()[2]
+    padded = plaintext + bytes([16 - len(plaintext) % 16]) * (16 - len(plaintext) % 16)
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    for first in range(1, 256):
+        candidate = bytes((first + i) % 256 for i in range(32))
+        decryptor = Cipher(algorithms.AES(candidate), modes.CBC(ciphertext[-32:-16])).decryptor()
+        last = decryptor.update(ciphertext[-16:]) + decryptor.finalize()
+        pad = last[-1]
+        if not 1 <= pad <= 16 or last[-pad:] != bytes([pad]) * pad:
+            return candidate
+    raise AssertionError("no wrong key found")
 
 
 def _unsupported_cipher() -> bytes:
