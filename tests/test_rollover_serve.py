@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from scep.client_messages import parse_next_ca_reply
 from scep.ra_roles import RaCertificates
 from tests import test_est_cmc as cmc_tests
 from tests.support import ec_key, make_csr, rsa_key
-from tests.test_ca_activation import crl_signed_by, links
+from tests.test_ca_activation import crl_signed_by, links, verify_chain
 from tests.test_ra_renewal import replace_ra
 from tests.test_scep_interop import client_binary, load_certificate, run_scepclient, scepclient_report
 from tests.test_serve import Server, fetch, free_ports, gateway_command, start_server, stop_server, tls_context
@@ -328,23 +327,5 @@ def test_rollover_prepare_activate_and_renewals_on_the_new_ca_without_restart(no
     assert ocsp_answer(node, est_dev.certificate, old_ca).certificate_status == ocsp.OCSPCertStatus.REVOKED
 
     # A relying party that trusts only the old root accepts the new CA's certificates through NewWithOld.
-    files = {}
-    for name, cert in (("old-root", old_ca), ("new-with-old", new_with_old), ("renewed", renewed.certificate)):
-        files[name] = tmp_path / f"{name}.pem"
-        files[name].write_bytes(cert.public_bytes(Encoding.PEM))
-    done = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-CAfile",
-            str(files["old-root"]),
-            "-untrusted",
-            str(files["new-with-old"]),
-            str(files["renewed"]),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    verify_chain(tmp_path, old_ca, new_with_old, renewed.certificate)
     assert node.server.process.poll() is None and node.server.process.pid == pid  # never restarted
